@@ -1,0 +1,59 @@
+# Two entry points for a fresh x86_64 Debian/Ubuntu machine: `make demo` and `make test`.
+# Each creates or refreshes the virtual environments it needs (idempotent: pip runs again only
+# when a requirements file or the package metadata changed).
+
+SHELL := /bin/bash
+PYTHON ?= python3
+# The simulator pins numpy 1.23.5, which has wheels for CPython 3.8-3.11 only.
+SIM_PYTHON ?= $(shell command -v python3.11 || command -v python3.10)
+VENV := .venv
+SIM_VENV := .venv-sim
+REQ := requirements
+MAIN_REQS := $(REQ)/runtime.txt $(REQ)/ros-kilted.txt $(REQ)/training.txt $(REQ)/test.txt
+PIP_QUIET := --quiet --disable-pip-version-check
+# Debian packages the headless simulator renders with (EGL/OSMesa through pyglet).
+SIM_DEBS := libgl1 libegl1 libgl1-mesa-dri libglu1-mesa libosmesa6 freeglut3-dev xvfb
+
+export AMENT_PREFIX_PATH := $(abspath $(VENV))
+export ROS_AUTOMATIC_DISCOVERY_RANGE ?= LOCALHOST
+
+.PHONY: demo test venv sim-venv system-deps dataset dataset-small clean
+
+demo: venv sim-venv
+	$(VENV)/bin/vae-ood-monitor demo
+
+test: venv sim-venv
+	$(VENV)/bin/python -m pytest
+
+venv: $(VENV)/.installed
+sim-venv: $(SIM_VENV)/.installed
+
+$(VENV)/.installed: $(MAIN_REQS) $(REQ)/lock.txt setup.py setup.cfg package.xml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 10))' || { echo "make: Python 3.10+ needed, $(PYTHON) is older" >&2; exit 1; }
+	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install $(PIP_QUIET) -c $(REQ)/lock.txt $(addprefix -r ,$(MAIN_REQS))
+	$(VENV)/bin/pip install $(PIP_QUIET) --no-deps -e .
+	@touch $@
+
+$(SIM_VENV)/.installed: $(REQ)/sim.txt $(REQ)/sim-lock.txt | system-deps
+	@test -n "$(SIM_PYTHON)" || { echo "make: the simulator needs python3.11 or python3.10 (apt-get install python3.11-venv)" >&2; exit 1; }
+	@test -x $(SIM_VENV)/bin/python || $(SIM_PYTHON) -m venv $(SIM_VENV)
+	$(SIM_VENV)/bin/pip install $(PIP_QUIET) -c $(REQ)/sim-lock.txt -r $(REQ)/sim.txt
+	@touch $@
+
+system-deps:
+	@missing=$$(for p in $(SIM_DEBS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  echo "make: installing Debian packages for the headless simulator: $$missing"; \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+dataset: venv sim-venv
+	$(VENV)/bin/python -m training.data.generate --preset default
+
+dataset-small: venv sim-venv
+	$(VENV)/bin/python -m training.data.generate --preset small
+
+clean:
+	rm -rf $(VENV) $(SIM_VENV) build *.egg-info

@@ -1,0 +1,268 @@
+"""Build a Duckietown dataset: simulator episodes → corruptions → rosbag2 episodes + manifest.
+
+    python -m training.data.generate --preset default        # ~39k frames, all scenarios
+    python -m training.data.generate --preset small --out /tmp/ds   # seconds, for tests
+
+The simulator runs in its own venv (numpy 1.23, pyglet 1.5) as `training.data.sim_worker`
+subprocesses that stream raw frames; this process (main venv) applies camera-side corruptions,
+encodes JPEG and writes the bags. Finished episodes are kept, so an interrupted run resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from training.data.corruptions import make_corruption
+from training.data.episodes import EPISODE_FILE, EpisodeInfo, EpisodeWriter
+from training.data.scenarios import PRESETS, SCENARIOS, EpisodePlan, plan_episodes
+from vae_ood_monitor.bags import DEFAULT_CAMERA_TOPIC
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_SIM_PYTHON = REPO_ROOT / ".venv-sim" / "bin" / "python"
+MANIFEST_FILE = "manifest.json"
+
+
+class GenerationError(RuntimeError):
+    """An episode the simulator could not render; the message names the episode and the cause."""
+
+
+def _sim_environment() -> dict[str, str]:
+    """Environment for the simulator venv's python: without the ROS wheels' bootstrap variables,
+    which would make it load this venv's ROS libraries (see ENVIRONMENT.md)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("LD_LIBRARY_PATH", "_ROS_WHEELS_BOOTSTRAP_COMPLETE")}
+    env["PYTHONPATH"] = str(REPO_ROOT)
+    return env
+
+
+class SimulatorStream:
+    """A simulator worker rendering one episode spec; iterate it for (meta, rgb) frames.
+
+    stderr goes to a temporary file, not a pipe: gym-duckietown logs a lot, and a full pipe would
+    block the worker while this side waits for frames.
+    """
+
+    def __init__(self, spec: dict[str, Any], sim_python: Path) -> None:
+        if not sim_python.exists():
+            raise GenerationError(f"simulator python not found at {sim_python}: run `make sim-venv` first")
+        self._shape = (int(spec["height"]), int(spec["width"]), 3)
+        self._log = tempfile.TemporaryFile()
+        self.process = subprocess.Popen(
+            [str(sim_python), "-m", "training.data.sim_worker"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._log,
+            cwd=REPO_ROOT,
+            env=_sim_environment(),
+        )
+        assert self.process.stdin is not None
+        self.process.stdin.write(json.dumps(spec).encode())
+        self.process.stdin.close()
+
+    def __iter__(self) -> Iterator[tuple[dict[str, Any], np.ndarray]]:
+        stdout = self.process.stdout
+        assert stdout is not None
+        frame_bytes = int(np.prod(self._shape))
+        while len(header := stdout.read(4)) == 4:
+            meta = json.loads(stdout.read(struct.unpack("<I", header)[0]))
+            pixels = stdout.read(frame_bytes)
+            if len(pixels) != frame_bytes:
+                return
+            yield meta, np.frombuffer(pixels, np.uint8).reshape(self._shape)
+
+    def finish(self) -> str | None:
+        """Wait for the worker; None when it succeeded, else the last line it logged."""
+        if self.process.wait() == 0:
+            return None
+        self._log.seek(0)
+        lines = self._log.read().decode(errors="replace").strip().splitlines()
+        return lines[-1] if lines else f"exit code {self.process.returncode}"
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+        self._log.close()
+
+
+def render_episode(
+    plan: EpisodePlan,
+    out_dir: Path,
+    *,
+    width: int,
+    height: int,
+    fps: float,
+    storage: str,
+    sim_python: Path,
+    on_frame: Callable[[], None],
+) -> EpisodeInfo:
+    """Render one planned episode into `out_dir/<split>/<name>` (a rosbag2 directory)."""
+    scenario = SCENARIOS[plan.scenario]
+    corruption = make_corruption(scenario.corruption, plan.intensity, plan.seed) if scenario.corruption else None
+    info = EpisodeInfo(
+        name=plan.name,
+        scenario=plan.scenario,
+        category=scenario.category,
+        onset_frame=plan.onset_frame,
+        fps=fps,
+        map=plan.map,
+        seed=plan.seed,
+        intensity=plan.intensity,
+        extra={"split": plan.split},
+    )
+    path = out_dir / plan.split / plan.name
+    shutil.rmtree(path, ignore_errors=True)  # a leftover of an interrupted run
+    path.parent.mkdir(parents=True, exist_ok=True)
+    stream = SimulatorStream(plan.sim_spec(width, height, fps), sim_python)
+    try:
+        with EpisodeWriter(path, info, storage=storage) as writer:
+            for frame, (_, rgb) in zip(range(plan.frames), stream):
+                ood = plan.onset_frame is not None and frame >= plan.onset_frame
+                if ood and corruption is not None:
+                    rgb = corruption(rgb, frame - (plan.onset_frame or 0))
+                writer.add_frame(rgb, ood)
+                on_frame()
+            error = stream.finish()
+            if error is not None or writer.frames_written != plan.frames:
+                raise GenerationError(
+                    f"{plan.name}: simulator stopped after {writer.frames_written} of {plan.frames} frames: {error}"
+                )
+    finally:
+        stream.close()
+    return info
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    for bag_file in sorted(p for p in path.iterdir() if p.suffix in (".mcap", ".db3")):
+        with bag_file.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def write_manifest(out_dir: Path, preset: str, plans: list[EpisodePlan], width: int, height: int, fps: float) -> Path:
+    """The dataset's table of contents: splits, episodes, per-episode hashes and a dataset hash."""
+    episodes = []
+    for plan in plans:
+        path = out_dir / plan.split / plan.name
+        info = json.loads((path / EPISODE_FILE).read_text())
+        episodes.append({**info, "split": plan.split, "path": f"{plan.split}/{plan.name}", "sha256": _sha256(path)})
+    dataset_hash = hashlib.sha256("".join(e["sha256"] for e in episodes).encode()).hexdigest()
+    manifest = {
+        "preset": preset,
+        "topic": DEFAULT_CAMERA_TOPIC,
+        "width": width,
+        "height": height,
+        "fps": fps,
+        "dataset_sha256": dataset_hash,
+        "splits": {split: [e["name"] for e in episodes if e["split"] == split] for split in dict.fromkeys(p.split for p in plans)},
+        "episodes": episodes,
+    }
+    path = out_dir / MANIFEST_FILE
+    path.write_text(json.dumps(manifest, indent=1) + "\n")
+    return path
+
+
+def generate(
+    preset_name: str,
+    out_dir: Path,
+    *,
+    width: int = 640,
+    height: int = 480,
+    fps: float = 30.0,
+    workers: int = 2,
+    storage: str = "mcap",
+    sim_python: Path = DEFAULT_SIM_PYTHON,
+    progress: bool = True,
+) -> Path:
+    """Render every missing episode of a preset, then write the manifest; returns its path."""
+    plans = plan_episodes(PRESETS[preset_name])
+    todo = [p for p in plans if not (out_dir / p.split / p.name / EPISODE_FILE).exists()]
+    bar = tqdm(total=sum(p.frames for p in todo), unit="frame", desc=f"{preset_name}: {len(todo)} episodes", disable=not progress)
+    lock = threading.Lock()
+
+    def advance() -> None:
+        with lock:
+            bar.update()
+
+    failures: list[str] = []
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = {
+            pool.submit(
+                render_episode, plan, out_dir, width=width, height=height, fps=fps, storage=storage,
+                sim_python=sim_python, on_frame=advance,
+            ): plan
+            for plan in todo
+        }
+        for future in as_completed(futures):
+            try:
+                future.result()
+            except (GenerationError, OSError, ValueError) as err:
+                failures.append(f"{futures[future].name}: {err}")
+    bar.close()
+    if failures:
+        raise GenerationError(f"{len(failures)} of {len(todo)} episodes failed (rerun to retry them):\n  " + "\n  ".join(failures))
+    return write_manifest(out_dir, preset_name, plans, width, height, fps)
+
+
+def _summary(manifest_path: Path, seconds: float) -> str:
+    manifest = json.loads(manifest_path.read_text())
+    root = manifest_path.parent
+    lines = [f"dataset {root} ({manifest['preset']}, {manifest['width']}x{manifest['height']} @ {manifest['fps']:g} Hz) in {seconds:.0f} s"]
+    for split, names in manifest["splits"].items():
+        episodes = [e for e in manifest["episodes"] if e["split"] == split]
+        frames = sum(e["frames"] for e in episodes)
+        ood_frames = sum(e["frames"] - e["onset_frame"] for e in episodes if e["onset_frame"] is not None)
+        size = sum(f.stat().st_size for f in (root / split).rglob("*") if f.is_file())
+        scenarios = sorted({e["scenario"] for e in episodes})
+        lines.append(
+            f"  {split:12s} {len(names):4d} episodes {frames:7d} frames ({ood_frames} OOD) {size / 1e6:8.1f} MB  scenarios: {', '.join(scenarios)}"
+        )
+    lines.append(f"  manifest: {manifest_path}  dataset sha256 {manifest['dataset_sha256'][:16]}…")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="default")
+    parser.add_argument("--out", type=Path, help="output folder (default: datasets/<preset>)")
+    parser.add_argument("--width", type=int, default=640)
+    parser.add_argument("--height", type=int, default=480)
+    parser.add_argument("--fps", type=float, default=30.0)
+    parser.add_argument("--workers", type=int, default=2, help="simulator processes in parallel")
+    parser.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap")
+    parser.add_argument("--sim-python", type=Path, default=DEFAULT_SIM_PYTHON)
+    args = parser.parse_args(argv)
+    out_dir = args.out or REPO_ROOT / "datasets" / args.preset
+    start = time.monotonic()
+    try:
+        manifest = generate(
+            args.preset, out_dir, width=args.width, height=args.height, fps=args.fps,
+            workers=args.workers, storage=args.storage, sim_python=args.sim_python,
+        )
+    except GenerationError as err:
+        print(f"generate: {err}", file=sys.stderr)
+        return 1
+    print(_summary(manifest, time.monotonic() - start))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,160 @@
+"""The scenario catalogue and the dataset presets: which episodes make up which split.
+
+A scenario is either rendered by the simulator (`sim_effect`: it changes the world or the motion)
+or applied to the rendered frames (`corruption`: it happens at the camera). Splits follow the
+conformal recipe: train and calibration hold in-distribution driving only; validation and test hold
+ID and OOD episodes on maps and seeds that training never saw.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from training.data.corruptions import CORRUPTIONS
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    category: str  # "id", "appearance", "sensor" or "motion"
+    sim_effect: str | None = None
+    corruption: str | None = None
+
+
+SCENARIOS: dict[str, Scenario] = {
+    s.name: s
+    for s in (
+        Scenario("id", "id"),
+        Scenario("fog", "appearance", sim_effect="fog"),
+        Scenario("darkness", "appearance", sim_effect="darkness"),
+        Scenario("obstacles", "appearance", sim_effect="obstacles"),
+        Scenario("glare", "appearance", corruption="glare"),
+        Scenario("rain", "appearance", corruption="rain"),
+        Scenario("snow", "appearance", corruption="snow"),
+        Scenario("lens_dirt", "appearance", corruption="lens_dirt"),
+        Scenario("frozen", "sensor", corruption="frozen"),
+        Scenario("black", "sensor", corruption="black"),
+        Scenario("noise", "sensor", corruption="noise"),
+        Scenario("spin", "motion", sim_effect="spin"),
+        Scenario("reverse", "motion", sim_effect="reverse"),
+        Scenario("jitter", "motion", sim_effect="jitter"),
+        Scenario("speedup", "motion", sim_effect="speedup"),
+    )
+}
+OOD_SCENARIOS = tuple(name for name in SCENARIOS if name != "id")
+assert {s.corruption for s in SCENARIOS.values() if s.corruption} == set(CORRUPTIONS)
+
+
+@dataclass(frozen=True)
+class EpisodePlan:
+    """One episode to render: the spec sent to the simulator worker plus where it goes."""
+
+    name: str
+    split: str
+    scenario: str
+    map: str
+    seed: int
+    frames: int
+    onset_frame: int | None  # None: in-distribution; 0: OOD from the first frame
+    intensity: float
+
+    def sim_spec(self, width: int, height: int, fps: float) -> dict[str, object]:
+        scenario = SCENARIOS[self.scenario]
+        return {
+            "map": self.map,
+            "seed": self.seed,
+            "frames": self.frames,
+            "width": width,
+            "height": height,
+            "fps": fps,
+            "effect": scenario.sim_effect,
+            "onset": self.onset_frame or 0,
+            "intensity": self.intensity,
+        }
+
+
+@dataclass(frozen=True)
+class SplitPlan:
+    """How one split is drawn: its maps, episodes per scenario and episode length."""
+
+    maps: tuple[str, ...]
+    id_episodes: int
+    ood_full_episodes: int = 0  # per OOD scenario, OOD from the first frame
+    ood_onset_episodes: int = 0  # per OOD scenario, ID driving that turns OOD at a known frame
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    frames: int
+    onset_range: tuple[int, int]
+    splits: dict[str, SplitPlan]
+    scenarios: tuple[str, ...] = OOD_SCENARIOS
+
+
+# Train/calibration maps and held-out maps for validation and test (all verified drivable).
+TRAIN_MAPS = ("loop_empty", "small_loop", "zigzag_dists")
+VALIDATION_MAPS = ("udem1",)
+TEST_MAPS = ("4way",)
+
+PRESETS: dict[str, Preset] = {
+    "default": Preset(
+        name="default",
+        frames=300,
+        onset_range=(90, 180),
+        splits={
+            "train": SplitPlan(TRAIN_MAPS, id_episodes=36),
+            "calibration": SplitPlan(TRAIN_MAPS, id_episodes=9),
+            "validation": SplitPlan(VALIDATION_MAPS, id_episodes=6, ood_full_episodes=1, ood_onset_episodes=1),
+            "test": SplitPlan(TEST_MAPS, id_episodes=10, ood_full_episodes=1, ood_onset_episodes=2),
+        },
+    ),
+    "small": Preset(
+        name="small",
+        frames=24,
+        onset_range=(8, 12),
+        splits={
+            "train": SplitPlan(TRAIN_MAPS[:1], id_episodes=1),
+            "calibration": SplitPlan(TRAIN_MAPS[:1], id_episodes=1),
+            "validation": SplitPlan(VALIDATION_MAPS, id_episodes=1, ood_onset_episodes=1),
+            "test": SplitPlan(TEST_MAPS, id_episodes=1, ood_onset_episodes=1),
+        },
+        scenarios=("fog", "frozen", "spin"),
+    ),
+}
+
+# Seeds are unique per split so no two splits share a start pose or a random stream.
+_SPLIT_SEED_BASE = {"train": 0, "calibration": 100_000, "validation": 200_000, "test": 300_000}
+
+
+def plan_episodes(preset: Preset) -> list[EpisodePlan]:
+    """Every episode of a preset, deterministic: the same preset always gives the same dataset."""
+    rng = random.Random(f"vae_ood_monitor:{preset.name}")
+    plans: list[EpisodePlan] = []
+    for split, split_plan in preset.splits.items():
+        seed = _SPLIT_SEED_BASE[split]
+        jobs: list[tuple[str, int | None]] = [("id", None)] * split_plan.id_episodes
+        for scenario in preset.scenarios:
+            jobs += [(scenario, 0)] * split_plan.ood_full_episodes
+            jobs += [(scenario, -1)] * split_plan.ood_onset_episodes
+        counters: dict[str, int] = {}
+        for scenario, onset in jobs:
+            number = counters[scenario] = counters.get(scenario, 0) + 1
+            onset_frame = rng.randint(*preset.onset_range) if onset == -1 else onset
+            kind = "onset" if onset_frame else ("full" if onset_frame == 0 else "")
+            name = "_".join(part for part in (split, scenario, kind, f"{number:03d}") if part)
+            plans.append(
+                EpisodePlan(
+                    name=name,
+                    split=split,
+                    scenario=scenario,
+                    map=split_plan.maps[(number - 1) % len(split_plan.maps)],
+                    seed=seed,
+                    frames=preset.frames,
+                    onset_frame=onset_frame,
+                    intensity=round(rng.uniform(0.4, 1.0), 3) if scenario != "id" else 0.0,
+                )
+            )
+            seed += 1
+    return plans

@@ -1,0 +1,73 @@
+"""Camera messages to RGB numpy images, without cv_bridge.
+
+ROS 2 cv_bridge is not installable from PyPI and the PyPI `cv-bridge` is ROS 1 code that breaks on
+numpy 2, so the two sensor_msgs image types are converted here directly. Works the same for rclpy
+messages and for messages deserialized by `rosbags` (same field names).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import cv2
+import numpy as np
+
+COMPRESSED_IMAGE_TYPE = "sensor_msgs/msg/CompressedImage"
+RAW_IMAGE_TYPE = "sensor_msgs/msg/Image"
+IMAGE_TYPES = (COMPRESSED_IMAGE_TYPE, RAW_IMAGE_TYPE)
+
+# encoding -> (channels, OpenCV conversion to RGB or None when already RGB)
+_RAW_ENCODINGS: dict[str, tuple[int, int | None]] = {
+    "rgb8": (3, None),
+    "bgr8": (3, cv2.COLOR_BGR2RGB),
+    "rgba8": (4, cv2.COLOR_RGBA2RGB),
+    "bgra8": (4, cv2.COLOR_BGRA2RGB),
+    "mono8": (1, cv2.COLOR_GRAY2RGB),
+}
+
+
+class FrameError(ValueError):
+    """A camera frame that cannot be turned into an image; the message says why."""
+
+
+def decode_compressed(data: bytes | bytearray | memoryview | np.ndarray) -> np.ndarray:
+    """Decode JPEG/PNG bytes (sensor_msgs/CompressedImage.data) to an RGB uint8 image."""
+    buffer = np.frombuffer(data, dtype=np.uint8) if not isinstance(data, np.ndarray) else data
+    if buffer.size == 0:
+        raise FrameError("empty compressed image")
+    bgr = cv2.imdecode(buffer, cv2.IMREAD_COLOR)
+    if bgr is None or bgr.size == 0:
+        raise FrameError(f"unreadable compressed image ({buffer.size} bytes, not a decodable JPEG/PNG)")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def decode_raw(encoding: str, height: int, width: int, step: int, data: Any) -> np.ndarray:
+    """Convert sensor_msgs/Image fields to an RGB uint8 image, honouring the row `step`."""
+    if encoding not in _RAW_ENCODINGS:
+        raise FrameError(f"unsupported encoding '{encoding}' (supported: {', '.join(_RAW_ENCODINGS)})")
+    if height <= 0 or width <= 0:
+        raise FrameError(f"zero-size image ({width}x{height})")
+    channels, conversion = _RAW_ENCODINGS[encoding]
+    row_bytes = width * channels
+    if step < row_bytes:
+        raise FrameError(f"step {step} is smaller than width*channels = {row_bytes}")
+    buffer = np.frombuffer(data, dtype=np.uint8) if not isinstance(data, np.ndarray) else data
+    if buffer.size < step * height:
+        raise FrameError(f"truncated image: {buffer.size} bytes, expected {step * height} ({width}x{height} {encoding})")
+    rows = buffer[: step * height].reshape(height, step)[:, :row_bytes]
+    image = rows.reshape(height, width, channels)
+    if conversion is None:
+        return np.ascontiguousarray(image)
+    return cv2.cvtColor(image, conversion)
+
+
+def decode_message(msg: Any) -> np.ndarray:
+    """Decode a sensor_msgs/CompressedImage or sensor_msgs/Image message to RGB uint8."""
+    if hasattr(msg, "format"):
+        return decode_compressed(msg.data)
+    return decode_raw(msg.encoding, msg.height, msg.width, msg.step, msg.data)
+
+
+def stamp_to_ns(stamp: Any) -> int:
+    """builtin_interfaces/Time (rclpy or rosbags) to integer nanoseconds."""
+    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
