@@ -10,6 +10,7 @@ VENV := .venv
 SIM_VENV := .venv-sim
 REQ := requirements
 MAIN_REQS := $(REQ)/runtime.txt $(REQ)/ros-kilted.txt $(REQ)/training.txt $(REQ)/test.txt
+PACKAGE_FILES := $(shell find vae_ood_monitor launch config models resource -type f -not -path '*__pycache__*')
 PIP_QUIET := --quiet --disable-pip-version-check
 # Debian packages the headless simulator renders with (EGL/OSMesa through pyglet).
 SIM_DEBS := libgl1 libegl1 libgl1-mesa-dri libglu1-mesa libosmesa6 freeglut3-dev xvfb
@@ -25,14 +26,20 @@ demo: venv sim-venv
 test: venv sim-venv
 	$(VENV)/bin/python -m pytest
 
-venv: $(VENV)/.installed
+venv: $(VENV)/.package-installed
 sim-venv: $(SIM_VENV)/.installed
 
-$(VENV)/.installed: $(MAIN_REQS) $(REQ)/lock.txt setup.py setup.cfg package.xml
+$(VENV)/.deps-installed: $(MAIN_REQS) $(REQ)/lock.txt
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 10))' || { echo "make: Python 3.10+ needed, $(PYTHON) is older" >&2; exit 1; }
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install $(PIP_QUIET) -c $(REQ)/lock.txt $(addprefix -r ,$(MAIN_REQS))
-	$(VENV)/bin/pip install $(PIP_QUIET) --no-deps -e .
+	@touch $@
+
+# A regular (not editable) install, as colcon would do it: data_files land in $(VENV)/share/,
+# where ament_index finds launch/, config/ and models/. Reinstalled whenever a file changes.
+$(VENV)/.package-installed: $(VENV)/.deps-installed setup.py setup.cfg package.xml $(PACKAGE_FILES)
+	$(VENV)/bin/pip install $(PIP_QUIET) --no-deps --no-build-isolation .
+	@rm -rf build *.egg-info
 	@touch $@
 
 $(SIM_VENV)/.installed: $(REQ)/sim.txt $(REQ)/sim-lock.txt | system-deps
