@@ -59,8 +59,6 @@ class SimulatorStream:
     """
 
     def __init__(self, spec: dict[str, Any], sim_python: Path) -> None:
-        if not sim_python.exists():
-            raise GenerationError(f"simulator python not found at {sim_python}: run `make sim-venv` first")
         self._shape = (int(spec["height"]), int(spec["width"]), 3)
         self._log = tempfile.TemporaryFile()
         self.process = subprocess.Popen(
@@ -193,6 +191,8 @@ def generate(
     progress: bool = True,
 ) -> Path:
     """Render every missing episode of a preset, then write the manifest; returns its path."""
+    if not sim_python.exists():
+        raise GenerationError(f"simulator python not found at {sim_python}: run `make sim-venv` first")
     plans = plan_episodes(PRESETS[preset_name])
     todo = [p for p in plans if not (out_dir / p.split / p.name / EPISODE_FILE).exists()]
     bar = tqdm(total=sum(p.frames for p in todo), unit="frame", desc=f"{preset_name}: {len(todo)} episodes", disable=not progress)

@@ -93,10 +93,11 @@ class Preset:
     scenarios: tuple[str, ...] = OOD_SCENARIOS
 
 
-# Train/calibration maps and held-out maps for validation and test (all verified drivable).
-TRAIN_MAPS = ("loop_empty", "small_loop", "zigzag_dists")
-VALIDATION_MAPS = ("udem1",)
-TEST_MAPS = ("4way",)
+# Train/calibration maps and held-out maps for validation and test: all from sim_worker.ID_MAPS,
+# where the lane controller is verified to drive and no bus, truck or tree stands by the road.
+TRAIN_MAPS = ("loop_empty", "small_loop", "Montreal_loop")
+VALIDATION_MAPS = ("ETHZ_loop",)
+TEST_MAPS = ("udem1_empty", "4way")
 
 PRESETS: dict[str, Preset] = {
     "default": Preset(
@@ -121,6 +122,14 @@ PRESETS: dict[str, Preset] = {
             "test": SplitPlan(TEST_MAPS, id_episodes=1, ood_onset_episodes=1),
         },
         scenarios=("fog", "frozen", "spin"),
+    ),
+    # One in-distribution drive that turns foggy: the sample episode of `make demo`.
+    "demo": Preset(
+        name="demo",
+        frames=240,
+        onset_range=(120, 120),
+        splits={"test": SplitPlan(TEST_MAPS[:1], id_episodes=0, ood_onset_episodes=1)},
+        scenarios=("fog",),
     ),
 }
 

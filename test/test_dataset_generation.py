@@ -1,0 +1,102 @@
+"""The Duckietown generator end to end: real simulator subprocesses, real bags, real labels."""
+
+import json
+
+import numpy as np
+import pytest
+
+from training.data.generate import DEFAULT_SIM_PYTHON, GenerationError, generate, main
+from training.data.scenarios import PRESETS, SCENARIOS, TRAIN_MAPS, plan_episodes
+from vae_ood_monitor.bags import DEFAULT_CAMERA_TOPIC, image_topics, read_camera_messages
+from vae_ood_monitor.ground_truth import read_ground_truth
+from vae_ood_monitor.images import decode_message
+
+pytestmark = pytest.mark.skipif(
+    not DEFAULT_SIM_PYTHON.exists(), reason=f"simulator venv missing at {DEFAULT_SIM_PYTHON}: `make sim-venv` builds it"
+)
+
+
+@pytest.fixture(scope="module")
+def small_dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("small")
+    manifest_path = generate("small", root, progress=False)
+    return root, json.loads(manifest_path.read_text())
+
+
+def test_splits_follow_the_conformal_recipe(small_dataset):
+    _, manifest = small_dataset
+    assert list(manifest["splits"]) == ["train", "calibration", "validation", "test"]
+    by_split = {s: [e for e in manifest["episodes"] if e["split"] == s] for s in manifest["splits"]}
+    for split in ("train", "calibration"):
+        assert {e["scenario"] for e in by_split[split]} == {"id"}
+    for split in ("validation", "test"):
+        scenarios = {e["scenario"] for e in by_split[split]}
+        assert "id" in scenarios and len(scenarios) > 1
+        assert not {e["map"] for e in by_split[split]} & set(TRAIN_MAPS), "held-out maps only"
+    seeds = [e["seed"] for e in manifest["episodes"]]
+    assert len(seeds) == len(set(seeds))
+
+
+def test_episodes_are_bags_with_camera_frames_at_30_hz(small_dataset):
+    root, manifest = small_dataset
+    for entry in manifest["episodes"]:
+        bag = root / entry["path"]
+        assert image_topics(bag) == {DEFAULT_CAMERA_TOPIC: "sensor_msgs/msg/CompressedImage"}
+        messages = list(read_camera_messages(bag))
+        assert len(messages) == entry["frames"] == PRESETS["small"].frames
+        periods = np.diff([m.stamp_ns for m in messages])
+        assert np.allclose(periods, 1e9 / 30, atol=1)
+        first = decode_message(messages[0].msg)
+        assert first.shape == (480, 640, 3)
+        assert 30 < first.mean() < 220, "a rendered road scene, not a blank frame"
+
+
+def test_labels_and_onsets(small_dataset):
+    root, manifest = small_dataset
+    for entry in manifest["episodes"]:
+        labels = read_ground_truth(root / entry["path"])
+        assert [label.frame for label in labels] == list(range(entry["frames"]))
+        ood = np.array([label.ood for label in labels])
+        if entry["scenario"] == "id":
+            assert not ood.any() and entry["onset_frame"] is None
+        else:
+            onset = entry["onset_frame"]
+            assert PRESETS["small"].onset_range[0] <= onset <= PRESETS["small"].onset_range[1]
+            assert not ood[:onset].any() and ood[onset:].all()
+            assert {label.onset_frame for label in labels} == {onset}
+
+
+def test_effects_change_the_frames_after_onset(small_dataset):
+    root, manifest = small_dataset
+    for entry in manifest["episodes"]:
+        if entry["scenario"] == "id":
+            continue
+        frames = [decode_message(m.msg).astype(np.float32) for m in read_camera_messages(root / entry["path"])]
+        onset = entry["onset_frame"]
+        if entry["scenario"] == "frozen":
+            assert all(np.array_equal(frames[onset], f) for f in frames[onset:])
+        elif entry["scenario"] == "fog":
+            contrast_before = np.mean([f.std() for f in frames[:onset]])
+            contrast_after = np.mean([f.std() for f in frames[onset + 3 :]])
+            assert contrast_after < 0.8 * contrast_before, "fog washes out contrast"
+
+
+def test_rerun_resumes_without_rendering_again(small_dataset, tmp_path):
+    root, manifest = small_dataset
+    mtimes = {e["name"]: (root / e["path"] / "metadata.yaml").stat().st_mtime_ns for e in manifest["episodes"]}
+    generate("small", root, progress=False)
+    assert mtimes == {e["name"]: (root / e["path"] / "metadata.yaml").stat().st_mtime_ns for e in manifest["episodes"]}
+
+
+def test_plan_is_deterministic_and_covers_every_scenario():
+    default = plan_episodes(PRESETS["default"])
+    assert default == plan_episodes(PRESETS["default"])
+    assert {p.scenario for p in default if p.split == "test"} == set(SCENARIOS)
+    assert {p.scenario for p in default if p.split in ("train", "calibration")} == {"id"}
+
+
+def test_missing_simulator_is_a_clear_error(tmp_path, capsys):
+    assert main(["--preset", "small", "--out", str(tmp_path / "ds"), "--sim-python", str(tmp_path / "nope" / "python")]) == 1
+    assert "run `make sim-venv` first" in capsys.readouterr().err
+    with pytest.raises(GenerationError):
+        generate("small", tmp_path / "ds2", sim_python=tmp_path / "nope" / "python", progress=False)

@@ -1,0 +1,108 @@
+"""Model bundles: encoder ONNX files + bundle.json + SHA256SUMS, verified before anything runs.
+
+    <bundle>/bundle.json      detector kind, preprocessing, encoders, selected latent dims,
+                              calibration scores, decision parameters, provenance
+    <bundle>/<encoder>.onnx   one per encoder ("image", or "horizontal" and "vertical")
+    <bundle>/SHA256SUMS       `sha256sum` format over every other file; checked at load
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vae_ood_monitor.decision import DecisionParams
+from vae_ood_monitor.preprocessing import FlowPreprocessing, ImagePreprocessing
+
+BUNDLE_FILE = "bundle.json"
+SUMS_FILE = "SHA256SUMS"
+FORMAT = "vae_ood_monitor.bundle/1"
+DETECTOR_ENCODERS = {"bvae": ("image",), "flow": ("horizontal", "vertical")}
+
+
+class BundleError(RuntimeError):
+    """A bundle that must not be used; the message names the bundle and what is wrong."""
+
+
+@dataclass(frozen=True)
+class Bundle:
+    path: Path
+    detector: str
+    preprocessing: ImagePreprocessing | FlowPreprocessing
+    encoders: dict[str, Path]
+    selected_dims: dict[str, list[int]]
+    calibration_scores: np.ndarray
+    decision: DecisionParams
+    provenance: dict[str, Any]
+    sha256: str  # of SHA256SUMS: one hash naming this exact bundle, for diagnostics
+
+    def engine_path(self, encoder: str, suffix: str) -> Path:
+        """Where a TensorRT engine built from `encoder`'s ONNX lives (same stem, other suffix)."""
+        return self.encoders[encoder].with_suffix(suffix)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_sums(path: Path) -> None:
+    """Write SHA256SUMS over every file of the bundle folder but itself and TensorRT engines."""
+    files = sorted(p for p in path.iterdir() if p.is_file() and p.name != SUMS_FILE and p.suffix not in (".engine", ".plan"))
+    (path / SUMS_FILE).write_text("".join(f"{sha256_file(p)}  {p.name}\n" for p in files))
+
+
+def verify_sums(path: Path) -> str:
+    sums = path / SUMS_FILE
+    if not sums.exists():
+        raise BundleError(f"{path}: no {SUMS_FILE}; refusing an unverifiable bundle")
+    for line_number, line in enumerate(sums.read_text().splitlines(), start=1):
+        expected, _, name = line.partition("  ")
+        if not name:
+            raise BundleError(f"{sums}:{line_number}: malformed line")
+        target = path / name
+        if not target.exists():
+            raise BundleError(f"{path}: {name} is listed in {SUMS_FILE} but missing")
+        if sha256_file(target) != expected:
+            raise BundleError(f"{path}: SHA-256 mismatch for {name} (file changed or corrupt)")
+    return sha256_file(sums)
+
+
+def load_bundle(path: Path | str) -> Bundle:
+    """Read and verify a bundle; every problem is a BundleError naming the file."""
+    path = Path(path)
+    if not (path / BUNDLE_FILE).exists():
+        raise BundleError(f"{path}: not a model bundle (no {BUNDLE_FILE})")
+    digest = verify_sums(path)
+    try:
+        meta = json.loads((path / BUNDLE_FILE).read_text())
+        if meta.get("format") != FORMAT:
+            raise BundleError(f"{path}: unsupported bundle format {meta.get('format')!r} (expected {FORMAT})")
+        detector = meta["detector"]
+        if detector not in DETECTOR_ENCODERS:
+            raise BundleError(f"{path}: unknown detector kind {detector!r}")
+        prep_data = meta["preprocessing"]
+        if detector == "bvae":
+            preprocessing: ImagePreprocessing | FlowPreprocessing = ImagePreprocessing(width=prep_data["width"], height=prep_data["height"])
+        else:
+            preprocessing = FlowPreprocessing.from_dict(prep_data)
+        encoders = {name: path / meta["encoders"][name] for name in DETECTOR_ENCODERS[detector]}
+        calibration = np.asarray(meta["calibration_scores"], dtype=np.float64)
+        decision = DecisionParams(**meta["decision"])
+        selected = {name: [int(d) for d in meta["selected_dims"][name]] for name in DETECTOR_ENCODERS[detector]}
+    except (KeyError, TypeError, ValueError) as err:
+        raise BundleError(f"{path / BUNDLE_FILE}: invalid ({type(err).__name__}: {err})") from None
+    for name, file in encoders.items():
+        if not file.exists():
+            raise BundleError(f"{path}: encoder '{name}' file {file.name} is missing")
+    if calibration.size == 0 or not np.all(np.isfinite(calibration)):
+        raise BundleError(f"{path}: calibration scores are empty or not finite")
+    return Bundle(path, detector, preprocessing, encoders, selected, calibration, decision, meta.get("provenance", {}), digest)

@@ -1,0 +1,83 @@
+"""Scores to calibrated OOD decisions: conformal p-value → power martingale → CUSUM.
+
+One frame's score says little; a run of unusual frames says a lot. Each score becomes an inductive
+conformal p-value against in-distribution calibration scores (uniform on ID data, tiny on OOD). A
+power martingale over the last `window` p-values bets on small p-values; its log grows quickly
+once OOD frames arrive and drifts down on ID frames. A CUSUM with decay (`drift` subtracted every
+frame, floored at 0) accumulates that evidence and flags OOD above `threshold` (RTCSA 2022).
+A plain threshold on the score is available as `mode="threshold"`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+MODES = ("cusum", "threshold")
+
+
+@dataclass(frozen=True)
+class DecisionParams:
+    mode: str = "cusum"
+    epsilon: float = 0.04  # power martingale betting exponent, 0 < ε < 1
+    window: int = 10  # frames in the sliding martingale
+    drift: float = 0.0  # CUSUM decay per frame, in log-martingale units
+    threshold: float = 10.0  # CUSUM alarm level, or the score threshold in threshold mode
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"decision mode must be one of {MODES}, got '{self.mode}'")
+        if not 0.0 < self.epsilon < 1.0:
+            raise ValueError(f"epsilon must be in (0, 1), got {self.epsilon}")
+        if self.window < 1:
+            raise ValueError(f"window must be >= 1, got {self.window}")
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Decision:
+    p_value: float
+    log_martingale: float
+    cusum: float
+    ood: bool
+
+
+class ConformalDecider:
+    """Stateful per-stream decision maker; `update` once per scored frame, `reset` on a new stream."""
+
+    def __init__(self, calibration_scores: np.ndarray, params: DecisionParams) -> None:
+        scores = np.sort(np.asarray(calibration_scores, dtype=np.float64))
+        if scores.size == 0 or not np.all(np.isfinite(scores)):
+            raise ValueError("calibration scores must be a non-empty array of finite numbers")
+        self._calibration = scores
+        self.params = params
+        self._log_bets: deque[float] = deque(maxlen=params.window)
+        self._cusum = 0.0
+
+    def reset(self) -> None:
+        self._log_bets.clear()
+        self._cusum = 0.0
+
+    def p_value(self, score: float) -> float:
+        """Share of calibration scores at least as large as `score` (conservative +1 correction)."""
+        at_least = self._calibration.size - np.searchsorted(self._calibration, score, side="left")
+        return (at_least + 1) / (self._calibration.size + 1)
+
+    def update(self, score: float) -> Decision:
+        if not math.isfinite(score):
+            raise ValueError(f"score must be finite, got {score}")
+        p = self.p_value(score)
+        eps = self.params.epsilon
+        self._log_bets.append(math.log(eps) + (eps - 1.0) * math.log(p))
+        log_martingale = sum(self._log_bets)
+        self._cusum = max(0.0, self._cusum + log_martingale - self.params.drift)
+        if self.params.mode == "threshold":
+            ood = score > self.params.threshold
+        else:
+            ood = self._cusum > self.params.threshold
+        return Decision(p, log_martingale, self._cusum, ood)

@@ -1,0 +1,98 @@
+"""A detector = a verified bundle + encoders on a backend + the decision state of one stream.
+
+The same class scores frames on the robot (one at a time, newest first) and offline in `score`,
+`eval` and the training reports (in batches), so the numbers reported are the robot's numbers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+
+from vae_ood_monitor.backends import EncoderRunner, make_encoder
+from vae_ood_monitor.bundle import Bundle, load_bundle
+from vae_ood_monitor.decision import ConformalDecider, Decision
+from vae_ood_monitor.preprocessing import FlowStacker, ImagePreprocessing
+from vae_ood_monitor.scoring import kl_score
+
+
+class ModelOutputError(ValueError):
+    """The encoder produced NaN or infinite values for a frame."""
+
+
+class OODDetector:
+    def __init__(self, bundle: Bundle, backend: str = "onnxruntime", threads: int = 1) -> None:
+        self.bundle = bundle
+        self.kind = bundle.detector
+        self.backend = backend
+        self._encoders: dict[str, EncoderRunner] = {
+            name: make_encoder(backend, path, threads) for name, path in bundle.encoders.items()
+        }
+        self._stacker = FlowStacker(bundle.preprocessing) if self.kind == "flow" else None  # type: ignore[arg-type]
+        self.decider = ConformalDecider(bundle.calibration_scores, bundle.decision)
+
+    @classmethod
+    def from_path(cls, path: str, backend: str = "onnxruntime", threads: int = 1) -> OODDetector:
+        return cls(load_bundle(path), backend, threads)
+
+    @property
+    def backend_name(self) -> str:
+        return next(iter(self._encoders.values())).name
+
+    def reset(self) -> None:
+        """Forget the stream (flow history and decision state), e.g. after a gap in the frames."""
+        if self._stacker is not None:
+            self._stacker.reset()
+        self.decider.reset()
+
+    def _score_inputs(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        total = np.zeros(len(next(iter(inputs.values()))))
+        for name, batch in inputs.items():
+            mu, logvar = self._encoders[name](batch)
+            if not (np.all(np.isfinite(mu)) and np.all(np.isfinite(logvar))):
+                raise ModelOutputError(f"encoder '{name}' of {self.bundle.path.name} produced non-finite output")
+            total += kl_score(mu, logvar, self.bundle.selected_dims[name])
+        return total
+
+    def _inputs(self, rgb: np.ndarray) -> dict[str, np.ndarray] | None:
+        if self._stacker is None:
+            prep: ImagePreprocessing = self.bundle.preprocessing  # type: ignore[assignment]
+            return {"image": prep(rgb)}
+        stacked = self._stacker.push(rgb)
+        if stacked is None:
+            return None
+        return {"horizontal": stacked[0], "vertical": stacked[1]}
+
+    def score_frame(self, rgb: np.ndarray) -> float | None:
+        """OOD score of the newest frame; None while the flow detector fills its stack."""
+        inputs = self._inputs(rgb)
+        if inputs is None:
+            return None
+        return float(self._score_inputs({k: v[None] for k, v in inputs.items()})[0])
+
+    def decide(self, score: float) -> Decision:
+        return self.decider.update(score)
+
+    def score_stream(self, frames: Iterable[np.ndarray], batch_size: int = 32) -> np.ndarray:
+        """Scores of consecutive frames of one stream (NaN where none yet), batched for speed."""
+        self.reset()
+        scores: list[float] = []
+        pending: list[tuple[int, dict[str, np.ndarray]]] = []
+
+        def flush() -> None:
+            if pending:
+                batch = {name: np.stack([inputs[name] for _, inputs in pending]) for name in pending[0][1]}
+                for (index, _), score in zip(pending, self._score_inputs(batch)):
+                    scores[index] = float(score)
+                pending.clear()
+
+        for rgb in frames:
+            scores.append(float("nan"))
+            inputs = self._inputs(rgb)
+            if inputs is not None:
+                pending.append((len(scores) - 1, inputs))
+                if len(pending) == batch_size:
+                    flush()
+        flush()
+        return np.asarray(scores)

@@ -1,0 +1,103 @@
+"""Model inputs from camera frames, shared by training and the onboard runtime.
+
+Training imports these very functions, so the robot feeds its encoders exactly what they were
+trained on. Parameters travel in the model bundle's JSON (`to_dict` / `from_dict`).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import asdict, dataclass
+
+import cv2
+import numpy as np
+
+
+@dataclass(frozen=True)
+class ImagePreprocessing:
+    """β-VAE input: RGB resized to width×height, float32 in [0, 1], channels first."""
+
+    width: int = 224
+    height: int = 224
+
+    def resize(self, rgb: np.ndarray) -> np.ndarray:
+        """uint8 HWC at the model size (training keeps this form to save memory)."""
+        return cv2.resize(rgb, (self.width, self.height), interpolation=cv2.INTER_AREA)
+
+    def __call__(self, rgb: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(self.resize(rgb).transpose(2, 0, 1), dtype=np.float32) / np.float32(255.0)
+
+    def to_dict(self) -> dict[str, object]:
+        return {"kind": "image", **asdict(self)}
+
+
+@dataclass(frozen=True)
+class FlowPreprocessing:
+    """Optical-flow input: grayscale frames at width×height, dense flow between consecutive frames,
+    cropped, scaled by `max_flow` to [-1, 1], `stack` flows deep; horizontal and vertical
+    components become the inputs of two encoders (RTCSA 2022)."""
+
+    width: int = 160
+    height: int = 120
+    crop: tuple[int, int, int, int] = (4, 4, 152, 112)  # x, y, width, height inside the resized frame
+    stack: int = 6
+    method: str = "farneback"  # or "dis"
+    max_flow: float = 8.0  # pixels per frame at width×height mapped to ±1
+    clahe: bool = True
+
+    def __post_init__(self) -> None:
+        if self.method not in ("farneback", "dis"):
+            raise ValueError(f"flow method must be 'farneback' or 'dis', got '{self.method}'")
+        x, y, w, h = self.crop
+        if x < 0 or y < 0 or x + w > self.width or y + h > self.height or w <= 0 or h <= 0:
+            raise ValueError(f"crop {self.crop} does not fit in {self.width}x{self.height}")
+
+    def to_dict(self) -> dict[str, object]:
+        return {"kind": "flow", **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, object]) -> FlowPreprocessing:
+        fields = {k: v for k, v in data.items() if k != "kind"}
+        fields["crop"] = tuple(fields["crop"])  # type: ignore[arg-type]
+        return cls(**fields)  # type: ignore[arg-type]
+
+
+class FlowStacker:
+    """Turns a frame stream into stacked (horizontal, vertical) flow inputs.
+
+    Keeps the previous grayscale frame and the last `stack` flows; `push` returns the two encoder
+    inputs, each (stack, crop_h, crop_w) float32, once enough frames have arrived, else None.
+    """
+
+    def __init__(self, params: FlowPreprocessing) -> None:
+        self.params = params
+        self._previous: np.ndarray | None = None
+        self._flows: deque[np.ndarray] = deque(maxlen=params.stack)
+        self._clahe = cv2.createCLAHE(clipLimit=2.0, tileGridSize=(8, 8)) if params.clahe else None
+        self._dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST) if params.method == "dis" else None
+
+    def reset(self) -> None:
+        self._previous = None
+        self._flows.clear()
+
+    def _grey(self, rgb: np.ndarray) -> np.ndarray:
+        grey = cv2.cvtColor(cv2.resize(rgb, (self.params.width, self.params.height), interpolation=cv2.INTER_AREA), cv2.COLOR_RGB2GRAY)
+        return self._clahe.apply(grey) if self._clahe is not None else grey
+
+    def _flow(self, previous: np.ndarray, current: np.ndarray) -> np.ndarray:
+        if self._dis is not None:
+            return self._dis.calc(previous, current, None)
+        return cv2.calcOpticalFlowFarneback(previous, current, None, 0.5, 1, 15, 1, 5, 1.1, 0)
+
+    def push(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        grey = self._grey(rgb)
+        previous, self._previous = self._previous, grey
+        if previous is None:
+            return None
+        x, y, w, h = self.params.crop
+        flow = self._flow(previous, grey)[y : y + h, x : x + w]
+        self._flows.append(np.clip(flow / self.params.max_flow, -1.0, 1.0).astype(np.float32))
+        if len(self._flows) < self.params.stack:
+            return None
+        stacked = np.stack(self._flows)  # (stack, h, w, 2)
+        return np.ascontiguousarray(stacked[..., 0]), np.ascontiguousarray(stacked[..., 1])
