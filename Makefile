@@ -20,8 +20,13 @@ export ROS_AUTOMATIC_DISCOVERY_RANGE ?= LOCALHOST
 
 .PHONY: demo test venv sim-venv system-deps dataset dataset-small clean
 
+DEMO_DIR := build/demo
+DEMO_EPISODE := $(DEMO_DIR)/test/test_fog_onset_001
+
+# Until the monitor graph ships: render a sample drive that turns foggy, summarise it, and draw it.
 demo: venv sim-venv
-	$(VENV)/bin/vae-ood-monitor demo
+	$(VENV)/bin/python -m training.data.generate --preset demo --out $(DEMO_DIR)
+	$(VENV)/bin/python -m training.data.preview $(DEMO_EPISODE) --out $(DEMO_DIR)/preview.png
 
 test: venv sim-venv
 	$(VENV)/bin/python -m pytest
