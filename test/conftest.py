@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import cv2
@@ -10,6 +11,7 @@ import pytest
 from rosbags import rosbag1, rosbag2
 from rosbags.typesys import Stores, get_typestore
 
+from training.data.generate import DEFAULT_SIM_PYTHON, generate
 from vae_ood_monitor.bags import DEFAULT_CAMERA_TOPIC
 
 FPS = 30.0
@@ -73,6 +75,16 @@ def write_ros1_bag(path: Path, frames: list[np.ndarray], *, topic: str = "/ducki
             msg = _image_message(typestore, rgb, stamp, compressed, ros1=True)
             writer.write(connection, stamp, typestore.serialize_ros1(msg, msgtype))
     return path
+
+
+@pytest.fixture(scope="session")
+def small_dataset(tmp_path_factory) -> tuple[Path, dict]:
+    """The "small" preset rendered by the real simulator once per test session (~30 s)."""
+    if not DEFAULT_SIM_PYTHON.exists():
+        pytest.skip(f"simulator venv missing at {DEFAULT_SIM_PYTHON}: `make sim-venv` builds it")
+    root = tmp_path_factory.mktemp("small")
+    manifest_path = generate("small", root, progress=False)
+    return root, json.loads(manifest_path.read_text())
 
 
 @pytest.fixture

@@ -1,7 +1,10 @@
 """Scores to calibrated OOD decisions: conformal p-value → power martingale → CUSUM.
 
 One frame's score says little; a run of unusual frames says a lot. Each score becomes an inductive
-conformal p-value against in-distribution calibration scores (uniform on ID data, tiny on OOD). A
+conformal p-value against in-distribution calibration scores (uniform on ID data, tiny on OOD).
+With `tail="both"` the p-value is two-sided: a KL far *below* anything seen in calibration is as
+atypical as one far above — fog, a black or frozen camera wash the information out of the input and
+the posterior collapses onto the prior, which a one-sided test would call "very normal". A
 power martingale over the last `window` p-values bets on small p-values; its log grows quickly
 once OOD frames arrive and drifts down on ID frames. A CUSUM with decay (`drift` subtracted every
 frame, floored at 0) accumulates that evidence and flags OOD above `threshold` (RTCSA 2022).
@@ -17,11 +20,13 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 MODES = ("cusum", "threshold")
+TAILS = ("upper", "both")
 
 
 @dataclass(frozen=True)
 class DecisionParams:
     mode: str = "cusum"
+    tail: str = "both"  # "upper": only high scores are atypical; "both": two-sided p-value
     epsilon: float = 0.04  # power martingale betting exponent, 0 < ε < 1
     window: int = 10  # frames in the sliding martingale
     drift: float = 0.0  # CUSUM decay per frame, in log-martingale units
@@ -30,6 +35,8 @@ class DecisionParams:
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"decision mode must be one of {MODES}, got '{self.mode}'")
+        if self.tail not in TAILS:
+            raise ValueError(f"tail must be one of {TAILS}, got '{self.tail}'")
         if not 0.0 < self.epsilon < 1.0:
             raise ValueError(f"epsilon must be in (0, 1), got {self.epsilon}")
         if self.window < 1:
@@ -64,9 +71,14 @@ class ConformalDecider:
         self._cusum = 0.0
 
     def p_value(self, score: float) -> float:
-        """Share of calibration scores at least as large as `score` (conservative +1 correction)."""
-        at_least = self._calibration.size - np.searchsorted(self._calibration, score, side="left")
-        return (at_least + 1) / (self._calibration.size + 1)
+        """Conformal p-value of `score`: the share of calibration scores at least as extreme
+        (with the conservative +1 correction; two-sided: twice the smaller tail, at most 1)."""
+        n = self._calibration.size
+        upper = (n - np.searchsorted(self._calibration, score, side="left") + 1) / (n + 1)
+        if self.params.tail == "upper":
+            return float(upper)
+        lower = (np.searchsorted(self._calibration, score, side="right") + 1) / (n + 1)
+        return float(min(1.0, 2.0 * min(upper, lower)))
 
     def update(self, score: float) -> Decision:
         if not math.isfinite(score):

@@ -46,14 +46,17 @@ class OODDetector:
             self._stacker.reset()
         self.decider.reset()
 
-    def _score_inputs(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
-        total = np.zeros(len(next(iter(inputs.values()))))
+    def _encode(self, inputs: dict[str, np.ndarray]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        latents = {}
         for name, batch in inputs.items():
             mu, logvar = self._encoders[name](batch)
             if not (np.all(np.isfinite(mu)) and np.all(np.isfinite(logvar))):
                 raise ModelOutputError(f"encoder '{name}' of {self.bundle.path.name} produced non-finite output")
-            total += kl_score(mu, logvar, self.bundle.selected_dims[name])
-        return total
+            latents[name] = (mu, logvar)
+        return latents
+
+    def _score_latents(self, latents: dict[str, tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+        return sum(kl_score(mu, logvar, self.bundle.selected_dims[name]) for name, (mu, logvar) in latents.items())  # type: ignore[return-value]
 
     def _inputs(self, rgb: np.ndarray) -> dict[str, np.ndarray] | None:
         if self._stacker is None:
@@ -69,30 +72,47 @@ class OODDetector:
         inputs = self._inputs(rgb)
         if inputs is None:
             return None
-        return float(self._score_inputs({k: v[None] for k, v in inputs.items()})[0])
+        return float(self._score_latents(self._encode({k: v[None] for k, v in inputs.items()}))[0])
 
     def decide(self, score: float) -> Decision:
         return self.decider.update(score)
 
-    def score_stream(self, frames: Iterable[np.ndarray], batch_size: int = 32) -> np.ndarray:
-        """Scores of consecutive frames of one stream (NaN where none yet), batched for speed."""
+    def encode_stream(self, frames: Iterable[np.ndarray], batch_size: int = 32) -> tuple[int, np.ndarray, dict[str, tuple[np.ndarray, np.ndarray]]]:
+        """Latents of consecutive frames of one stream, batched for speed.
+
+        Returns the number of frames, the indices of the frames that had an input (all but the
+        flow detector's first `stack` frames) and, per encoder, (μ, logσ²) of those frames.
+        """
         self.reset()
-        scores: list[float] = []
-        pending: list[tuple[int, dict[str, np.ndarray]]] = []
+        indices: list[int] = []
+        pending: list[dict[str, np.ndarray]] = []
+        parts: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {name: [] for name in self._encoders}
 
         def flush() -> None:
             if pending:
-                batch = {name: np.stack([inputs[name] for _, inputs in pending]) for name in pending[0][1]}
-                for (index, _), score in zip(pending, self._score_inputs(batch)):
-                    scores[index] = float(score)
+                for name, latent in self._encode({n: np.stack([p[n] for p in pending]) for n in pending[0]}).items():
+                    parts[name].append(latent)
                 pending.clear()
 
-        for rgb in frames:
-            scores.append(float("nan"))
+        count = 0
+        for count, rgb in enumerate(frames, start=1):
             inputs = self._inputs(rgb)
             if inputs is not None:
-                pending.append((len(scores) - 1, inputs))
+                indices.append(count - 1)
+                pending.append(inputs)
                 if len(pending) == batch_size:
                     flush()
         flush()
-        return np.asarray(scores)
+        latents = {
+            name: (np.concatenate([m for m, _ in chunks]), np.concatenate([v for _, v in chunks])) if chunks else (np.empty((0, 0)), np.empty((0, 0)))
+            for name, chunks in parts.items()
+        }
+        return count, np.asarray(indices, dtype=int), latents
+
+    def score_stream(self, frames: Iterable[np.ndarray], batch_size: int = 32) -> np.ndarray:
+        """Scores of consecutive frames of one stream (NaN where none yet)."""
+        count, indices, latents = self.encode_stream(frames, batch_size)
+        scores = np.full(count, np.nan)
+        if indices.size:
+            scores[indices] = self._score_latents(latents)
+        return scores

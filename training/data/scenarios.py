@@ -111,17 +111,18 @@ PRESETS: dict[str, Preset] = {
             "test": SplitPlan(TEST_MAPS, id_episodes=10, ood_full_episodes=1, ood_onset_episodes=2),
         },
     ),
+    # Seconds to render; the tests generate it and train the "tiny" detectors on it.
     "small": Preset(
         name="small",
-        frames=24,
-        onset_range=(8, 12),
+        frames=40,
+        onset_range=(12, 20),
         splits={
-            "train": SplitPlan(TRAIN_MAPS[:1], id_episodes=1),
+            "train": SplitPlan(TRAIN_MAPS[:2], id_episodes=2),
             "calibration": SplitPlan(TRAIN_MAPS[:1], id_episodes=1),
             "validation": SplitPlan(VALIDATION_MAPS, id_episodes=1, ood_onset_episodes=1),
-            "test": SplitPlan(TEST_MAPS, id_episodes=1, ood_onset_episodes=1),
+            "test": SplitPlan(TEST_MAPS[:1], id_episodes=1, ood_full_episodes=1),
         },
-        scenarios=("fog", "frozen", "spin"),
+        scenarios=("fog", "frozen", "black", "spin"),
     ),
     # One in-distribution drive that turns foggy: the sample episode of `make demo`.
     "demo": Preset(

@@ -27,14 +27,15 @@ i+1 (v is the effective linear speed command: under `speedup` the commanded spee
 scale). `reset` is true on a frame that follows a simulator reset (the robot left the road), so
 consumers can tell the jump in the image sequence from motion.
 
-Exit code 0 after the last frame; on a bad spec or any failure a single line
-"sim_worker: <what went wrong>" on stderr and exit code 2.
+Exit code 0 after the last frame. On a bad spec or any failure exit code 2, and the last line on
+stderr is "sim_worker: <what went wrong>" (an unexpected error prints its traceback before it).
 
 Effects, active from frame `onset` on (before it the episode is plain lane following):
 fog (OpenGL EXP2 fog and a matching grey sky), darkness (dimmed light and a dark sky), obstacles
 (a bus, truck, tree, cones or a crowd of duckies placed on the lane ahead; the robot brakes and
 stops in front of them), spin (turning in place), reverse (lane following backwards), jitter
-(steering and speed flipping sign every 1-3 frames) and speedup (the world runs 2.5-4x faster).
+(steering, speed and camera tilt flipping sign every 1-3 frames) and speedup (the robot covers
+2.5-4x the distance per frame).
 
 Importing this module only defines names: the orchestrator imports ID_MAPS and EFFECTS from the
 main venv, where numpy 1.23, pyglet and gym are not available.
@@ -56,10 +57,11 @@ if TYPE_CHECKING:
     import numpy as np
     from gym_duckietown.envs import DuckietownEnv
 
-# Loop maps on which the lane controller below drives for many hundreds of frames without
-# leaving the road. They hold none of the obstacle kinds (bus, truck, tree) by the roadside, so
-# the `obstacles` effect shows objects the in-distribution data never contains.
-# (zigzag_dists and udem1 drive just as well but have buses, trucks and trees along the road.)
+# Maps on which the lane controller below was checked to drive 300-frame episodes (6 seeds each)
+# without leaving the lane. None holds a bus, truck or tree, so the `obstacles` effect shows
+# objects the in-distribution data never contains (loop_empty has one cone and a few duckies
+# on the grass). zigzag_dists and udem1 drive just as well but have buses, trucks and a tree
+# by the road.
 ID_MAPS: tuple[str, ...] = ("loop_empty", "small_loop", "Montreal_loop", "ETHZ_loop", "udem1_empty", "4way")
 EFFECTS: tuple[str, ...] = ("fog", "darkness", "obstacles", "spin", "reverse", "jitter", "speedup")
 OBSTACLE_KINDS: tuple[str, ...] = ("bus", "truck", "cone", "tree", "duckie")
@@ -68,8 +70,9 @@ OBSTACLE_KINDS: tuple[str, ...] = ("bus", "truck", "cone", "tree", "duckie")
 NORMAL_SPEED = 0.35
 LOOKAHEAD_M = 0.25
 STEERING_GAIN = 8.0
-# Spawn poses at most this far from the lane direction: the simulator's default (60 degrees) makes
-# the first seconds a recovery manoeuvre and sometimes leaves the road right away.
+# Spawn poses at most this far from the lane direction and centre: the simulator's default
+# (60 degrees, anywhere on the tile) makes the first seconds a recovery manoeuvre, and a spawn in
+# a bend's outer corner can leave the controller circling there.
 START_ANGLE_DEG = 20.0
 START_LANE_OFFSET_M = 0.08
 MAX_SPAWN_RESETS = 50
@@ -271,7 +274,7 @@ class Episode:
                 self.jitter_hold = int(self.rng.integers(1, 4))
                 self._shake_camera()
             self.jitter_hold -= 1
-            omega += self.jitter_sign * (3.0 + 9.0 * s)
+            omega += self.jitter_sign * (2.0 + 6.0 * s)
             speed *= 1.0 + self.jitter_sign * 0.6 * s
         return speed, omega
 
@@ -388,7 +391,7 @@ class Episode:
         pick = int(rng.choice(in_view)) if in_view else min(range(len(reachable)), key=bearings.__getitem__)
         (x, z), (tx, tz) = reachable[pick]
         lane_deg = math.degrees(math.atan2(-tz, tx))
-        side = (tz, -tx)  # right of the driving direction, in (x, z)
+        side = (-tz, tx)  # to the right of the driving direction, in (x, z)
         kind = self.obstacle_kind
         size = 0.8 + 0.5 * s
         placed: list[tuple[str, float, float, float, float]] = []  # kind, x, z, heading, height
@@ -483,8 +486,8 @@ def _import_simulator() -> None:
     """Import gym-duckietown headless (EGL) and quiet.
 
     pyglet must be told before gym_duckietown creates its shadow window, or it looks for an X
-    server. pyglet's default debug_gl checks glGetError after every GL call, which costs about a
-    third of the frame rate. The simulator logs every reset at INFO level and gym warns about its
+    server. pyglet's default debug_gl checks glGetError after every GL call, which costs about
+    15 % of the frame rate. The simulator logs every reset at INFO level and gym warns about its
     own age.
     """
     import logging

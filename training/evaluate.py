@@ -1,0 +1,262 @@
+"""Evaluate detector bundles on a dataset split: AUROC, FPR@95%TPR, delays, false alarms, plots.
+
+    python -m training.evaluate --data datasets/default --bvae models/bvae_baseline --flow models/flow_baseline --out reports/baseline
+
+Frames are scored by the onboard detector class (ONNX Runtime), beside two non-learned baselines
+that the learned detectors must beat: brightness deviation and mean frame difference, each as a
+|z-score| against the calibration split, and their maximum ("baseline").
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from training.dataset import Episode, episodes, iter_frames
+from vae_ood_monitor.detector import OODDetector
+from vae_ood_monitor.metrics import auroc, detection_delay, fpr_at_tpr, rising_edges
+from vae_ood_monitor.offline import score_frames
+
+DELAY_BAR_FRAMES = 15
+
+
+@dataclass
+class EpisodeResult:
+    episode: Episode
+    ood: np.ndarray
+    scores: dict[str, np.ndarray]  # bvae, flow, fused (surprise), bvae_kl, flow_kl, brightness, framediff
+    flags: dict[str, np.ndarray]  # bvae, flow, fused
+
+
+def baseline_features(frames: list[np.ndarray]) -> dict[str, np.ndarray]:
+    grey = [f.mean(axis=2, dtype=np.float32) for f in frames]
+    brightness = np.array([g.mean() for g in grey])
+    framediff = np.array([np.nan] + [np.abs(b - a).mean() for a, b in zip(grey, grey[1:])])
+    return {"brightness": brightness, "framediff": framediff}
+
+
+_DETECTORS: dict[str, OODDetector] = {}
+
+
+def _load_detectors(bundles: dict[str, str]) -> None:
+    _DETECTORS.clear()
+    _DETECTORS.update({name: OODDetector.from_path(path) for name, path in bundles.items()})
+
+
+def _score_episode(episode: Episode) -> EpisodeResult:
+    frames, ood = [], []
+    for rgb, label in iter_frames(episode):
+        frames.append(rgb)
+        ood.append(label)
+    stream = score_frames(frames, list(range(len(frames))), _DETECTORS)
+    # A detector's output is its conformal surprise (-log10 p, one- or two-sided as calibrated);
+    # the raw KL is kept beside it as <name>_kl.
+    scores = {**stream.surprise, **{f"{k}_kl": v for k, v in stream.scores.items()}, "fused": stream.fused_score, **baseline_features(frames)}
+    flags = {**stream.flags, "fused": stream.fused_flags}
+    return EpisodeResult(episode, np.asarray(ood), scores, flags)
+
+
+def score_split(data: Path, split: str, bundles: dict[str, Path], workers: int = 2) -> list[EpisodeResult]:
+    items = episodes(data, split)
+    with ProcessPoolExecutor(workers, initializer=_load_detectors, initargs=({k: str(v) for k, v in bundles.items()},)) as pool:
+        return list(tqdm(pool.map(_score_episode, items), total=len(items), desc=f"scoring {split}", unit="episode"))
+
+
+def _baseline_scores(results: list[EpisodeResult], calibration: list[EpisodeResult]) -> None:
+    """Turn raw brightness / frame-difference features into |z| against calibration, and their max."""
+    for feature in ("brightness", "framediff"):
+        values = np.concatenate([r.scores[feature] for r in calibration])
+        mean, std = np.nanmean(values), np.nanstd(values) + 1e-9
+        for r in results:
+            r.scores[f"{feature}_z"] = np.abs(r.scores[feature] - mean) / std
+    for r in results:
+        r.scores["baseline"] = np.fmax(r.scores["brightness_z"], r.scores["framediff_z"])
+
+
+SCORED = ("bvae", "flow", "fused", "bvae_kl", "flow_kl", "brightness_z", "framediff_z", "baseline")
+
+
+def metrics_table(results: list[EpisodeResult]) -> list[dict[str, object]]:
+    """One row per OOD scenario, per category and overall: AUROC and FPR@95 of every score."""
+    id_results = [r for r in results if r.episode.scenario == "id"]
+    groups: dict[str, list[EpisodeResult]] = {}
+    for r in results:
+        if r.episode.scenario != "id":
+            groups.setdefault(r.episode.scenario, []).append(r)
+            groups.setdefault(f"[{r.episode.category}]", []).append(r)
+            groups.setdefault("[all OOD]", []).append(r)
+    rows = []
+    for group, members in groups.items():
+        row: dict[str, object] = {"scenario": group, "ood_frames": int(sum(r.ood.sum() for r in members))}
+        for name in SCORED:
+            negatives = np.concatenate([r.scores[name] for r in id_results])
+            positives = np.concatenate([r.scores[name][r.ood] for r in members])
+            labels = np.concatenate([np.zeros(len(negatives), bool), np.ones(len(positives), bool)])
+            values = np.concatenate([negatives, positives])
+            row[f"auroc_{name}"] = auroc(labels, values)
+            if name in ("bvae", "flow", "fused"):
+                row[f"fpr95_{name}"] = fpr_at_tpr(labels, values)
+        delays = [detection_delay(r.flags["fused"], r.episode.onset_frame) for r in members if r.episode.onset_frame]
+        if delays:
+            row["onsets"] = len(delays)
+            row["median_delay_fused"] = float(np.median([d if d is not None else np.inf for d in delays]))
+            row[f"detected_within_{DELAY_BAR_FRAMES}"] = sum(d is not None and d <= DELAY_BAR_FRAMES for d in delays) / len(delays)
+        rows.append(row)
+    return rows
+
+
+def id_alarm_summary(results: list[EpisodeResult]) -> dict[str, float]:
+    """How often the decisions fire on in-distribution driving (ID episodes and pre-onset parts)."""
+    summary: dict[str, float] = {}
+    for name in ("bvae", "flow", "fused"):
+        flagged, frames, alarms, minutes = 0, 0, 0, 0.0
+        for r in results:
+            end = len(r.ood) if r.episode.onset_frame is None else r.episode.onset_frame
+            if end == 0:
+                continue
+            flags = r.flags[name][:end]
+            flagged += int(flags.sum())
+            frames += end
+            alarms += rising_edges(flags)
+            minutes += end / r.episode.fps / 60.0
+        summary[f"{name}_flagged_id_frames"] = flagged / max(frames, 1)
+        summary[f"{name}_false_alarms_per_min"] = alarms / max(minutes, 1e-9)
+    summary["id_minutes"] = minutes
+    return summary
+
+
+def _fmt(value: object) -> str:
+    if isinstance(value, float):
+        return "–" if np.isnan(value) else f"{value:.3f}"
+    return str(value)
+
+
+def write_report(results: list[EpisodeResult], rows: list[dict[str, object]], alarms: dict[str, float], out: Path, title: str) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    with (out / "metrics.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    with (out / "frames.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["episode", "scenario", "frame", "ood", *SCORED, "flag_bvae", "flag_flow", "flag_fused"])
+        for r in results:
+            for i in range(len(r.ood)):
+                writer.writerow([r.episode.name, r.episode.scenario, i, int(r.ood[i]), *(f"{r.scores[n][i]:.6g}" for n in SCORED),
+                                 *(int(r.flags[n][i]) for n in ("bvae", "flow", "fused"))])
+    shown = ["scenario", "ood_frames", "auroc_bvae", "auroc_flow", "auroc_fused", "auroc_bvae_kl", "auroc_flow_kl", "auroc_baseline",
+             "fpr95_fused", "median_delay_fused", f"detected_within_{DELAY_BAR_FRAMES}"]
+    lines = [f"# {title}", "", "| " + " | ".join(shown) + " |", "|" + "---|" * len(shown)]
+    lines += ["| " + " | ".join(_fmt(row.get(c, float("nan"))) for c in shown) + " |" for row in rows]
+    lines += ["", "In-distribution driving (ID episodes and pre-onset frames):", ""]
+    lines += [f"- {k}: {_fmt(v)}" for k, v in alarms.items()]
+    lines += ["", "![ROC](roc.png)", "", "![AUROC by scenario](auroc_by_scenario.png)", "", "![timelines](timelines.png)", ""]
+    report = out / "report.md"
+    report.write_text("\n".join(lines))
+    _plots(results, rows, out)
+    return report
+
+
+def _plots(results: list[EpisodeResult], rows: list[dict[str, object]], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    # ROC curves of every score, all OOD frames against ID frames.
+    id_results = [r for r in results if r.episode.scenario == "id"]
+    ood_results = [r for r in results if r.episode.scenario != "id"]
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    for name in ("bvae", "flow", "fused", "baseline"):
+        negatives = np.concatenate([r.scores[name] for r in id_results])
+        positives = np.concatenate([r.scores[name][r.ood] for r in ood_results])
+        negatives, positives = negatives[np.isfinite(negatives)], positives[np.isfinite(positives)]
+        thresholds = np.unique(np.concatenate([negatives, positives]))[::-1]
+        tpr = [0.0] + [float(np.mean(positives >= t)) for t in thresholds[:: max(1, len(thresholds) // 400)]] + [1.0]
+        fpr = [0.0] + [float(np.mean(negatives >= t)) for t in thresholds[:: max(1, len(thresholds) // 400)]] + [1.0]
+        ax.plot(fpr, tpr, label=f"{name} (AUROC {auroc(np.r_[np.zeros(len(negatives)), np.ones(len(positives))], np.r_[negatives, positives]):.3f})")
+    ax.plot([0, 1], [0, 1], ":", color="grey")
+    ax.set(xlabel="false-positive rate (ID frames)", ylabel="true-positive rate (OOD frames)", title="ROC, all OOD scenarios")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(out / "roc.png", dpi=120)
+    plt.close(fig)
+
+    # AUROC per scenario, grouped bars.
+    scenario_rows = [r for r in rows if not str(r["scenario"]).startswith("[")]
+    names = ("bvae", "flow", "fused", "baseline")
+    fig, ax = plt.subplots(figsize=(max(8, len(scenario_rows) * 0.8), 4))
+    x = np.arange(len(scenario_rows))
+    for i, name in enumerate(names):
+        ax.bar(x + (i - 1.5) * 0.2, [float(r[f"auroc_{name}"]) for r in scenario_rows], 0.2, label=name)  # type: ignore[arg-type]
+    ax.axhline(0.95, color="black", lw=0.8, ls="--")
+    ax.set_xticks(x, [str(r["scenario"]) for r in scenario_rows], rotation=30, ha="right")
+    ax.set(ylim=(0.0, 1.0), ylabel="AUROC")
+    ax.legend(ncol=4, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(out / "auroc_by_scenario.png", dpi=120)
+    plt.close(fig)
+
+    # Score timelines of onset episodes (one per scenario), with onset and first fused flag.
+    onset_results = list({r.episode.scenario: r for r in results if r.episode.onset_frame}.values())
+    if onset_results:
+        columns = 3
+        rows_n = -(-len(onset_results) // columns)
+        fig, axes = plt.subplots(rows_n, columns, figsize=(4.5 * columns, 2.4 * rows_n), squeeze=False)
+        for ax, r in zip(axes.flat, onset_results):
+            t = np.arange(len(r.ood)) / r.episode.fps
+            ax.plot(t, r.scores["bvae"] / np.nanmax(r.scores["bvae"]), label="β-VAE (norm.)", lw=1)
+            ax.plot(t, r.scores["flow"] / np.nanmax(r.scores["flow"]), label="flow (norm.)", lw=1)
+            ax.axvline(r.episode.onset_frame / r.episode.fps, color="red", ls="--", lw=1)
+            delay = detection_delay(r.flags["fused"], r.episode.onset_frame)
+            if delay is not None:
+                ax.axvline((r.episode.onset_frame + delay) / r.episode.fps, color="black", lw=1.5)
+            ax.set_title(f"{r.episode.scenario}: delay {delay if delay is not None else 'missed'}", fontsize=9)
+        for ax in list(axes.flat)[len(onset_results):]:
+            ax.axis("off")
+        axes.flat[0].legend(fontsize=7)
+        fig.supxlabel("time [s]; red dashed: onset, black: fused stop")
+        fig.tight_layout()
+        fig.savefig(out / "timelines.png", dpi=110)
+        plt.close(fig)
+
+
+def evaluate(data: Path, bundles: dict[str, Path], out: Path, split: str = "test", workers: int = 2) -> tuple[Path, list[dict[str, object]], dict[str, float]]:
+    results = score_split(data, split, bundles, workers)
+    calibration = [_score_calibration_features(e) for e in episodes(data, "calibration")]
+    _baseline_scores(results, calibration)
+    rows = metrics_table(results)
+    alarms = id_alarm_summary(results)
+    report = write_report(results, rows, alarms, out, f"Evaluation on {data.name}/{split}")
+    return report, rows, alarms
+
+
+def _score_calibration_features(episode: Episode) -> EpisodeResult:
+    frames = [rgb for rgb, _ in iter_frames(episode)]
+    return EpisodeResult(episode, np.zeros(len(frames), bool), baseline_features(frames), {})
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--bvae", type=Path, required=True, help="β-VAE bundle folder")
+    parser.add_argument("--flow", type=Path, required=True, help="optical-flow bundle folder")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args(argv)
+    report, _, _ = evaluate(args.data, {"bvae": args.bvae, "flow": args.flow}, args.out, args.split, args.workers)
+    print(report.read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,173 @@
+"""Train, calibrate and bundle the detectors from one command.
+
+    python -m training.pipeline --data datasets/default --config default            # both detectors
+    python -m training.pipeline --data /tmp/ds --config tiny --detectors bvae --out /tmp/run
+
+Per detector: train the VAE(s) on the train split (resumable checkpoints), export the encoders to
+ONNX, score the calibration split with ONNX Runtime (the onboard code path), select the active
+latent dimensions, tune the decision on the validation split, and write the bundle to
+`<out>/<detector>/bundle` (`--ship` also copies it to models/<detector>_baseline).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from training.calibrate import ScoredEpisode, tune_decision
+from training.dataset import DatasetError, Episode, concatenate, episodes, iter_frames, load_inputs, load_manifest
+from training.export import export_encoder, write_bundle
+from training.models import VAEConfig
+from training.trainer import TrainConfig, train_vae
+from vae_ood_monitor.bundle import load_bundle
+from vae_ood_monitor.decision import DecisionParams
+from vae_ood_monitor.detector import OODDetector
+from vae_ood_monitor.preprocessing import FlowPreprocessing, ImagePreprocessing
+from vae_ood_monitor.scoring import kl_score, select_active_dimensions
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    kind: str
+    preprocessing: ImagePreprocessing | FlowPreprocessing
+    vae: VAEConfig
+    train: TrainConfig
+    train_stride: int = 1  # use every n-th training frame (consecutive frames are near-duplicates)
+    min_mean_kl: float = 0.05
+    encoders: tuple[str, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "encoders", ("image",) if self.kind == "bvae" else ("horizontal", "vertical"))
+
+
+def _flow_vae(prep: FlowPreprocessing, conv: tuple[int, ...], dense: tuple[int, ...]) -> VAEConfig:
+    _, _, width, height = prep.crop
+    return VAEConfig(in_channels=prep.stack, height=height, width=width, conv_channels=conv, dense=dense, latent=12, output="tanh")
+
+
+_FLOW = FlowPreprocessing(crop=(8, 4, 144, 112))
+_FLOW_TINY = FlowPreprocessing(width=80, height=60, crop=(8, 6, 64, 48), max_flow=4.0)
+
+CONFIGS: dict[str, dict[str, DetectorConfig]] = {
+    # The papers' baseline β-VAE (224×224, n=30, β=1.4) and RTCSA 2022 flow VAEs (n=12 each).
+    "default": {
+        "bvae": DetectorConfig("bvae", ImagePreprocessing(224, 224), VAEConfig(), TrainConfig(epochs=6, batch_size=32, beta=1.4), train_stride=3),
+        "flow": DetectorConfig("flow", _FLOW, _flow_vae(_FLOW, (32, 32, 16, 16), (256,)), TrainConfig(epochs=8, batch_size=64, beta=1.0), train_stride=2),
+    },
+    # Minutes on CI: small inputs and networks, still real training.
+    "tiny": {
+        "bvae": DetectorConfig("bvae", ImagePreprocessing(64, 64), VAEConfig(height=64, width=64, conv_channels=(16, 16, 8, 8), dense=(128, 64), latent=8), TrainConfig(epochs=15, batch_size=16, beta=1.0)),
+        "flow": DetectorConfig("flow", _FLOW_TINY, _flow_vae(_FLOW_TINY, (8, 8, 8, 8), (64,)), TrainConfig(epochs=15, batch_size=16, beta=1.0)),
+    },
+}
+
+
+def _image_tensor(batch: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(batch).float().div_(255.0)
+
+
+def _flow_tensor(batch: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(batch.astype(np.float32))
+
+
+def fit_detector(config: DetectorConfig, data: Path, out: Path, workers: int = 2) -> Path:
+    """Train, export, calibrate and tune one detector; returns the bundle folder."""
+    manifest = load_manifest(data)
+    work = out / config.kind
+    to_tensor = _image_tensor if config.kind == "bvae" else _flow_tensor
+    train_eps = episodes(data, "train")
+    loaded = load_inputs(train_eps, config.preprocessing, config.train_stride, workers, desc=f"{config.kind}: train inputs")
+    onnx_files = {}
+    started = time.monotonic()
+    histories = {}
+    for index, encoder_name in enumerate(config.encoders):
+        inputs = concatenate(loaded, index)
+        model, histories[encoder_name] = train_vae(config.vae, inputs, to_tensor, config.train, work / f"{encoder_name}.pt", desc=f"{config.kind}/{encoder_name}")
+        onnx_files[encoder_name] = export_encoder(model.encoder, (config.vae.in_channels, config.vae.height, config.vae.width), work / "onnx" / f"{encoder_name}.onnx")
+    del loaded
+    train_seconds = time.monotonic() - started
+
+    provenance = {
+        "dataset": str(data),
+        "dataset_sha256": manifest["dataset_sha256"],
+        "config": {"kind": config.kind, "vae": config.vae.to_dict(), "train": asdict(config.train), "train_stride": config.train_stride},
+        "train_history": histories,
+        "train_seconds": round(train_seconds, 1),
+        "command": " ".join(sys.argv),
+    }
+    bundle_dir = work / "bundle"
+
+    def bundle(selected: dict[str, list[int]], calibration: np.ndarray, decision: DecisionParams) -> OODDetector:
+        write_bundle(bundle_dir, config.kind, config.preprocessing, onnx_files, selected, calibration, decision, provenance)
+        return OODDetector(load_bundle(bundle_dir), threads=2)
+
+    # Calibration through the runtime detector (ONNX Runtime, onboard preprocessing), every frame.
+    detector = bundle({name: list(range(config.vae.latent)) for name in config.encoders}, np.zeros(1), DecisionParams())
+    latents: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {name: [] for name in config.encoders}
+    for episode in _progress(episodes(data, "calibration"), f"{config.kind}: calibration"):
+        _, _, episode_latents = detector.encode_stream(rgb for rgb, _ in iter_frames(episode))
+        for name, latent in episode_latents.items():
+            latents[name].append(latent)
+    selected: dict[str, list[int]] = {}
+    calibration_scores = np.zeros(0)
+    for name, parts in latents.items():
+        mu, logvar = np.concatenate([m for m, _ in parts]), np.concatenate([v for _, v in parts])
+        selected[name] = select_active_dimensions(mu, logvar, config.min_mean_kl)
+        scores = kl_score(mu, logvar, selected[name])
+        calibration_scores = scores if calibration_scores.size == 0 else calibration_scores + scores
+    detector = bundle(selected, calibration_scores, DecisionParams())
+
+    # Decision parameters from validation episodes, scored by the runtime detector itself.
+    validation = [
+        ScoredEpisode(e.name, detector.score_stream(rgb for rgb, _ in iter_frames(e)), e.onset_frame)
+        for e in _progress(episodes(data, "validation"), f"{config.kind}: validation scores")
+    ]
+    tuning = tune_decision(detector.bundle.calibration_scores, validation)
+    provenance["decision_tuning"] = {"mean_delay_frames": tuning.mean_delay, "missed_onsets": tuning.missed, "candidates": tuning.table}
+    bundle(selected, calibration_scores, tuning.params)
+    print(f"{config.kind}: selected dims {selected}, decision {tuning.params}, validation delay {tuning.mean_delay:.1f} frames, missed {tuning.missed}")
+    return bundle_dir
+
+
+def _progress(items: list[Episode], desc: str) -> list[Episode]:
+    from tqdm import tqdm
+
+    return list(tqdm(items, desc=desc, unit="episode"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=REPO_ROOT / "datasets" / "default")
+    parser.add_argument("--config", choices=sorted(CONFIGS), default="default")
+    parser.add_argument("--detectors", nargs="+", choices=("bvae", "flow"), default=["bvae", "flow"])
+    parser.add_argument("--out", type=Path, help="work folder (default runs/<config>)")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--ship", action="store_true", help="copy the bundles to models/<detector>_baseline")
+    args = parser.parse_args(argv)
+    out = args.out or REPO_ROOT / "runs" / args.config
+    try:
+        for kind in args.detectors:
+            bundle = fit_detector(CONFIGS[args.config][kind], args.data, out, args.workers)
+            if args.ship:
+                target = REPO_ROOT / "models" / f"{kind}_baseline"
+                shutil.rmtree(target, ignore_errors=True)
+                shutil.copytree(bundle, target)
+                print(f"shipped {target}")
+    except DatasetError as err:
+        print(f"pipeline: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,88 @@
+"""Scoring recorded streams with the onboard detectors: the engine of `score`, `eval` and reports."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from vae_ood_monitor.bags import read_camera_messages
+from vae_ood_monitor.detector import OODDetector
+from vae_ood_monitor.images import decode_message
+
+DETECTORS = ("bvae", "flow")
+DEFAULTS_FILE = "defaults.json"
+
+
+def models_dir() -> Path:
+    """Installed share/vae_ood_monitor/models, else the source tree's models/ (dev checkouts)."""
+    candidates = []
+    try:
+        from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
+
+        try:
+            candidates.append(Path(get_package_share_directory("vae_ood_monitor")) / "models")
+        except (PackageNotFoundError, KeyError, ValueError):
+            pass
+    except ImportError:
+        pass
+    candidates += [Path(sys.prefix) / "share" / "vae_ood_monitor" / "models", Path(__file__).resolve().parents[1] / "models"]
+    for candidate in candidates:
+        if (candidate / DEFAULTS_FILE).exists():
+            return candidate
+    return candidates[-1]
+
+
+def default_bundle(detector: str) -> Path:
+    """The bundle the runtime uses for `detector` unless told otherwise (models/defaults.json)."""
+    root = models_dir()
+    defaults = json.loads((root / DEFAULTS_FILE).read_text()) if (root / DEFAULTS_FILE).exists() else {}
+    return root / defaults.get(detector, f"{detector}_baseline")
+
+
+@dataclass
+class StreamScores:
+    """Per-frame results of one stream; NaN scores where a detector had no input yet."""
+
+    stamps_ns: np.ndarray
+    scores: dict[str, np.ndarray]
+    flags: dict[str, np.ndarray]
+    surprise: dict[str, np.ndarray]  # -log10 conformal p-value, comparable across detectors
+
+    @property
+    def fused_flags(self) -> np.ndarray:
+        return np.any(np.stack(list(self.flags.values())), axis=0)
+
+    @property
+    def fused_score(self) -> np.ndarray:
+        """Most surprised detector per frame: the continuous counterpart of the fused 'any' flag."""
+        return np.nanmax(np.stack(list(self.surprise.values())), axis=0)
+
+
+def score_frames(frames: list[np.ndarray], stamps_ns: list[int], detectors: dict[str, OODDetector]) -> StreamScores:
+    scores, flags, surprise = {}, {}, {}
+    for name, detector in detectors.items():
+        values = detector.score_stream(frames)
+        detector.decider.reset()
+        flag = np.zeros(len(values), dtype=bool)
+        log_p = np.full(len(values), np.nan)
+        for i, value in enumerate(values):
+            if math.isfinite(value):
+                decision = detector.decide(float(value))
+                flag[i] = decision.ood
+                log_p[i] = -math.log10(decision.p_value)
+        scores[name], flags[name], surprise[name] = values, flag, log_p
+    return StreamScores(np.asarray(stamps_ns), scores, flags, surprise)
+
+
+def read_stream(bag: Path, topic: str | None = None) -> tuple[list[np.ndarray], list[int]]:
+    """Decoded frames and header stamps of a bag's camera topic."""
+    frames, stamps = [], []
+    for message in read_camera_messages(bag, topic):
+        frames.append(decode_message(message.msg))
+        stamps.append(message.stamp_ns)
+    return frames, stamps
