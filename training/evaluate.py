@@ -55,7 +55,7 @@ def _score_episode(episode: Episode) -> EpisodeResult:
     for rgb, label in iter_frames(episode):
         frames.append(rgb)
         ood.append(label)
-    stream = score_frames(frames, list(range(len(frames))), _DETECTORS)
+    stream = score_frames(frames, _DETECTORS)
     # A detector's output is its conformal surprise (-log10 p, one- or two-sided as calibrated);
     # the raw KL is kept beside it as <name>_kl.
     scores = {**stream.surprise, **{f"{k}_kl": v for k, v in stream.scores.items()}, "fused": stream.fused_score, **baseline_features(frames)}
@@ -205,25 +205,31 @@ def _plots(results: list[EpisodeResult], rows: list[dict[str, object]], out: Pat
     fig.savefig(out / "auroc_by_scenario.png", dpi=120)
     plt.close(fig)
 
-    # Score timelines of onset episodes (one per scenario), with onset and first fused flag.
-    onset_results = list({r.episode.scenario: r for r in results if r.episode.onset_frame}.values())
+    # Score timelines, one episode per scenario (an onset episode where there is one), with the
+    # onset and the first fused flag marked.
+    picked: dict[str, EpisodeResult] = {}
+    for r in sorted(results, key=lambda r: not r.episode.onset_frame):
+        if r.episode.scenario != "id":
+            picked.setdefault(r.episode.scenario, r)
+    onset_results = list(picked.values())
     if onset_results:
         columns = 3
         rows_n = -(-len(onset_results) // columns)
         fig, axes = plt.subplots(rows_n, columns, figsize=(4.5 * columns, 2.4 * rows_n), squeeze=False)
         for ax, r in zip(axes.flat, onset_results):
             t = np.arange(len(r.ood)) / r.episode.fps
-            ax.plot(t, r.scores["bvae"] / np.nanmax(r.scores["bvae"]), label="β-VAE (norm.)", lw=1)
-            ax.plot(t, r.scores["flow"] / np.nanmax(r.scores["flow"]), label="flow (norm.)", lw=1)
-            ax.axvline(r.episode.onset_frame / r.episode.fps, color="red", ls="--", lw=1)
-            delay = detection_delay(r.flags["fused"], r.episode.onset_frame)
+            for name, label in (("bvae", "β-VAE"), ("flow", "flow")):
+                ax.plot(t, r.scores[name], label=f"{label} surprise", lw=1)
+            onset = r.episode.onset_frame or 0
+            ax.axvline(onset / r.episode.fps, color="red", ls="--", lw=1)
+            delay = detection_delay(r.flags["fused"], onset)
             if delay is not None:
-                ax.axvline((r.episode.onset_frame + delay) / r.episode.fps, color="black", lw=1.5)
+                ax.axvline((onset + delay) / r.episode.fps, color="black", lw=1.5)
             ax.set_title(f"{r.episode.scenario}: delay {delay if delay is not None else 'missed'}", fontsize=9)
         for ax in list(axes.flat)[len(onset_results):]:
             ax.axis("off")
         axes.flat[0].legend(fontsize=7)
-        fig.supxlabel("time [s]; red dashed: onset, black: fused stop")
+        fig.supxlabel("time [s]; surprise = -log10 conformal p-value; red dashed: onset, black: fused stop")
         fig.tight_layout()
         fig.savefig(out / "timelines.png", dpi=110)
         plt.close(fig)

@@ -77,13 +77,17 @@ class OODDetector:
     def decide(self, score: float) -> Decision:
         return self.decider.update(score)
 
-    def encode_stream(self, frames: Iterable[np.ndarray], batch_size: int = 32) -> tuple[int, np.ndarray, dict[str, tuple[np.ndarray, np.ndarray]]]:
+    def encode_stream(
+        self, frames: Iterable[np.ndarray], batch_size: int = 32, reset: bool = True
+    ) -> tuple[int, np.ndarray, dict[str, tuple[np.ndarray, np.ndarray]]]:
         """Latents of consecutive frames of one stream, batched for speed.
 
         Returns the number of frames, the indices of the frames that had an input (all but the
         flow detector's first `stack` frames) and, per encoder, (μ, logσ²) of those frames.
+        `reset=False` continues the stream of the previous call.
         """
-        self.reset()
+        if reset:
+            self.reset()
         indices: list[int] = []
         pending: list[dict[str, np.ndarray]] = []
         parts: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {name: [] for name in self._encoders}
@@ -109,9 +113,9 @@ class OODDetector:
         }
         return count, np.asarray(indices, dtype=int), latents
 
-    def score_stream(self, frames: Iterable[np.ndarray], batch_size: int = 32) -> np.ndarray:
+    def score_stream(self, frames: Iterable[np.ndarray], batch_size: int = 32, reset: bool = True) -> np.ndarray:
         """Scores of consecutive frames of one stream (NaN where none yet)."""
-        count, indices, latents = self.encode_stream(frames, batch_size)
+        count, indices, latents = self.encode_stream(frames, batch_size, reset)
         scores = np.full(count, np.nan)
         if indices.size:
             scores[indices] = self._score_latents(latents)

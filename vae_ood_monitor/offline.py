@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import numpy as np
 
 from vae_ood_monitor.bags import read_camera_messages
 from vae_ood_monitor.detector import OODDetector
-from vae_ood_monitor.images import decode_message
+from vae_ood_monitor.images import FrameError, decode_message
 
 DETECTORS = ("bvae", "flow")
 DEFAULTS_FILE = "defaults.json"
@@ -26,7 +27,7 @@ def models_dir() -> Path:
 
         try:
             candidates.append(Path(get_package_share_directory("vae_ood_monitor")) / "models")
-        except (PackageNotFoundError, KeyError, ValueError):
+        except (PackageNotFoundError, KeyError, ValueError, OSError):
             pass
     except ImportError:
         pass
@@ -48,7 +49,6 @@ def default_bundle(detector: str) -> Path:
 class StreamScores:
     """Per-frame results of one stream; NaN scores where a detector had no input yet."""
 
-    stamps_ns: np.ndarray
     scores: dict[str, np.ndarray]
     flags: dict[str, np.ndarray]
     surprise: dict[str, np.ndarray]  # -log10 conformal p-value, comparable across detectors
@@ -63,11 +63,12 @@ class StreamScores:
         return np.nanmax(np.stack(list(self.surprise.values())), axis=0)
 
 
-def score_frames(frames: list[np.ndarray], stamps_ns: list[int], detectors: dict[str, OODDetector]) -> StreamScores:
+def score_frames(frames: list[np.ndarray], detectors: dict[str, OODDetector], reset: bool = True) -> StreamScores:
+    """Scores, decisions and surprise of consecutive frames; `reset=False` continues a stream
+    (flow history and decision state) from the previous call, for chunked replays."""
     scores, flags, surprise = {}, {}, {}
     for name, detector in detectors.items():
-        values = detector.score_stream(frames)
-        detector.decider.reset()
+        values = detector.score_stream(frames, reset=reset)
         flag = np.zeros(len(values), dtype=bool)
         log_p = np.full(len(values), np.nan)
         for i, value in enumerate(values):
@@ -76,13 +77,30 @@ def score_frames(frames: list[np.ndarray], stamps_ns: list[int], detectors: dict
                 flag[i] = decision.ood
                 log_p[i] = -math.log10(decision.p_value)
         scores[name], flags[name], surprise[name] = values, flag, log_p
-    return StreamScores(np.asarray(stamps_ns), scores, flags, surprise)
+    return StreamScores(scores, flags, surprise)
 
 
-def read_stream(bag: Path, topic: str | None = None) -> tuple[list[np.ndarray], list[int]]:
-    """Decoded frames and header stamps of a bag's camera topic."""
-    frames, stamps = [], []
+def score_bag(
+    bag: Path, detectors: dict[str, OODDetector], topic: str | None = None, chunk: int = 256, on_bad_frame: Callable[[str], None] | None = None
+) -> Iterator[tuple[list[int], StreamScores]]:
+    """Replay a bag through the detectors in chunks of frames: (header stamps, results) per chunk.
+
+    Undecodable frames are reported through `on_bad_frame` and skipped, as the onboard node does;
+    they do not appear in the results.
+    """
+    frames: list[np.ndarray] = []
+    stamps: list[int] = []
+    first = True
     for message in read_camera_messages(bag, topic):
-        frames.append(decode_message(message.msg))
+        try:
+            frames.append(decode_message(message.msg))
+        except FrameError as err:
+            if on_bad_frame is not None:
+                on_bad_frame(f"{bag}: frame {message.index} (stamp {message.stamp_ns}) skipped: {err}")
+            continue
         stamps.append(message.stamp_ns)
-    return frames, stamps
+        if len(frames) == chunk:
+            yield stamps, score_frames(frames, detectors, reset=first)
+            frames, stamps, first = [], [], False
+    if frames:
+        yield stamps, score_frames(frames, detectors, reset=first)

@@ -1,0 +1,35 @@
+"""The numpy metrics of the onboard `eval` agree with scikit-learn."""
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score, roc_curve
+
+from vae_ood_monitor.metrics import auroc, detection_delay, fpr_at_tpr, rising_edges
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_auroc_matches_sklearn_with_ties(seed):
+    rng = np.random.default_rng(seed)
+    labels = rng.random(500) < 0.3
+    scores = np.round(rng.normal(labels * 0.8, 1.0), 1)  # rounding makes ties
+    assert auroc(labels, scores) == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
+
+
+def test_fpr_at_95_tpr_matches_the_roc_curve():
+    rng = np.random.default_rng(7)
+    labels = rng.random(2000) < 0.5
+    scores = rng.normal(labels * 1.5, 1.0)
+    fpr, tpr, _ = roc_curve(labels, scores)
+    assert fpr_at_tpr(labels, scores) == pytest.approx(fpr[np.searchsorted(tpr, 0.95)], abs=0.002)
+
+
+def test_nan_scores_are_left_out_and_single_class_is_nan():
+    assert auroc(np.array([0, 1, 1]), np.array([0.1, np.nan, 0.9])) == 1.0
+    assert np.isnan(auroc(np.array([0, 0]), np.array([0.1, 0.2])))
+
+
+def test_edges_and_delays():
+    flags = np.array([0, 1, 1, 0, 1, 0, 0, 1], bool)
+    assert rising_edges(flags) == 3
+    assert detection_delay(flags, 5) == 2
+    assert detection_delay(np.zeros(5, bool), 1) is None

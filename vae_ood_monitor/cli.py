@@ -1,0 +1,154 @@
+"""`vae-ood-monitor`: the monitor's command line (ONNX Runtime only, no torch).
+
+    vae-ood-monitor score --bag PATH [--topic T] --out scores.csv
+    vae-ood-monitor eval --bag PATH [--bag PATH ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from vae_ood_monitor.backends import BACKENDS, BackendError
+from vae_ood_monitor.bags import BagError
+from vae_ood_monitor.bundle import BundleError
+from vae_ood_monitor.detector import ModelOutputError, OODDetector
+from vae_ood_monitor.ground_truth import GroundTruthError, read_ground_truth
+from vae_ood_monitor.metrics import auroc, detection_delay, fpr_at_tpr, rising_edges
+from vae_ood_monitor.offline import DETECTORS, default_bundle, score_bag
+
+SCORE_COLUMNS = ("stamp_ns", "bvae_score", "flow_score", "ood")
+
+
+class CliError(RuntimeError):
+    """A problem to report in one line and exit 1."""
+
+
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def _detectors(args: argparse.Namespace) -> dict[str, OODDetector]:
+    detectors = {}
+    for name in DETECTORS:
+        path = getattr(args, name) or default_bundle(name)
+        detectors[name] = OODDetector.from_path(path, backend=args.backend, threads=args.threads)
+    return detectors
+
+
+def _rows(bag: Path, args: argparse.Namespace, detectors: dict[str, OODDetector]) -> list[tuple[int, float, float, bool, dict[str, float]]]:
+    """(stamp, β-VAE score, flow score, fused flag, surprise per detector) for every decodable frame."""
+    rows = []
+    for stamps, results in score_bag(bag, detectors, args.topic, on_bad_frame=_warn):
+        fused = results.fused_flags
+        for i, stamp in enumerate(stamps):
+            surprise = {name: float(results.surprise[name][i]) for name in detectors}
+            rows.append((stamp, float(results.scores["bvae"][i]), float(results.scores["flow"][i]), bool(fused[i]), surprise))
+    return rows
+
+
+def _cell(value: float) -> str:
+    return "" if math.isnan(value) else f"{value:.6g}"
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    detectors = _detectors(args)
+    rows = _rows(args.bag, args, detectors)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    with args.out.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(SCORE_COLUMNS)
+        for stamp, bvae, flow, ood, _ in rows:
+            writer.writerow((stamp, _cell(bvae), _cell(flow), int(ood)))
+    flagged = sum(row[3] for row in rows)
+    print(f"{len(rows)} frames scored, {flagged} flagged OOD → {args.out}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    detectors = _detectors(args)
+    labels_all, surprise_all, flags_all = [], {n: [] for n in (*DETECTORS, "fused")}, []
+    id_frames, id_flagged, id_alarms, id_minutes, delays = 0, 0, 0, 0.0, []
+    for bag in args.bag:
+        truth = read_ground_truth(bag)
+        if truth is None:
+            raise CliError(f"{bag}: carries no ground truth (ground_truth.csv); `score` works without labels")
+        by_stamp = {label.stamp_ns: label for label in truth}
+        rows = _rows(bag, args, detectors)
+        kept = [(row, by_stamp[row[0]]) for row in rows if row[0] in by_stamp]
+        if len(kept) < len(rows):
+            _warn(f"{bag}: {len(rows) - len(kept)} frames have no ground-truth row and are left out")
+        ood = np.array([label.ood for _, label in kept], dtype=bool)
+        flags = np.array([row[3] for row, _ in kept], dtype=bool)
+        labels_all.append(ood)
+        flags_all.append(flags)
+        for name in DETECTORS:
+            surprise_all[name].append(np.array([row[4][name] for row, _ in kept]))
+        surprise_all["fused"].append(np.fmax(surprise_all["bvae"][-1], surprise_all["flow"][-1]))
+        # In-distribution driving: a whole ID bag, or the frames before an onset.
+        onset = next((label.onset_frame for _, label in kept if label.onset_frame is not None), None)
+        end = len(flags) if onset is None else onset
+        fps = (len(kept) - 1) / max((kept[-1][0][0] - kept[0][0][0]) / 1e9, 1e-9) if len(kept) > 1 else 30.0
+        id_frames += end
+        id_flagged += int(flags[:end].sum())
+        id_alarms += rising_edges(flags[:end])
+        id_minutes += end / fps / 60.0
+        if onset:
+            delays.append((bag.name, detection_delay(flags, onset), fps))
+    labels = np.concatenate(labels_all)
+    print(f"{len(args.bag)} bag(s), {labels.size} frames, {int(labels.sum())} OOD")
+    if labels.any() and (~labels).any():
+        print(f"{'detector':10s} {'AUROC':>7s} {'FPR@95':>7s}")
+        for name, parts in surprise_all.items():
+            values = np.concatenate(parts)
+            print(f"{name:10s} {auroc(labels, values):7.3f} {fpr_at_tpr(labels, values):7.3f}")
+    else:
+        print("AUROC needs both ID and OOD frames: not computed")
+    if id_frames:
+        print(f"ID frames flagged by the fused decision: {id_flagged}/{id_frames} ({id_flagged / id_frames:.2%}), "
+              f"false alarms per minute of ID driving: {id_alarms / max(id_minutes, 1e-9):.2f}")
+    for name, delay, fps in delays:
+        shown = "missed" if delay is None else f"{delay} frames ({delay / fps:.2f} s)"
+        print(f"detection delay {name}: {shown}")
+    return 0
+
+
+def _add_detector_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--topic", help="camera topic (default: the camera topic or the bag's only image topic)")
+    parser.add_argument("--bvae", type=Path, help="β-VAE bundle folder (default: models/defaults.json)")
+    parser.add_argument("--flow", type=Path, help="optical-flow bundle folder (default: models/defaults.json)")
+    parser.add_argument("--backend", choices=BACKENDS, default="onnxruntime")
+    parser.add_argument("--threads", type=int, default=1, help="inference threads per encoder")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vae-ood-monitor", description="VAE-based out-of-distribution monitor.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    score = commands.add_parser("score", help="score every frame of a bag; one CSV row per frame")
+    score.add_argument("--bag", type=Path, required=True)
+    score.add_argument("--out", type=Path, required=True, help="CSV: stamp_ns,bvae_score,flow_score,ood")
+    _add_detector_options(score)
+    score.set_defaults(run=cmd_score)
+    evaluate = commands.add_parser("eval", help="metrics of labelled bags (AUROC, FPR@95, delays, false alarms)")
+    evaluate.add_argument("--bag", type=Path, required=True, action="append")
+    _add_detector_options(evaluate)
+    evaluate.set_defaults(run=cmd_eval)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except (CliError, BagError, BundleError, BackendError, GroundTruthError, ModelOutputError, OSError) as err:
+        print(f"vae-ood-monitor {args.command}: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
