@@ -37,6 +37,10 @@ setup(
     entry_points={
         "console_scripts": [
             "vae-ood-monitor = vae_ood_monitor.cli:main",
+            "bvae_detector = vae_ood_monitor.nodes.detector:main_bvae",
+            "flow_detector = vae_ood_monitor.nodes.detector:main_flow",
+            "safety_stop = vae_ood_monitor.nodes.safety_stop:main",
+            "bag_player = vae_ood_monitor.nodes.bag_player:main",
         ],
     },
 )

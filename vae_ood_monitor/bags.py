@@ -59,6 +59,12 @@ def _open(path: Path) -> AnyReader:
     return reader
 
 
+def _camera_connections(reader: AnyReader, path: Path, topic: str | None) -> tuple[str, list[Any]]:
+    available = {c.topic: c.msgtype for c in reader.connections if c.msgtype in IMAGE_TYPES}
+    chosen = choose_topic(path, available, topic)
+    return chosen, [c for c in reader.connections if c.topic == chosen]
+
+
 def image_topics(path: Path) -> dict[str, str]:
     """Image topics of a bag and their message types."""
     reader = _open(path)
@@ -89,9 +95,7 @@ def read_camera_messages(path: Path | str, topic: str | None = None) -> Iterator
     path = Path(path)
     reader = _open(path)
     try:
-        available = {c.topic: c.msgtype for c in reader.connections if c.msgtype in IMAGE_TYPES}
-        chosen = choose_topic(path, available, topic)
-        connections = [c for c in reader.connections if c.topic == chosen]
+        chosen, connections = _camera_connections(reader, path, topic)
         index = 0
         try:
             for connection, log_time, rawdata in reader.messages(connections=connections):
@@ -100,5 +104,32 @@ def read_camera_messages(path: Path | str, topic: str | None = None) -> Iterator
                 index += 1
         except _DAMAGED_BAG_ERRORS as err:
             raise BagError(f"{path}: damaged bag, stopped after {index} messages on {chosen} ({err})") from None
+    finally:
+        reader.close()
+
+
+@dataclass(frozen=True)
+class RawMessage:
+    """A camera message as ROS 2 CDR bytes, ready for `Publisher.publish` without deserializing."""
+
+    log_time_ns: int
+    msgtype: str
+    cdr: bytes
+
+
+def read_raw_messages(path: Path | str, topic: str | None = None) -> Iterator[RawMessage]:
+    """Yield a camera topic's messages as CDR (ROS 1 bags are converted) in log-time order."""
+    path = Path(path)
+    reader = _open(path)
+    try:
+        chosen, connections = _camera_connections(reader, path, topic)
+        count = 0
+        try:
+            for connection, log_time, rawdata in reader.messages(connections=connections):
+                cdr = rawdata if reader.is2 else reader.typestore.ros1_to_cdr(rawdata, connection.msgtype)
+                yield RawMessage(log_time, connection.msgtype, bytes(cdr))
+                count += 1
+        except _DAMAGED_BAG_ERRORS as err:
+            raise BagError(f"{path}: damaged bag, stopped after {count} messages on {chosen} ({err})") from None
     finally:
         reader.close()

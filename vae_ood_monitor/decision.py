@@ -66,6 +66,10 @@ class ConformalDecider:
         self._log_bets: deque[float] = deque(maxlen=params.window)
         self._cusum = 0.0
 
+    @property
+    def cusum(self) -> float:
+        return self._cusum
+
     def reset(self) -> None:
         self._log_bets.clear()
         self._cusum = 0.0

@@ -1,0 +1,90 @@
+"""Safety-stop logic without ROS: fusion, silence, latching and reset rules."""
+
+import pytest
+
+from vae_ood_monitor.safety import SafetyConfig, SafetyStop, State
+
+
+def _live(stop, now, bvae=False, flow=False):
+    stop.on_camera(now)
+    stop.on_decision("bvae", bvae, now)
+    stop.on_decision("flow", flow, now)
+    return stop.update(now)
+
+
+def test_waits_for_every_input_then_drives():
+    stop = SafetyStop(SafetyConfig())
+    stop.on_camera(0.0)
+    stop.on_decision("bvae", False, 0.0)
+    assert not stop.update(0.0) and stop.state is State.WAITING and stop.stopped
+    stop.on_decision("flow", False, 0.1)
+    stop.update(0.1)
+    assert stop.state is State.RUNNING and not stop.stopped
+
+
+def test_ood_latches_until_a_reset_while_in_distribution():
+    stop = SafetyStop(SafetyConfig())
+    _live(stop, 0.0)
+    assert _live(stop, 0.1, bvae=True) and stop.stopped
+    assert "out of distribution: bvae" in stop.stop_reasons[0]
+    accepted, reason = stop.request_reset(0.15)
+    assert not accepted and "out of distribution" in reason
+    _live(stop, 0.2)  # back in distribution: still latched
+    assert stop.state is State.STOPPED
+    assert stop.request_reset(0.2) == (True, "stop released")
+    assert stop.state is State.RUNNING
+
+
+@pytest.mark.parametrize("silent", ["camera", "bvae", "flow"])
+def test_silence_past_the_timeout_stops(silent):
+    stop = SafetyStop(SafetyConfig(timeout_s=0.5))
+    _live(stop, 0.0)
+    now = 0.6
+    if silent != "camera":
+        stop.on_camera(now)
+    for name in ("bvae", "flow"):
+        if name != silent:
+            stop.on_decision(name, False, now)
+    assert stop.update(now)
+    assert any(reason.startswith(f"{silent}: silent") for reason in stop.stop_reasons)
+    accepted, reason = stop.request_reset(now)
+    assert not accepted and f"{silent}: silent" in reason
+
+
+def test_detector_error_stops():
+    stop = SafetyStop(SafetyConfig())
+    _live(stop, 0.0)
+    stop.on_error("flow", "15 bad frames in a row")
+    assert stop.update(0.1) and "flow: error: 15 bad frames in a row" in stop.stop_reasons
+
+
+@pytest.mark.parametrize(("fusion", "k", "votes", "stops"), [
+    ("any", 1, (True, False), True),
+    ("all", 1, (True, False), False),
+    ("all", 1, (True, True), True),
+    ("k_of_n", 2, (False, True), False),
+    ("k_of_n", 1, (False, True), True),
+])
+def test_fusion_rules(fusion, k, votes, stops):
+    stop = SafetyStop(SafetyConfig(fusion=fusion, k=k))
+    _live(stop, 0.0)
+    assert _live(stop, 0.1, *votes) is stops
+
+
+def test_ood_at_start_up_latches_once_everyone_is_heard():
+    stop = SafetyStop(SafetyConfig())
+    assert _live(stop, 0.0, bvae=True) and stop.state is State.STOPPED
+
+
+def test_reset_when_running_is_a_no_op():
+    stop = SafetyStop(SafetyConfig())
+    _live(stop, 0.0)
+    assert stop.request_reset(0.0) == (True, "not stopped (running)")
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"fusion": "majority"}, "fusion"), ({"detectors": ()}, "at least one"), ({"fusion": "k_of_n", "k": 3}, "k must"), ({"timeout_s": 0}, "timeout"),
+])
+def test_bad_configuration(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        SafetyConfig(**kwargs)

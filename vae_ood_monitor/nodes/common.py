@@ -1,0 +1,123 @@
+"""What every node shares: parameter declaration, QoS profiles, diagnostics, camera subscriptions
+and a `main` wrapper that turns start-up errors into one clear log line and an exit code."""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from sensor_msgs.msg import CompressedImage, Image
+from std_msgs.msg import Header
+
+# Newest frame only: a detector never works through a backlog of stale frames.
+CAMERA_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=qos_profile_sensor_data.reliability)
+# The stop is a state, not an event: late joiners get the last value (as a latched ROS 1 topic).
+LATCHED_QOS = QoSProfile(
+    history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL
+)
+RELIABLE_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE)
+TRANSPORTS = ("compressed", "raw")
+
+
+class StartupError(RuntimeError):
+    """A node that must not start (bad parameter, missing or corrupt bundle); says what and where."""
+
+
+def declare(node: Node, name: str, default: Any, description: str) -> Any:
+    return node.declare_parameter(name, default, ParameterDescriptor(description=description)).value
+
+
+def camera_topic(veh: str, transport: str) -> str:
+    if transport not in TRANSPORTS:
+        raise StartupError(f"image_transport must be one of {TRANSPORTS}, got '{transport}'")
+    return f"/{veh}/camera_node/image/compressed" if transport == "compressed" else f"/{veh}/camera_node/image/raw"
+
+
+def subscribe_camera(node: Node, transport: str, topic: str, callback: Callable[[Any], None], **kwargs: Any) -> Any:
+    message_type = CompressedImage if transport == "compressed" else Image
+    return node.create_subscription(message_type, topic, callback, CAMERA_QOS, **kwargs)
+
+
+class RateMeter:
+    """Events per second over the last few seconds, and a rolling median of a measured value."""
+
+    def __init__(self, horizon_s: float = 2.0, samples: int = 200) -> None:
+        self._times: deque[float] = deque()
+        self._values: deque[float] = deque(maxlen=samples)
+        self._horizon = horizon_s
+        self._lock = threading.Lock()
+
+    def tick(self, value: float | None = None) -> None:
+        now = time.monotonic()
+        with self._lock:
+            self._times.append(now)
+            while self._times and now - self._times[0] > self._horizon:
+                self._times.popleft()
+            if value is not None:
+                self._values.append(value)
+
+    def rate(self) -> float:
+        now = time.monotonic()
+        with self._lock:
+            recent = [t for t in self._times if now - t <= self._horizon]
+        return len(recent) / self._horizon
+
+    def median(self) -> float:
+        with self._lock:
+            return float(np.median(self._values)) if self._values else float("nan")
+
+
+class Diagnostics:
+    """Publishes one DiagnosticStatus on /diagnostics at 1 Hz, built by `report()` → (level, message, values)."""
+
+    def __init__(self, node: Node, name: str, hardware_id: str, report: Callable[[], tuple[bytes, str, dict[str, Any]]]) -> None:
+        self._node = node
+        self._name = name
+        self._hardware_id = hardware_id
+        self._report = report
+        self._publisher = node.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        node.create_timer(1.0, self.publish)
+
+    def publish(self) -> None:
+        level, message, values = self._report()
+        status = DiagnosticStatus(
+            level=level, name=self._name, message=message, hardware_id=self._hardware_id,
+            values=[KeyValue(key=k, value=str(v)) for k, v in values.items()],
+        )
+        self._publisher.publish(DiagnosticArray(header=self._header(), status=[status]))
+
+    def _header(self) -> Header:
+        return Header(stamp=self._node.get_clock().now().to_msg())
+
+
+def run_node(factory: Callable[[], Node], args: list[str] | None = None, done: Callable[[Any], bool] | None = None) -> int:
+    """rclpy.init → node → spin until Ctrl-C or `done(node)`; a StartupError is one fatal log line
+    and exit code 2; otherwise the node's `exit_code` attribute (default 0)."""
+    rclpy.init(args=args if args is not None else sys.argv)
+    node = None
+    try:
+        node = factory()
+        while rclpy.ok() and not (done is not None and done(node)):
+            rclpy.spin_once(node, timeout_sec=0.1)
+    except StartupError as err:
+        rclpy.logging.get_logger("vae_ood_monitor").fatal(f"refusing to start: {err}")
+        return 2
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            node.destroy_node()
+        if rclpy.ok():
+            rclpy.shutdown()
+    return int(getattr(node, "exit_code", 0))

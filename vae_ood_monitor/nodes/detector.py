@@ -1,0 +1,147 @@
+"""`bvae_detector` and `flow_detector`: camera frames in, OOD score and decision out.
+
+The subscription callback only keeps the newest message; a worker thread scores it. A frame that
+arrives while the worker is busy replaces the waiting one (counted as dropped stale), so the
+detector always works on the newest frame and never builds a queue. Bad frames (undecodable,
+zero-size, wrong encoding, NaN model output) are logged, counted and skipped; after
+`max_bad_frames` in a row the detector reports ERROR on /diagnostics, which stops the robot.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+from diagnostic_msgs.msg import DiagnosticStatus
+from rclpy.node import Node
+from std_msgs.msg import Bool, Float32
+
+from vae_ood_monitor.backends import BACKENDS, BackendError
+from vae_ood_monitor.bundle import BundleError
+from vae_ood_monitor.detector import ModelOutputError, OODDetector
+from vae_ood_monitor.images import FrameError, decode_message
+from vae_ood_monitor.nodes.common import RELIABLE_QOS, Diagnostics, RateMeter, StartupError, camera_topic, declare, run_node, subscribe_camera
+from vae_ood_monitor.offline import default_bundle
+
+
+def diagnostic_name(kind: str) -> str:
+    """Status name the safety stop watches for this detector's errors."""
+    return f"ood_monitor/{kind}_detector"
+
+
+class DetectorNode(Node):
+    def __init__(self, kind: str, node_name: str | None = None) -> None:
+        super().__init__(node_name or f"{kind}_detector")
+        self.kind = kind
+        veh = declare(self, "veh", "duckiebot", "vehicle name, prefix of the default camera topic")
+        bundle = declare(self, "bundle", "", "model bundle folder (empty: the default of models/defaults.json)")
+        backend = declare(self, "backend", "onnxruntime", f"inference backend: {', '.join(BACKENDS)}")
+        threads = declare(self, "threads", 1, "inference threads")
+        transport = declare(self, "image_transport", "compressed", "camera message type: compressed or raw")
+        topic = declare(self, "camera_topic", "", "camera topic (empty: /<veh>/camera_node/image/<compressed|raw>)")
+        self._max_bad = declare(self, "max_bad_frames", 15, "bad frames in a row before the detector reports an error")
+        try:
+            self.detector = OODDetector.from_path(bundle or str(default_bundle(kind)), backend=backend, threads=threads)
+        except (BundleError, BackendError) as err:
+            raise StartupError(str(err)) from None
+        if self.detector.kind != kind:
+            raise StartupError(f"{self.detector.bundle.path} is a '{self.detector.kind}' bundle, this node needs '{kind}'")
+        self._score_pub = self.create_publisher(Float32, f"/ood_monitor/{kind}/score", RELIABLE_QOS)
+        self._ood_pub = self.create_publisher(Bool, f"/ood_monitor/{kind}/ood", RELIABLE_QOS)
+        self._topic = topic or camera_topic(veh, transport)
+        subscribe_camera(self, transport, self._topic, self._on_frame)
+
+        self._lock = threading.Lock()
+        self._newest: tuple[Any, float] | None = None
+        self._wake = threading.Event()
+        self._running = True
+        self.counts = {"received": 0, "processed": 0, "dropped_stale": 0, "bad_frames": 0, "model_errors": 0}
+        self._bad_in_a_row = 0
+        self._last_problem = ""
+        self._input_rate = RateMeter()
+        self._latency = RateMeter()
+        self._worker = threading.Thread(target=self._work, name=f"{kind}-worker", daemon=True)
+        self._worker.start()
+        Diagnostics(self, diagnostic_name(kind), veh, self._report)
+        self.get_logger().info(
+            f"{kind} detector on {self._topic} with {self.detector.bundle.path.name} "
+            f"({self.detector.backend_name}, sha256 {self.detector.bundle.sha256[:12]})"
+        )
+
+    def _on_frame(self, msg: Any) -> None:
+        with self._lock:
+            if self._newest is not None:
+                self.counts["dropped_stale"] += 1
+            self._newest = (msg, time.monotonic())
+            self.counts["received"] += 1
+        self._input_rate.tick()
+        self._wake.set()
+
+    def _work(self) -> None:
+        while self._running:
+            if not self._wake.wait(timeout=0.2):
+                continue
+            with self._lock:
+                item, self._newest = self._newest, None
+                self._wake.clear()
+            if item is not None:
+                self._process(*item)
+
+    def _process(self, msg: Any, received: float) -> None:
+        try:
+            score = self.detector.score_frame(decode_message(msg))
+        except FrameError as err:
+            self._bad_frame("bad_frames", f"bad frame skipped: {err}")
+            return
+        except ModelOutputError as err:
+            self._bad_frame("model_errors", str(err))
+            return
+        self._bad_in_a_row = 0
+        self.counts["processed"] += 1
+        if score is None:  # the flow detector is still filling its stack
+            return
+        decision = self.detector.decide(score)
+        self._score_pub.publish(Float32(data=score))
+        self._ood_pub.publish(Bool(data=decision.ood))
+        self._latency.tick((time.monotonic() - received) * 1000.0)
+
+    def _bad_frame(self, counter: str, problem: str) -> None:
+        self.counts[counter] += 1
+        self._bad_in_a_row += 1
+        self._last_problem = problem
+        self.get_logger().warning(problem, throttle_duration_sec=1.0)
+        if self._bad_in_a_row == self._max_bad:
+            self.get_logger().error(f"{self._bad_in_a_row} bad frames in a row: reporting an error")
+
+    def _report(self) -> tuple[bytes, str, dict[str, Any]]:
+        if self._bad_in_a_row >= self._max_bad:
+            level, message = DiagnosticStatus.ERROR, f"{self._bad_in_a_row} bad frames in a row: {self._last_problem}"
+        elif self._input_rate.rate() == 0.0:
+            level, message = DiagnosticStatus.WARN, f"no frames on {self._topic}"
+        else:
+            level, message = DiagnosticStatus.OK, "scoring"
+        values = {
+            **self.counts,
+            "input_rate_hz": f"{self._input_rate.rate():.1f}",
+            "latency_ms_p50": f"{self._latency.median():.1f}",
+            "backend": self.detector.backend_name,
+            "bundle": str(self.detector.bundle.path),
+            "bundle_sha256": self.detector.bundle.sha256,
+            "cusum": f"{self.detector.decider.cusum:.2f}",
+        }
+        return level, message, values
+
+    def destroy_node(self) -> None:
+        self._running = False
+        self._wake.set()
+        self._worker.join(timeout=2.0)
+        super().destroy_node()
+
+
+def main_bvae(args: list[str] | None = None) -> int:
+    return run_node(lambda: DetectorNode("bvae"), args)
+
+
+def main_flow(args: list[str] | None = None) -> int:
+    return run_node(lambda: DetectorNode("flow"), args)

@@ -1,0 +1,98 @@
+"""`safety_stop`: fuses the detectors' decisions and owns the stop (logic in vae_ood_monitor.safety).
+
+Publishes std_msgs/Bool on /<veh>/wheels_driver_node/emergency_stop (TRANSIENT_LOCAL, reliable;
+true = stop) whenever the state changes, the fused decision on /ood_monitor/ood, and gates
+cmd_vel_in → cmd_vel_out (zero Twists while stopped). A silent camera or detector, a detector's
+ERROR on /diagnostics, or an OOD decision latch the stop until /ood_monitor/safety_stop/reset
+(std_srvs/Trigger) succeeds.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+from geometry_msgs.msg import Twist
+from rclpy.node import Node
+from std_msgs.msg import Bool
+from std_srvs.srv import Trigger
+
+from vae_ood_monitor.nodes.common import LATCHED_QOS, RELIABLE_QOS, Diagnostics, StartupError, camera_topic, declare, run_node, subscribe_camera
+from vae_ood_monitor.nodes.detector import diagnostic_name
+from vae_ood_monitor.safety import FUSIONS, SafetyConfig, SafetyStop, State
+
+
+class SafetyStopNode(Node):
+    def __init__(self) -> None:
+        super().__init__("safety_stop")
+        veh = declare(self, "veh", "duckiebot", "vehicle name, prefix of the camera and wheels topics")
+        detectors = declare(self, "detectors", ["bvae", "flow"], "enabled detectors (their decisions must keep coming)")
+        fusion = declare(self, "fusion", "any", f"how decisions combine: {', '.join(FUSIONS)}")
+        k = declare(self, "k", 1, "with fusion k_of_n: detectors that must agree on OOD")
+        timeout = declare(self, "timeout_s", 0.5, "silence of the camera or a detector that stops the robot [s]")
+        transport = declare(self, "image_transport", "compressed", "camera message type: compressed or raw")
+        topic = declare(self, "camera_topic", "", "camera topic (empty: /<veh>/camera_node/image/<compressed|raw>)")
+        rate = declare(self, "rate_hz", 20.0, "how often staleness is checked and zero commands are sent while stopped")
+        try:
+            self.logic = SafetyStop(SafetyConfig(tuple(detectors), fusion, k, timeout))
+        except ValueError as err:
+            raise StartupError(f"safety_stop parameters: {err}") from None
+        self._stop_pub = self.create_publisher(Bool, f"/{veh}/wheels_driver_node/emergency_stop", LATCHED_QOS)
+        self._fused_pub = self.create_publisher(Bool, "/ood_monitor/ood", RELIABLE_QOS)
+        self._cmd_pub = self.create_publisher(Twist, "cmd_vel_out", RELIABLE_QOS)
+        self.create_subscription(Twist, "cmd_vel_in", self._on_cmd_vel, RELIABLE_QOS)
+        subscribe_camera(self, transport, topic or camera_topic(veh, transport), lambda _: self.logic.on_camera(time.monotonic()))
+        for name in detectors:
+            self.create_subscription(Bool, f"/ood_monitor/{name}/ood", lambda msg, n=name: self._on_decision(n, msg), RELIABLE_QOS)
+        self._watched = {diagnostic_name(name): name for name in detectors}
+        self.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, RELIABLE_QOS)
+        self.create_service(Trigger, "/ood_monitor/safety_stop/reset", self._on_reset)
+        self._published: bool | None = None
+        self.stop_count = 0
+        self.create_timer(1.0 / rate, self._tick)
+        Diagnostics(self, "ood_monitor/safety_stop", veh, self._report)
+        self._publish_stop()
+
+    def _on_decision(self, name: str, msg: Bool) -> None:
+        self.logic.on_decision(name, bool(msg.data), time.monotonic())
+        self._fused_pub.publish(Bool(data=self.logic.fused_ood()))
+        self._tick()
+
+    def _on_diagnostics(self, msg: DiagnosticArray) -> None:
+        for status in msg.status:
+            name = self._watched.get(status.name)
+            if name is not None and status.level == DiagnosticStatus.ERROR:
+                self.logic.on_error(name, status.message)
+
+    def _on_cmd_vel(self, msg: Twist) -> None:
+        self._cmd_pub.publish(Twist() if self.logic.stopped else msg)
+
+    def _tick(self) -> None:
+        if self.logic.update(time.monotonic()):
+            self.stop_count += 1
+            self.get_logger().error("STOP: " + "; ".join(self.logic.stop_reasons))
+        self._publish_stop()
+        if self.logic.stopped:
+            self._cmd_pub.publish(Twist())
+
+    def _publish_stop(self) -> None:
+        if self._published != self.logic.stopped:
+            self._published = self.logic.stopped
+            self._stop_pub.publish(Bool(data=self.logic.stopped))
+
+    def _on_reset(self, _: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        response.success, response.message = self.logic.request_reset(time.monotonic())
+        self.get_logger().info(f"reset requested: {response.message}")
+        self._publish_stop()
+        return response
+
+    def _report(self) -> tuple[bytes, str, dict[str, Any]]:
+        state = self.logic.state
+        level = {State.RUNNING: DiagnosticStatus.OK, State.WAITING: DiagnosticStatus.WARN, State.STOPPED: DiagnosticStatus.ERROR}[state]
+        message = state.value if state is not State.STOPPED else "stopped: " + "; ".join(self.logic.stop_reasons)
+        return level, message, {"state": state.value, "stops": self.stop_count, "fusion": self.logic.config.fusion}
+
+
+def main(args: list[str] | None = None) -> int:
+    return run_node(SafetyStopNode, args)

@@ -1,0 +1,122 @@
+"""Safety-stop logic, free of ROS: fuse detector decisions, watch for silence, latch the stop.
+
+States:
+- WAITING: not every input has been heard yet (start-up). The robot is held, not latched: it
+  drives as soon as the camera and every enabled detector are live and in distribution.
+- RUNNING: inputs live and fused decision in distribution.
+- STOPPED: latched by an OOD decision, a silent camera or detector (older than `timeout_s`), or a
+  detector error. Only `request_reset` leaves it, and only while every input is live and ID.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+FUSIONS = ("any", "all", "k_of_n")
+
+
+class State(Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    STOPPED = "stopped"
+
+
+@dataclass
+class _Input:
+    last_seen: float | None = None
+    ood: bool = False
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class SafetyConfig:
+    detectors: tuple[str, ...] = ("bvae", "flow")
+    fusion: str = "any"
+    k: int = 1  # with fusion "k_of_n": stop when at least k detectors say OOD
+    timeout_s: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.fusion not in FUSIONS:
+            raise ValueError(f"fusion must be one of {FUSIONS}, got '{self.fusion}'")
+        if not self.detectors:
+            raise ValueError("at least one detector must be enabled")
+        if self.fusion == "k_of_n" and not 1 <= self.k <= len(self.detectors):
+            raise ValueError(f"k must be between 1 and {len(self.detectors)}, got {self.k}")
+        if self.timeout_s <= 0:
+            raise ValueError(f"timeout_s must be positive, got {self.timeout_s}")
+
+
+@dataclass
+class SafetyStop:
+    config: SafetyConfig
+    state: State = State.WAITING
+    stop_reasons: list[str] = field(default_factory=list)
+    _camera: _Input = field(default_factory=_Input)
+    _detectors: dict[str, _Input] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._detectors = {name: _Input() for name in self.config.detectors}
+
+    @property
+    def stopped(self) -> bool:
+        """Whether the wheels must stand still (waiting or latched)."""
+        return self.state is not State.RUNNING
+
+    def on_camera(self, now: float) -> None:
+        self._camera.last_seen = now
+
+    def on_decision(self, detector: str, ood: bool, now: float) -> None:
+        source = self._detectors[detector]
+        source.last_seen, source.ood, source.error = now, ood, None
+
+    def on_error(self, detector: str, reason: str) -> None:
+        """A detector reported an error; it stands until the detector's next decision."""
+        self._detectors[detector].error = reason
+
+    def ood_votes(self) -> list[str]:
+        """Detectors whose latest decision is OOD."""
+        return [name for name, source in self._detectors.items() if source.ood]
+
+    def fused_ood(self) -> bool:
+        votes = self.ood_votes()
+        needed = {"any": 1, "all": len(self._detectors), "k_of_n": self.config.k}[self.config.fusion]
+        return bool(votes) and len(votes) >= needed
+
+    def _problems(self, now: float) -> list[str]:
+        """Why the robot should not drive right now (empty when everything is live and ID)."""
+        problems = []
+        for name, source in (("camera", self._camera), *self._detectors.items()):
+            if source.last_seen is None:
+                problems.append(f"{name}: not heard yet")
+            elif now - source.last_seen > self.config.timeout_s:
+                problems.append(f"{name}: silent for {now - source.last_seen:.2f} s (timeout {self.config.timeout_s:.2f} s)")
+            elif source.error:
+                problems.append(f"{name}: error: {source.error}")
+        if self.fused_ood():
+            problems.append(f"out of distribution: {', '.join(self.ood_votes())} ({self.config.fusion})")
+        return problems
+
+    def update(self, now: float) -> bool:
+        """Advance the state at time `now`; True when the stop latched at this call."""
+        if self.state is State.STOPPED:
+            return False
+        problems = self._problems(now)
+        if not problems:
+            self.state = State.RUNNING
+            return False
+        heard_from_all = all(source.last_seen is not None for source in (self._camera, *self._detectors.values()))
+        if self.state is State.RUNNING or heard_from_all:
+            self.state, self.stop_reasons = State.STOPPED, problems
+            return True
+        return False
+
+    def request_reset(self, now: float) -> tuple[bool, str]:
+        """Release a latched stop, refused (with the reason) while inputs are stale or OOD."""
+        if self.state is not State.STOPPED:
+            return True, f"not stopped ({self.state.value})"
+        problems = self._problems(now)
+        if problems:
+            return False, "reset refused: " + "; ".join(problems)
+        self.state, self.stop_reasons = State.RUNNING, []
+        return True, "stop released"
