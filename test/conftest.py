@@ -11,7 +11,13 @@ import pytest
 from rosbags import rosbag1, rosbag2
 from rosbags.typesys import Stores, get_typestore
 
+import torch
+
 from training.data.generate import DEFAULT_SIM_PYTHON, generate
+from training.export import export_encoder, write_bundle
+from training.models import VAE, VAEConfig
+from vae_ood_monitor.decision import DecisionParams
+from vae_ood_monitor.preprocessing import FlowPreprocessing, ImagePreprocessing
 from vae_ood_monitor.bags import DEFAULT_CAMERA_TOPIC
 
 FPS = 30.0
@@ -75,6 +81,30 @@ def write_ros1_bag(path: Path, frames: list[np.ndarray], *, topic: str = "/ducki
             msg = _image_message(typestore, rgb, stamp, compressed, ros1=True)
             writer.write(connection, stamp, typestore.serialize_ros1(msg, msgtype))
     return path
+
+
+IMAGE_VAE = VAEConfig(height=32, width=32, conv_channels=(8, 8), dense=(32,), latent=6)
+FLOW_PREP = FlowPreprocessing(width=80, height=60, crop=(8, 6, 64, 48), stack=3)
+FLOW_VAE = VAEConfig(in_channels=3, height=48, width=64, conv_channels=(4, 4), dense=(16,), latent=4, output="tanh")
+
+
+def build_image_bundle(path: Path, decision: DecisionParams = DecisionParams(window=4, threshold=7.0)):
+    """An untrained tiny β-VAE bundle (real ONNX, real checksums) and its torch model."""
+    torch.manual_seed(0)
+    model = VAE(IMAGE_VAE).eval()
+    onnx = export_encoder(model.encoder, (3, 32, 32), path / "work" / "image.onnx")
+    write_bundle(path / "bundle", "bvae", ImagePreprocessing(32, 32), {"image": onnx}, {"image": [0, 2, 5]},
+                 np.linspace(0.0, 5.0, 50), decision, {"note": "test"})
+    return model, path / "bundle"
+
+
+def build_flow_bundle(path: Path, decision: DecisionParams = DecisionParams()):
+    """An untrained tiny optical-flow bundle."""
+    torch.manual_seed(1)
+    files = {name: export_encoder(VAE(FLOW_VAE).eval().encoder, (3, 48, 64), path / "work" / f"{name}.onnx") for name in ("horizontal", "vertical")}
+    write_bundle(path / "bundle", "flow", FLOW_PREP, files, {"horizontal": [0, 1], "vertical": [2, 3]},
+                 np.linspace(0.0, 3.0, 30), decision, {})
+    return path / "bundle"
 
 
 @pytest.fixture(scope="session")

@@ -6,38 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from training.export import export_encoder, write_bundle
-from training.models import VAE, VAEConfig
+from conftest import FLOW_PREP, build_flow_bundle, build_image_bundle
 from vae_ood_monitor.backends import BackendError, make_encoder
 from vae_ood_monitor.bundle import BundleError, load_bundle, write_sums
 from vae_ood_monitor.decision import DecisionParams
 from vae_ood_monitor.detector import OODDetector
-from vae_ood_monitor.preprocessing import FlowPreprocessing, ImagePreprocessing
-
-IMAGE_VAE = VAEConfig(height=32, width=32, conv_channels=(8, 8), dense=(32,), latent=6)
-FLOW_PREP = FlowPreprocessing(width=80, height=60, crop=(8, 6, 64, 48), stack=3)
-FLOW_VAE = VAEConfig(in_channels=3, height=48, width=64, conv_channels=(4, 4), dense=(16,), latent=4, output="tanh")
-
-
-def _image_bundle(path):
-    torch.manual_seed(0)
-    model = VAE(IMAGE_VAE).eval()
-    onnx = export_encoder(model.encoder, (3, 32, 32), path / "work" / "image.onnx")
-    write_bundle(path / "bundle", "bvae", ImagePreprocessing(32, 32), {"image": onnx}, {"image": [0, 2, 5]},
-                 np.linspace(0.0, 5.0, 50), DecisionParams(window=4, threshold=7.0), {"note": "test"})
-    return model, path / "bundle"
-
-
-def _flow_bundle(path):
-    torch.manual_seed(1)
-    files = {name: export_encoder(VAE(FLOW_VAE).eval().encoder, (3, 48, 64), path / "work" / f"{name}.onnx") for name in ("horizontal", "vertical")}
-    write_bundle(path / "bundle", "flow", FLOW_PREP, files, {"horizontal": [0, 1], "vertical": [2, 3]},
-                 np.linspace(0.0, 3.0, 30), DecisionParams(), {})
-    return path / "bundle"
-
+from vae_ood_monitor.preprocessing import ImagePreprocessing
 
 def test_onnx_runtime_agrees_with_torch(tmp_path):
-    model, bundle_dir = _image_bundle(tmp_path)
+    model, bundle_dir = build_image_bundle(tmp_path)
     bundle = load_bundle(bundle_dir)
     encoder = make_encoder("onnxruntime", bundle.encoders["image"])
     batch = np.random.default_rng(0).random((5, 3, 32, 32), dtype=np.float32)
@@ -49,7 +26,7 @@ def test_onnx_runtime_agrees_with_torch(tmp_path):
 
 
 def test_bundle_round_trips_its_metadata(tmp_path):
-    _, bundle_dir = _image_bundle(tmp_path)
+    _, bundle_dir = build_image_bundle(tmp_path)
     bundle = load_bundle(bundle_dir)
     assert bundle.detector == "bvae" and bundle.selected_dims == {"image": [0, 2, 5]}
     assert bundle.decision == DecisionParams(window=4, threshold=7.0)
@@ -59,7 +36,7 @@ def test_bundle_round_trips_its_metadata(tmp_path):
 
 
 def test_detector_scores_frames_and_batches_alike(tmp_path, frames):
-    _, bundle_dir = _image_bundle(tmp_path)
+    _, bundle_dir = build_image_bundle(tmp_path)
     detector = OODDetector.from_path(bundle_dir)
     batched = detector.score_stream(frames)
     single = [detector.score_frame(rgb) for rgb in frames]
@@ -68,13 +45,13 @@ def test_detector_scores_frames_and_batches_alike(tmp_path, frames):
 
 
 def test_flow_detector_needs_a_full_stack(tmp_path, frames):
-    detector = OODDetector.from_path(_flow_bundle(tmp_path))
+    detector = OODDetector.from_path(build_flow_bundle(tmp_path))
     scores = detector.score_stream(frames)
     assert np.isnan(scores[: FLOW_PREP.stack]).all() and np.isfinite(scores[FLOW_PREP.stack :]).all()
 
 
 def test_changed_encoder_fails_the_checksum(tmp_path):
-    _, bundle_dir = _image_bundle(tmp_path)
+    _, bundle_dir = build_image_bundle(tmp_path)
     onnx = bundle_dir / "image.onnx"
     data = bytearray(onnx.read_bytes())
     data[-10] ^= 0xFF
@@ -84,7 +61,7 @@ def test_changed_encoder_fails_the_checksum(tmp_path):
 
 
 def test_corrupt_onnx_with_valid_sums_is_refused_by_the_backend(tmp_path):
-    _, bundle_dir = _image_bundle(tmp_path)
+    _, bundle_dir = build_image_bundle(tmp_path)
     (bundle_dir / "image.onnx").write_bytes(b"not an onnx model")
     write_sums(bundle_dir)
     with pytest.raises(BackendError, match="image.onnx: ONNX Runtime cannot load it"):
@@ -101,7 +78,7 @@ def test_corrupt_onnx_with_valid_sums_is_refused_by_the_backend(tmp_path):
     ],
 )
 def test_damaged_bundles_are_refused_with_a_reason(tmp_path, damage, message):
-    _, bundle_dir = _image_bundle(tmp_path)
+    _, bundle_dir = build_image_bundle(tmp_path)
     damage(bundle_dir)
     with pytest.raises(BundleError, match=message):
         load_bundle(bundle_dir)
@@ -116,7 +93,7 @@ def test_tensorrt_backend_is_a_clear_error_without_tensorrt(tmp_path):
     try:
         import tensorrt  # noqa: F401
     except ImportError:
-        _, bundle_dir = _image_bundle(tmp_path)
+        _, bundle_dir = build_image_bundle(tmp_path)
         with pytest.raises(BackendError, match="backend 'tensorrt' is unavailable here"):
             OODDetector.from_path(bundle_dir, backend="tensorrt")
     else:

@@ -36,6 +36,7 @@ class BagPlayerNode(Node):
         self._rate = declare(self, "rate", 1.0, "replay speed factor (2.0 = twice as fast)")
         self._loop = declare(self, "loop", False, "start again at the end")
         self._offset = declare(self, "start_offset", 0.0, "seconds of the bag to skip")
+        self._wait_for = declare(self, "wait_for_subscribers", 0, "hold the first message until this many subscribers matched (10 s at most)")
         if not bag:
             raise StartupError("parameter 'bag' is required (a rosbag2 folder or ROS 1 .bag)")
         if self._rate <= 0 or self._offset < 0:
@@ -58,6 +59,9 @@ class BagPlayerNode(Node):
         self.get_logger().info(f"replaying {self._topic} of {self._bag} on {output or self._topic} at {self._rate}x")
 
     def _play(self) -> None:
+        deadline = time.monotonic() + 10.0
+        while self._publisher.get_subscription_count() < self._wait_for and time.monotonic() < deadline:
+            time.sleep(0.05)
         try:
             while rclpy.ok():
                 self._play_once()

@@ -1,0 +1,291 @@
+"""The nodes over real DDS: each node under test runs in its own process, the test is a peer node.
+
+The test process plays the camera (and, where the safety stop alone is under test, the detectors),
+and watches emergency_stop, cmd_vel_out, /diagnostics and the reset service like a robot would.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import rclpy
+from conftest import build_flow_bundle, build_image_bundle, synthetic_frames, write_ros2_bag
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+from geometry_msgs.msg import Twist, Vector3
+from rclpy.executors import MultiThreadedExecutor
+from rclpy.node import Node
+from sensor_msgs.msg import CompressedImage
+from std_msgs.msg import Bool, Float32
+from std_srvs.srv import Trigger
+
+from vae_ood_monitor.bags import read_camera_messages
+from vae_ood_monitor.decision import DecisionParams
+from vae_ood_monitor.nodes.common import LATCHED_QOS, RELIABLE_QOS
+
+REPO = Path(__file__).resolve().parents[1]
+CAMERA = "/duckiebot/camera_node/image/compressed"
+ESTOP = "/duckiebot/wheels_driver_node/emergency_stop"
+ENTRY = {
+    "bvae_detector": "vae_ood_monitor.nodes.detector:main_bvae",
+    "flow_detector": "vae_ood_monitor.nodes.detector:main_flow",
+    "safety_stop": "vae_ood_monitor.nodes.safety_stop:main",
+    "bag_player": "vae_ood_monitor.nodes.bag_player:main",
+}
+# Never decides OOD: these tests are about plumbing, not about what an untrained model thinks.
+NEVER_OOD = DecisionParams(mode="threshold", threshold=1e12)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ros_domain():
+    """CI's DDS domain (.ci/run sets one), else one from the process id; discovery on localhost only."""
+    os.environ.setdefault("ROS_DOMAIN_ID", str(os.getpid() % 90 + 10))
+    os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+    rclpy.init()
+    yield
+    rclpy.shutdown()
+
+
+def start_node(name: str, params: dict[str, object] | None = None, log: Path | None = None) -> subprocess.Popen:
+    """A node in its own process, from this checkout's code."""
+    module, function = ENTRY[name].split(":")
+    args = ["--ros-args"] + [a for k, v in (params or {}).items() for a in ("-p", f"{k}:={v}")]
+    code = f"import sys; from {module} import {function}; sys.exit({function}(sys.argv))"
+    return subprocess.Popen(
+        [sys.executable, "-c", code, *args], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+        stdout=log.open("w") if log else subprocess.DEVNULL, stderr=subprocess.STDOUT,
+    )
+
+
+def stop_process(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def jpeg(rgb: np.ndarray) -> bytes:
+    return cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))[1].tobytes()
+
+
+class Robot(Node):
+    """The peer: camera, optional fake detectors and cmd_vel source; records what comes back."""
+
+    def __init__(self) -> None:
+        super().__init__(f"robot_{os.getpid()}_{time.monotonic_ns()}")
+        self.frames = [jpeg(rgb) for rgb in synthetic_frames(30, 160, 120)]
+        self.camera_on = True
+        self.frame_payload: Callable[[int], bytes] | None = None
+        self.fake_decisions: dict[str, bool] = {}
+        self.estop: list[bool] = []
+        self.cmd_out: list[float] = []
+        self.scores: dict[str, list[float]] = {"bvae": [], "flow": []}
+        self.diagnostics: dict[str, DiagnosticStatus] = {}
+        self._tick = 0
+        self._camera = self.create_publisher(CompressedImage, CAMERA, RELIABLE_QOS)
+        self._decisions = {n: self.create_publisher(Bool, f"/ood_monitor/{n}/ood", RELIABLE_QOS) for n in ("bvae", "flow")}
+        self._cmd = self.create_publisher(Twist, "cmd_vel_in", RELIABLE_QOS)
+        self.create_subscription(Bool, ESTOP, lambda m: self.estop.append(m.data), LATCHED_QOS)
+        self.create_subscription(Twist, "cmd_vel_out", lambda m: self.cmd_out.append(m.linear.x), RELIABLE_QOS)
+        for name in self.scores:
+            self.create_subscription(Float32, f"/ood_monitor/{name}/score", lambda m, n=name: self.scores[n].append(m.data), RELIABLE_QOS)
+        self.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, RELIABLE_QOS)
+        self.reset_client = self.create_client(Trigger, "/ood_monitor/safety_stop/reset")
+        self.create_timer(1 / 30, self._publish)
+
+    def _on_diagnostics(self, msg: DiagnosticArray) -> None:
+        for status in msg.status:
+            self.diagnostics[status.name] = status
+
+    def _publish(self) -> None:
+        self._tick += 1
+        if self.camera_on:
+            data = self.frame_payload(self._tick) if self.frame_payload else self.frames[self._tick % len(self.frames)]
+            msg = CompressedImage(format="jpeg", data=data)
+            msg.header.stamp = self.get_clock().now().to_msg()
+            self._camera.publish(msg)
+        for name, ood in self.fake_decisions.items():
+            self._decisions[name].publish(Bool(data=ood))
+        self._cmd.publish(Twist(linear=Vector3(x=0.3)))
+
+    def reset(self, timeout: float = 10.0) -> Trigger.Response:
+        assert self.reset_client.wait_for_service(timeout_sec=timeout), "reset service never appeared"
+        future = self.reset_client.call_async(Trigger.Request())
+        deadline = time.monotonic() + timeout
+        while not future.done() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert future.done(), "reset service did not answer"
+        return future.result()
+
+
+@pytest.fixture
+def robot() -> Iterator[Robot]:
+    node = Robot()
+    executor = MultiThreadedExecutor(num_threads=2)
+    executor.add_node(node)
+    thread = threading.Thread(target=executor.spin, daemon=True)
+    thread.start()
+    yield node
+    executor.shutdown()
+    node.destroy_node()
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> float:
+    """Seconds until `condition` held; fails the test with `what` after `timeout`."""
+    start = time.monotonic()
+    while not condition():
+        if time.monotonic() - start > timeout:
+            pytest.fail(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.02)
+    return time.monotonic() - start
+
+
+@pytest.fixture
+def safety_stop(tmp_path) -> Iterator[subprocess.Popen]:
+    process = start_node("safety_stop", log=tmp_path / "safety_stop.log")
+    yield process
+    stop_process(process)
+
+
+def test_stop_latches_on_ood_and_reset_is_refused_until_back_in_distribution(robot, safety_stop):
+    robot.fake_decisions = {"bvae": False, "flow": False}
+    wait_for(lambda: robot.estop and robot.estop[-1] is False, 20, "the stop to release once everything is live")
+    wait_for(lambda: robot.cmd_out and robot.cmd_out[-1] == pytest.approx(0.3), 5, "cmd_vel to pass through")
+
+    robot.fake_decisions["bvae"] = True
+    wait_for(lambda: robot.estop[-1] is True, 2, "emergency_stop after an OOD decision")
+    time.sleep(0.3)
+    assert robot.cmd_out[-1] == 0.0, "commands are zeroed while stopped"
+    refused = robot.reset()
+    assert not refused.success and "out of distribution: bvae" in refused.message
+
+    robot.fake_decisions["bvae"] = False
+    time.sleep(0.5)
+    assert robot.estop[-1] is True, "the stop stays latched when the input turns normal again"
+    accepted = robot.reset()
+    assert accepted.success, accepted.message
+    wait_for(lambda: robot.estop[-1] is False, 2, "the stop to release after reset")
+    wait_for(lambda: robot.cmd_out[-1] == pytest.approx(0.3), 2, "cmd_vel to pass through again")
+
+
+def test_camera_silence_stops(robot, safety_stop):
+    robot.fake_decisions = {"bvae": False, "flow": False}
+    wait_for(lambda: robot.estop and robot.estop[-1] is False, 20, "running")
+    robot.camera_on = False
+    took = wait_for(lambda: robot.estop[-1] is True, 3, "emergency_stop after camera silence")
+    assert took >= 0.4, "not before the 0.5 s timeout"
+    refused = robot.reset()
+    assert not refused.success and "camera: silent" in refused.message
+
+
+def test_stop_reaches_a_late_joiner(robot, safety_stop):
+    robot.fake_decisions = {"bvae": True, "flow": False}
+    wait_for(lambda: robot.estop and robot.estop[-1] is True, 20, "stop")
+    late = rclpy.create_node(f"late_{os.getpid()}")
+    received: list[bool] = []
+    late.create_subscription(Bool, ESTOP, lambda m: received.append(m.data), LATCHED_QOS)
+    deadline = time.monotonic() + 10
+    while not received and time.monotonic() < deadline:
+        rclpy.spin_once(late, timeout_sec=0.1)
+    late.destroy_node()
+    assert received == [True], "TRANSIENT_LOCAL hands the current stop to nodes that start later"
+
+
+@pytest.fixture
+def untrained_bundles(tmp_path) -> dict[str, Path]:
+    _, bvae = build_image_bundle(tmp_path / "bvae", NEVER_OOD)
+    return {"bvae": bvae, "flow": build_flow_bundle(tmp_path / "flow", NEVER_OOD)}
+
+
+def test_killed_detector_stops_the_robot(robot, safety_stop, untrained_bundles, tmp_path):
+    detectors = {
+        name: start_node(f"{name}_detector", {"bundle": path}, tmp_path / f"{name}.log") for name, path in untrained_bundles.items()
+    }
+    try:
+        wait_for(lambda: robot.estop and robot.estop[-1] is False, 40, "running with both real detectors")
+        assert len(robot.scores["bvae"]) > 0 and len(robot.scores["flow"]) > 0
+        detectors["flow"].kill()
+        took = wait_for(lambda: robot.estop[-1] is True, 3, "emergency_stop after the flow detector died")
+        assert took < 2.0
+        assert not robot.reset().success
+    finally:
+        for process in detectors.values():
+            stop_process(process)
+
+
+def test_bad_frames_are_survived_and_a_bad_stream_stops(robot, safety_stop, untrained_bundles, tmp_path):
+    detector = start_node("bvae_detector", {"bundle": untrained_bundles["bvae"], "max_bad_frames": 10}, tmp_path / "bvae.log")
+    robot.fake_decisions = {"flow": False}
+    try:
+        wait_for(lambda: robot.estop and robot.estop[-1] is False, 40, "running")
+        good = robot.frames[0]
+        # truncated JPEG, garbage, empty: every other frame bad, then only bad ones
+        bad = [good[: len(good) // 3], b"\x00" * 100, b""]
+        robot.frame_payload = lambda tick: bad[tick % 3] if tick % 2 else good
+        time.sleep(2.0)
+        assert detector.poll() is None, "the detector survives bad frames"
+        assert robot.estop[-1] is False, "isolated bad frames do not stop the robot"
+        robot.frame_payload = lambda tick: bad[tick % 3]
+        wait_for(lambda: robot.estop[-1] is True, 5, "the stop once the stream stays bad")
+        status = robot.diagnostics["ood_monitor/bvae_detector"]
+        values = {kv.key: kv.value for kv in status.values}
+        assert int(values["bad_frames"]) >= 10 and detector.poll() is None
+    finally:
+        stop_process(detector)
+
+
+def test_corrupt_bundle_refuses_to_start_and_the_robot_stays_stopped(robot, safety_stop, untrained_bundles, tmp_path):
+    onnx = untrained_bundles["bvae"] / "image.onnx"
+    onnx.write_bytes(onnx.read_bytes()[:-20])
+    log = tmp_path / "bvae.log"
+    detector = start_node("bvae_detector", {"bundle": untrained_bundles["bvae"]}, log)
+    assert detector.wait(timeout=60) == 2
+    assert "refusing to start" in log.read_text() and "SHA-256 mismatch for image.onnx" in log.read_text()
+    robot.fake_decisions = {"flow": False}
+    time.sleep(2.0)
+    assert not robot.estop or robot.estop[-1] is True, "without its bvae detector the robot never drives"
+
+
+def test_bag_player_replays_at_the_recorded_rate(robot, tmp_path):
+    robot.camera_on = False
+    frames = synthetic_frames(45, 160, 120)
+    bag = write_ros2_bag(tmp_path / "bag", frames)
+    received: list[tuple[float, bytes]] = []
+    listener = rclpy.create_node(f"listener_{os.getpid()}")
+    listener.create_subscription(CompressedImage, CAMERA, lambda m: received.append((time.monotonic(), bytes(m.data))), RELIABLE_QOS)
+    player = start_node("bag_player", {"bag": bag, "wait_for_subscribers": 1}, tmp_path / "player.log")
+    try:
+        deadline = time.monotonic() + 30
+        while (player.poll() is None or len(received) < len(frames)) and time.monotonic() < deadline:
+            rclpy.spin_once(listener, timeout_sec=0.05)
+    finally:
+        stop_process(player)
+        listener.destroy_node()
+    assert player.returncode == 0
+    assert len(received) == len(frames)
+    rate = (len(received) - 1) / (received[-1][0] - received[0][0])
+    assert 24 < rate < 36, f"replayed at {rate:.1f} Hz, recorded at 30 Hz"
+    assert received[5][1] == jpeg_from_bag(bag, 5)
+
+
+def jpeg_from_bag(bag: Path, index: int) -> bytes:
+    return bytes(list(read_camera_messages(bag))[index].msg.data)
+
+
+def test_bag_player_refuses_a_missing_bag(tmp_path):
+    log = tmp_path / "player.log"
+    player = start_node("bag_player", {"bag": tmp_path / "nothing"}, log)
+    assert player.wait(timeout=60) == 2
+    assert "refusing to start" in log.read_text() and "no such bag" in log.read_text()
