@@ -10,7 +10,7 @@ VENV := .venv
 SIM_VENV := .venv-sim
 REQ := requirements
 MAIN_REQS := $(REQ)/runtime.txt $(REQ)/ros-kilted.txt $(REQ)/training.txt $(REQ)/test.txt
-PACKAGE_FILES := $(shell find vae_ood_monitor launch config models resource -type f -not -path '*__pycache__*')
+PACKAGE_FILES := $(shell find vae_ood_monitor launch config models demo resource -type f -not -path '*__pycache__*')
 PIP_QUIET := --quiet --disable-pip-version-check
 # Debian packages the headless simulator renders with (EGL/OSMesa through pyglet).
 SIM_DEBS := libgl1 libegl1 libgl1-mesa-dri libglu1-mesa libosmesa6 freeglut3-dev xvfb
@@ -18,15 +18,13 @@ SIM_DEBS := libgl1 libegl1 libgl1-mesa-dri libglu1-mesa libosmesa6 freeglut3-dev
 export AMENT_PREFIX_PATH := $(abspath $(VENV))
 export ROS_AUTOMATIC_DISCOVERY_RANGE ?= LOCALHOST
 
-.PHONY: demo test venv sim-venv system-deps dataset dataset-small clean
+.PHONY: demo test venv sim-venv system-deps dataset dataset-small models clean
 
-DEMO_DIR := build/demo
-DEMO_EPISODE := $(DEMO_DIR)/test/test_fog_onset_001
-
-# Until the monitor graph ships: render a sample drive that turns foggy, summarise it, and draw it.
-demo: venv sim-venv
-	$(VENV)/bin/python -m training.data.generate --preset demo --out $(DEMO_DIR)
-	$(VENV)/bin/python -m training.data.preview $(DEMO_EPISODE) --out $(DEMO_DIR)/preview.png
+# The main job: the shipped demo bag (lane following that turns foggy) through the real graph,
+# each node in its own process over DDS; prints a timeline and the onset-to-stop latency and
+# draws build/demo/demo.png.
+demo: venv
+	$(VENV)/bin/vae-ood-monitor demo --out build/demo
 
 test: venv sim-venv
 	$(VENV)/bin/python -m pytest
@@ -66,6 +64,10 @@ dataset: venv sim-venv
 
 dataset-small: venv sim-venv
 	$(VENV)/bin/python -m training.data.generate --preset small
+
+# Train, calibrate and bundle both detectors on the default dataset and ship them to models/.
+models: venv
+	$(VENV)/bin/python -m training.pipeline --data datasets/default --config default --ship
 
 clean:
 	rm -rf $(VENV) $(SIM_VENV) build *.egg-info

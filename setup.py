@@ -26,6 +26,7 @@ setup(
         *share_files("launch"),
         *share_files("config"),
         *share_files("models"),
+        *share_files("demo"),
     ],
     install_requires=["setuptools"],
     zip_safe=True,

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SHARE_FOLDERS = ("launch", "config", "models")
+SHARE_FOLDERS = ("launch", "config", "models", "demo")
 
 
 @pytest.fixture(scope="module")

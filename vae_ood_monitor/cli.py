@@ -1,5 +1,7 @@
 """`vae-ood-monitor`: the monitor's command line (ONNX Runtime only, no torch).
 
+    vae-ood-monitor demo                                   # shipped demo bag through the graph over DDS
+    vae-ood-monitor monitor [--params-file F] [--bag B]    # the whole graph in one process
     vae-ood-monitor score --bag PATH [--topic T] --out scores.csv
     vae-ood-monitor eval --bag PATH [--bag PATH ...]
 """
@@ -118,6 +120,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_monitor(args: argparse.Namespace) -> int:
+    from vae_ood_monitor.graph import default_params_file, run_monitor
+
+    return run_monitor(args.params_file or default_params_file(), args.bag, args.rate)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from vae_ood_monitor.demo import demo_bag, run_demo
+
+    return run_demo(args.bag or demo_bag(), args.out, args.rate)
+
+
 def _add_detector_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--topic", help="camera topic (default: the camera topic or the bag's only image topic)")
     parser.add_argument("--bvae", type=Path, help="β-VAE bundle folder (default: models/defaults.json)")
@@ -138,6 +152,16 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--bag", type=Path, required=True, action="append")
     _add_detector_options(evaluate)
     evaluate.set_defaults(run=cmd_eval)
+    demo = commands.add_parser("demo", help="replay the demo bag through the graph (separate processes, DDS); timeline, latency, plot")
+    demo.add_argument("--bag", type=Path, help="bag with ground truth (default: the shipped demo bag)")
+    demo.add_argument("--out", type=Path, default=Path("build/demo"), help="plot, timeline CSV and node logs")
+    demo.add_argument("--rate", type=float, default=1.0)
+    demo.set_defaults(run=cmd_demo)
+    monitor = commands.add_parser("monitor", help="run detectors and safety stop in one process (optionally replaying a bag)")
+    monitor.add_argument("--params-file", type=Path, help="parameter YAML (default: config/monitor.yaml)")
+    monitor.add_argument("--bag", type=Path, help="replay this bag into the graph and stop at its end")
+    monitor.add_argument("--rate", type=float, default=1.0)
+    monitor.set_defaults(run=cmd_monitor)
     return parser
 
 

@@ -19,23 +19,24 @@ DETECTORS = ("bvae", "flow")
 DEFAULTS_FILE = "defaults.json"
 
 
-def models_dir() -> Path:
-    """Installed share/vae_ood_monitor/models, else the source tree's models/ (dev checkouts)."""
+def share_dir() -> Path:
+    """share/vae_ood_monitor (ament index, else this interpreter's prefix), else the source tree."""
     candidates = []
     try:
         from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
 
         try:
-            candidates.append(Path(get_package_share_directory("vae_ood_monitor")) / "models")
+            candidates.append(Path(get_package_share_directory("vae_ood_monitor")))
         except (PackageNotFoundError, KeyError, ValueError, OSError):
             pass
     except ImportError:
         pass
-    candidates += [Path(sys.prefix) / "share" / "vae_ood_monitor" / "models", Path(__file__).resolve().parents[1] / "models"]
-    for candidate in candidates:
-        if (candidate / DEFAULTS_FILE).exists():
-            return candidate
-    return candidates[-1]
+    candidates += [Path(sys.prefix) / "share" / "vae_ood_monitor", Path(__file__).resolve().parents[1]]
+    return next((c for c in candidates if (c / "package.xml").exists()), candidates[-1])
+
+
+def models_dir() -> Path:
+    return share_dir() / "models"
 
 
 def default_bundle(detector: str) -> Path:

@@ -124,11 +124,11 @@ PRESETS: dict[str, Preset] = {
         },
         scenarios=("fog", "frozen", "black", "spin"),
     ),
-    # One in-distribution drive that turns foggy: the sample episode of `make demo`.
+    # One in-distribution drive that turns foggy: the shipped demo bag (demo/demo_fog_onset).
     "demo": Preset(
         name="demo",
-        frames=240,
-        onset_range=(120, 120),
+        frames=180,
+        onset_range=(90, 90),
         splits={"test": SplitPlan(TEST_MAPS[:1], id_episodes=0, ood_onset_episodes=1)},
         scenarios=("fog",),
     ),

@@ -28,8 +28,8 @@ def message_class(msgtype: str) -> Any:
 
 
 class BagPlayerNode(Node):
-    def __init__(self) -> None:
-        super().__init__("bag_player")
+    def __init__(self, **node_options: Any) -> None:
+        super().__init__("bag_player", **node_options)
         bag = declare(self, "bag", "", "bag to replay: rosbag2 folder (MCAP, sqlite3) or ROS 1 .bag")
         topic = declare(self, "topic", "", "image topic in the bag (empty: the camera topic or the only image topic)")
         output = declare(self, "output_topic", "", "topic to publish on (empty: the bag's topic name)")

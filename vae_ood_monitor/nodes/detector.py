@@ -31,8 +31,8 @@ def diagnostic_name(kind: str) -> str:
 
 
 class DetectorNode(Node):
-    def __init__(self, kind: str, node_name: str | None = None) -> None:
-        super().__init__(node_name or f"{kind}_detector")
+    def __init__(self, kind: str, **node_options: Any) -> None:
+        super().__init__(f"{kind}_detector", **node_options)
         self.kind = kind
         veh = declare(self, "veh", "duckiebot", "vehicle name, prefix of the default camera topic")
         bundle = declare(self, "bundle", "", "model bundle folder (empty: the default of models/defaults.json)")

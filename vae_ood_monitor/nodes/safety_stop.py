@@ -24,8 +24,8 @@ from vae_ood_monitor.safety import FUSIONS, SafetyConfig, SafetyStop, State
 
 
 class SafetyStopNode(Node):
-    def __init__(self) -> None:
-        super().__init__("safety_stop")
+    def __init__(self, **node_options: Any) -> None:
+        super().__init__("safety_stop", **node_options)
         veh = declare(self, "veh", "duckiebot", "vehicle name, prefix of the camera and wheels topics")
         detectors = declare(self, "detectors", ["bvae", "flow"], "enabled detectors (their decisions must keep coming)")
         fusion = declare(self, "fusion", "any", f"how decisions combine: {', '.join(FUSIONS)}")
