@@ -63,3 +63,9 @@ def test_onboard_runtime_never_imports_torch_or_sklearn():
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""] if isinstance(node, ast.ImportFrom) else []
             for name in names:
                 assert name.split(".")[0] not in forbidden, f"{source.relative_to(REPO)} imports {name}"
+
+
+@pytest.mark.parametrize("name", ["monitor.launch.py", "replay.launch.py"])
+def test_launch_files_define_a_launch_description(name):
+    tree = ast.parse((REPO / "launch" / name).read_text())
+    assert any(isinstance(n, ast.FunctionDef) and n.name == "generate_launch_description" for n in tree.body)

@@ -289,3 +289,26 @@ def test_bag_player_refuses_a_missing_bag(tmp_path):
     player = start_node("bag_player", {"bag": tmp_path / "nothing"}, log)
     assert player.wait(timeout=60) == 2
     assert "refusing to start" in log.read_text() and "no such bag" in log.read_text()
+
+
+def test_monitor_runs_the_whole_graph_in_one_process(robot, untrained_bundles, tmp_path):
+    robot.camera_on = False
+    bag = write_ros2_bag(tmp_path / "bag", synthetic_frames(90, 160, 120))
+    params = tmp_path / "params.yaml"
+    params.write_text(
+        "".join(f"{name}_detector:\n  ros__parameters:\n    bundle: {path}\n" for name, path in untrained_bundles.items())
+    )
+    log = tmp_path / "monitor.log"
+    code = "import sys; from vae_ood_monitor.cli import main; sys.exit(main(sys.argv[1:]))"
+    monitor = subprocess.Popen(
+        [sys.executable, "-c", code, "monitor", "--params-file", str(params), "--bag", str(bag)],
+        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=log.open("w"), stderr=subprocess.STDOUT,
+    )
+    try:
+        assert monitor.wait(timeout=90) == 0, log.read_text()
+    finally:
+        stop_process(monitor)
+    # (the peer may miss the first scores while it discovers the monitor's publishers)
+    assert len(robot.scores["bvae"]) >= 60, "the β-VAE detector scored the replayed frames"
+    assert len(robot.scores["flow"]) >= 50, "the flow detector scored them after filling its stack"
+    assert robot.estop, "the safety stop published its state"

@@ -1,6 +1,7 @@
 """`vae-ood-monitor`: the monitor's command line (ONNX Runtime only, no torch).
 
     vae-ood-monitor demo                                   # shipped demo bag through the graph over DDS
+    vae-ood-monitor bench [--runs N]                       # keep-up, onset-to-stop latency, memory
     vae-ood-monitor monitor [--params-file F] [--bag B]    # the whole graph in one process
     vae-ood-monitor score --bag PATH [--topic T] --out scores.csv
     vae-ood-monitor eval --bag PATH [--bag PATH ...]
@@ -132,6 +133,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args.bag or demo_bag(), args.out, args.rate)
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from vae_ood_monitor.bench import run_bench
+    from vae_ood_monitor.demo import demo_bag
+
+    return run_bench(args.bag or demo_bag(), args.runs, args.out, args.rate)
+
+
 def _add_detector_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--topic", help="camera topic (default: the camera topic or the bag's only image topic)")
     parser.add_argument("--bvae", type=Path, help="β-VAE bundle folder (default: models/defaults.json)")
@@ -157,6 +165,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", type=Path, default=Path("build/demo"), help="plot, timeline CSV and node logs")
     demo.add_argument("--rate", type=float, default=1.0)
     demo.set_defaults(run=cmd_demo)
+    bench = commands.add_parser("bench", help="30 Hz keep-up, onset-to-stop latency, processing time and memory of the graph")
+    bench.add_argument("--bag", type=Path, help="labelled bag with an onset (default: the shipped demo bag)")
+    bench.add_argument("--runs", type=int, default=5)
+    bench.add_argument("--out", type=Path, default=Path("build/bench"), help="node logs per run")
+    bench.add_argument("--rate", type=float, default=1.0)
+    bench.set_defaults(run=cmd_bench)
     monitor = commands.add_parser("monitor", help="run detectors and safety stop in one process (optionally replaying a bag)")
     monitor.add_argument("--params-file", type=Path, help="parameter YAML (default: config/monitor.yaml)")
     monitor.add_argument("--bag", type=Path, help="replay this bag into the graph and stop at its end")

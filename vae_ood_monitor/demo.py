@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,7 +52,8 @@ class Recording:
     scores: dict[str, list[tuple[float, float]]] = field(default_factory=lambda: {"bvae": [], "flow": []})
     decisions: dict[str, list[tuple[float, bool]]] = field(default_factory=lambda: {"bvae": [], "flow": []})
     estop: list[tuple[float, bool]] = field(default_factory=list)
-    ready: set[str] = field(default_factory=set)
+    diagnostics: dict[str, dict[str, str]] = field(default_factory=dict)  # status name → latest values
+    peak_rss_mb: dict[str, float] = field(default_factory=dict)  # node process → peak resident memory
 
     def now(self) -> float:
         return time.monotonic() - self.start
@@ -66,7 +68,12 @@ class Recorder(Node):
             self.create_subscription(Float32, f"/ood_monitor/{name}/score", lambda m, n=name: r.scores[n].append((r.now(), m.data)), RELIABLE_QOS)
             self.create_subscription(Bool, f"/ood_monitor/{name}/ood", lambda m, n=name: r.decisions[n].append((r.now(), m.data)), RELIABLE_QOS)
         self.create_subscription(Bool, ESTOP_TOPIC, lambda m: r.estop.append((r.now(), m.data)), LATCHED_QOS)
-        self.create_subscription(DiagnosticArray, "/diagnostics", lambda m: r.ready.update(s.name for s in m.status), RELIABLE_QOS)
+        self.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, RELIABLE_QOS)
+        self._recording = recording
+
+    def _on_diagnostics(self, msg: DiagnosticArray) -> None:
+        for status in msg.status:
+            self._recording.diagnostics[status.name] = {kv.key: kv.value for kv in status.values}
 
 
 def _start(name: str, params: dict[str, object], log_dir: Path) -> subprocess.Popen:
@@ -85,64 +92,119 @@ def _last(series: list[tuple[float, object]], before: float) -> object:
     return value
 
 
-def run_demo(bag: Path, out_dir: Path, rate: float = 1.0) -> int:
-    truth = read_ground_truth(bag)
-    if truth is None:
-        print(f"demo: {bag} carries no ground truth", file=sys.stderr)
-        return 1
-    onset_label = next((label for label in truth if label.ood), None)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-    recording = Recording()
-    rclpy.init()
-    recorder = Recorder(recording)
-    executor = MultiThreadedExecutor(num_threads=2)
-    executor.add_node(recorder)
-    threading.Thread(target=executor.spin, daemon=True).start()
-    processes = {name: _start(name, {}, out_dir) for name in ("bvae_detector", "flow_detector", "safety_stop")}
-    print(f"demo: bag {bag}; node logs in {out_dir}/")
+def resident_mb(pid: int) -> float:
+    """Resident memory of a process (Linux /proc), in MB; NaN where it cannot be read."""
     try:
-        deadline = time.monotonic() + 60
-        wanted = {"ood_monitor/bvae_detector", "ood_monitor/flow_detector", "ood_monitor/safety_stop"}
-        while not wanted <= recording.ready:
-            dead = [n for n, p in processes.items() if p.poll() is not None]
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return float("nan")
+
+
+class GraphRun:
+    """Start the three graph nodes as processes plus a recording peer; `replay` a bag through them."""
+
+    READY = {"ood_monitor/bvae_detector", "ood_monitor/flow_detector", "ood_monitor/safety_stop"}
+
+    def __init__(self, log_dir: Path) -> None:
+        log_dir.mkdir(parents=True, exist_ok=True)
+        os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+        self.log_dir = log_dir
+        self.recording = Recording()
+        rclpy.init()
+        self._recorder = Recorder(self.recording)
+        self._executor = MultiThreadedExecutor(num_threads=2)
+        self._executor.add_node(self._recorder)
+        threading.Thread(target=self._executor.spin, daemon=True).start()
+        self.processes = {name: _start(name, {}, log_dir) for name in ("bvae_detector", "flow_detector", "safety_stop")}
+
+    def wait_ready(self, timeout: float = 60.0) -> str | None:
+        """None once every node reports on /diagnostics, else what went wrong."""
+        deadline = time.monotonic() + timeout
+        while not self.READY <= set(self.recording.diagnostics):
+            dead = [n for n, p in self.processes.items() if p.poll() is not None]
             if dead or time.monotonic() > deadline:
-                print(f"demo: {', '.join(dead) or 'nodes'} did not come up; see {out_dir}/*.log", file=sys.stderr)
-                return 1
+                return f"{', '.join(dead) or 'nodes'} did not come up; see {self.log_dir}/*.log"
             time.sleep(0.1)
-        recording.start = time.monotonic()
-        player = _start("bag_player", {"bag": bag, "rate": rate, "wait_for_subscribers": 4}, out_dir)
-        processes["bag_player"] = player
-        print(f"{'t [s]':>6} {'bvae score':>11} {'flow score':>11} {'bvae':>5} {'flow':>5} {'STOP':>5}")
-        shown = 0.0
+        return None
+
+    def replay(self, bag: Path, rate: float, on_tick: Callable[[float], None] | None = None) -> None:
+        """Replay `bag` (clock restarts at its first frame) and wait one second past its end."""
+        self.recording.start = time.monotonic()
+        player = _start("bag_player", {"bag": bag, "rate": rate, "wait_for_subscribers": 4}, self.log_dir)
+        self.processes["bag_player"] = player
         while player.poll() is None:
             time.sleep(0.05)
-            if recording.now() >= shown + 0.5:
-                shown += 0.5
-                b, f = _last(recording.scores["bvae"], shown), _last(recording.scores["flow"], shown)
-                print(f"{shown:6.1f} {b if b is not None else float('nan'):11.2f} {f if f is not None else float('nan'):11.2f} "
-                      f"{str(_last(recording.decisions['bvae'], shown) or False):>5} {str(_last(recording.decisions['flow'], shown) or False):>5} "
-                      f"{str(_last(recording.estop, shown) or False):>5}")
-        time.sleep(1.0)
-    finally:
-        for process in processes.values():
+            for name, process in self.processes.items():
+                self.recording.peak_rss_mb[name] = max(self.recording.peak_rss_mb.get(name, 0.0), resident_mb(process.pid))
+            if on_tick is not None:
+                on_tick(self.recording.now())
+        time.sleep(1.5)  # one more 1 Hz diagnostics round after the last frame
+
+    def close(self) -> None:
+        for process in self.processes.values():
             if process.poll() is None:
                 process.send_signal(signal.SIGINT)
-        for process in processes.values():
+        for process in self.processes.values():
             try:
                 process.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 process.kill()
-        executor.shutdown()
-        recorder.destroy_node()
+        self._executor.shutdown()
+        self._recorder.destroy_node()
         rclpy.shutdown()
-    return _summarise(recording, onset_label.stamp_ns if onset_label else None, out_dir)
 
 
-def _summarise(recording: Recording, onset_stamp: int | None, out_dir: Path) -> int:
-    onset_time = recording.frames.get(onset_stamp) if onset_stamp is not None else None
-    released = next((t for t, v in recording.estop if not v), None)  # the robot started driving
+def onset_stamp(bag: Path) -> int | None:
+    truth = read_ground_truth(bag)
+    if truth is None:
+        raise ValueError(f"{bag} carries no ground truth")
+    return next((label.stamp_ns for label in truth if label.ood), None)
+
+
+def run_demo(bag: Path, out_dir: Path, rate: float = 1.0) -> int:
+    try:
+        onset = onset_stamp(bag)
+    except ValueError as err:
+        print(f"demo: {err}", file=sys.stderr)
+        return 1
+    run = GraphRun(out_dir)
+    print(f"demo: bag {bag}; node logs in {out_dir}/")
+    try:
+        problem = run.wait_ready()
+        if problem:
+            print(f"demo: {problem}", file=sys.stderr)
+            return 1
+        recording = run.recording
+        shown = [0.0]
+
+        def tick(now: float) -> None:
+            if now >= shown[0] + 0.5:
+                shown[0] += 0.5
+                t = shown[0]
+                scores = [_last(recording.scores[n], t) for n in ("bvae", "flow")]
+                flags = [_last(recording.decisions[n], t) or False for n in ("bvae", "flow")] + [_last(recording.estop, t) or False]
+                print(f"{t:6.1f} " + " ".join(f"{v if v is not None else float('nan'):11.2f}" for v in scores) + " " + " ".join(f"{str(f):>5}" for f in flags))
+
+        print(f"{'t [s]':>6} {'bvae score':>11} {'flow score':>11} {'bvae':>5} {'flow':>5} {'STOP':>5}")
+        run.replay(bag, rate, tick)
+    finally:
+        run.close()
+    return _summarise(run.recording, onset, out_dir)
+
+
+def stop_events(recording: Recording) -> tuple[float | None, list[float]]:
+    """When the robot was first released to drive, and every later switch of the stop to true."""
+    released = next((t for t, v in recording.estop if not v), None)
     stops = [t for (t, v), (_, before) in zip(recording.estop[1:], recording.estop) if v and not before and released is not None and t > released]
+    return released, stops
+
+
+def _summarise(recording: Recording, onset_ns: int | None, out_dir: Path) -> int:
+    onset_time = recording.frames.get(onset_ns) if onset_ns is not None else None
+    released, stops = stop_events(recording)
     print(f"\nframes received by the recorder: {len(recording.frames)}")
     if released is None:
         print("the safety stop never released the robot (inputs never all live and in distribution)")

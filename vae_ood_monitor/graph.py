@@ -33,7 +33,9 @@ def run_monitor(params_file: Path, bag: Path | None = None, rate: float = 1.0, r
     try:
         nodes += [DetectorNode("bvae"), DetectorNode("flow"), SafetyStopNode()]
         if bag is not None:
-            player = BagPlayerNode(parameter_overrides=[Parameter("bag", value=str(bag)), Parameter("rate", value=rate)])
+            # Play only once the detectors and the safety stop listen to the camera.
+            overrides = [Parameter("bag", value=str(bag)), Parameter("rate", value=rate), Parameter("wait_for_subscribers", value=3)]
+            player = BagPlayerNode(parameter_overrides=overrides)
             nodes.append(player)
         for node in nodes:
             executor.add_node(node)

@@ -60,7 +60,8 @@ class DetectorNode(Node):
         self._bad_in_a_row = 0
         self._last_problem = ""
         self._input_rate = RateMeter()
-        self._latency = RateMeter()
+        self._latency = RateMeter()  # frame received → decision published
+        self._processing = RateMeter()  # decode + preprocess + inference + score
         self._worker = threading.Thread(target=self._work, name=f"{kind}-worker", daemon=True)
         self._worker.start()
         Diagnostics(self, diagnostic_name(kind), veh, self._report)
@@ -89,6 +90,7 @@ class DetectorNode(Node):
                 self._process(*item)
 
     def _process(self, msg: Any, received: float) -> None:
+        started = time.monotonic()
         try:
             score = self.detector.score_frame(decode_message(msg))
         except FrameError as err:
@@ -99,6 +101,7 @@ class DetectorNode(Node):
             return
         self._bad_in_a_row = 0
         self.counts["processed"] += 1
+        self._processing.tick((time.monotonic() - started) * 1000.0)
         if score is None:  # the flow detector is still filling its stack
             return
         decision = self.detector.decide(score)
@@ -125,6 +128,7 @@ class DetectorNode(Node):
             **self.counts,
             "input_rate_hz": f"{self._input_rate.rate():.1f}",
             "latency_ms_p50": f"{self._latency.median():.1f}",
+            "processing_ms_p50": f"{self._processing.median():.1f}",
             "backend": self.detector.backend_name,
             "bundle": str(self.detector.bundle.path),
             "bundle_sha256": self.detector.bundle.sha256,
