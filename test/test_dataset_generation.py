@@ -35,7 +35,8 @@ def test_episodes_are_bags_with_camera_frames_at_30_hz(small_dataset):
         assert np.allclose(periods, 1e9 / 30, atol=1)
         first = decode_message(messages[0].msg)
         assert first.shape == (480, 640, 3)
-        assert 30 < first.mean() < 220, "a rendered road scene, not a blank frame"
+        if entry["onset_frame"] != 0:  # episodes that start in distribution
+            assert 30 < first.mean() < 220, "a rendered road scene, not a blank frame"
 
 
 def test_labels_and_onsets(small_dataset):
