@@ -56,30 +56,27 @@ def _image_message(typestore, rgb: np.ndarray, stamp_ns: int, compressed: bool, 
     )
 
 
+def _write_frames(writer, typestore, topic: str, frames: list[np.ndarray], compressed: bool, ros1: bool) -> None:
+    msgtype = "sensor_msgs/msg/CompressedImage" if compressed else "sensor_msgs/msg/Image"
+    serialize = typestore.serialize_ros1 if ros1 else typestore.serialize_cdr
+    connection = writer.add_connection(topic, msgtype, typestore=typestore)
+    for i, rgb in enumerate(frames):
+        stamp = START_NS + round(i * 1e9 / FPS)
+        writer.write(connection, stamp, serialize(_image_message(typestore, rgb, stamp, compressed, ros1), msgtype))
+
+
 def write_ros2_bag(
     path: Path, frames: list[np.ndarray], *, topic: str = DEFAULT_CAMERA_TOPIC, compressed: bool = True, storage: str = "mcap"
 ) -> Path:
-    typestore = get_typestore(Stores.ROS2_KILTED)
-    msgtype = "sensor_msgs/msg/CompressedImage" if compressed else "sensor_msgs/msg/Image"
     plugin = rosbag2.StoragePlugin.MCAP if storage == "mcap" else rosbag2.StoragePlugin.SQLITE3
     with rosbag2.Writer(path, version=rosbag2.Writer.VERSION_LATEST, storage_plugin=plugin) as writer:
-        connection = writer.add_connection(topic, msgtype, typestore=typestore)
-        for i, rgb in enumerate(frames):
-            stamp = START_NS + round(i * 1e9 / FPS)
-            msg = _image_message(typestore, rgb, stamp, compressed, ros1=False)
-            writer.write(connection, stamp, typestore.serialize_cdr(msg, msgtype))
+        _write_frames(writer, get_typestore(Stores.ROS2_KILTED), topic, frames, compressed, ros1=False)
     return path
 
 
 def write_ros1_bag(path: Path, frames: list[np.ndarray], *, topic: str = "/duckiebot/camera_node/image/raw", compressed: bool = False) -> Path:
-    typestore = get_typestore(Stores.ROS1_NOETIC)
-    msgtype = "sensor_msgs/msg/CompressedImage" if compressed else "sensor_msgs/msg/Image"
     with rosbag1.Writer(path) as writer:
-        connection = writer.add_connection(topic, msgtype, typestore=typestore)
-        for i, rgb in enumerate(frames):
-            stamp = START_NS + round(i * 1e9 / FPS)
-            msg = _image_message(typestore, rgb, stamp, compressed, ros1=True)
-            writer.write(connection, stamp, typestore.serialize_ros1(msg, msgtype))
+        _write_frames(writer, get_typestore(Stores.ROS1_NOETIC), topic, frames, compressed, ros1=True)
     return path
 
 

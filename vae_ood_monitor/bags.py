@@ -7,10 +7,10 @@ print it instead of a traceback from inside the library.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from rosbags.highlevel import AnyReader, AnyReaderError
 from rosbags.typesys import Stores, get_typestore
@@ -18,6 +18,7 @@ from rosbags.typesys import Stores, get_typestore
 from vae_ood_monitor.images import IMAGE_TYPES, stamp_to_ns
 
 DEFAULT_CAMERA_TOPIC = "/duckiebot/camera_node/image/compressed"
+T = TypeVar("T")
 
 # Exceptions rosbags and its storage back-ends raise on damaged files (truncated MCAP chunks,
 # corrupt sqlite pages, short ROS 1 records); turned into BagError with the bag's name.
@@ -90,8 +91,9 @@ def choose_topic(path: Path, available: dict[str, str], topic: str | None) -> st
     raise BagError(f"{path}: several image topics, choose one with --topic: {', '.join(sorted(available))}")
 
 
-def read_camera_messages(path: Path | str, topic: str | None = None) -> Iterator[BagMessage]:
-    """Yield the camera messages of one topic in log-time order."""
+def _camera_records(path: Path | str, topic: str | None, convert: Callable[[AnyReader, Any, int, bytes, int], T]) -> Iterator[T]:
+    """`convert(reader, connection, log_time, rawdata, index)` of every message of the camera
+    topic, in log-time order; damage found on the way becomes a BagError naming the bag."""
     path = Path(path)
     reader = _open(path)
     try:
@@ -99,13 +101,23 @@ def read_camera_messages(path: Path | str, topic: str | None = None) -> Iterator
         index = 0
         try:
             for connection, log_time, rawdata in reader.messages(connections=connections):
-                msg = reader.deserialize(rawdata, connection.msgtype)
-                yield BagMessage(index, stamp_to_ns(msg.header.stamp), log_time, connection.msgtype, msg)
+                item = convert(reader, connection, log_time, rawdata, index)
+                yield item
                 index += 1
         except _DAMAGED_BAG_ERRORS as err:
             raise BagError(f"{path}: damaged bag, stopped after {index} messages on {chosen} ({err})") from None
     finally:
         reader.close()
+
+
+def _typed(reader: AnyReader, connection: Any, log_time: int, rawdata: bytes, index: int) -> BagMessage:
+    msg = reader.deserialize(rawdata, connection.msgtype)
+    return BagMessage(index, stamp_to_ns(msg.header.stamp), log_time, connection.msgtype, msg)
+
+
+def read_camera_messages(path: Path | str, topic: str | None = None) -> Iterator[BagMessage]:
+    """Yield the camera messages of one topic in log-time order, deserialized."""
+    return _camera_records(path, topic, _typed)
 
 
 @dataclass(frozen=True)
@@ -117,19 +129,11 @@ class RawMessage:
     cdr: bytes
 
 
+def _cdr(reader: AnyReader, connection: Any, log_time: int, rawdata: bytes, index: int) -> RawMessage:
+    cdr = rawdata if reader.is2 else reader.typestore.ros1_to_cdr(rawdata, connection.msgtype)
+    return RawMessage(log_time, connection.msgtype, bytes(cdr))
+
+
 def read_raw_messages(path: Path | str, topic: str | None = None) -> Iterator[RawMessage]:
     """Yield a camera topic's messages as CDR (ROS 1 bags are converted) in log-time order."""
-    path = Path(path)
-    reader = _open(path)
-    try:
-        chosen, connections = _camera_connections(reader, path, topic)
-        count = 0
-        try:
-            for connection, log_time, rawdata in reader.messages(connections=connections):
-                cdr = rawdata if reader.is2 else reader.typestore.ros1_to_cdr(rawdata, connection.msgtype)
-                yield RawMessage(log_time, connection.msgtype, bytes(cdr))
-                count += 1
-        except _DAMAGED_BAG_ERRORS as err:
-            raise BagError(f"{path}: damaged bag, stopped after {count} messages on {chosen} ({err})") from None
-    finally:
-        reader.close()
+    return _camera_records(path, topic, _cdr)

@@ -14,7 +14,7 @@ import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import ParameterDescriptor
-from rclpy.executors import ExternalShutdownException
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import CompressedImage, Image
@@ -101,23 +101,34 @@ class Diagnostics:
         return Header(stamp=self._node.get_clock().now().to_msg())
 
 
-def run_node(factory: Callable[[], Node], args: list[str] | None = None, done: Callable[[Any], bool] | None = None) -> int:
-    """rclpy.init → node → spin until Ctrl-C or `done(node)`; a StartupError is one fatal log line
-    and exit code 2; otherwise the node's `exit_code` attribute (default 0)."""
+def run_nodes(
+    factory: Callable[[], list[Node]], args: list[str] | None = None, done: Callable[[list[Any]], bool] | None = None, threads: int = 1
+) -> int:
+    """rclpy.init → nodes → spin until Ctrl-C or `done(nodes)`. A StartupError is one fatal log line
+    and exit code 2; otherwise the highest `exit_code` attribute of the nodes (default 0)."""
     rclpy.init(args=args if args is not None else sys.argv)
-    node = None
+    nodes: list[Node] = []
+    executor = MultiThreadedExecutor(num_threads=threads) if threads > 1 else SingleThreadedExecutor()
     try:
-        node = factory()
-        while rclpy.ok() and not (done is not None and done(node)):
-            rclpy.spin_once(node, timeout_sec=0.1)
+        nodes = factory()
+        for node in nodes:
+            executor.add_node(node)
+        while rclpy.ok() and not (done is not None and done(nodes)):
+            executor.spin_once(timeout_sec=0.1)
     except StartupError as err:
         rclpy.logging.get_logger("vae_ood_monitor").fatal(f"refusing to start: {err}")
         return 2
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
-        if node is not None:
+        executor.shutdown()
+        for node in nodes:
             node.destroy_node()
         if rclpy.ok():
             rclpy.shutdown()
-    return int(getattr(node, "exit_code", 0))
+    return max((int(getattr(node, "exit_code", 0)) for node in nodes), default=0)
+
+
+def run_node(factory: Callable[[], Node], args: list[str] | None = None, done: Callable[[Any], bool] | None = None) -> int:
+    """`run_nodes` for a single node."""
+    return run_nodes(lambda: [factory()], args, None if done is None else lambda nodes: done(nodes[0]))
