@@ -30,6 +30,7 @@ from training.trainer import TrainConfig, train_vae
 from vae_ood_monitor.bundle import load_bundle
 from vae_ood_monitor.decision import DecisionParams
 from vae_ood_monitor.detector import OODDetector
+from vae_ood_monitor.offline import DEFAULTS_FILE
 from vae_ood_monitor.preprocessing import FlowPreprocessing, ImagePreprocessing
 from vae_ood_monitor.scoring import kl_score, select_active_dimensions
 
@@ -139,6 +140,20 @@ def fit_detector(config: DetectorConfig, data: Path, out: Path, workers: int = 2
     return bundle_dir
 
 
+def ship_bundle(bundle: Path, detector: str, name: str, make_default: bool = True) -> Path:
+    """Copy a bundle to models/<name> and (by default) make it the runtime default for `detector`."""
+    models = REPO_ROOT / "models"
+    target = models / name
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(bundle, target)
+    if make_default:
+        defaults_file = models / DEFAULTS_FILE
+        defaults = json.loads(defaults_file.read_text()) if defaults_file.exists() else {}
+        defaults[detector] = name
+        defaults_file.write_text(json.dumps(defaults, indent=1, sort_keys=True) + "\n")
+    return target
+
+
 def _progress(items: list[Episode], desc: str) -> list[Episode]:
     from tqdm import tqdm
 
@@ -152,17 +167,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--detectors", nargs="+", choices=("bvae", "flow"), default=["bvae", "flow"])
     parser.add_argument("--out", type=Path, help="work folder (default runs/<config>)")
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--ship", action="store_true", help="copy the bundles to models/<detector>_baseline")
+    parser.add_argument("--ship", action="store_true", help="copy the bundles to models/<detector>_baseline and make them the default")
     args = parser.parse_args(argv)
     out = args.out or REPO_ROOT / "runs" / args.config
     try:
         for kind in args.detectors:
             bundle = fit_detector(CONFIGS[args.config][kind], args.data, out, args.workers)
             if args.ship:
-                target = REPO_ROOT / "models" / f"{kind}_baseline"
-                shutil.rmtree(target, ignore_errors=True)
-                shutil.copytree(bundle, target)
-                print(f"shipped {target}")
+                print(f"shipped {ship_bundle(bundle, kind, f'{kind}_baseline')}")
     except DatasetError as err:
         print(f"pipeline: {err}", file=sys.stderr)
         return 1
