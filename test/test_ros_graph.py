@@ -313,3 +313,27 @@ def test_monitor_runs_the_whole_graph_in_one_process(robot, untrained_bundles, t
     assert len(robot.scores["bvae"]) >= 5, "the β-VAE detector scored replayed frames"
     assert len(robot.scores["flow"]) >= 5, "the flow detector scored replayed frames after filling its stack"
     assert robot.estop, "the safety stop published its state"
+
+
+SHIPPED = REPO / "models" / "defaults.json"
+DEMO_BAG = REPO / "demo" / "demo_fog_onset"
+
+
+@pytest.mark.skipif(not SHIPPED.exists(), reason="no shipped model bundles in models/ (train them with `make models`)")
+def test_shipped_models_drive_through_id_and_stop_after_the_onset(tmp_path):
+    """The real graph with the shipped bundles on the demo bag: no stop in the in-distribution
+    part, a stop within 0.5 s of the fog's onset."""
+    from vae_ood_monitor.demo import GraphRun, onset_stamp, stop_events
+
+    run = GraphRun(tmp_path)
+    try:
+        assert run.wait_ready() is None
+        run.replay(DEMO_BAG, rate=1.0)
+    finally:
+        run.close()
+    recording = run.recording
+    onset = recording.frames[onset_stamp(DEMO_BAG)]
+    released, stops = stop_events(recording)
+    assert released is not None and released < onset, "the robot was released to drive before the onset"
+    assert not [t for t in stops if t < onset], "no stop while the replay is in distribution"
+    assert stops and stops[0] - onset <= 0.5, f"stop {stops[0] - onset if stops else None} s after the onset"

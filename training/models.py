@@ -7,7 +7,7 @@ Flow VAE (RTCSA 2022): one per flow component, a stack of flows in, n=12.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
@@ -123,12 +123,3 @@ def vae_loss(model: VAE, x: torch.Tensor, beta: float) -> LossTerms:
         reconstruction = F.mse_loss(torch.tanh(recon), x, reduction="sum") / batch
     kl = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp()) / batch
     return LossTerms(reconstruction + beta * kl, reconstruction, kl)
-
-
-@dataclass(frozen=True)
-class DetectorArchitecture:
-    """Both VAEs of a detector: one for the β-VAE, two (horizontal, vertical) for optical flow."""
-
-    kind: str  # "bvae" or "flow"
-    vae: VAEConfig = field(default_factory=VAEConfig)
-    beta: float = 1.4

@@ -16,7 +16,7 @@ import json
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +27,7 @@ from training.dataset import DatasetError, Episode, concatenate, episodes, iter_
 from training.export import export_encoder, write_bundle
 from training.models import VAEConfig
 from training.trainer import TrainConfig, train_vae
-from vae_ood_monitor.bundle import load_bundle
+from vae_ood_monitor.bundle import DETECTOR_ENCODERS, load_bundle
 from vae_ood_monitor.decision import DecisionParams
 from vae_ood_monitor.detector import OODDetector
 from vae_ood_monitor.offline import DEFAULTS_FILE
@@ -45,10 +45,10 @@ class DetectorConfig:
     train: TrainConfig
     train_stride: int = 1  # use every n-th training frame (consecutive frames are near-duplicates)
     min_mean_kl: float = 0.05
-    encoders: tuple[str, ...] = field(default=())
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "encoders", ("image",) if self.kind == "bvae" else ("horizontal", "vertical"))
+    @property
+    def encoders(self) -> tuple[str, ...]:
+        return DETECTOR_ENCODERS[self.kind]
 
 
 def _flow_vae(prep: FlowPreprocessing, conv: tuple[int, ...], dense: tuple[int, ...]) -> VAEConfig:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
+from rclpy.context import Context
 from rclpy.executors import MultiThreadedExecutor
 from rclpy.node import Node
 from sensor_msgs.msg import CompressedImage
@@ -60,8 +61,8 @@ class Recording:
 
 
 class Recorder(Node):
-    def __init__(self, recording: Recording) -> None:
-        super().__init__(f"demo_recorder_{os.getpid()}")
+    def __init__(self, recording: Recording, context: Context) -> None:
+        super().__init__(f"demo_recorder_{os.getpid()}", context=context)
         r = recording
         self.create_subscription(CompressedImage, DEFAULT_CAMERA_TOPIC, lambda m: r.frames.setdefault(stamp_to_ns(m.header.stamp), r.now()), CAMERA_QOS)
         for name in ("bvae", "flow"):
@@ -113,9 +114,10 @@ class GraphRun:
         os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
         self.log_dir = log_dir
         self.recording = Recording()
-        rclpy.init()
-        self._recorder = Recorder(self.recording)
-        self._executor = MultiThreadedExecutor(num_threads=2)
+        self._context = Context()  # its own, so it works beside any other rclpy use in the process
+        rclpy.init(context=self._context)
+        self._recorder = Recorder(self.recording, self._context)
+        self._executor = MultiThreadedExecutor(num_threads=2, context=self._context)
         self._executor.add_node(self._recorder)
         threading.Thread(target=self._executor.spin, daemon=True).start()
         self.processes = {name: _start(name, {}, log_dir) for name in ("bvae_detector", "flow_detector", "safety_stop")}
@@ -154,7 +156,7 @@ class GraphRun:
                 process.kill()
         self._executor.shutdown()
         self._recorder.destroy_node()
-        rclpy.shutdown()
+        rclpy.shutdown(context=self._context)
 
 
 def onset_stamp(bag: Path) -> int | None:
