@@ -1,0 +1,44 @@
+"""Encoder latency on this CPU, measured side by side so that shared-machine noise hits all alike.
+
+Every model gets its own ONNX Runtime session (1 thread by default); the runs interleave model by
+model (round robin), after warm-up, and the median per model is reported with ratios to the
+first (baseline) model.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from vae_ood_monitor.backends import OnnxRuntimeEncoder
+
+
+@dataclass(frozen=True)
+class Latency:
+    name: str
+    median_ms: float
+    p90_ms: float
+    ratio: float  # median / baseline median
+    size_mb: float
+
+
+def measure_latency(models: dict[str, tuple[Path, tuple[int, ...]]], runs: int = 200, threads: int = 1, warmup: int = 20) -> list[Latency]:
+    """`models`: name → (ONNX path, input shape without batch); the first entry is the baseline."""
+    rng = np.random.default_rng(0)
+    sessions = {name: (OnnxRuntimeEncoder(path, threads=threads, providers=("CPUExecutionProvider",)), rng.random((1, *shape), dtype=np.float32))
+                for name, (path, shape) in models.items()}
+    times: dict[str, list[float]] = {name: [] for name in models}
+    for step in range(warmup + runs):
+        for name, (encoder, batch) in sessions.items():
+            start = time.perf_counter()
+            encoder(batch)
+            if step >= warmup:
+                times[name].append((time.perf_counter() - start) * 1000.0)
+    baseline = float(np.median(times[next(iter(models))]))
+    return [
+        Latency(name, float(np.median(t)), float(np.percentile(t, 90)), float(np.median(t)) / baseline, models[name][0].stat().st_size / 1e6)
+        for name, t in times.items()
+    ]
