@@ -1,10 +1,14 @@
 """Quantized encoders stay close to the FP32 encoder; latency is measured side by side."""
 
 import numpy as np
-from conftest import build_image_bundle
+import torch
+from conftest import IMAGE_VAE, build_image_bundle
 
+from training.compress.distill import distill, parameter_count, prune_encoder, teacher_latents
 from training.compress.latency import measure_latency
 from training.compress.quantize import convert_fp16, quantize_int8
+from training.export import export_encoder
+from training.trainer import TrainConfig
 from vae_ood_monitor.backends import make_encoder
 
 
@@ -32,3 +36,17 @@ def test_latency_is_reported_relative_to_the_first_model(tmp_path):
     assert [r.name for r in results] == ["baseline", "same"]
     assert results[0].ratio == 1.0 and results[0].median_ms > 0
     assert 0.2 < results[1].ratio < 5.0
+
+
+def test_pruned_student_is_smaller_and_learns_the_teachers_latents(tmp_path):
+    teacher, bundle = build_image_bundle(tmp_path)
+    inputs = np.random.default_rng(1).random((64, 3, 32, 32), dtype=np.float32)
+    targets = teacher_latents(bundle / "image.onnx", inputs, lambda x: x)
+    student = prune_encoder(teacher.encoder, (3, 32, 32), ratio=0.5)
+    assert parameter_count(student) < 0.5 * parameter_count(teacher.encoder)
+    with torch.no_grad():
+        before = float(torch.nn.functional.mse_loss(student(torch.from_numpy(inputs))[0], torch.from_numpy(targets[0])))
+    student, history = distill(student, inputs, torch.from_numpy, targets, TrainConfig(epochs=30, batch_size=16, learning_rate=3e-3, threads=1))
+    assert history[-1] < 0.5 * history[0] and history[-1] < before
+    onnx = export_encoder(student, (IMAGE_VAE.in_channels, 32, 32), tmp_path / "student.onnx")
+    assert onnx.stat().st_size < (bundle / "image.onnx").stat().st_size

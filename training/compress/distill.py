@@ -1,0 +1,87 @@
+"""Smaller encoders that reproduce the teacher's latent posterior: pruning and distillation.
+
+The monitor only reads the encoder's posterior (μ, logσ²), so a compressed encoder is good when it
+maps in-distribution inputs where the teacher does. Students — channel-pruned copies of the
+teacher (torch-pruning, structured: whole channels and neurons go, so dense runtimes get faster)
+or narrower / lower-resolution encoders trained from scratch — learn to match the teacher's μ and
+logσ² (MSE) on the training frames. No decoder is needed, which keeps distillation cheap.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch_pruning as tp
+from torch.nn import functional as F
+from tqdm import tqdm
+
+from training.models import Encoder
+from training.trainer import TrainConfig, set_seeds
+from vae_ood_monitor.backends import make_encoder
+
+
+def teacher_latents(onnx: Path, inputs: np.ndarray, to_float: Callable[[np.ndarray], np.ndarray], batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """The teacher's (μ, logσ²) for every input row, from its exported ONNX (what ships)."""
+    encoder = make_encoder("onnxruntime", onnx, threads=2)
+    parts = [encoder(to_float(inputs[i : i + batch_size])) for i in range(0, len(inputs), batch_size)]
+    return np.concatenate([m for m, _ in parts]), np.concatenate([v for _, v in parts])
+
+
+def prune_encoder(encoder: Encoder, input_shape: tuple[int, int, int], ratio: float, layer_ratios: dict[str, float] | None = None) -> Encoder:
+    """A structurally pruned copy: `ratio` of the channels / neurons of every conv and hidden dense
+    layer removed by L2 magnitude (per-layer `layer_ratios` by module name override it); the
+    output head keeps its 2·n outputs."""
+    pruned = copy.deepcopy(encoder).eval()
+    modules = dict(pruned.named_modules())
+    per_layer = {modules[name]: value for name, value in (layer_ratios or {}).items()}
+    pruner = tp.pruner.MetaPruner(
+        pruned, torch.zeros(1, *input_shape), importance=tp.importance.MagnitudeImportance(p=2),
+        pruning_ratio=ratio, pruning_ratio_dict=per_layer or None, ignored_layers=[pruned.head],
+        output_transform=lambda outputs: outputs[0].sum() + outputs[1].sum(),
+    )
+    pruner.step()
+    return pruned
+
+
+def distill(
+    student: Encoder,
+    inputs: np.ndarray,
+    to_tensor: Callable[[np.ndarray], torch.Tensor],
+    targets: tuple[np.ndarray, np.ndarray],
+    train: TrainConfig,
+    desc: str = "distill",
+) -> tuple[Encoder, list[float]]:
+    """Fit `student` to the teacher's (μ, logσ²) `targets` for `inputs`; returns it and the per-epoch loss."""
+    torch.set_num_threads(train.threads)
+    set_seeds(train.seed)
+    mu_t, logvar_t = (torch.from_numpy(t) for t in targets)
+    optimiser = torch.optim.Adam(student.parameters(), lr=train.learning_rate)
+    generator = np.random.default_rng(train.seed)
+    history = []
+    for epoch in range(train.epochs):
+        student.train()
+        order = generator.permutation(len(inputs))
+        total = 0.0
+        for start in tqdm(range(0, len(order), train.batch_size), desc=f"{desc} epoch {epoch + 1}/{train.epochs}", leave=False):
+            index = np.sort(order[start : start + train.batch_size])
+            mu, logvar = student(to_tensor(inputs[index]))
+            loss = F.mse_loss(mu, mu_t[index]) + F.mse_loss(logvar, logvar_t[index])
+            if not math.isfinite(loss.item()):
+                raise FloatingPointError(f"{desc}: loss became {loss.item()} in epoch {epoch + 1}")
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            total += loss.item() * len(index)
+        history.append(total / len(order))
+        tqdm.write(f"{desc} epoch {epoch + 1}: latent MSE {history[-1]:.4f}")
+    student.eval()
+    return student, history
+
+
+def parameter_count(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
