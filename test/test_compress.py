@@ -1,6 +1,7 @@
 """Quantized encoders stay close to the FP32 encoder; latency is measured side by side."""
 
 import numpy as np
+import pytest
 import torch
 from conftest import IMAGE_VAE, build_image_bundle
 
@@ -50,3 +51,19 @@ def test_pruned_student_is_smaller_and_learns_the_teachers_latents(tmp_path):
     assert history[-1] < 0.5 * history[0] and history[-1] < before
     onnx = export_encoder(student, (IMAGE_VAE.in_channels, 32, 32), tmp_path / "student.onnx")
     assert onnx.stat().st_size < (bundle / "image.onnx").stat().st_size
+
+
+def test_tensorrt_engine_builds_or_says_why_not(tmp_path):
+    from training.compress.tensorrt import TensorRTUnavailable, build_engine
+
+    _, bundle = build_image_bundle(tmp_path)
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        with pytest.raises(TensorRTUnavailable, match="build engines on the Jetson"):
+            build_engine(bundle / "image.onnx", "fp16")
+        return
+    engine = build_engine(bundle / "image.onnx", "fp16")  # on a Jetson / GPU machine with TensorRT
+    mu, _ = make_encoder("tensorrt", bundle / "image.onnx")(np.zeros((1, 3, 32, 32), np.float32))
+    reference, _ = make_encoder("onnxruntime", bundle / "image.onnx")(np.zeros((1, 3, 32, 32), np.float32))
+    assert engine.exists() and np.allclose(mu, reference, atol=1e-2)

@@ -73,6 +73,12 @@ class TensorRTEncoder:
             raise BackendError(f"{engine_path}: TensorRT could not deserialize it (built for another TensorRT or GPU?)")
         self._context = self._engine.create_execution_context()
         self._tensors = self._io_tensors()
+        for index, (name, (shape, _, is_input)) in enumerate(self._tensors.items()):
+            if is_input:  # engines built from the dynamic-batch ONNX run batch 1
+                if hasattr(self._context, "set_input_shape"):
+                    self._context.set_input_shape(name, shape)
+                else:
+                    self._context.set_binding_shape(index, shape)
         self._buffers: dict[str, tuple[np.ndarray, int]] = {}
         for name, (shape, dtype, _) in self._tensors.items():
             host = np.empty(shape, dtype=dtype)
@@ -84,18 +90,19 @@ class TensorRTEncoder:
         self.name = f"tensorrt[{trt.__version__}]"
 
     def _io_tensors(self) -> dict[str, tuple[tuple[int, ...], np.dtype, bool]]:
-        """name → (shape, dtype, is_input), through the 10.x named-tensor API or the 8.x bindings."""
+        """name → (shape with batch 1, dtype, is_input), in binding order, through the 10.x
+        named-tensor API or the 8.x bindings."""
         trt, engine = self._trt, self._engine
         tensors = {}
         if hasattr(engine, "num_io_tensors"):  # TensorRT >= 8.5, required in 10.x
             for i in range(engine.num_io_tensors):
                 name = engine.get_tensor_name(i)
                 is_input = engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT
-                tensors[name] = (tuple(engine.get_tensor_shape(name)), np.dtype(trt.nptype(engine.get_tensor_dtype(name))), is_input)
+                tensors[name] = (_batch_one(engine.get_tensor_shape(name)), np.dtype(trt.nptype(engine.get_tensor_dtype(name))), is_input)
         else:  # TensorRT 8.2 on JetPack 4.6 (Jetson Nano)
             for i in range(engine.num_bindings):
                 name = engine.get_binding_name(i)
-                tensors[name] = (tuple(engine.get_binding_shape(i)), np.dtype(trt.nptype(engine.get_binding_dtype(i))), engine.binding_is_input(i))
+                tensors[name] = (_batch_one(engine.get_binding_shape(i)), np.dtype(trt.nptype(engine.get_binding_dtype(i))), engine.binding_is_input(i))
         return tensors
 
     def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -118,6 +125,10 @@ class TensorRTEncoder:
                 cudart.cudaMemcpyAsync(host.ctypes.data, device, host.nbytes, d2h, self._stream)
         cudart.cudaStreamSynchronize(self._stream)
         return self._buffers["mu"][0].astype(np.float32), self._buffers["logvar"][0].astype(np.float32)
+
+
+def _batch_one(shape: object) -> tuple[int, ...]:
+    return tuple(1 if int(d) < 0 else int(d) for d in shape)  # type: ignore[attr-defined]
 
 
 def make_encoder(backend: str, onnx_model: Path, threads: int = 1) -> EncoderRunner:
