@@ -83,7 +83,7 @@ def _flow_tensor(batch: np.ndarray) -> torch.Tensor:
 
 def fit_detector(config: DetectorConfig, data: Path, out: Path, workers: int = 2) -> Path:
     """Train, export, calibrate and tune one detector; returns the bundle folder."""
-    manifest = load_manifest(data)
+    load_manifest(data)  # fail before the long work when the dataset is not there
     work = out / config.kind
     to_tensor = _image_tensor if config.kind == "bvae" else _flow_tensor
     train_eps = episodes(data, "train")
@@ -99,45 +99,65 @@ def fit_detector(config: DetectorConfig, data: Path, out: Path, workers: int = 2
     train_seconds = time.monotonic() - started
 
     provenance = {
-        "dataset": str(data),
-        "dataset_sha256": manifest["dataset_sha256"],
         "config": {"kind": config.kind, "vae": config.vae.to_dict(), "train": asdict(config.train), "train_stride": config.train_stride},
         "train_history": histories,
         "train_seconds": round(train_seconds, 1),
-        "command": " ".join(sys.argv),
     }
-    bundle_dir = work / "bundle"
+    return calibrate_and_bundle(config.kind, config.preprocessing, onnx_files, config.vae.latent, data, work / "bundle", provenance, config.min_mean_kl).path
+
+
+@dataclass(frozen=True)
+class CalibratedBundle:
+    path: Path
+    validation: list[ScoredEpisode]  # per-frame validation scores, reused by the compression search
+
+
+def calibrate_and_bundle(
+    kind: str,
+    preprocessing: ImagePreprocessing | FlowPreprocessing,
+    onnx_files: dict[str, Path],
+    latent: int,
+    data: Path,
+    bundle_dir: Path,
+    provenance: dict[str, object],
+    min_mean_kl: float = 0.05,
+) -> CalibratedBundle:
+    """Calibrate exported encoders and tune their decision; writes the bundle to `bundle_dir`.
+
+    Everything runs through the onboard detector class (ONNX Runtime, onboard preprocessing):
+    latent dimensions are selected and calibration scores taken on every calibration frame, the
+    decision is tuned on the validation split.
+    """
+    provenance = {"dataset": str(data), "dataset_sha256": load_manifest(data)["dataset_sha256"], "command": " ".join(sys.argv), **provenance}
 
     def bundle(selected: dict[str, list[int]], calibration: np.ndarray, decision: DecisionParams) -> OODDetector:
-        write_bundle(bundle_dir, config.kind, config.preprocessing, onnx_files, selected, calibration, decision, provenance)
+        write_bundle(bundle_dir, kind, preprocessing, onnx_files, selected, calibration, decision, provenance)
         return OODDetector(load_bundle(bundle_dir), threads=2)
 
-    # Calibration through the runtime detector (ONNX Runtime, onboard preprocessing), every frame.
-    detector = bundle({name: list(range(config.vae.latent)) for name in config.encoders}, np.zeros(1), DecisionParams())
-    latents: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {name: [] for name in config.encoders}
-    for episode in _progress(episodes(data, "calibration"), f"{config.kind}: calibration"):
+    detector = bundle({name: list(range(latent)) for name in onnx_files}, np.zeros(1), DecisionParams())
+    latents: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {name: [] for name in onnx_files}
+    for episode in _progress(episodes(data, "calibration"), f"{kind}: calibration"):
         _, _, episode_latents = detector.encode_stream(rgb for rgb, _ in iter_frames(episode))
-        for name, latent in episode_latents.items():
-            latents[name].append(latent)
+        for name, latent_pair in episode_latents.items():
+            latents[name].append(latent_pair)
     selected: dict[str, list[int]] = {}
     calibration_scores = np.zeros(0)
     for name, parts in latents.items():
         mu, logvar = np.concatenate([m for m, _ in parts]), np.concatenate([v for _, v in parts])
-        selected[name] = select_active_dimensions(mu, logvar, config.min_mean_kl)
+        selected[name] = select_active_dimensions(mu, logvar, min_mean_kl)
         scores = kl_score(mu, logvar, selected[name])
         calibration_scores = scores if calibration_scores.size == 0 else calibration_scores + scores
     detector = bundle(selected, calibration_scores, DecisionParams())
 
-    # Decision parameters from validation episodes, scored by the runtime detector itself.
     validation = [
         ScoredEpisode(e.name, detector.score_stream(rgb for rgb, _ in iter_frames(e)), e.onset_frame)
-        for e in _progress(episodes(data, "validation"), f"{config.kind}: validation scores")
+        for e in _progress(episodes(data, "validation"), f"{kind}: validation scores")
     ]
     tuning = tune_decision(detector.bundle.calibration_scores, validation)
     provenance["decision_tuning"] = {"mean_delay_frames": tuning.mean_delay, "missed_onsets": tuning.missed, "candidates": tuning.table}
     bundle(selected, calibration_scores, tuning.params)
-    print(f"{config.kind}: selected dims {selected}, decision {tuning.params}, validation delay {tuning.mean_delay:.1f} frames, missed {tuning.missed}")
-    return bundle_dir
+    print(f"{kind}: selected dims {selected}, decision {tuning.params}, validation delay {tuning.mean_delay:.1f} frames, missed {tuning.missed}")
+    return CalibratedBundle(bundle_dir, validation)
 
 
 def ship_bundle(bundle: Path, detector: str, name: str, make_default: bool = True) -> Path:
