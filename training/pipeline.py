@@ -16,11 +16,13 @@ import json
 import shutil
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from training.calibrate import ScoredEpisode, tune_decision
 from training.dataset import DatasetError, Episode, concatenate, episodes, iter_frames, load_inputs, load_manifest
@@ -174,10 +176,8 @@ def ship_bundle(bundle: Path, detector: str, name: str, make_default: bool = Tru
     return target
 
 
-def _progress(items: list[Episode], desc: str) -> list[Episode]:
-    from tqdm import tqdm
-
-    return list(tqdm(items, desc=desc, unit="episode"))
+def _progress(items: list[Episode], desc: str) -> Iterator[Episode]:
+    return iter(tqdm(items, desc=desc, unit="episode"))
 
 
 def main(argv: list[str] | None = None) -> int:
