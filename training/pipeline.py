@@ -64,7 +64,7 @@ _FLOW_TINY = FlowPreprocessing(width=80, height=60, crop=(8, 6, 64, 48), max_flo
 CONFIGS: dict[str, dict[str, DetectorConfig]] = {
     # The papers' baseline β-VAE (224×224, n=30, β=1.4) and RTCSA 2022 flow VAEs (n=12 each).
     "default": {
-        "bvae": DetectorConfig("bvae", ImagePreprocessing(224, 224), VAEConfig(), TrainConfig(epochs=2, batch_size=32, beta=1.4), train_stride=4),
+        "bvae": DetectorConfig("bvae", ImagePreprocessing(224, 224), VAEConfig(), TrainConfig(epochs=3, batch_size=32, beta=1.4), train_stride=4),
         "flow": DetectorConfig("flow", _FLOW, _flow_vae(_FLOW, (32, 32, 16, 16), (256,)), TrainConfig(epochs=4, batch_size=64, beta=1.0, threads=1), train_stride=3),
     },
     # Minutes on CI: small inputs and networks, still real training.
