@@ -293,7 +293,8 @@ def test_bag_player_refuses_a_missing_bag(tmp_path):
 
 def test_monitor_runs_the_whole_graph_in_one_process(robot, untrained_bundles, tmp_path):
     robot.camera_on = False
-    bag = write_ros2_bag(tmp_path / "bag", synthetic_frames(90, 160, 120))
+    # 8 s of frames: long enough for this peer to discover the monitor's publishers on a busy machine
+    bag = write_ros2_bag(tmp_path / "bag", synthetic_frames(240, 160, 120))
     params = tmp_path / "params.yaml"
     params.write_text(
         "".join(f"{name}_detector:\n  ros__parameters:\n    bundle: {path}\n" for name, path in untrained_bundles.items())
