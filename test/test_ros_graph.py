@@ -28,6 +28,7 @@ from sensor_msgs.msg import CompressedImage
 from std_msgs.msg import Bool, Float32
 from std_srvs.srv import Trigger
 
+from vae_ood_monitor import demo
 from vae_ood_monitor.bags import read_camera_messages
 from vae_ood_monitor.decision import DecisionParams
 from vae_ood_monitor.nodes.common import LATCHED_QOS, RELIABLE_QOS
@@ -35,12 +36,6 @@ from vae_ood_monitor.nodes.common import LATCHED_QOS, RELIABLE_QOS
 REPO = Path(__file__).resolve().parents[1]
 CAMERA = "/duckiebot/camera_node/image/compressed"
 ESTOP = "/duckiebot/wheels_driver_node/emergency_stop"
-ENTRY = {
-    "bvae_detector": "vae_ood_monitor.nodes.detector:main_bvae",
-    "flow_detector": "vae_ood_monitor.nodes.detector:main_flow",
-    "safety_stop": "vae_ood_monitor.nodes.safety_stop:main",
-    "bag_player": "vae_ood_monitor.nodes.bag_player:main",
-}
 # Never decides OOD: these tests are about plumbing, not about what an untrained model thinks.
 NEVER_OOD = DecisionParams(mode="threshold", threshold=1e12)
 
@@ -57,13 +52,7 @@ def ros_domain():
 
 def start_node(name: str, params: dict[str, object] | None = None, log: Path | None = None) -> subprocess.Popen:
     """A node in its own process, from this checkout's code."""
-    module, function = ENTRY[name].split(":")
-    args = ["--ros-args"] + [a for k, v in (params or {}).items() for a in ("-p", f"{k}:={v}")]
-    code = f"import sys; from {module} import {function}; sys.exit({function}(sys.argv))"
-    return subprocess.Popen(
-        [sys.executable, "-c", code, *args], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
-        stdout=log.open("w") if log else subprocess.DEVNULL, stderr=subprocess.STDOUT,
-    )
+    return demo.start_node(name, params or {}, log, cwd=REPO)
 
 
 def stop_process(process: subprocess.Popen) -> None:

@@ -78,11 +78,14 @@ class Recorder(Node):
             self._recording.diagnostics[status.name] = {kv.key: kv.value for kv in status.values}
 
 
-def _start(name: str, params: dict[str, object], log_dir: Path) -> subprocess.Popen:
+def start_node(name: str, params: dict[str, object], log: Path | None = None, cwd: Path | None = None) -> subprocess.Popen:
+    """Node `name` in its own process with this interpreter (from `cwd`'s code when given);
+    output to `log` or discarded."""
     module, function = NODES[name].split(":")
     code = f"import sys; from {module} import {function}; sys.exit({function}(sys.argv))"
     args = ["--ros-args", *[a for k, v in params.items() for a in ("-p", f"{k}:={v}")]]
-    return subprocess.Popen([sys.executable, "-c", code, *args], stdout=(log_dir / f"{name}.log").open("w"), stderr=subprocess.STDOUT)
+    output = log.open("w") if log is not None else subprocess.DEVNULL
+    return subprocess.Popen([sys.executable, "-c", code, *args], cwd=cwd, stdout=output, stderr=subprocess.STDOUT)
 
 
 def _last(series: list[tuple[float, object]], before: float) -> object:
@@ -121,7 +124,7 @@ class GraphRun:
         self._executor = MultiThreadedExecutor(num_threads=2, context=self._context)
         self._executor.add_node(self._recorder)
         threading.Thread(target=self._executor.spin, daemon=True).start()
-        self.processes = {name: _start(name, {}, log_dir) for name in ("bvae_detector", "flow_detector", "safety_stop")}
+        self.processes = {name: start_node(name, {}, log_dir / f"{name}.log") for name in ("bvae_detector", "flow_detector", "safety_stop")}
 
     def wait_ready(self, timeout: float = 60.0) -> str | None:
         """None once every node reports on /diagnostics, else what went wrong."""
@@ -136,7 +139,7 @@ class GraphRun:
     def replay(self, bag: Path, rate: float, on_tick: Callable[[float], None] | None = None) -> None:
         """Replay `bag` (clock restarts at its first frame) and wait one second past its end."""
         self.recording.start = time.monotonic()
-        player = _start("bag_player", {"bag": bag, "rate": rate, "wait_for_subscribers": 4}, self.log_dir)
+        player = start_node("bag_player", {"bag": bag, "rate": rate, "wait_for_subscribers": 4}, self.log_dir / "bag_player.log")
         self.processes["bag_player"] = player
         while player.poll() is None:
             time.sleep(0.05)
