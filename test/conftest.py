@@ -18,6 +18,7 @@ from training.export import export_encoder, write_bundle
 from training.models import VAE, VAEConfig
 from vae_ood_monitor.decision import DecisionParams
 from vae_ood_monitor.preprocessing import FlowPreprocessing, ImagePreprocessing
+from vae_ood_monitor.scoring import LatentScore
 from vae_ood_monitor.bags import DEFAULT_CAMERA_TOPIC
 
 FPS = 30.0
@@ -90,7 +91,7 @@ def build_image_bundle(path: Path, decision: DecisionParams = DecisionParams(win
     torch.manual_seed(0)
     model = VAE(IMAGE_VAE).eval()
     onnx = export_encoder(model.encoder, (3, 32, 32), path / "work" / "image.onnx")
-    write_bundle(path / "bundle", "bvae", ImagePreprocessing(32, 32), {"image": onnx}, {"image": [0, 2, 5]},
+    write_bundle(path / "bundle", "bvae", ImagePreprocessing(32, 32), {"image": onnx}, LatentScore("kl", {"image": [0, 2, 5]}),
                  np.linspace(0.0, 5.0, 50), decision, {"note": "test"})
     return model, path / "bundle"
 
@@ -99,7 +100,7 @@ def build_flow_bundle(path: Path, decision: DecisionParams = DecisionParams()):
     """An untrained tiny optical-flow bundle."""
     torch.manual_seed(1)
     files = {name: export_encoder(VAE(FLOW_VAE).eval().encoder, (3, 48, 64), path / "work" / f"{name}.onnx") for name in ("horizontal", "vertical")}
-    write_bundle(path / "bundle", "flow", FLOW_PREP, files, {"horizontal": [0, 1], "vertical": [2, 3]},
+    write_bundle(path / "bundle", "flow", FLOW_PREP, files, LatentScore("kl", {"horizontal": [0, 1], "vertical": [2, 3]}),
                  np.linspace(0.0, 3.0, 30), decision, {})
     return path / "bundle"
 

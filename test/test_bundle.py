@@ -12,6 +12,7 @@ from vae_ood_monitor.bundle import BundleError, load_bundle, write_sums
 from vae_ood_monitor.decision import DecisionParams
 from vae_ood_monitor.detector import OODDetector
 from vae_ood_monitor.preprocessing import ImagePreprocessing
+from vae_ood_monitor.scoring import LatentScore
 
 def test_onnx_runtime_agrees_with_torch(tmp_path):
     model, bundle_dir = build_image_bundle(tmp_path)
@@ -28,7 +29,7 @@ def test_onnx_runtime_agrees_with_torch(tmp_path):
 def test_bundle_round_trips_its_metadata(tmp_path):
     _, bundle_dir = build_image_bundle(tmp_path)
     bundle = load_bundle(bundle_dir)
-    assert bundle.detector == "bvae" and bundle.selected_dims == {"image": [0, 2, 5]}
+    assert bundle.detector == "bvae" and bundle.score == LatentScore("kl", {"image": [0, 2, 5]})
     assert bundle.decision == DecisionParams(window=4, threshold=7.0)
     assert bundle.preprocessing == ImagePreprocessing(32, 32)
     assert bundle.provenance["note"] == "test" and len(bundle.sha256) == 64

@@ -1,5 +1,13 @@
-"""Choosing decision parameters from calibration (ID) and validation (ID + OOD) scores only.
+"""Fitting the latent score and choosing decision parameters from calibration (ID) and
+validation (ID + OOD) data only.
 
+Score: every candidate (KL of the active dimensions; Mahalanobis distance of [μ, logσ²] with a
+Ledoit-Wolf or a diagonal covariance) is fitted on the calibration frames; its calibration scores
+are cross-fitted (fitted on one half of the calibration episodes, scored on the other), so the
+conformal p-values see held-out scores as the robot will. The candidate with the highest
+frame-level AUROC on the validation split wins.
+
+Decision:
 For every candidate (tail, ε, window) the CUSUM alarm level is set just above the highest CUSUM value any
 in-distribution validation frame reached (ID episodes and the ID part of onset episodes), times a
 safety margin — so validation ID driving raises no alarm. Among the candidates, the one with the
@@ -13,14 +21,75 @@ import itertools
 from dataclasses import dataclass
 
 import numpy as np
+from sklearn.covariance import LedoitWolf
 
 from vae_ood_monitor.decision import ConformalDecider, DecisionParams
+from vae_ood_monitor.metrics import auroc
+from vae_ood_monitor.scoring import Latents, LatentScore, select_active_dimensions
 
 TAILS = ("both", "upper")
 EPSILONS = (0.04, 0.1, 0.2)
 WINDOWS = (5, 10, 20)
 THRESHOLD_MARGIN = 1.5
 MIN_THRESHOLD = 5.0
+
+
+VARIANCE_FLOOR = 1e-6
+
+
+@dataclass(frozen=True)
+class FittedScore:
+    name: str  # kl, mahalanobis (Ledoit-Wolf covariance) or mahalanobis_diag
+    score: LatentScore
+    calibration_scores: np.ndarray  # held-out score of every calibration frame
+
+
+def _concat(latents: list[Latents]) -> Latents:
+    return {name: (np.concatenate([l[name][0] for l in latents]), np.concatenate([l[name][1] for l in latents])) for name in latents[0]}
+
+
+def _fit(name: str, latents: Latents, min_mean_kl: float) -> LatentScore:
+    if name == "kl":
+        return LatentScore("kl", {encoder: select_active_dimensions(mu, logvar, min_mean_kl) for encoder, (mu, logvar) in latents.items()})
+    dims = {encoder: list(range(mu.shape[1])) for encoder, (mu, _) in latents.items()}
+    features = LatentScore("kl", dims).features(latents)
+    mean, scale = features.mean(axis=0), np.sqrt(features.var(axis=0) + VARIANCE_FLOOR)
+    if name == "mahalanobis_diag":
+        return LatentScore("mahalanobis", dims, mean, np.diag(1.0 / scale**2))
+    # Shrink the correlation, not the covariance: features differ in scale by orders of magnitude
+    # (switched-off dimensions barely move), and shrinking towards one common variance would
+    # silence exactly those dimensions.
+    correlation_precision = LedoitWolf().fit((features - mean) / scale).precision_
+    return LatentScore("mahalanobis", dims, mean, correlation_precision / np.outer(scale, scale))
+
+
+SCORE_CANDIDATES = ("kl", "mahalanobis", "mahalanobis_diag")
+
+
+def fit_scores(calibration: list[Latents], min_mean_kl: float = 0.05) -> list[FittedScore]:
+    """Every score candidate fitted on all calibration episodes, with cross-fitted calibration scores."""
+    if len(calibration) >= 2:
+        folds = [_concat(calibration[0::2]), _concat(calibration[1::2])]
+    else:  # one episode: its two halves
+        whole = calibration[0]
+        half = len(next(iter(whole.values()))[0]) // 2
+        folds = [{k: (m[:half], v[:half]) for k, (m, v) in whole.items()}, {k: (m[half:], v[half:]) for k, (m, v) in whole.items()}]
+    fitted = []
+    for name in SCORE_CANDIDATES:
+        held_out = [_fit(name, folds[1 - i], min_mean_kl)(folds[i]) for i in range(2)]
+        fitted.append(FittedScore(name, _fit(name, _concat(calibration), min_mean_kl), np.concatenate(held_out)))
+    return fitted
+
+
+def select_score(candidates: list[FittedScore], validation: list[tuple[Latents, np.ndarray]]) -> tuple[FittedScore, dict[str, float]]:
+    """The candidate with the best validation AUROC (OOD-labelled frames against ID-labelled
+    ones); `validation` holds (latents, per-row OOD label) per episode."""
+    labels = np.concatenate([ood for _, ood in validation])
+    if labels.all() or not labels.any():
+        raise ValueError("validation needs both in-distribution and OOD frames to choose the score")
+    table = {c.name: auroc(labels, np.concatenate([c.score(latents) for latents, _ in validation])) for c in candidates}
+    best = max(candidates, key=lambda c: table[c.name])
+    return best, table
 
 
 @dataclass(frozen=True)

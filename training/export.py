@@ -16,6 +16,7 @@ from training.models import Encoder
 from vae_ood_monitor.bundle import BUNDLE_FILE, FORMAT, write_sums
 from vae_ood_monitor.decision import DecisionParams
 from vae_ood_monitor.preprocessing import FlowPreprocessing, ImagePreprocessing
+from vae_ood_monitor.scoring import LatentScore
 
 OPSET = 17
 MAX_CALIBRATION_SCORES = 4000  # enough for p-values down to 2.5e-4; keeps bundle.json small
@@ -49,7 +50,7 @@ def write_bundle(
     detector: str,
     preprocessing: ImagePreprocessing | FlowPreprocessing,
     encoder_files: dict[str, Path],
-    selected_dims: dict[str, list[int]],
+    score: LatentScore,
     calibration_scores: np.ndarray,
     decision: DecisionParams,
     provenance: dict[str, Any],
@@ -70,7 +71,7 @@ def write_bundle(
         "detector": detector,
         "preprocessing": preprocessing.to_dict(),
         "encoders": names,
-        "selected_dims": selected_dims,
+        "score": score.to_dict(),
         "calibration_scores": [round(float(s), 6) for s in scores],
         "decision": decision.to_dict(),
         "provenance": {"commit": git_commit(), **provenance},

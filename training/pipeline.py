@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from training.calibrate import ScoredEpisode, tune_decision
+from training.calibrate import ScoredEpisode, fit_scores, select_score, tune_decision
 from training.dataset import DatasetError, Episode, concatenate, episodes, iter_frames, load_inputs, load_manifest
 from training.export import export_encoder, write_bundle
 from training.models import VAEConfig
@@ -34,7 +34,7 @@ from vae_ood_monitor.decision import DecisionParams
 from vae_ood_monitor.detector import OODDetector
 from vae_ood_monitor.offline import DEFAULTS_FILE
 from vae_ood_monitor.preprocessing import FlowPreprocessing, ImagePreprocessing
-from vae_ood_monitor.scoring import kl_score, select_active_dimensions
+from vae_ood_monitor.scoring import LatentScore
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -130,39 +130,36 @@ def calibrate_and_bundle(
 ) -> CalibratedBundle:
     """Calibrate exported encoders and tune their decision; writes the bundle to `bundle_dir`.
 
-    Everything runs through the onboard detector class (ONNX Runtime, onboard preprocessing):
-    latent dimensions are selected and calibration scores taken on every calibration frame, the
-    decision is tuned on the validation split.
+    Everything runs through the onboard detector class (ONNX Runtime, onboard preprocessing): the
+    score candidates are fitted on every calibration frame and the best is chosen on the
+    validation split, where the decision is tuned too (training.calibrate).
     """
     provenance = {"dataset": str(data), "dataset_sha256": load_manifest(data)["dataset_sha256"], "command": " ".join(sys.argv), **provenance}
 
-    def bundle(selected: dict[str, list[int]], calibration: np.ndarray, decision: DecisionParams) -> OODDetector:
-        write_bundle(bundle_dir, kind, preprocessing, onnx_files, selected, calibration, decision, provenance)
+    def bundle(score: LatentScore, calibration: np.ndarray, decision: DecisionParams) -> OODDetector:
+        write_bundle(bundle_dir, kind, preprocessing, onnx_files, score, calibration, decision, provenance)
         return OODDetector(load_bundle(bundle_dir), threads=2)
 
-    detector = bundle({name: list(range(latent)) for name in onnx_files}, np.zeros(1), DecisionParams())
-    latents: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {name: [] for name in onnx_files}
-    for episode in _progress(episodes(data, "calibration"), f"{kind}: calibration"):
-        _, _, episode_latents = detector.encode_stream(rgb for rgb, _ in iter_frames(episode))
-        for name, latent_pair in episode_latents.items():
-            latents[name].append(latent_pair)
-    selected: dict[str, list[int]] = {}
-    calibration_scores = np.zeros(0)
-    for name, parts in latents.items():
-        mu, logvar = np.concatenate([m for m, _ in parts]), np.concatenate([v for _, v in parts])
-        selected[name] = select_active_dimensions(mu, logvar, min_mean_kl)
-        scores = kl_score(mu, logvar, selected[name])
-        calibration_scores = scores if calibration_scores.size == 0 else calibration_scores + scores
-    detector = bundle(selected, calibration_scores, DecisionParams())
-
-    validation = [
-        ScoredEpisode(e.name, detector.score_stream(rgb for rgb, _ in iter_frames(e)), e.onset_frame)
-        for e in _progress(episodes(data, "validation"), f"{kind}: validation scores")
-    ]
-    tuning = tune_decision(detector.bundle.calibration_scores, validation)
+    detector = bundle(LatentScore("kl", {name: list(range(latent)) for name in onnx_files}), np.zeros(1), DecisionParams())
+    calibration = [detector.encode_stream(rgb for rgb, _ in iter_frames(e))[2] for e in _progress(episodes(data, "calibration"), f"{kind}: calibration")]
+    validation_latents = []
+    for episode in _progress(episodes(data, "validation"), f"{kind}: validation"):
+        frames, labels = zip(*iter_frames(episode))
+        count, rows, latents = detector.encode_stream(frames)
+        validation_latents.append((episode, count, rows, latents, np.asarray(labels, dtype=bool)[rows]))
+    chosen, score_table = select_score(fit_scores(calibration, min_mean_kl), [(latents, ood) for _, _, _, latents, ood in validation_latents])
+    validation = []
+    for episode, count, rows, latents, _ in validation_latents:
+        scores = np.full(count, np.nan)
+        scores[rows] = chosen.score(latents)
+        validation.append(ScoredEpisode(episode.name, scores, episode.onset_frame))
+    tuning = tune_decision(chosen.calibration_scores, validation)
+    provenance["score_selection"] = {"chosen": chosen.name, "validation_auroc": score_table}
     provenance["decision_tuning"] = {"mean_delay_frames": tuning.mean_delay, "missed_onsets": tuning.missed, "candidates": tuning.table}
-    bundle(selected, calibration_scores, tuning.params)
-    print(f"{kind}: selected dims {selected}, decision {tuning.params}, validation delay {tuning.mean_delay:.1f} frames, missed {tuning.missed}")
+    bundle(chosen.score, chosen.calibration_scores, tuning.params)
+    auroc_text = ", ".join(f"{name} {value:.3f}" for name, value in score_table.items())
+    print(f"{kind}: score {chosen.name} (validation AUROC {auroc_text}), decision {tuning.params}, "
+          f"validation delay {tuning.mean_delay:.1f} frames, missed {tuning.missed}")
     return CalibratedBundle(bundle_dir, validation)
 
 

@@ -1,7 +1,7 @@
 """Model bundles: encoder ONNX files + bundle.json + SHA256SUMS, verified before anything runs.
 
-    <bundle>/bundle.json      detector kind, preprocessing, encoders, selected latent dims,
-                              calibration scores, decision parameters, provenance
+    <bundle>/bundle.json      detector kind, preprocessing, encoders, latent score (kind, dims,
+                              fitted statistics), calibration scores, decision parameters, provenance
     <bundle>/<encoder>.onnx   one per encoder ("image", or "horizontal" and "vertical")
     <bundle>/SHA256SUMS       `sha256sum` format over every other file; checked at load
 """
@@ -18,10 +18,11 @@ import numpy as np
 
 from vae_ood_monitor.decision import DecisionParams
 from vae_ood_monitor.preprocessing import FlowPreprocessing, ImagePreprocessing
+from vae_ood_monitor.scoring import LatentScore
 
 BUNDLE_FILE = "bundle.json"
 SUMS_FILE = "SHA256SUMS"
-FORMAT = "vae_ood_monitor.bundle/1"
+FORMAT = "vae_ood_monitor.bundle/2"
 DETECTOR_ENCODERS = {"bvae": ("image",), "flow": ("horizontal", "vertical")}
 
 
@@ -35,7 +36,7 @@ class Bundle:
     detector: str
     preprocessing: ImagePreprocessing | FlowPreprocessing
     encoders: dict[str, Path]
-    selected_dims: dict[str, list[int]]
+    score: LatentScore
     calibration_scores: np.ndarray
     decision: DecisionParams
     provenance: dict[str, Any]
@@ -85,7 +86,9 @@ def load_bundle(path: Path | str) -> Bundle:
     try:
         meta = json.loads((path / BUNDLE_FILE).read_text())
         if meta.get("format") != FORMAT:
-            raise BundleError(f"{path}: unsupported bundle format {meta.get('format')!r} (expected {FORMAT})")
+            raise BundleError(
+                f"{path}: unsupported bundle format {meta.get('format')!r} (expected {FORMAT}; re-calibrate it with `python -m training.pipeline`)"
+            )
         detector = meta["detector"]
         if detector not in DETECTOR_ENCODERS:
             raise BundleError(f"{path}: unknown detector kind {detector!r}")
@@ -97,7 +100,9 @@ def load_bundle(path: Path | str) -> Bundle:
         encoders = {name: path / meta["encoders"][name] for name in DETECTOR_ENCODERS[detector]}
         calibration = np.asarray(meta["calibration_scores"], dtype=np.float64)
         decision = DecisionParams(**meta["decision"])
-        selected = {name: [int(d) for d in meta["selected_dims"][name]] for name in DETECTOR_ENCODERS[detector]}
+        score = LatentScore.from_dict(meta["score"])
+        if set(score.dims) != set(DETECTOR_ENCODERS[detector]):
+            raise BundleError(f"{path / BUNDLE_FILE}: score reads encoders {sorted(score.dims)}, expected {list(DETECTOR_ENCODERS[detector])}")
     except (KeyError, TypeError, ValueError) as err:
         raise BundleError(f"{path / BUNDLE_FILE}: invalid ({type(err).__name__}: {err})") from None
     for name, file in encoders.items():
@@ -105,4 +110,4 @@ def load_bundle(path: Path | str) -> Bundle:
             raise BundleError(f"{path}: encoder '{name}' file {file.name} is missing")
     if calibration.size == 0 or not np.all(np.isfinite(calibration)):
         raise BundleError(f"{path}: calibration scores are empty or not finite")
-    return Bundle(path, detector, preprocessing, encoders, selected, calibration, decision, meta.get("provenance", {}), digest)
+    return Bundle(path, detector, preprocessing, encoders, score, calibration, decision, meta.get("provenance", {}), digest)

@@ -14,7 +14,6 @@ from vae_ood_monitor.backends import EncoderRunner, make_encoder
 from vae_ood_monitor.bundle import Bundle, load_bundle
 from vae_ood_monitor.decision import ConformalDecider, Decision
 from vae_ood_monitor.preprocessing import FlowStacker, ImagePreprocessing
-from vae_ood_monitor.scoring import kl_score
 
 
 class ModelOutputError(ValueError):
@@ -56,7 +55,7 @@ class OODDetector:
         return latents
 
     def _score_latents(self, latents: dict[str, tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
-        return sum(kl_score(mu, logvar, self.bundle.selected_dims[name]) for name, (mu, logvar) in latents.items())  # type: ignore[return-value]
+        return self.bundle.score(latents)
 
     def _inputs(self, rgb: np.ndarray) -> dict[str, np.ndarray] | None:
         if self._stacker is None:

@@ -1,0 +1,84 @@
+"""Latent scores (KL, Mahalanobis): fitting on calibration latents, selection on validation, storage."""
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import build_image_bundle
+from training.calibrate import fit_scores, select_score
+from vae_ood_monitor.bundle import BundleError, load_bundle, write_sums
+from vae_ood_monitor.scoring import LatentScore, kl_per_dimension
+
+
+def _id_latents(rng: np.random.Generator, frames: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Posteriors of a trained β-VAE on normal frames: informative dims far from the prior
+    (confident, spread-out μ), one switched-off dim at the prior."""
+    mu = np.concatenate([rng.normal(0.0, 2.0, (frames, 3)), rng.normal(0.0, 0.01, (frames, 1))], axis=1)
+    logvar = np.concatenate([rng.normal(-3.0, 0.2, (frames, 3)), rng.normal(0.0, 0.01, (frames, 1))], axis=1)
+    return {"image": (mu, logvar)}
+
+
+def _collapsed_latents(frames: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """What fog does to the encoder: the posterior falls back to the prior, so the KL *drops*."""
+    return {"image": (np.zeros((frames, 4)), np.zeros((frames, 4)))}
+
+
+def test_kl_score_sums_the_chosen_dimensions():
+    mu, logvar = np.array([[1.0, 2.0, 0.0]]), np.array([[0.0, 0.0, 1.0]])
+    score = LatentScore("kl", {"image": [0, 2]})
+    expected = kl_per_dimension(mu, logvar)[0, [0, 2]].sum()
+    assert score({"image": (mu, logvar)})[0] == pytest.approx(expected)
+
+
+def test_fitted_scores_keep_only_informative_dims_and_cross_fit_the_calibration():
+    rng = np.random.default_rng(0)
+    calibration = [_id_latents(rng, 200) for _ in range(4)]
+    fitted = {f.name: f for f in fit_scores(calibration)}
+    assert fitted["kl"].score.dims == {"image": [0, 1, 2]}
+    for candidate in fitted.values():
+        assert candidate.calibration_scores.shape == (800,) and np.all(np.isfinite(candidate.calibration_scores))
+    # held-out Mahalanobis scores of 8 Gaussian features average about 8 (χ² with 8 dof)
+    assert 6.0 < fitted["mahalanobis"].calibration_scores.mean() < 10.0
+
+
+def test_validation_picks_the_score_that_separates_collapsed_posteriors():
+    rng = np.random.default_rng(1)
+    candidates = fit_scores([_id_latents(rng, 300) for _ in range(2)])
+    validation = [(_id_latents(rng, 200), np.zeros(200, bool)), (_collapsed_latents(100), np.ones(100, bool))]
+    chosen, table = select_score(candidates, validation)
+    assert table["kl"] < 0.1  # the prior-collapse is *less* KL-surprising than normal frames
+    assert chosen.name.startswith("mahalanobis") and table[chosen.name] > 0.99
+
+
+def test_selection_needs_both_classes():
+    rng = np.random.default_rng(2)
+    candidates = fit_scores([_id_latents(rng, 100)])
+    with pytest.raises(ValueError, match="both in-distribution and OOD"):
+        select_score(candidates, [(_id_latents(rng, 50), np.zeros(50, bool))])
+
+
+def test_mahalanobis_score_round_trips_through_json():
+    rng = np.random.default_rng(3)
+    fitted = next(f for f in fit_scores([_id_latents(rng, 100) for _ in range(2)]) if f.name == "mahalanobis")
+    restored = LatentScore.from_dict(json.loads(json.dumps(fitted.score.to_dict())))
+    latents = _id_latents(rng, 20)
+    np.testing.assert_allclose(restored(latents), fitted.score(latents), rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("score", "message"),
+    [
+        ({"kind": "energy", "dims": {"image": [0]}}, "unknown score kind 'energy'"),
+        ({"kind": "mahalanobis", "dims": {"image": [0, 1]}, "mean": [0.0, 0.0], "precision": [[1.0]]}, "needs a mean of 4 values"),
+        ({"kind": "kl", "dims": {"horizontal": [0]}}, r"score reads encoders \['horizontal'\], expected \['image'\]"),
+    ],
+)
+def test_bad_scores_in_a_bundle_are_refused_with_a_reason(tmp_path, score, message):
+    _, bundle_dir = build_image_bundle(tmp_path)
+    meta = json.loads((bundle_dir / "bundle.json").read_text())
+    meta["score"] = score
+    (bundle_dir / "bundle.json").write_text(json.dumps(meta))
+    write_sums(bundle_dir)
+    with pytest.raises(BundleError, match=message):
+        load_bundle(bundle_dir)
