@@ -42,13 +42,28 @@ def test_fitted_scores_keep_only_informative_dims_and_cross_fit_the_calibration(
     assert 6.0 < fitted["mahalanobis"].calibration_scores.mean() < 10.0
 
 
-def test_validation_picks_the_score_that_separates_collapsed_posteriors():
+def _correlated_latents(rng: np.random.Generator, frames: int, sign: float) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Two dimensions that move together on normal frames (sign +1) or against each other (-1):
+    the same marginals and the same KL, only the joint is unusual."""
+    base = rng.normal(0.0, 2.0, frames)
+    mu = np.stack([base, sign * base + rng.normal(0.0, 0.1, frames)], axis=1)
+    return {"image": (mu, np.full((frames, 2), -3.0) + rng.normal(0.0, 0.1, (frames, 2)))}
+
+
+def test_validation_picks_the_score_that_sees_the_unusual_joint():
     rng = np.random.default_rng(1)
-    candidates = fit_scores([_id_latents(rng, 300) for _ in range(2)])
-    validation = [(_id_latents(rng, 200), np.zeros(200, bool)), (_collapsed_latents(100), np.ones(100, bool))]
+    candidates = fit_scores([_correlated_latents(rng, 300, 1.0) for _ in range(2)])
+    validation = [(_correlated_latents(rng, 200, 1.0), np.zeros(200, bool)), (_correlated_latents(rng, 200, -1.0), np.ones(200, bool))]
     chosen, table = select_score(candidates, validation)
-    assert table["kl"] < 0.1  # the prior-collapse is *less* KL-surprising than normal frames
-    assert chosen.name.startswith("mahalanobis") and table[chosen.name] > 0.99
+    assert table["kl"] < 0.7 and table["mahalanobis_diag"] < 0.7
+    assert chosen.name == "mahalanobis" and table["mahalanobis"] > 0.85  # frames near the origin look alike either way
+
+
+def test_two_sided_kl_catches_posteriors_collapsed_onto_the_prior():
+    rng = np.random.default_rng(4)
+    candidates = fit_scores([_id_latents(rng, 300) for _ in range(2)])
+    _, table = select_score(candidates, [(_id_latents(rng, 200), np.zeros(200, bool)), (_collapsed_latents(100), np.ones(100, bool))])
+    assert table["kl"] > 0.99
 
 
 def test_selection_needs_both_classes():

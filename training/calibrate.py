@@ -4,8 +4,8 @@ validation (ID + OOD) data only.
 Score: every candidate (KL of the active dimensions; Mahalanobis distance of [μ, logσ²] with a
 Ledoit-Wolf or a diagonal covariance) is fitted on the calibration frames; its calibration scores
 are cross-fitted (fitted on one half of the calibration episodes, scored on the other), so the
-conformal p-values see held-out scores as the robot will. The candidate with the highest
-frame-level AUROC on the validation split wins.
+conformal p-values see held-out scores as the robot will. The candidate whose conformal
+surprise has the highest frame-level AUROC on the validation split wins.
 
 Decision:
 For every candidate (tail, ε, window) the CUSUM alarm level is set just above the highest CUSUM value any
@@ -23,11 +23,14 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.covariance import LedoitWolf
 
-from vae_ood_monitor.decision import ConformalDecider, DecisionParams
+from vae_ood_monitor.decision import ConformalDecider, DecisionParams, conformal_p_values
 from vae_ood_monitor.metrics import auroc
 from vae_ood_monitor.scoring import Latents, LatentScore, select_active_dimensions
 
 TAILS = ("both", "upper")
+# A Mahalanobis distance already grows in every direction away from normal driving; only the KL
+# needs the lower tail too (an input the encoder maps onto the prior has a *small* KL).
+SCORE_TAILS = {"kl": TAILS, "mahalanobis": ("upper",)}
 EPSILONS = (0.04, 0.1, 0.2)
 WINDOWS = (5, 10, 20)
 THRESHOLD_MARGIN = 1.5
@@ -82,12 +85,19 @@ def fit_scores(calibration: list[Latents], min_mean_kl: float = 0.05) -> list[Fi
 
 
 def select_score(candidates: list[FittedScore], validation: list[tuple[Latents, np.ndarray]]) -> tuple[FittedScore, dict[str, float]]:
-    """The candidate with the best validation AUROC (OOD-labelled frames against ID-labelled
-    ones); `validation` holds (latents, per-row OOD label) per episode."""
+    """The candidate whose conformal surprise (-log p, on its best allowed tail) has the best
+    validation AUROC, OOD-labelled frames against ID-labelled ones; `validation` holds
+    (latents, per-row OOD label) per episode."""
     labels = np.concatenate([ood for _, ood in validation])
     if labels.all() or not labels.any():
         raise ValueError("validation needs both in-distribution and OOD frames to choose the score")
-    table = {c.name: auroc(labels, np.concatenate([c.score(latents) for latents, _ in validation])) for c in candidates}
+    table = {}
+    for candidate in candidates:
+        scores = np.concatenate([candidate.score(latents) for latents, _ in validation])
+        calibration = np.sort(candidate.calibration_scores)
+        table[candidate.name] = max(
+            auroc(labels, -np.log(conformal_p_values(calibration, scores, tail))) for tail in SCORE_TAILS[candidate.score.kind]
+        )
     best = max(candidates, key=lambda c: table[c.name])
     return best, table
 
@@ -126,13 +136,13 @@ class TuningResult:
     table: list[dict[str, float]]
 
 
-def tune_decision(calibration: np.ndarray, validation: list[ScoredEpisode]) -> TuningResult:
+def tune_decision(calibration: np.ndarray, validation: list[ScoredEpisode], tails: tuple[str, ...] = TAILS) -> TuningResult:
     """Pick (tail, ε, window, threshold) on validation episodes as described in the module docstring."""
     if not any(e.onset_frame for e in validation):
         raise ValueError("validation needs onset episodes to tune the decision delay")
     rows: list[dict[str, float]] = []
     best: tuple[float, DecisionParams, int] | None = None
-    for tail, epsilon, window in itertools.product(TAILS, EPSILONS, WINDOWS):
+    for tail, epsilon, window in itertools.product(tails, EPSILONS, WINDOWS):
         probe = DecisionParams(tail=tail, epsilon=epsilon, window=window, threshold=np.inf)
         traces = {e.name: cusum_trace(e.scores, calibration, probe) for e in validation}
         id_peak = max(

@@ -31,7 +31,7 @@ DELAY_BAR_FRAMES = 15
 class EpisodeResult:
     episode: Episode
     ood: np.ndarray
-    scores: dict[str, np.ndarray]  # bvae, flow, fused (surprise), bvae_kl, flow_kl, brightness, framediff
+    scores: dict[str, np.ndarray]  # bvae, flow, fused (surprise), bvae_raw, flow_raw (latent score), brightness, framediff
     flags: dict[str, np.ndarray]  # bvae, flow, fused
 
 
@@ -57,8 +57,8 @@ def _score_episode(episode: Episode) -> EpisodeResult:
         ood.append(label)
     stream = score_frames(frames, _DETECTORS)
     # A detector's output is its conformal surprise (-log10 p, one- or two-sided as calibrated);
-    # the raw KL is kept beside it as <name>_kl.
-    scores = {**stream.surprise, **{f"{k}_kl": v for k, v in stream.scores.items()}, "fused": stream.fused_score, **baseline_features(frames)}
+    # the raw latent score (KL or Mahalanobis) is kept beside it as <name>_raw.
+    scores = {**stream.surprise, **{f"{k}_raw": v for k, v in stream.scores.items()}, "fused": stream.fused_score, **baseline_features(frames)}
     flags = {**stream.flags, "fused": stream.fused_flags}
     return EpisodeResult(episode, np.asarray(ood), scores, flags)
 
@@ -80,7 +80,7 @@ def _baseline_scores(results: list[EpisodeResult], calibration: list[EpisodeResu
         r.scores["baseline"] = np.fmax(r.scores["brightness_z"], r.scores["framediff_z"])
 
 
-SCORED = ("bvae", "flow", "fused", "bvae_kl", "flow_kl", "brightness_z", "framediff_z", "baseline")
+SCORED = ("bvae", "flow", "fused", "bvae_raw", "flow_raw", "brightness_z", "framediff_z", "baseline")
 
 
 def metrics_table(results: list[EpisodeResult]) -> list[dict[str, object]]:
@@ -152,7 +152,7 @@ def write_report(results: list[EpisodeResult], rows: list[dict[str, object]], al
             for i in range(len(r.ood)):
                 writer.writerow([r.episode.name, r.episode.scenario, i, int(r.ood[i]), *(f"{r.scores[n][i]:.6g}" for n in SCORED),
                                  *(int(r.flags[n][i]) for n in ("bvae", "flow", "fused"))])
-    shown = ["scenario", "ood_frames", "auroc_bvae", "auroc_flow", "auroc_fused", "auroc_bvae_kl", "auroc_flow_kl", "auroc_baseline",
+    shown = ["scenario", "ood_frames", "auroc_bvae", "auroc_flow", "auroc_fused", "auroc_bvae_raw", "auroc_flow_raw", "auroc_baseline",
              "fpr95_fused", "median_delay_fused", f"detected_within_{DELAY_BAR_FRAMES}"]
     lines = [f"# {title}", "", "| " + " | ".join(shown) + " |", "|" + "---|" * len(shown)]
     lines += ["| " + " | ".join(_fmt(row.get(c, float("nan"))) for c in shown) + " |" for row in rows]

@@ -46,6 +46,17 @@ class DecisionParams:
         return asdict(self)
 
 
+def conformal_p_values(sorted_calibration: np.ndarray, scores: np.ndarray, tail: str) -> np.ndarray:
+    """Conformal p-values of `scores`: the share of calibration scores at least as extreme (with
+    the conservative +1 correction; two-sided: twice the smaller tail, at most 1)."""
+    n = sorted_calibration.size
+    upper = (n - np.searchsorted(sorted_calibration, scores, side="left") + 1) / (n + 1)
+    if tail == "upper":
+        return upper
+    lower = (np.searchsorted(sorted_calibration, scores, side="right") + 1) / (n + 1)
+    return np.minimum(1.0, 2.0 * np.minimum(upper, lower))
+
+
 @dataclass(frozen=True)
 class Decision:
     p_value: float
@@ -75,14 +86,7 @@ class ConformalDecider:
         self._cusum = 0.0
 
     def p_value(self, score: float) -> float:
-        """Conformal p-value of `score`: the share of calibration scores at least as extreme
-        (with the conservative +1 correction; two-sided: twice the smaller tail, at most 1)."""
-        n = self._calibration.size
-        upper = (n - np.searchsorted(self._calibration, score, side="left") + 1) / (n + 1)
-        if self.params.tail == "upper":
-            return float(upper)
-        lower = (np.searchsorted(self._calibration, score, side="right") + 1) / (n + 1)
-        return float(min(1.0, 2.0 * min(upper, lower)))
+        return float(conformal_p_values(self._calibration, np.asarray([score]), self.params.tail)[0])
 
     def update(self, score: float) -> Decision:
         if not math.isfinite(score):
