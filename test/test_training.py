@@ -13,6 +13,7 @@ import pytest
 from training.evaluate import evaluate
 from training.pipeline import CONFIGS, fit_detector
 from vae_ood_monitor.cli import main as cli_main
+from vae_ood_monitor.detector import OODDetector
 
 
 @pytest.fixture(scope="module")
@@ -70,3 +71,30 @@ def test_cli_eval_prints_metrics(tiny_run, capsys):
     assert "2 bag(s), 80 frames, 40 OOD" in out
     bvae_auroc = float(next(line for line in out.splitlines() if line.startswith("bvae")).split()[1])
     assert bvae_auroc > 0.9
+
+
+@pytest.mark.parametrize("detector", ["bvae", "flow"])
+def test_compression_search_measures_every_candidate_and_bundles_the_selected(tiny_run, tmp_path, detector):
+    """The whole methodology on the tiny models: sensitivity, pruning + distillation, students,
+    INT8 / FP16, side-by-side latency, Pareto report, and a calibrated bundle of the choice."""
+    from training.compress.search import main as search_main
+
+    root, bundles, _, _ = tiny_run
+    out = tmp_path / "search"
+    argv = ["--data", str(root), "--detector", detector, "--teacher", str(bundles[detector].parent), "--out", str(out), "--space", "tiny", "--runs", "20"]
+    assert search_main(argv) == 0
+    rows = list(csv.DictReader((out / "search.csv").open()))
+    by_name = {r["name"]: r for r in rows}
+    assert rows[0]["name"] == "baseline/fp32" and float(rows[0]["latency_ratio"]) == 1.0
+    assert {"baseline/int8", "baseline/fp16", "prune50/fp32", "prune50/int8", "policy/fp32"} <= set(by_name)
+    assert int(by_name["prune50/fp32"]["parameters"]) < 0.6 * int(rows[0]["parameters"])
+    assert float(by_name["baseline/int8"]["size_mb"]) < float(rows[0]["size_mb"])
+    for row in rows:
+        assert 0.0 <= float(row["auroc"]) <= 1.0 and float(row["latency_ms"]) > 0 and float(row["peak_memory_mb"]) > 10
+    selected = json.loads((out / "selected.json").read_text())
+    assert float(by_name[selected["selected"]]["auroc_drop"]) <= 0.02
+    detector_obj = OODDetector.from_path(selected["bundle"])
+    assert detector_obj.bundle.provenance["compression"]["candidate"] == selected["selected"]
+    for plot in ("pareto.png", "sensitivity.png"):
+        assert (out / plot).stat().st_size > 5000
+    assert "## Sensitivity" in (out / "search.md").read_text()

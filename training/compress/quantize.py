@@ -26,19 +26,23 @@ class _Batches(CalibrationDataReader):
         return None if batch is None else {self._input_name: np.ascontiguousarray(batch, dtype=np.float32)}
 
 
-def quantize_int8(model: Path, out: Path, calibration: Iterable[np.ndarray], per_channel: bool = True) -> Path:
+def quantize_int8(model: Path, out: Path, calibration: Iterable[np.ndarray], per_channel: bool = True, keep_fp32: Iterable[str] = ()) -> Path:
     """Static INT8 (QDQ: QuantizeLinear/DequantizeLinear around int8 weights and activations),
-    activations calibrated by percentile on `calibration` batches of model inputs."""
+    activations calibrated by percentile on `calibration` batches of model inputs; the layers of
+    the torch modules named in `keep_fp32` (e.g. "features.1.0") stay in FP32 (mixed precision)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     prepared = out.with_suffix(".prep.onnx")
     quant_pre_process(str(model), str(prepared), skip_symbolic_shape=True)
-    input_name = onnx.load(str(prepared)).graph.input[0].name
+    graph = onnx.load(str(prepared)).graph
+    input_name = graph.input[0].name
+    excluded = [node.name for node in graph.node if any(f"/{module}/" in node.name for module in keep_fp32)]
     try:
         quantize_static(
             str(prepared), str(out), _Batches(input_name, calibration),
             quant_format=QuantFormat.QDQ, per_channel=per_channel,
             activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
             calibrate_method=CalibrationMethod.Percentile, extra_options={"CalibPercentile": 99.99},
+            nodes_to_exclude=excluded,
         )
     finally:
         prepared.unlink(missing_ok=True)

@@ -1,0 +1,345 @@
+"""Design-space search for a compressed detector — the RTCSA 2024 methodology, automated.
+
+    python -m training.compress.search --data datasets/default --detector bvae --teacher runs/default/bvae --out runs/compress/bvae --ship
+
+Structures: the teacher; channel-pruned copies at several homogeneous ratios (torch-pruning) and
+with the per-layer policy the sensitivity analysis proposes; narrower encoders at a lower input
+resolution. Every structure but the teacher is distilled to the teacher's latent posterior on the
+train split (training.compress.distill). Precisions: FP32, INT8 (static QDQ, per-channel, ID
+calibration), INT8 with the policy's FP32 layers, FP16. For every candidate: validation AUROC of
+the monitor's own score, file size, encoder latency measured side by side with the baseline in
+one run (ONNX Runtime, 1 thread, median of `--runs`), and peak memory of a process running it.
+The fastest candidate within `--tolerance` AUROC of the baseline is selected, calibrated in full
+(score, decision) into a bundle, and with --ship copied to models/<detector>_compressed and made
+the runtime default. Writes search.csv, search.md, pareto.png and sensitivity.png to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from training.compress.candidates import SplitInputs, files_size_mb, input_shapes, peak_memory_mb, to_float, validation_auroc
+from training.compress.distill import distill, parameter_count, prune_encoder, teacher_latents
+from training.compress.latency import measure_latency
+from training.compress.quantize import convert_fp16, quantize_int8
+from training.compress.sensitivity import LayerSensitivity, Policy, analyse, calibration_batches, propose_policy
+from training.dataset import DatasetError
+from training.export import export_encoder
+from training.models import VAE, Encoder, VAEConfig
+from training.pipeline import REPO_ROOT, calibrate_and_bundle, ship_bundle
+from training.trainer import TrainConfig
+from vae_ood_monitor.bundle import BundleError, load_bundle
+from vae_ood_monitor.preprocessing import FlowPreprocessing, ImagePreprocessing
+
+SIZE_BAR = 1 / 8
+
+
+@dataclass(frozen=True)
+class StudentSpec:
+    """A from-scratch student: its own (lower) input resolution and narrower layers."""
+
+    name: str
+    preprocessing: ImagePreprocessing | FlowPreprocessing
+    conv_channels: tuple[int, ...]
+    dense: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    ratios: tuple[float, ...]
+    students: tuple[StudentSpec, ...]
+    distill: TrainConfig
+    train_stride: int
+    eval_stride: int  # calibration / validation frames used for the candidates' AUROC
+    sensitivity_ratio: float = 0.5
+
+
+_FLOW_HALF = FlowPreprocessing(width=80, height=60, crop=(8, 6, 64, 48), max_flow=4.0)
+
+SPACES: dict[str, dict[str, SearchSpace]] = {
+    "default": {
+        "bvae": SearchSpace(
+            ratios=(0.5, 0.75, 0.875),
+            students=(StudentSpec("student64", ImagePreprocessing(64, 64), (32, 32, 16, 16), (256, 128)),
+                      StudentSpec("student64_narrow", ImagePreprocessing(64, 64), (16, 16, 8, 8), (128,))),
+            distill=TrainConfig(epochs=10, batch_size=32, learning_rate=1e-3, threads=2), train_stride=4, eval_stride=3,
+        ),
+        "flow": SearchSpace(
+            ratios=(0.5, 0.75),
+            students=(StudentSpec("student_half_res", _FLOW_HALF, (16, 16, 8, 8), (64,)),),
+            distill=TrainConfig(epochs=8, batch_size=64, learning_rate=1e-3, threads=2), train_stride=3, eval_stride=3,
+        ),
+    },
+    # For the tiny CI models: every step runs, in seconds.
+    "tiny": {
+        "bvae": SearchSpace(ratios=(0.5,), students=(StudentSpec("student32", ImagePreprocessing(32, 32), (8, 8, 4, 4), (32,)),),
+                            distill=TrainConfig(epochs=2, batch_size=16, learning_rate=1e-3), train_stride=2, eval_stride=3),
+        "flow": SearchSpace(ratios=(0.5,), students=(), distill=TrainConfig(epochs=2, batch_size=16, learning_rate=1e-3), train_stride=2, eval_stride=3),
+    },
+}
+
+
+@dataclass
+class Candidate:
+    name: str
+    structure: str
+    precision: str
+    preprocessing: ImagePreprocessing | FlowPreprocessing
+    files: dict[str, Path]
+    parameters: int
+    auroc: float = float("nan")
+    score_kind: str = ""
+    size_mb: float = float("nan")
+    latency_ms: float = float("nan")
+    latency_ratio: float = float("nan")
+    peak_memory_mb: float = float("nan")
+    distill_mse: float = float("nan")
+
+
+def load_teacher(teacher: Path, encoders: tuple[str, ...]) -> dict[str, Encoder]:
+    models = {}
+    for name in encoders:
+        checkpoint = teacher / f"{name}.pt"
+        if not checkpoint.exists():
+            raise FileNotFoundError(f"{checkpoint}: no teacher checkpoint (train it with `python -m training.pipeline`)")
+        state = torch.load(checkpoint, weights_only=True)
+        vae = VAE(VAEConfig.from_dict(state["config"]))
+        vae.load_state_dict(state["model"])
+        models[name] = vae.encoder.eval()
+    return models
+
+
+def _to_tensor(batch: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(to_float(batch))
+
+
+def _distilled(
+    students: dict[str, Encoder], student_inputs: SplitInputs, targets: dict[str, tuple[np.ndarray, np.ndarray]], train: TrainConfig, desc: str
+) -> tuple[dict[str, Encoder], float]:
+    histories = []
+    for index, name in enumerate(students):
+        students[name], history = distill(students[name], student_inputs.train_inputs(index), _to_tensor, targets[name], train, desc=f"{desc}/{name}")
+        histories.append(history[-1])
+    return students, float(np.mean(histories))
+
+
+def _precisions(structure: Candidate, inputs: SplitInputs, policy: Policy | None, work: Path) -> list[Candidate]:
+    """FP32 (as given), INT8, INT8 with the policy's FP32 layers, FP16 variants of one structure."""
+    variants = [structure]
+    batches = {name: calibration_batches(inputs, i) for i, name in enumerate(structure.files)}
+
+    def variant(precision: str, files: dict[str, Path]) -> Candidate:
+        return Candidate(f"{structure.structure}/{precision}", structure.structure, precision, structure.preprocessing, files, structure.parameters, distill_mse=structure.distill_mse)
+
+    variants.append(variant("int8", {n: quantize_int8(p, work / f"{structure.structure}_int8_{n}.onnx", batches[n]) for n, p in structure.files.items()}))
+    if policy is not None and policy.keep_fp32 and structure.structure == "policy":
+        files = {n: quantize_int8(p, work / f"{structure.structure}_int8mixed_{n}.onnx", batches[n], keep_fp32=policy.keep_fp32) for n, p in structure.files.items()}
+        variants.append(variant("int8+fp32 " + ",".join(policy.keep_fp32), files))
+    variants.append(variant("fp16", {n: convert_fp16(p, work / f"{structure.structure}_fp16_{n}.onnx") for n, p in structure.files.items()}))
+    return variants
+
+
+def search(data: Path, detector: str, teacher_dir: Path, out: Path, runs: int, tolerance: float, space: SearchSpace, workers: int = 2) -> tuple[list[Candidate], Candidate, list[LayerSensitivity], Policy]:
+    teacher_bundle = load_bundle(teacher_dir / "bundle")
+    encoders = tuple(teacher_bundle.encoders)
+    teachers = load_teacher(teacher_dir, encoders)
+    work = out / "work"
+    work.mkdir(parents=True, exist_ok=True)
+    teacher_prep = teacher_bundle.preprocessing
+    shapes = input_shapes(detector, teacher_prep)
+    inputs = SplitInputs.load(data, teacher_prep, space.train_stride, space.eval_stride, workers)
+    targets = {name: teacher_latents(teacher_bundle.encoders[name], inputs.train_inputs(i), to_float) for i, name in enumerate(encoders)}
+
+    baseline = Candidate("baseline/fp32", "baseline", "fp32", teacher_prep, dict(teacher_bundle.encoders), sum(parameter_count(t) for t in teachers.values()))
+    baseline.auroc, baseline.score_kind = validation_auroc(baseline.files, inputs)
+    print(f"baseline validation AUROC {baseline.auroc:.4f} ({baseline.score_kind})")
+
+    all_int8, sensitivity = analyse(teachers, shapes, inputs, work / "sensitivity", space.sensitivity_ratio)
+    policy = propose_policy(baseline.auroc, all_int8, sensitivity)
+    print(f"sensitivity-guided policy: ratios {policy.layer_ratios}, FP32 layers {policy.keep_fp32 or 'none'}")
+
+    structures: list[Candidate] = [baseline]
+    prunings = [(f"prune{int(r * 100)}", r, None) for r in space.ratios] + [("policy", 0.0, policy.layer_ratios)]
+    for name, ratio, layer_ratios in prunings:
+        students = {n: prune_encoder(teachers[n], shapes[n], ratio, layer_ratios) for n in encoders}
+        students, mse = _distilled(students, inputs, targets, space.distill, name)
+        files = {n: export_encoder(students[n], shapes[n], work / f"{name}_{n}.onnx") for n in encoders}
+        structures.append(Candidate(f"{name}/fp32", name, "fp32", teacher_prep, files, sum(parameter_count(s) for s in students.values()), distill_mse=mse))
+    student_inputs: dict[ImagePreprocessing | FlowPreprocessing, SplitInputs] = {teacher_prep: inputs}
+    for spec in space.students:
+        if spec.preprocessing not in student_inputs:
+            student_inputs[spec.preprocessing] = SplitInputs.load(data, spec.preprocessing, space.train_stride, space.eval_stride, workers)
+        s_inputs = student_inputs[spec.preprocessing]
+        if s_inputs.train_frames() != inputs.train_frames():
+            raise RuntimeError(f"{spec.name}: student and teacher training frames do not line up")
+        s_shapes = input_shapes(detector, spec.preprocessing)
+        latent = next(iter(teachers.values())).head.out_features // 2
+        students = {}
+        for n in encoders:
+            c, h, w = s_shapes[n]
+            students[n] = Encoder(VAEConfig(in_channels=c, height=h, width=w, conv_channels=spec.conv_channels, dense=spec.dense, latent=latent))
+        students, mse = _distilled(students, s_inputs, targets, space.distill, spec.name)
+        files = {n: export_encoder(students[n], s_shapes[n], work / f"{spec.name}_{n}.onnx") for n in encoders}
+        structures.append(Candidate(f"{spec.name}/fp32", spec.name, "fp32", spec.preprocessing, files, sum(parameter_count(s) for s in students.values()), distill_mse=mse))
+
+    candidates: list[Candidate] = []
+    for structure in structures:
+        candidates += _precisions(structure, student_inputs[structure.preprocessing], policy, work)
+    for candidate in tqdm(candidates, desc="validation AUROC", unit="candidate"):
+        if candidate is not baseline:
+            candidate.auroc, candidate.score_kind = validation_auroc(candidate.files, student_inputs[candidate.preprocessing])
+        candidate.size_mb = files_size_mb(candidate.files)
+        candidate.peak_memory_mb = peak_memory_mb(candidate.files, input_shapes(detector, candidate.preprocessing))
+    _measure_latency(candidates, detector, runs)
+    selected = select(candidates, tolerance)
+    return candidates, selected, sensitivity, policy
+
+
+def _measure_latency(candidates: list[Candidate], detector: str, runs: int) -> None:
+    """All candidates in one interleaved run; a detector's latency is the sum over its encoders."""
+    models = {}
+    for candidate in candidates:
+        shapes = input_shapes(detector, candidate.preprocessing)
+        for name, path in candidate.files.items():
+            models[f"{candidate.name}|{name}"] = (path, shapes[name])
+    medians = {r.name: r.median_ms for r in measure_latency(models, runs=runs, threads=1)}
+    for candidate in candidates:
+        candidate.latency_ms = sum(medians[f"{candidate.name}|{name}"] for name in candidate.files)
+    baseline = candidates[0].latency_ms
+    for candidate in candidates:
+        candidate.latency_ratio = candidate.latency_ms / baseline
+
+
+def pareto_front(candidates: list[Candidate]) -> list[Candidate]:
+    """Candidates no other candidate beats on both latency and AUROC."""
+    front = []
+    for c in sorted(candidates, key=lambda c: (c.latency_ms, -c.auroc)):
+        if not front or c.auroc > front[-1].auroc:
+            front.append(c)
+    return front
+
+
+def select(candidates: list[Candidate], tolerance: float) -> Candidate:
+    """The fastest candidate whose validation AUROC is within `tolerance` of the baseline's."""
+    baseline = candidates[0]
+    eligible = [c for c in candidates if c.auroc >= baseline.auroc - tolerance]
+    return min(eligible, key=lambda c: c.latency_ms)
+
+
+def write_report(candidates: list[Candidate], selected: Candidate, sensitivity: list[LayerSensitivity], policy: Policy, out: Path, tolerance: float, detector: str) -> Path:
+    baseline = candidates[0]
+    front = {c.name for c in pareto_front(candidates)}
+    columns = ["name", "structure", "precision", "input", "parameters", "size_mb", "size_ratio", "auroc", "auroc_drop", "score", "latency_ms", "latency_ratio", "peak_memory_mb", "distill_mse", "pareto"]
+    rows = []
+    for c in candidates:
+        prep = c.preprocessing
+        size = f"{prep.width}x{prep.height}" if isinstance(prep, ImagePreprocessing) else f"flow {prep.crop[2]}x{prep.crop[3]}"
+        rows.append({"name": c.name, "structure": c.structure, "precision": c.precision, "input": size, "parameters": c.parameters,
+                     "size_mb": round(c.size_mb, 3), "size_ratio": round(c.size_mb / baseline.size_mb, 4), "auroc": round(c.auroc, 4),
+                     "auroc_drop": round(baseline.auroc - c.auroc, 4), "score": c.score_kind, "latency_ms": round(c.latency_ms, 3),
+                     "latency_ratio": round(c.latency_ratio, 3), "peak_memory_mb": round(c.peak_memory_mb, 1),
+                     "distill_mse": round(c.distill_mse, 5) if np.isfinite(c.distill_mse) else "", "pareto": c.name in front})
+    with (out / "search.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    lines = [f"# Compression search: {detector}", "",
+             f"Validation AUROC of the monitor's score, encoder latency (ONNX Runtime, 1 thread, median, measured side by side with the baseline in one run), "
+             f"file size, peak RSS of a process running the encoders. Selected: the fastest candidate within {tolerance} AUROC of the baseline.", "",
+             "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(("**" + str(r[k]) + "**") if r["name"] == selected.name and k == "name" else str(r[k]) for k in columns) + " |" for r in rows]
+    meets_speed = selected.latency_ratio <= (0.2 if detector == "bvae" else 1 / 3)
+    lines += ["", f"**Selected: {selected.name}** — latency {selected.latency_ratio:.3f}× baseline ({selected.latency_ms:.2f} ms vs {baseline.latency_ms:.2f} ms), "
+              f"AUROC drop {baseline.auroc - selected.auroc:+.4f}, size {selected.size_mb / baseline.size_mb:.3f}× "
+              f"(bar: ≤ {'0.2' if detector == 'bvae' else '0.33'}× latency {'met' if meets_speed else 'MISSED'}, "
+              f"≤ 1/8 size {'met' if selected.size_mb <= baseline.size_mb * SIZE_BAR else 'MISSED'}).", "",
+              "## Sensitivity (one layer at a time)", "",
+              "| layer | parameters | AUROC, layer pruned | AUROC, all INT8 but this layer |", "|---|---|---|---|"]
+    lines += [f"| {s.layer} | {s.parameters} | {s.pruned_auroc:.4f} | {s.int8_except_auroc:.4f} |" for s in sensitivity]
+    lines += ["", f"Proposed policy: per-layer pruning ratios {policy.layer_ratios}; FP32 layers in INT8 models: {list(policy.keep_fp32) or 'none'}.", "",
+              "![Pareto](pareto.png)", "", "![Sensitivity](sensitivity.png)", ""]
+    (out / "search.md").write_text("\n".join(lines))
+    _plots(candidates, selected, sensitivity, baseline, out, tolerance)
+    return out / "search.md"
+
+
+def _plots(candidates: list[Candidate], selected: Candidate, sensitivity: list[LayerSensitivity], baseline: Candidate, out: Path, tolerance: float) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for precision in dict.fromkeys(c.precision.split(" ")[0] for c in candidates):
+        members = [c for c in candidates if c.precision.split(" ")[0] == precision]
+        ax.scatter([c.latency_ratio for c in members], [c.auroc for c in members], label=precision, s=30)
+    for c in candidates:
+        ax.annotate(c.structure, (c.latency_ratio, c.auroc), fontsize=6, xytext=(3, 2), textcoords="offset points")
+    front = pareto_front(candidates)
+    ax.plot([c.latency_ratio for c in front], [c.auroc for c in front], "k--", lw=0.8, label="Pareto front")
+    ax.axhline(baseline.auroc - tolerance, color="red", lw=0.8, ls=":", label=f"baseline − {tolerance}")
+    ax.scatter([selected.latency_ratio], [selected.auroc], s=160, facecolors="none", edgecolors="red", label="selected")
+    ax.set(xscale="log", xlabel="latency / baseline (ONNX Runtime, 1 thread)", ylabel="validation AUROC")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "pareto.png", dpi=120)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    x = np.arange(len(sensitivity))
+    ax.bar(x - 0.2, [baseline.auroc - s.pruned_auroc for s in sensitivity], 0.4, label="AUROC drop, layer pruned")
+    ax.bar(x + 0.2, [baseline.auroc - s.int8_except_auroc for s in sensitivity], 0.4, label="AUROC drop, all INT8 but this layer")
+    ax.set_xticks(x, [s.layer for s in sensitivity], rotation=30, ha="right")
+    ax.set(ylabel="AUROC drop vs FP32 baseline")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "sensitivity.png", dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=REPO_ROOT / "datasets" / "default")
+    parser.add_argument("--detector", choices=("bvae", "flow"), required=True)
+    parser.add_argument("--space", choices=sorted(SPACES), default="default", help="search space (tiny: the CI models)")
+    parser.add_argument("--teacher", type=Path, help="teacher run folder with <encoder>.pt and bundle/ (default runs/default/<detector>)")
+    parser.add_argument("--out", type=Path, help="default runs/compress/<detector>")
+    parser.add_argument("--runs", type=int, default=200, help="timed runs per model (median reported)")
+    parser.add_argument("--tolerance", type=float, default=0.02, help="largest validation AUROC drop accepted")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--ship", action="store_true", help="copy the selected bundle to models/<detector>_compressed and make it the default")
+    args = parser.parse_args(argv)
+    teacher = args.teacher or REPO_ROOT / "runs" / "default" / args.detector
+    out = args.out or REPO_ROOT / "runs" / "compress" / args.detector
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        space = SPACES[args.space][args.detector]
+        candidates, selected, sensitivity, policy = search(args.data, args.detector, teacher, out, args.runs, args.tolerance, space, args.workers)
+        report = write_report(candidates, selected, sensitivity, policy, out, args.tolerance, args.detector)
+        latent = next(iter(load_teacher(teacher, tuple(selected.files)).values())).head.out_features // 2
+        provenance = {"compression": {"candidate": selected.name, "teacher": str(teacher), "policy": asdict(policy),
+                                      "search_validation_auroc": selected.auroc, "baseline_validation_auroc": candidates[0].auroc,
+                                      "latency_ratio": selected.latency_ratio}}
+        bundle = calibrate_and_bundle(args.detector, selected.preprocessing, selected.files, latent, args.data, out / "bundle", provenance).path
+        print(report.read_text())
+        print(f"selected bundle: {bundle}")
+        if args.ship:
+            print(f"shipped {ship_bundle(bundle, args.detector, f'{args.detector}_compressed')}")
+        (out / "selected.json").write_text(json.dumps({"selected": selected.name, "bundle": str(bundle)}, indent=1) + "\n")
+    except (DatasetError, BundleError, FileNotFoundError, RuntimeError) as err:
+        print(f"search: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
