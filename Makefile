@@ -18,7 +18,7 @@ SIM_DEBS := libgl1 libegl1 libgl1-mesa-dri libglu1-mesa libosmesa6 freeglut3-dev
 export AMENT_PREFIX_PATH := $(abspath $(VENV))
 export ROS_AUTOMATIC_DISCOVERY_RANGE ?= LOCALHOST
 
-.PHONY: demo test venv sim-venv system-deps dataset dataset-small models clean
+.PHONY: demo test venv sim-venv system-deps dataset dataset-small models compress clean
 
 # The main job: the shipped demo bag (lane following that turns foggy) through the real graph,
 # each node in its own process over DDS; prints a timeline and the onset-to-stop latency and
@@ -68,6 +68,11 @@ dataset-small: venv sim-venv
 # Train, calibrate and bundle both detectors on the default dataset and ship them to models/.
 models: venv
 	$(VENV)/bin/python -m training.pipeline --data datasets/default --config default --ship
+
+# Needs `make models` (teachers in runs/default); ships models/<detector>_compressed as the default.
+compress: venv
+	$(VENV)/bin/python -m training.compress.search --data datasets/default --detector bvae --ship
+	$(VENV)/bin/python -m training.compress.search --data datasets/default --detector flow --ship
 
 clean:
 	rm -rf $(VENV) $(SIM_VENV) build *.egg-info
