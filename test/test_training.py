@@ -98,3 +98,15 @@ def test_compression_search_measures_every_candidate_and_bundles_the_selected(ti
     for plot in ("pareto.png", "sensitivity.png"):
         assert (out / plot).stat().st_size > 5000
     assert "## Sensitivity" in (out / "search.md").read_text()
+
+
+def test_recalibration_refits_a_bundle_on_other_data(tiny_run, tmp_path):
+    from training.pipeline import main as pipeline_main
+
+    root, bundles, _, _ = tiny_run
+    out = tmp_path / "recalibrated"
+    assert pipeline_main(["--data", str(root), "--recalibrate", str(bundles["flow"]), "--out", str(out)]) == 0
+    old, new = OODDetector.from_path(bundles["flow"]).bundle, OODDetector.from_path(out).bundle
+    assert new.provenance["recalibrated_from"]["sha256"] == old.sha256
+    assert (out / "horizontal.onnx").read_bytes() == (bundles["flow"] / "horizontal.onnx").read_bytes()
+    assert pipeline_main(["--data", str(root), "--recalibrate", str(tmp_path / "missing")]) == 1

@@ -8,7 +8,7 @@ conformal p-values see held-out scores as the robot will. The candidate whose co
 surprise has the highest frame-level AUROC on the validation split wins.
 
 Decision:
-For every candidate (tail, ε, window) the CUSUM alarm level is set just above the highest CUSUM value any
+For every candidate (tail, ε, window, CUSUM drift) the alarm level is set just above the highest CUSUM value any
 in-distribution validation frame reached (ID episodes and the ID part of onset episodes), times a
 safety margin — so validation ID driving raises no alarm. Among the candidates, the one with the
 smallest mean detection delay on validation onset episodes wins (a missed onset counts as the
@@ -33,6 +33,9 @@ TAILS = ("both", "upper")
 SCORE_TAILS = {"kl": TAILS, "mahalanobis": ("upper",)}
 EPSILONS = (0.04, 0.1, 0.2)
 WINDOWS = (5, 10, 20)
+# CUSUM decay per frame: absorbs mildly unusual stretches of normal driving (a new map, a new
+# light) that would otherwise accumulate and force the alarm level up.
+DRIFTS = (0.0, 5.0, 10.0, 20.0)
 THRESHOLD_MARGIN = 1.5
 MIN_THRESHOLD = 5.0
 
@@ -142,8 +145,8 @@ def tune_decision(calibration: np.ndarray, validation: list[ScoredEpisode], tail
         raise ValueError("validation needs onset episodes to tune the decision delay")
     rows: list[dict[str, float]] = []
     best: tuple[float, DecisionParams, int] | None = None
-    for tail, epsilon, window in itertools.product(tails, EPSILONS, WINDOWS):
-        probe = DecisionParams(tail=tail, epsilon=epsilon, window=window, threshold=np.inf)
+    for tail, epsilon, window, drift in itertools.product(tails, EPSILONS, WINDOWS, DRIFTS):
+        probe = DecisionParams(tail=tail, epsilon=epsilon, window=window, drift=drift, threshold=np.inf)
         traces = {e.name: cusum_trace(e.scores, calibration, probe) for e in validation}
         id_peak = max(
             [traces[e.name].max() for e in validation if e.onset_frame is None]
@@ -157,8 +160,8 @@ def tune_decision(calibration: np.ndarray, validation: list[ScoredEpisode], tail
                 missed += alarm is None
                 delays.append((alarm if alarm is not None else len(e.scores)) - e.onset_frame)
         mean_delay = float(np.mean(delays))
-        params = DecisionParams(tail=tail, epsilon=epsilon, window=window, threshold=round(float(threshold), 4))
-        rows.append({"tail": tail, "epsilon": epsilon, "window": window, "threshold": params.threshold, "mean_delay": mean_delay, "missed": missed})
+        params = DecisionParams(tail=tail, epsilon=epsilon, window=window, drift=drift, threshold=round(float(threshold), 4))
+        rows.append({"tail": tail, "epsilon": epsilon, "window": window, "drift": drift, "threshold": params.threshold, "mean_delay": mean_delay, "missed": missed})
         if best is None or mean_delay < best[0]:
             best = (mean_delay, params, missed)
     assert best is not None

@@ -2,10 +2,11 @@
 
     python -m training.pipeline --data datasets/default --config default            # both detectors
     python -m training.pipeline --data /tmp/ds --config tiny --detectors bvae --out /tmp/run
+    python -m training.pipeline --data my_town --recalibrate models/bvae_baseline --out models/bvae_my_town
 
 Per detector: train the VAE(s) on the train split (resumable checkpoints), export the encoders to
-ONNX, score the calibration split with ONNX Runtime (the onboard code path), select the active
-latent dimensions, tune the decision on the validation split, and write the bundle to
+ONNX, fit the latent score on the calibration split with ONNX Runtime (the onboard code path) and
+choose it on the validation split, tune the decision there, and write the bundle to
 `<out>/<detector>/bundle` (`--ship` also copies it to models/<detector>_baseline).
 """
 
@@ -15,12 +16,14 @@ import argparse
 import json
 import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import onnx
 import torch
 from tqdm import tqdm
 
@@ -29,7 +32,7 @@ from training.dataset import DatasetError, Episode, concatenate, episodes, iter_
 from training.export import export_encoder, write_bundle
 from training.models import VAEConfig
 from training.trainer import TrainConfig, train_vae
-from vae_ood_monitor.bundle import DETECTOR_ENCODERS, load_bundle
+from vae_ood_monitor.bundle import DETECTOR_ENCODERS, BundleError, load_bundle
 from vae_ood_monitor.decision import DecisionParams
 from vae_ood_monitor.detector import OODDetector
 from vae_ood_monitor.offline import DEFAULTS_FILE
@@ -166,6 +169,18 @@ def calibrate_and_bundle(
     return CalibratedBundle(bundle_dir, validation)
 
 
+def recalibrate(bundle_dir: Path, data: Path, out: Path) -> Path:
+    """Refit the score and retune the decision of an existing bundle's encoders on `data` — e.g.
+    on calibration and validation recordings of the town the robot will drive in."""
+    bundle = load_bundle(bundle_dir)
+    mu_output = onnx.load(str(next(iter(bundle.encoders.values())))).graph.output[0]  # (batch, latent)
+    latent = mu_output.type.tensor_type.shape.dim[1].dim_value
+    with tempfile.TemporaryDirectory() as staging:  # the encoders are read from the old bundle while the new one is written
+        files = {name: Path(shutil.copy(path, Path(staging) / path.name)) for name, path in bundle.encoders.items()}
+        provenance = {**bundle.provenance, "recalibrated_from": {"bundle": str(bundle_dir), "sha256": bundle.sha256}}
+        return calibrate_and_bundle(bundle.detector, bundle.preprocessing, files, latent, data, out, provenance).path
+
+
 def ship_bundle(bundle: Path, detector: str, name: str, make_default: bool = True) -> Path:
     """Copy a bundle to models/<name> and (by default) make it the runtime default for `detector`."""
     models = REPO_ROOT / "models"
@@ -192,14 +207,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="work folder (default runs/<config>)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--ship", action="store_true", help="copy the bundles to models/<detector>_baseline and make them the default")
+    parser.add_argument("--recalibrate", type=Path, metavar="BUNDLE", help="only refit score and decision of this bundle on --data, in place (or into --out)")
     args = parser.parse_args(argv)
     out = args.out or REPO_ROOT / "runs" / args.config
     try:
+        if args.recalibrate:
+            print(f"recalibrated {recalibrate(args.recalibrate, args.data, args.out or args.recalibrate)}")
+            return 0
         for kind in args.detectors:
             bundle = fit_detector(CONFIGS[args.config][kind], args.data, out, args.workers)
             if args.ship:
                 print(f"shipped {ship_bundle(bundle, kind, f'{kind}_baseline')}")
-    except DatasetError as err:
+    except (DatasetError, BundleError) as err:
         print(f"pipeline: {err}", file=sys.stderr)
         return 1
     return 0
