@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch_pruning as tp
+from torch import nn
+from torch.nn.utils import prune
 from torch.nn import functional as F
 from tqdm import tqdm
 
@@ -84,4 +86,26 @@ def distill(
 
 
 def parameter_count(module: torch.nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
+    """Non-zero parameters: what is left after structured *or* unstructured pruning."""
+    return int(sum(int(torch.count_nonzero(p)) for p in module.parameters()))
+
+
+def _prunable(encoder: Encoder) -> list[tuple[nn.Module, str]]:
+    return [(m, "weight") for name, m in encoder.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear)) and not name.startswith("head")]
+
+
+def mask_encoder(encoder: Encoder, sparsity: float) -> Encoder:
+    """A copy with global unstructured magnitude pruning: the `sparsity` share of smallest conv and
+    hidden dense weights masked to zero. Shapes stay, so a dense runtime does the same work —
+    the comparison point for structured pruning. Call `unmask` after fine-tuning."""
+    masked = copy.deepcopy(encoder)
+    prune.global_unstructured(_prunable(masked), pruning_method=prune.L1Unstructured, amount=sparsity)
+    return masked
+
+
+def unmask(encoder: Encoder) -> Encoder:
+    """Make the masks permanent (zeros in the weights), ready for export."""
+    for module, name in _prunable(encoder):
+        if prune.is_pruned(module):
+            prune.remove(module, name)
+    return encoder

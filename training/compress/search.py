@@ -3,8 +3,9 @@
     python -m training.compress.search --data datasets/default --detector bvae --teacher runs/default/bvae --out runs/compress/bvae --ship
 
 Structures: the teacher; channel-pruned copies at several homogeneous ratios (torch-pruning) and
-with the per-layer policy the sensitivity analysis proposes; narrower encoders at a lower input
-resolution. Every structure but the teacher is distilled to the teacher's latent posterior on the
+with the per-layer policy the sensitivity analysis proposes; a globally unstructured-pruned copy
+(masks only, for comparison: no fewer multiply-adds in a dense runtime); narrower encoders at a
+lower input resolution. Every structure but the teacher is distilled to the teacher's latent posterior on the
 train split (training.compress.distill). Precisions: FP32, INT8 (static QDQ, per-channel, ID
 calibration), INT8 with the policy's FP32 layers, FP16. For every candidate: validation AUROC of
 the monitor's own score, file size, encoder latency measured side by side with the baseline in
@@ -28,7 +29,7 @@ import torch
 from tqdm import tqdm
 
 from training.compress.candidates import SplitInputs, files_size_mb, input_shapes, peak_memory_mb, to_float, validation_auroc
-from training.compress.distill import distill, parameter_count, prune_encoder, teacher_latents
+from training.compress.distill import distill, mask_encoder, parameter_count, prune_encoder, teacher_latents, unmask
 from training.compress.latency import measure_latency
 from training.compress.quantize import convert_fp16, quantize_int8
 from training.compress.sensitivity import LayerSensitivity, Policy, analyse, calibration_batches, propose_policy
@@ -60,6 +61,7 @@ class SearchSpace:
     distill: TrainConfig
     train_stride: int
     eval_stride: int  # calibration / validation frames used for the candidates' AUROC
+    unstructured: float = 0.875  # sparsity of the global unstructured (mask-only) comparison point; 0: none
     sensitivity_ratio: float = 0.5
 
 
@@ -71,12 +73,12 @@ SPACES: dict[str, dict[str, SearchSpace]] = {
             ratios=(0.5, 0.75, 0.875),
             students=(StudentSpec("student64", ImagePreprocessing(64, 64), (32, 32, 16, 16), (256, 128)),
                       StudentSpec("student64_narrow", ImagePreprocessing(64, 64), (16, 16, 8, 8), (128,))),
-            distill=TrainConfig(epochs=10, batch_size=32, learning_rate=1e-3, threads=2), train_stride=4, eval_stride=3,
+            distill=TrainConfig(epochs=8, batch_size=32, learning_rate=1e-3, threads=2), train_stride=4, eval_stride=4,
         ),
         "flow": SearchSpace(
             ratios=(0.5, 0.75),
             students=(StudentSpec("student_half_res", _FLOW_HALF, (16, 16, 8, 8), (64,)),),
-            distill=TrainConfig(epochs=8, batch_size=64, learning_rate=1e-3, threads=2), train_stride=3, eval_stride=3,
+            distill=TrainConfig(epochs=6, batch_size=64, learning_rate=1e-3, threads=2), train_stride=3, eval_stride=4,
         ),
     },
     # For the tiny CI models: every step runs, in seconds.
@@ -133,7 +135,7 @@ def _distilled(
 
 
 def _precisions(structure: Candidate, inputs: SplitInputs, policy: Policy | None, work: Path) -> list[Candidate]:
-    """FP32 (as given), INT8, INT8 with the policy's FP32 layers, FP16 variants of one structure."""
+    """FP32 (as given), INT8, and for the policy INT8 with its FP32 layers; FP16 of the baseline and the policy."""
     variants = [structure]
     batches = {name: calibration_batches(inputs, i) for i, name in enumerate(structure.files)}
 
@@ -144,7 +146,8 @@ def _precisions(structure: Candidate, inputs: SplitInputs, policy: Policy | None
     if policy is not None and policy.keep_fp32 and structure.structure == "policy":
         files = {n: quantize_int8(p, work / f"{structure.structure}_int8mixed_{n}.onnx", batches[n], keep_fp32=policy.keep_fp32) for n, p in structure.files.items()}
         variants.append(variant("int8+fp32 " + ",".join(policy.keep_fp32), files))
-    variants.append(variant("fp16", {n: convert_fp16(p, work / f"{structure.structure}_fp16_{n}.onnx") for n, p in structure.files.items()}))
+    if structure.structure in ("baseline", "policy"):  # FP16 on a CPU only shows what it costs there; on a Jetson it is TensorRT's job
+        variants.append(variant("fp16", {n: convert_fp16(p, work / f"{structure.structure}_fp16_{n}.onnx") for n, p in structure.files.items()}))
     return variants
 
 
@@ -173,6 +176,11 @@ def search(data: Path, detector: str, teacher_dir: Path, out: Path, runs: int, t
         students = {n: prune_encoder(teachers[n], shapes[n], ratio, layer_ratios) for n in encoders}
         students, mse = _distilled(students, inputs, targets, space.distill, name)
         files = {n: export_encoder(students[n], shapes[n], work / f"{name}_{n}.onnx") for n in encoders}
+        structures.append(Candidate(f"{name}/fp32", name, "fp32", teacher_prep, files, sum(parameter_count(s) for s in students.values()), distill_mse=mse))
+    if space.unstructured:  # masks only: as many multiply-adds as the teacher in a dense runtime
+        name = f"unstructured{int(space.unstructured * 100)}"
+        students, mse = _distilled({n: mask_encoder(teachers[n], space.unstructured) for n in encoders}, inputs, targets, space.distill, name)
+        files = {n: export_encoder(unmask(students[n]), shapes[n], work / f"{name}_{n}.onnx") for n in encoders}
         structures.append(Candidate(f"{name}/fp32", name, "fp32", teacher_prep, files, sum(parameter_count(s) for s in students.values()), distill_mse=mse))
     student_inputs: dict[ImagePreprocessing | FlowPreprocessing, SplitInputs] = {teacher_prep: inputs}
     for spec in space.students:
