@@ -21,7 +21,7 @@ import argparse
 import csv
 import json
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -62,6 +62,7 @@ class SearchSpace:
     train_stride: int
     eval_stride: int  # calibration / validation frames used for the candidates' AUROC
     unstructured: float = 0.875  # sparsity of the global unstructured (mask-only) comparison point; 0: none
+    unstructured_epochs: int = 2  # its fine-tuning costs as much as training the teacher's encoder
     sensitivity_ratio: float = 0.5
 
 
@@ -70,22 +71,22 @@ _FLOW_HALF = FlowPreprocessing(width=80, height=60, crop=(8, 6, 64, 48), max_flo
 SPACES: dict[str, dict[str, SearchSpace]] = {
     "default": {
         "bvae": SearchSpace(
-            ratios=(0.5, 0.75, 0.875),
+            ratios=(0.75, 0.875),
             students=(StudentSpec("student64", ImagePreprocessing(64, 64), (32, 32, 16, 16), (256, 128)),
                       StudentSpec("student64_narrow", ImagePreprocessing(64, 64), (16, 16, 8, 8), (128,))),
-            distill=TrainConfig(epochs=8, batch_size=32, learning_rate=1e-3, threads=2), train_stride=4, eval_stride=4,
+            distill=TrainConfig(epochs=6, batch_size=32, learning_rate=1e-3, threads=2), train_stride=4, eval_stride=4,
         ),
         "flow": SearchSpace(
             ratios=(0.5, 0.75),
             students=(StudentSpec("student_half_res", _FLOW_HALF, (16, 16, 8, 8), (64,)),),
-            distill=TrainConfig(epochs=6, batch_size=64, learning_rate=1e-3, threads=2), train_stride=3, eval_stride=4,
+            distill=TrainConfig(epochs=6, batch_size=64, learning_rate=1e-3, threads=2), train_stride=3, eval_stride=4, unstructured_epochs=6,
         ),
     },
     # For the tiny CI models: every step runs, in seconds.
     "tiny": {
         "bvae": SearchSpace(ratios=(0.5,), students=(StudentSpec("student32", ImagePreprocessing(32, 32), (8, 8, 4, 4), (32,)),),
-                            distill=TrainConfig(epochs=2, batch_size=16, learning_rate=1e-3), train_stride=2, eval_stride=3),
-        "flow": SearchSpace(ratios=(0.5,), students=(), distill=TrainConfig(epochs=2, batch_size=16, learning_rate=1e-3), train_stride=2, eval_stride=3),
+                            distill=TrainConfig(epochs=2, batch_size=16, learning_rate=1e-3), train_stride=2, eval_stride=3, unstructured_epochs=1),
+        "flow": SearchSpace(ratios=(0.5,), students=(), distill=TrainConfig(epochs=2, batch_size=16, learning_rate=1e-3), train_stride=2, eval_stride=3, unstructured_epochs=1),
     },
 }
 
@@ -179,7 +180,8 @@ def search(data: Path, detector: str, teacher_dir: Path, out: Path, runs: int, t
         structures.append(Candidate(f"{name}/fp32", name, "fp32", teacher_prep, files, sum(parameter_count(s) for s in students.values()), distill_mse=mse))
     if space.unstructured:  # masks only: as many multiply-adds as the teacher in a dense runtime
         name = f"unstructured{int(space.unstructured * 100)}"
-        students, mse = _distilled({n: mask_encoder(teachers[n], space.unstructured) for n in encoders}, inputs, targets, space.distill, name)
+        fine_tune = replace(space.distill, epochs=space.unstructured_epochs)
+        students, mse = _distilled({n: mask_encoder(teachers[n], space.unstructured) for n in encoders}, inputs, targets, fine_tune, name)
         files = {n: export_encoder(unmask(students[n]), shapes[n], work / f"{name}_{n}.onnx") for n in encoders}
         structures.append(Candidate(f"{name}/fp32", name, "fp32", teacher_prep, files, sum(parameter_count(s) for s in students.values()), distill_mse=mse))
     student_inputs: dict[ImagePreprocessing | FlowPreprocessing, SplitInputs] = {teacher_prep: inputs}
