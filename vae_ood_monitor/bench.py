@@ -18,7 +18,7 @@ import numpy as np
 from vae_ood_monitor.demo import GraphRun, onset_stamp, stop_events
 
 
-def run_bench(bag: Path, runs: int, out_dir: Path, rate: float = 1.0) -> int:
+def run_bench(bag: Path, runs: int, out_dir: Path, rate: float = 1.0, bundles: dict[str, Path | None] | None = None) -> int:
     try:
         onset_ns = onset_stamp(bag)
     except ValueError as err:
@@ -28,10 +28,11 @@ def run_bench(bag: Path, runs: int, out_dir: Path, rate: float = 1.0) -> int:
     misses = false_stops = 0
     handled: dict[str, list[float]] = {"bvae": [], "flow": []}
     processing: dict[str, list[float]] = {"bvae": [], "flow": []}
+    bundle_paths: dict[str, str] = {}
     decision_latency: dict[str, list[float]] = {"bvae": [], "flow": []}
     rss: dict[str, list[float]] = {}
     for index in range(runs):
-        run = GraphRun(out_dir / f"run_{index}")
+        run = GraphRun(out_dir / f"run_{index}", bundles)
         try:
             problem = run.wait_ready()
             if problem:
@@ -50,6 +51,7 @@ def run_bench(bag: Path, runs: int, out_dir: Path, rate: float = 1.0) -> int:
             handled[name].append(done / max(published, 1))
             processing[name].append(float(values["processing_ms_p50"]))
             decision_latency[name].append(float(values["latency_ms_p50"]))
+            bundle_paths[name] = str(values.get("bundle", "?"))
         for name, value in recording.peak_rss_mb.items():
             rss.setdefault(name, []).append(value)
         if onset_time is None or any(t < onset_time for t in stops):
@@ -67,7 +69,7 @@ def run_bench(bag: Path, runs: int, out_dir: Path, rate: float = 1.0) -> int:
     else:
         print(f"onset-to-stop latency: no stop measured ({misses} missed, {false_stops} false stops)")
     for name in handled:
-        print(f"{name:5s} detector: frames handled {np.median(handled[name]):.2%} of published, "
+        print(f"{name:5s} detector ({Path(bundle_paths[name]).name}): frames handled {np.median(handled[name]):.2%} of published, "
               f"processing p50 {np.median(processing[name]):.1f} ms, receive-to-decision p50 {np.median(decision_latency[name]):.1f} ms")
     for name, values in rss.items():
         print(f"peak resident memory {name:14s} {np.median(values):7.1f} MB")

@@ -130,20 +130,24 @@ def cmd_monitor(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from vae_ood_monitor.demo import demo_bag, run_demo
 
-    return run_demo(args.bag or demo_bag(), args.out, args.rate)
+    return run_demo(args.bag or demo_bag(), args.out, args.rate, {"bvae": args.bvae, "flow": args.flow})
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from vae_ood_monitor.bench import run_bench
     from vae_ood_monitor.demo import demo_bag
 
-    return run_bench(args.bag or demo_bag(), args.runs, args.out, args.rate)
+    return run_bench(args.bag or demo_bag(), args.runs, args.out, args.rate, {"bvae": args.bvae, "flow": args.flow})
+
+
+def _add_bundle_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--bvae", type=Path, help="β-VAE bundle folder (default: models/defaults.json)")
+    parser.add_argument("--flow", type=Path, help="optical-flow bundle folder (default: models/defaults.json)")
 
 
 def _add_detector_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--topic", help="camera topic (default: the camera topic or the bag's only image topic)")
-    parser.add_argument("--bvae", type=Path, help="β-VAE bundle folder (default: models/defaults.json)")
-    parser.add_argument("--flow", type=Path, help="optical-flow bundle folder (default: models/defaults.json)")
+    _add_bundle_options(parser)
     parser.add_argument("--backend", choices=BACKENDS, default="onnxruntime")
     parser.add_argument("--threads", type=int, default=1, help="inference threads per encoder")
 
@@ -164,12 +168,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--bag", type=Path, help="bag with ground truth (default: the shipped demo bag)")
     demo.add_argument("--out", type=Path, default=Path("build/demo"), help="plot, timeline CSV and node logs")
     demo.add_argument("--rate", type=float, default=1.0)
+    _add_bundle_options(demo)
     demo.set_defaults(run=cmd_demo)
     bench = commands.add_parser("bench", help="30 Hz keep-up, onset-to-stop latency, processing time and memory of the graph")
     bench.add_argument("--bag", type=Path, help="labelled bag with an onset (default: the shipped demo bag)")
     bench.add_argument("--runs", type=int, default=5)
     bench.add_argument("--out", type=Path, default=Path("build/bench"), help="node logs per run")
     bench.add_argument("--rate", type=float, default=1.0)
+    _add_bundle_options(bench)
     bench.set_defaults(run=cmd_bench)
     monitor = commands.add_parser("monitor", help="run detectors and safety stop in one process (optionally replaying a bag)")
     monitor.add_argument("--params-file", type=Path, help="parameter YAML (default: config/monitor.yaml)")

@@ -113,7 +113,8 @@ class GraphRun:
 
     READY = {"ood_monitor/bvae_detector", "ood_monitor/flow_detector", "ood_monitor/safety_stop"}
 
-    def __init__(self, log_dir: Path) -> None:
+    def __init__(self, log_dir: Path, bundles: dict[str, Path | None] | None = None) -> None:
+        """`bundles`: detector ("bvae", "flow") → bundle folder; missing or None = the default bundle."""
         log_dir.mkdir(parents=True, exist_ok=True)
         os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
         self.log_dir = log_dir
@@ -124,7 +125,8 @@ class GraphRun:
         self._executor = MultiThreadedExecutor(num_threads=2, context=self._context)
         self._executor.add_node(self._recorder)
         threading.Thread(target=self._executor.spin, daemon=True).start()
-        self.processes = {name: start_node(name, {}, log_dir / f"{name}.log") for name in ("bvae_detector", "flow_detector", "safety_stop")}
+        params = {f"{kind}_detector": {"bundle": str(path)} for kind, path in (bundles or {}).items() if path is not None}
+        self.processes = {name: start_node(name, params.get(name, {}), log_dir / f"{name}.log") for name in ("bvae_detector", "flow_detector", "safety_stop")}
 
     def wait_ready(self, timeout: float = 60.0) -> str | None:
         """None once every node reports on /diagnostics, else what went wrong."""
@@ -170,13 +172,13 @@ def onset_stamp(bag: Path) -> int | None:
     return next((label.stamp_ns for label in truth if label.ood), None)
 
 
-def run_demo(bag: Path, out_dir: Path, rate: float = 1.0) -> int:
+def run_demo(bag: Path, out_dir: Path, rate: float = 1.0, bundles: dict[str, Path | None] | None = None) -> int:
     try:
         onset = onset_stamp(bag)
     except ValueError as err:
         print(f"demo: {err}", file=sys.stderr)
         return 1
-    run = GraphRun(out_dir)
+    run = GraphRun(out_dir, bundles)
     print(f"demo: bag {bag}; node logs in {out_dir}/")
     try:
         problem = run.wait_ready()
