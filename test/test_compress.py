@@ -6,7 +6,7 @@ import torch
 from conftest import IMAGE_VAE, build_image_bundle
 
 from training.compress.distill import distill, parameter_count, prune_encoder, teacher_latents
-from training.compress.latency import measure_latency
+from training.compress.latency import measure_latency, peak_memory_mb
 from training.compress.quantize import convert_fp16, quantize_int8
 from training.export import export_encoder
 from training.trainer import TrainConfig
@@ -67,3 +67,10 @@ def test_tensorrt_engine_builds_or_says_why_not(tmp_path):
     mu, _ = make_encoder("tensorrt", bundle / "image.onnx")(np.zeros((1, 3, 32, 32), np.float32))
     reference, _ = make_encoder("onnxruntime", bundle / "image.onnx")(np.zeros((1, 3, 32, 32), np.float32))
     assert engine.exists() and np.allclose(mu, reference, atol=1e-2)
+
+
+def test_peak_memory_is_the_runtime_s_not_the_trainer_s(tmp_path):
+    """The child process loads only ONNX Runtime and the encoder: far below a torch process."""
+    _, bundle = build_image_bundle(tmp_path)
+    peak = peak_memory_mb({"image": bundle / "image.onnx"}, {"image": (3, 32, 32)})
+    assert 10.0 < peak < 200.0

@@ -1,2 +1,2 @@
-"""Compression of the detector encoders: quantization, latency measurement (pruning, distillation,
-TensorRT engines and the design-space search build on these)."""
+"""Compression of the detector encoders: quantization, pruning and distillation, latency and memory
+measurement, sensitivity analysis, the design-space search, and TensorRT engines."""

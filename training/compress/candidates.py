@@ -8,8 +8,6 @@ only its ONNX Runtime passes.
 
 from __future__ import annotations
 
-import multiprocessing
-import resource
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,21 +82,4 @@ def files_size_mb(files: dict[str, Path]) -> float:
     return sum(p.stat().st_size for p in files.values()) / 1e6
 
 
-def _peak_rss(files: list[tuple[str, tuple[int, ...]]], queue: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
-    runners = [(make_encoder("onnxruntime", Path(path), 1), shape) for path, shape in files]
-    for runner, shape in runners:
-        runner(np.zeros((1, *shape), np.float32))
-    queue.put(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0)
-
-
-def peak_memory_mb(files: dict[str, Path], shapes: dict[str, tuple[int, int, int]]) -> float:
-    """Peak resident memory (MB) of a fresh process that loads the encoders and runs one frame —
-    interpreter and ONNX Runtime included, as on the robot."""
-    context = multiprocessing.get_context("spawn")
-    queue = context.Queue()
-    process = context.Process(target=_peak_rss, args=([(str(files[n]), shapes[n]) for n in files], queue))
-    process.start()
-    value = queue.get(timeout=300)
-    process.join()
-    return float(value)
 

@@ -7,6 +7,8 @@ first (baseline) model.
 
 from __future__ import annotations
 
+import multiprocessing
+import resource
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,3 +44,23 @@ def measure_latency(models: dict[str, tuple[Path, tuple[int, ...]]], runs: int =
         Latency(name, float(np.median(t)), float(np.percentile(t, 90)), float(np.median(t)) / baseline, models[name][0].stat().st_size / 1e6)
         for name, t in times.items()
     ]
+
+
+def _peak_rss(files: list[tuple[str, tuple[int, ...]]], queue: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
+    runners = [(OnnxRuntimeEncoder(Path(path), threads=1, providers=("CPUExecutionProvider",)), shape) for path, shape in files]
+    for runner, shape in runners:
+        runner(np.zeros((1, *shape), np.float32))
+    queue.put(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0)
+
+
+def peak_memory_mb(files: dict[str, Path], shapes: dict[str, tuple[int, ...]]) -> float:
+    """Peak resident memory (MB) of a fresh process that loads the encoders and runs one frame:
+    interpreter, numpy and ONNX Runtime included, as in a detector node. The child imports only
+    this module (no torch, no training code), so the number is the runtime's, not the search's."""
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    process = context.Process(target=_peak_rss, args=([(str(files[n]), shapes[n]) for n in files], queue))
+    process.start()
+    value = queue.get(timeout=300)
+    process.join()
+    return float(value)

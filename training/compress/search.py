@@ -28,9 +28,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from training.compress.candidates import SplitInputs, files_size_mb, input_shapes, peak_memory_mb, to_float, validation_auroc
+from training.compress.candidates import SplitInputs, files_size_mb, input_shapes, to_float, validation_auroc
 from training.compress.distill import distill, mask_encoder, parameter_count, prune_encoder, teacher_latents, unmask
-from training.compress.latency import measure_latency
+from training.compress.latency import measure_latency, peak_memory_mb
 from training.compress.quantize import convert_fp16, quantize_int8
 from training.compress.sensitivity import LayerSensitivity, Policy, analyse, calibration_batches, propose_policy
 from training.dataset import DatasetError
@@ -79,7 +79,7 @@ SPACES: dict[str, dict[str, SearchSpace]] = {
         "flow": SearchSpace(
             ratios=(0.5, 0.75),
             students=(StudentSpec("student_half_res", _FLOW_HALF, (16, 16, 8, 8), (64,)),),
-            distill=TrainConfig(epochs=6, batch_size=64, learning_rate=1e-3, threads=2), train_stride=3, eval_stride=4, unstructured_epochs=6,
+            distill=TrainConfig(epochs=4, batch_size=64, learning_rate=1e-3, threads=2), train_stride=3, eval_stride=4,
         ),
     },
     # For the tiny CI models: every step runs, in seconds.
