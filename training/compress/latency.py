@@ -8,7 +8,6 @@ first (baseline) model.
 from __future__ import annotations
 
 import multiprocessing
-import resource
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,7 +49,9 @@ def _peak_rss(files: list[tuple[str, tuple[int, ...]]], queue: multiprocessing.Q
     runners = [(OnnxRuntimeEncoder(Path(path), threads=1, providers=("CPUExecutionProvider",)), shape) for path, shape in files]
     for runner, shape in runners:
         runner(np.zeros((1, *shape), np.float32))
-    queue.put(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0)
+    # VmHWM, not getrusage: ru_maxrss survives exec and would report the forking parent's peak
+    status = Path("/proc/self/status").read_text().splitlines()
+    queue.put(next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024.0)
 
 
 def peak_memory_mb(files: dict[str, Path], shapes: dict[str, tuple[int, ...]]) -> float:
