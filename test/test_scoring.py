@@ -54,7 +54,7 @@ def test_validation_picks_the_score_that_sees_the_unusual_joint():
     rng = np.random.default_rng(1)
     candidates = fit_scores([_correlated_latents(rng, 300, 1.0) for _ in range(2)])
     validation = [(_correlated_latents(rng, 200, 1.0), np.zeros(200, bool)), (_correlated_latents(rng, 200, -1.0), np.ones(200, bool))]
-    chosen, table = select_score(candidates, validation)
+    chosen, _, table = select_score(candidates, validation)
     assert table["kl"] < 0.7 and table["mahalanobis_diag"] < 0.7
     assert chosen.name == "mahalanobis" and table["mahalanobis"] > 0.85  # frames near the origin look alike either way
 
@@ -62,8 +62,8 @@ def test_validation_picks_the_score_that_sees_the_unusual_joint():
 def test_two_sided_kl_catches_posteriors_collapsed_onto_the_prior():
     rng = np.random.default_rng(4)
     candidates = fit_scores([_id_latents(rng, 300) for _ in range(2)])
-    _, table = select_score(candidates, [(_id_latents(rng, 200), np.zeros(200, bool)), (_collapsed_latents(100), np.ones(100, bool))])
-    assert table["kl"] > 0.99
+    _, tail, table = select_score(candidates, [(_id_latents(rng, 200), np.zeros(200, bool)), (_collapsed_latents(100), np.ones(100, bool))])
+    assert table["kl"] > 0.99 and tail == "both"
 
 
 def test_selection_needs_both_classes():

@@ -5,7 +5,8 @@ Score: every candidate (KL of the active dimensions; Mahalanobis distance of [μ
 Ledoit-Wolf or a diagonal covariance) is fitted on the calibration frames; its calibration scores
 are cross-fitted (fitted on one half of the calibration episodes, scored on the other), so the
 conformal p-values see held-out scores as the robot will. The candidate whose conformal
-surprise has the highest frame-level AUROC on the validation split wins.
+surprise has the highest frame-level AUROC on the validation split wins, with the p-value tail
+(one- or two-sided) that achieved it.
 
 Decision:
 For every candidate (tail, ε, window, CUSUM drift) the alarm level is set just above the highest CUSUM value any
@@ -87,22 +88,23 @@ def fit_scores(calibration: list[Latents], min_mean_kl: float = 0.05) -> list[Fi
     return fitted
 
 
-def select_score(candidates: list[FittedScore], validation: list[tuple[Latents, np.ndarray]]) -> tuple[FittedScore, dict[str, float]]:
-    """The candidate whose conformal surprise (-log p, on its best allowed tail) has the best
-    validation AUROC, OOD-labelled frames against ID-labelled ones; `validation` holds
-    (latents, per-row OOD label) per episode."""
+def select_score(candidates: list[FittedScore], validation: list[tuple[Latents, np.ndarray]]) -> tuple[FittedScore, str, dict[str, float]]:
+    """The candidate whose conformal surprise (-log p) has the best validation AUROC, OOD-labelled
+    frames against ID-labelled ones, with the p-value tail that achieved it; `validation` holds
+    (latents, per-row OOD label) per episode. Returns (candidate, tail, AUROC per candidate)."""
     labels = np.concatenate([ood for _, ood in validation])
     if labels.all() or not labels.any():
         raise ValueError("validation needs both in-distribution and OOD frames to choose the score")
-    table = {}
+    table: dict[str, float] = {}
+    tails: dict[str, str] = {}
     for candidate in candidates:
         scores = np.concatenate([candidate.score(latents) for latents, _ in validation])
         calibration = np.sort(candidate.calibration_scores)
-        table[candidate.name] = max(
-            auroc(labels, -np.log(conformal_p_values(calibration, scores, tail))) for tail in SCORE_TAILS[candidate.score.kind]
-        )
+        by_tail = {tail: auroc(labels, -np.log(conformal_p_values(calibration, scores, tail))) for tail in SCORE_TAILS[candidate.score.kind]}
+        tails[candidate.name] = max(by_tail, key=lambda t: by_tail[t])
+        table[candidate.name] = by_tail[tails[candidate.name]]
     best = max(candidates, key=lambda c: table[c.name])
-    return best, table
+    return best, tails[best.name], table
 
 
 @dataclass(frozen=True)

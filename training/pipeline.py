@@ -153,7 +153,7 @@ def calibrate_and_bundle(
         frames, labels = zip(*iter_frames(episode))
         count, rows, latents = detector.encode_stream(frames)
         validation_latents.append((episode, count, rows, latents, np.asarray(labels, dtype=bool)[rows]))
-    chosen, score_table = select_score(fit_scores(calibration, min_mean_kl), [(latents, ood) for _, _, _, latents, ood in validation_latents])
+    chosen, _, score_table = select_score(fit_scores(calibration, min_mean_kl), [(latents, ood) for _, _, _, latents, ood in validation_latents])
     validation = []
     for episode, count, rows, latents, _ in validation_latents:
         scores = np.full(count, np.nan)

@@ -67,7 +67,7 @@ def validation_auroc(onnx_files: dict[str, Path], inputs: SplitInputs) -> tuple[
     """Validation AUROC of the monitor's score for these encoders, and the score kind it chose."""
     calibration = [encode(onnx_files, item) for item in inputs.calibration]
     validation = [(encode(onnx_files, item), item.ood) for item in inputs.validation]
-    chosen, table = select_score(fit_scores(calibration), validation)
+    chosen, _, table = select_score(fit_scores(calibration), validation)
     return table[chosen.name], chosen.name
 
 
