@@ -7,7 +7,8 @@ first (baseline) model.
 
 from __future__ import annotations
 
-import multiprocessing
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,23 +46,24 @@ def measure_latency(models: dict[str, tuple[Path, tuple[int, ...]]], runs: int =
     ]
 
 
-def _peak_rss(files: list[tuple[str, tuple[int, ...]]], queue: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
-    runners = [(OnnxRuntimeEncoder(Path(path), threads=1, providers=("CPUExecutionProvider",)), shape) for path, shape in files]
-    for runner, shape in runners:
-        runner(np.zeros((1, *shape), np.float32))
-    # VmHWM, not getrusage: ru_maxrss survives exec and would report the forking parent's peak
-    status = Path("/proc/self/status").read_text().splitlines()
-    queue.put(next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024.0)
+_PEAK_RSS = """
+import sys
+from pathlib import Path
+import numpy as np
+from vae_ood_monitor.backends import OnnxRuntimeEncoder
+for path, shape in zip(sys.argv[1::2], sys.argv[2::2]):
+    OnnxRuntimeEncoder(Path(path), threads=1, providers=("CPUExecutionProvider",))(np.zeros((1, *map(int, shape.split("x"))), np.float32))
+status = Path("/proc/self/status").read_text().splitlines()
+print(next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024.0)
+"""
 
 
 def peak_memory_mb(files: dict[str, Path], shapes: dict[str, tuple[int, ...]]) -> float:
-    """Peak resident memory (MB) of a fresh process that loads the encoders and runs one frame:
-    interpreter, numpy and ONNX Runtime included, as in a detector node. The child imports only
-    this module (no torch, no training code), so the number is the runtime's, not the search's."""
-    context = multiprocessing.get_context("spawn")
-    queue = context.Queue()
-    process = context.Process(target=_peak_rss, args=([(str(files[n]), shapes[n]) for n in files], queue))
-    process.start()
-    value = queue.get(timeout=300)
-    process.join()
-    return float(value)
+    """Peak resident memory (MB, VmHWM) of a fresh interpreter that loads the encoders and runs one
+    frame: Python, numpy and ONNX Runtime included, as in a detector node. A plain subprocess, not
+    multiprocessing: a spawned child re-imports the caller's main module (torch and all)."""
+    args = [item for name in files for item in (str(files[name]), "x".join(map(str, shapes[name])))]
+    result = subprocess.run([sys.executable, "-c", _PEAK_RSS, *args], capture_output=True, text=True, check=False, timeout=300)
+    if result.returncode != 0:
+        raise RuntimeError(f"measuring memory of {', '.join(map(str, files.values()))} failed: {result.stderr.strip()[-300:]}")
+    return float(result.stdout.strip())
