@@ -82,6 +82,13 @@ SPACES: dict[str, dict[str, SearchSpace]] = {
             distill=TrainConfig(epochs=4, batch_size=64, learning_rate=1e-3, threads=2), train_stride=3, eval_stride=4,
         ),
     },
+    # A smaller search for a short session: one homogeneous ratio, one student, no mask-only point.
+    "quick": {
+        "bvae": SearchSpace(ratios=(0.875,), students=(StudentSpec("student64", ImagePreprocessing(64, 64), (32, 32, 16, 16), (256, 128)),),
+                            distill=TrainConfig(epochs=4, batch_size=32, learning_rate=1e-3, threads=2), train_stride=4, eval_stride=8, unstructured=0.0),
+        "flow": SearchSpace(ratios=(0.75,), students=(StudentSpec("student_half_res", _FLOW_HALF, (16, 16, 8, 8), (64,)),),
+                            distill=TrainConfig(epochs=4, batch_size=64, learning_rate=1e-3, threads=2), train_stride=3, eval_stride=8, unstructured=0.0),
+    },
     # For the tiny CI models: every step runs, in seconds.
     "tiny": {
         "bvae": SearchSpace(ratios=(0.5,), students=(StudentSpec("student32", ImagePreprocessing(32, 32), (8, 8, 4, 4), (32,)),),
