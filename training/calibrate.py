@@ -26,7 +26,7 @@ from sklearn.covariance import LedoitWolf
 
 from vae_ood_monitor.decision import ConformalDecider, DecisionParams, conformal_p_values
 from vae_ood_monitor.metrics import auroc
-from vae_ood_monitor.scoring import Latents, LatentScore, select_active_dimensions
+from vae_ood_monitor.scoring import Latents, LatentScore, posterior_features, select_active_dimensions
 
 TAILS = ("both", "upper")
 # A Mahalanobis distance already grows in every direction away from normal driving; only the KL
@@ -39,9 +39,7 @@ WINDOWS = (5, 10, 20)
 DRIFTS = (0.0, 5.0, 10.0, 20.0)
 THRESHOLD_MARGIN = 1.5
 MIN_THRESHOLD = 5.0
-
-
-VARIANCE_FLOOR = 1e-6
+VARIANCE_FLOOR = 1e-6  # keeps the precision finite for latent dimensions that never move
 
 
 @dataclass(frozen=True)
@@ -59,7 +57,7 @@ def _fit(name: str, latents: Latents, min_mean_kl: float) -> LatentScore:
     if name == "kl":
         return LatentScore("kl", {encoder: select_active_dimensions(mu, logvar, min_mean_kl) for encoder, (mu, logvar) in latents.items()})
     dims = {encoder: list(range(mu.shape[1])) for encoder, (mu, _) in latents.items()}
-    features = LatentScore("kl", dims).features(latents)
+    features = posterior_features(latents, dims)
     mean, scale = features.mean(axis=0), np.sqrt(features.var(axis=0) + VARIANCE_FLOOR)
     if name == "mahalanobis_diag":
         return LatentScore("mahalanobis", dims, mean, np.diag(1.0 / scale**2))

@@ -43,6 +43,15 @@ def select_active_dimensions(mu: np.ndarray, logvar: np.ndarray, min_mean_kl: fl
     return active or [int(np.argmax(mean_kl))]
 
 
+def posterior_features(latents: Latents, dims: dict[str, list[int]]) -> np.ndarray:
+    """[μ, logσ²] of the chosen dimensions of every encoder, one row per frame."""
+    parts = []
+    for name, chosen in dims.items():
+        mu, logvar = latents[name]
+        parts += [mu[:, chosen], logvar[:, chosen]]
+    return np.concatenate(parts, axis=1).astype(np.float64)
+
+
 @dataclass(frozen=True)
 class LatentScore:
     """A fitted score: its kind, the latent dimensions it reads per encoder and, for
@@ -61,18 +70,10 @@ class LatentScore:
             if self.mean is None or self.precision is None or self.mean.shape != (size,) or self.precision.shape != (size, size):
                 raise ValueError(f"mahalanobis score needs a mean of {size} values and a {size}×{size} precision matrix")
 
-    def features(self, latents: Latents) -> np.ndarray:
-        """[μ, logσ²] of the used dimensions of every encoder, one row per frame."""
-        parts = []
-        for name, dims in self.dims.items():
-            mu, logvar = latents[name]
-            parts += [mu[:, dims], logvar[:, dims]]
-        return np.concatenate(parts, axis=1).astype(np.float64)
-
     def __call__(self, latents: Latents) -> np.ndarray:
         if self.kind == "kl":
             return sum(kl_per_dimension(*latents[name])[:, dims].sum(axis=1) for name, dims in self.dims.items())  # type: ignore[return-value]
-        centred = self.features(latents) - self.mean
+        centred = posterior_features(latents, self.dims) - self.mean
         return np.einsum("ij,jk,ik->i", centred, self.precision, centred)
 
     def to_dict(self) -> dict[str, Any]:

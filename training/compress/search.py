@@ -142,6 +142,12 @@ def _distilled(
     return students, float(np.mean(histories))
 
 
+def _exported(name: str, students: dict[str, Encoder], prep: ImagePreprocessing | FlowPreprocessing, shapes: dict[str, tuple[int, int, int]], work: Path, mse: float) -> Candidate:
+    """The FP32 candidate of a distilled structure: its encoders exported to ONNX."""
+    files = {n: export_encoder(student, shapes[n], work / f"{name}_{n}.onnx") for n, student in students.items()}
+    return Candidate(f"{name}/fp32", name, "fp32", prep, files, sum(parameter_count(s) for s in students.values()), distill_mse=mse)
+
+
 def _precisions(structure: Candidate, inputs: SplitInputs, policy: Policy | None, work: Path) -> list[Candidate]:
     """FP32 (as given), INT8, and for the policy INT8 with its FP32 layers; FP16 of the baseline and the policy."""
     variants = [structure]
@@ -183,14 +189,12 @@ def search(data: Path, detector: str, teacher_dir: Path, out: Path, runs: int, t
     for name, ratio, layer_ratios in prunings:
         students = {n: prune_encoder(teachers[n], shapes[n], ratio, layer_ratios) for n in encoders}
         students, mse = _distilled(students, inputs, targets, space.distill, name)
-        files = {n: export_encoder(students[n], shapes[n], work / f"{name}_{n}.onnx") for n in encoders}
-        structures.append(Candidate(f"{name}/fp32", name, "fp32", teacher_prep, files, sum(parameter_count(s) for s in students.values()), distill_mse=mse))
+        structures.append(_exported(name, students, teacher_prep, shapes, work, mse))
     if space.unstructured:  # masks only: as many multiply-adds as the teacher in a dense runtime
         name = f"unstructured{int(space.unstructured * 100)}"
         fine_tune = replace(space.distill, epochs=space.unstructured_epochs)
         students, mse = _distilled({n: mask_encoder(teachers[n], space.unstructured) for n in encoders}, inputs, targets, fine_tune, name)
-        files = {n: export_encoder(unmask(students[n]), shapes[n], work / f"{name}_{n}.onnx") for n in encoders}
-        structures.append(Candidate(f"{name}/fp32", name, "fp32", teacher_prep, files, sum(parameter_count(s) for s in students.values()), distill_mse=mse))
+        structures.append(_exported(name, {n: unmask(student) for n, student in students.items()}, teacher_prep, shapes, work, mse))
     student_inputs: dict[ImagePreprocessing | FlowPreprocessing, SplitInputs] = {teacher_prep: inputs}
     for spec in space.students:
         if spec.preprocessing not in student_inputs:
@@ -205,8 +209,7 @@ def search(data: Path, detector: str, teacher_dir: Path, out: Path, runs: int, t
             c, h, w = s_shapes[n]
             students[n] = Encoder(VAEConfig(in_channels=c, height=h, width=w, conv_channels=spec.conv_channels, dense=spec.dense, latent=latent))
         students, mse = _distilled(students, s_inputs, targets, space.distill, spec.name)
-        files = {n: export_encoder(students[n], s_shapes[n], work / f"{spec.name}_{n}.onnx") for n in encoders}
-        structures.append(Candidate(f"{spec.name}/fp32", spec.name, "fp32", spec.preprocessing, files, sum(parameter_count(s) for s in students.values()), distill_mse=mse))
+        structures.append(_exported(spec.name, students, spec.preprocessing, s_shapes, work, mse))
 
     candidates: list[Candidate] = []
     for structure in structures:
