@@ -66,7 +66,10 @@ class SearchSpace:
     sensitivity_ratio: float = 0.5
 
 
+# Students see the flow at a lower resolution (max_flow scales with it): fewer pixels for the
+# encoders and for Farneback. The teacher's input is 160x120 cropped to 144x112.
 _FLOW_HALF = FlowPreprocessing(width=80, height=60, crop=(8, 6, 64, 48), max_flow=4.0)
+_FLOW_3Q = FlowPreprocessing(width=120, height=90, crop=(4, 5, 112, 80), max_flow=6.0)
 
 SPACES: dict[str, dict[str, SearchSpace]] = {
     "default": {
@@ -78,8 +81,10 @@ SPACES: dict[str, dict[str, SearchSpace]] = {
         ),
         "flow": SearchSpace(
             ratios=(0.5, 0.75),
-            students=(StudentSpec("student_half_res", _FLOW_HALF, (16, 16, 8, 8), (64,)),),
-            distill=TrainConfig(epochs=4, batch_size=64, learning_rate=1e-3, threads=2), train_stride=3, eval_stride=4,
+            students=(StudentSpec("student_half_res", _FLOW_HALF, (16, 16, 8, 8), (64,)),
+                      StudentSpec("student_3q_res", _FLOW_3Q, (16, 16, 8, 8), (64,)),
+                      StudentSpec("student_3q_res_wide", _FLOW_3Q, (32, 32, 16, 16), (128,))),
+            distill=TrainConfig(epochs=6, batch_size=64, learning_rate=1e-3, threads=2), train_stride=3, eval_stride=4,
         ),
     },
     # A smaller search for a short session: one homogeneous ratio, one student, no mask-only point.
