@@ -313,6 +313,8 @@ DEMO_BAG = REPO / "demo" / "demo_fog_onset"
 def test_shipped_models_drive_through_id_and_stop_after_the_onset(tmp_path):
     """The real graph with the shipped bundles on the demo bag: no stop in the in-distribution
     part, a stop once the fog sets in. (How fast is the benchmark's business: `vae-ood-monitor bench`.)"""
+    from vae_ood_monitor.bags import choose_topic, image_topics, read_raw_messages
+    from vae_ood_monitor.bench import frames_published
     from vae_ood_monitor.demo import GraphRun, onset_stamp, stop_events
 
     run = GraphRun(tmp_path)
@@ -327,3 +329,7 @@ def test_shipped_models_drive_through_id_and_stop_after_the_onset(tmp_path):
     assert released is not None and released < onset, "the robot was released to drive before the onset"
     assert not [t for t in stops if t < onset], "no stop while the replay is in distribution"
     assert stops, "the fog stops the robot before the bag ends"
+    topics = image_topics(DEMO_BAG)
+    in_bag = sum(1 for _ in read_raw_messages(DEMO_BAG, choose_topic(DEMO_BAG, topics, None)))
+    assert int(recording.diagnostics["ood_monitor/bag_player"]["published"]) == in_bag, "the player's final report counts every frame it sent"
+    assert frames_published(recording) == in_bag

@@ -15,7 +15,14 @@ from pathlib import Path
 
 import numpy as np
 
-from vae_ood_monitor.demo import GraphRun, onset_stamp, stop_events
+from vae_ood_monitor.demo import GraphRun, Recording, onset_stamp, stop_events
+
+
+def frames_published(recording: Recording) -> int:
+    """Frames the bag player sent: its own final count, or, if that report was lost as the player
+    exited, the frames the recorder received (a reliable subscriber can still miss a few)."""
+    player = recording.diagnostics.get("ood_monitor/bag_player", {})
+    return max(int(player.get("published", 0)), len(recording.frames))
 
 
 def run_bench(bag: Path, runs: int, out_dir: Path, rate: float = 1.0, bundles: dict[str, Path | None] | None = None) -> int:
@@ -44,7 +51,7 @@ def run_bench(bag: Path, runs: int, out_dir: Path, rate: float = 1.0, bundles: d
         recording = run.recording
         onset_time = recording.frames.get(onset_ns) if onset_ns is not None else None
         _, stops = stop_events(recording)
-        published = len(recording.frames)  # the recorder listens reliably: every frame the player sent
+        published = frames_published(recording)
         for name in handled:
             values = recording.diagnostics[f"ood_monitor/{name}_detector"]
             done = int(values["processed"]) + int(values["dropped_stale"]) + int(values["bad_frames"]) + int(values["model_errors"])

@@ -53,7 +53,7 @@ class BagPlayerNode(Node):
         self.exit_code = 0
         self._error = ""
         self._meter = RateMeter()
-        Diagnostics(self, "ood_monitor/bag_player", str(self._bag), self._report)
+        self._diagnostics = Diagnostics(self, "ood_monitor/bag_player", str(self._bag), self._report)
         self._thread = threading.Thread(target=self._play, name="bag-player", daemon=True)
         self._thread.start()
         self.get_logger().info(f"replaying {self._topic} of {self._bag} on {output or self._topic} at {self._rate}x")
@@ -71,6 +71,7 @@ class BagPlayerNode(Node):
             self._error, self.exit_code = str(err), 1
             self.get_logger().error(self._error)
         self.finished.set()
+        self._diagnostics.publish()  # the final count, before the node exits between 1 Hz reports
 
     def _play_once(self) -> None:
         start_wall: float | None = None
