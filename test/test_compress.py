@@ -6,7 +6,7 @@ import torch
 from conftest import IMAGE_VAE, build_image_bundle
 
 from training.compress.distill import distill, parameter_count, prune_encoder, teacher_latents
-from training.compress.latency import measure_latency, peak_memory_mb
+from training.compress.latency import measure_latency, measure_preprocessing, peak_memory_mb
 from training.compress.quantize import convert_fp16, quantize_int8
 from training.export import export_encoder
 from training.trainer import TrainConfig
@@ -37,6 +37,18 @@ def test_latency_is_reported_relative_to_the_first_model(tmp_path):
     assert [r.name for r in results] == ["baseline", "same"]
     assert results[0].ratio == 1.0 and results[0].median_ms > 0
     assert 0.2 < results[1].ratio < 5.0
+
+
+def test_preprocessing_is_timed_per_frame_and_optical_flow_costs_more_than_a_resize():
+    from vae_ood_monitor.preprocessing import FlowPreprocessing, ImagePreprocessing
+
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 255, (480, 640, 3), dtype=np.uint8) for _ in range(40)]
+    timed = measure_preprocessing({"image": ImagePreprocessing(64, 64), "flow": FlowPreprocessing()}, frames)
+    assert set(timed) == {"image", "flow"} and all(t > 0 for t in timed.values())
+    assert timed["flow"] > timed["image"]
+    with pytest.raises(ValueError, match="more than 10 frames"):
+        measure_preprocessing({"image": ImagePreprocessing(64, 64)}, frames[:5])
 
 
 def test_pruned_student_is_smaller_and_learns_the_teachers_latents(tmp_path):

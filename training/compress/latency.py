@@ -1,8 +1,11 @@
-"""Encoder latency on this CPU, measured side by side so that shared-machine noise hits all alike.
+"""Encoder and preprocessing latency on this CPU, measured side by side so that shared-machine
+noise hits all alike.
 
 Every model gets its own ONNX Runtime session (1 thread by default); the runs interleave model by
 model (round robin), after warm-up, and the median per model is reported with ratios to the
-first (baseline) model.
+first (baseline) model. Preprocessing (camera frame → encoder inputs: resize; for the flow
+detector also greyscale, CLAHE and the optical flow) is timed the same way on real frames, so a
+detector's per-frame cost is preprocessing + encoders.
 """
 
 from __future__ import annotations
@@ -13,9 +16,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from vae_ood_monitor.backends import OnnxRuntimeEncoder
+from vae_ood_monitor.preprocessing import FlowPreprocessing, FlowStacker, ImagePreprocessing
 
 
 @dataclass(frozen=True)
@@ -44,6 +49,28 @@ def measure_latency(models: dict[str, tuple[Path, tuple[int, ...]]], runs: int =
         Latency(name, float(np.median(t)), float(np.percentile(t, 90)), float(np.median(t)) / baseline, models[name][0].stat().st_size / 1e6)
         for name, t in times.items()
     ]
+
+
+def measure_preprocessing(preprocessings: dict[str, ImagePreprocessing | FlowPreprocessing], frames: list[np.ndarray], warmup: int = 10) -> dict[str, float]:
+    """Median milliseconds per camera frame of each preprocessing, interleaved frame by frame,
+    OpenCV on one thread (as the detector nodes run it). Flow preprocessings see the frames as
+    a stream: one optical flow per frame."""
+    if len(frames) <= warmup:
+        raise ValueError(f"need more than {warmup} frames to time preprocessing, got {len(frames)}")
+    threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    try:
+        steps = {name: FlowStacker(p).push if isinstance(p, FlowPreprocessing) else p for name, p in preprocessings.items()}
+        times: dict[str, list[float]] = {name: [] for name in steps}
+        for index, rgb in enumerate(frames):
+            for name, step in steps.items():
+                start = time.perf_counter()
+                step(rgb)
+                if index >= warmup:
+                    times[name].append((time.perf_counter() - start) * 1000.0)
+    finally:
+        cv2.setNumThreads(threads)
+    return {name: float(np.median(t)) for name, t in times.items()}
 
 
 _PEAK_RSS = """
