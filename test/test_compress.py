@@ -1,4 +1,5 @@
-"""Quantized encoders stay close to the FP32 encoder; latency is measured side by side."""
+"""Quantized encoders stay close to the FP32 encoder (post-training and quantization-aware);
+latency is measured side by side; pruned students learn the teacher's latents."""
 
 import numpy as np
 import pytest
@@ -9,6 +10,7 @@ from training.compress.distill import distill, parameter_count, prune_encoder, t
 from training.compress.latency import measure_latency, measure_preprocessing, peak_memory_mb
 from training.compress.quantize import convert_fp16, quantize_int8
 from training.export import export_encoder
+from training.models import VAE
 from training.trainer import TrainConfig
 from vae_ood_monitor.backends import make_encoder
 
@@ -86,3 +88,44 @@ def test_peak_memory_is_the_runtime_s_not_the_trainer_s(tmp_path):
     _, bundle = build_image_bundle(tmp_path)
     peak = peak_memory_mb({"image": bundle / "image.onnx"}, {"image": (3, 32, 32)})
     assert 10.0 < peak < 200.0
+
+
+def test_batchnorm_folding_keeps_the_encoders_outputs():
+    from training.compress.qat import fold_batchnorm
+
+    torch.manual_seed(0)
+    encoder = VAE(IMAGE_VAE).encoder.eval()
+    for module in encoder.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):  # non-trivial statistics to fold
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+    x = torch.rand(4, 3, 32, 32)
+    folded = fold_batchnorm(encoder)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    with torch.no_grad():
+        assert torch.allclose(folded(x)[0], encoder(x)[0], atol=1e-5)
+
+
+def test_quantization_aware_finetuning_learns_on_the_int8_grid_and_exports_a_plain_encoder(tmp_path):
+    from training.compress.qat import FakeQuantized, qat_finetune, quantization_aware
+
+    torch.manual_seed(0)
+    teacher = VAE(IMAGE_VAE).encoder.eval()
+    inputs = np.random.default_rng(2).random((64, 3, 32, 32), dtype=np.float32)
+    with torch.no_grad():
+        targets = tuple(t.numpy() for t in teacher(torch.from_numpy(inputs)))
+    aware = quantization_aware(teacher).train()
+    aware(torch.from_numpy(inputs))  # observe activation ranges
+    aware.eval()
+    with torch.no_grad():
+        rounded = aware(torch.from_numpy(inputs))[0]
+    float_mu = torch.from_numpy(targets[0])
+    assert 0 < float(torch.abs(rounded - float_mu).max()) < 0.1 * float(float_mu.abs().max()), "INT8 rounding: close, not equal"
+
+    student, history = qat_finetune(teacher, inputs, torch.from_numpy, targets, TrainConfig(epochs=5, batch_size=16, learning_rate=1e-3, threads=1))
+    assert history[-1] < history[0]
+    assert not any(isinstance(m, FakeQuantized) for m in student.modules())
+    onnx = export_encoder(student, (3, 32, 32), tmp_path / "qat.onnx")
+    int8 = quantize_int8(onnx, tmp_path / "qat_int8.onnx", [inputs[i : i + 16] for i in range(0, 64, 16)])
+    mu, _ = make_encoder("onnxruntime", int8)(inputs)
+    assert np.corrcoef(mu.ravel(), targets[0].ravel())[0, 1] > 0.98

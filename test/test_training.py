@@ -81,7 +81,7 @@ def test_cli_eval_prints_metrics(tiny_run, capsys):
 @pytest.mark.parametrize("detector", ["bvae", "flow"])
 def test_compression_search_measures_every_candidate_and_bundles_the_selected(tiny_run, tmp_path, detector):
     """The whole methodology on the tiny models: sensitivity, pruning + distillation, students,
-    INT8 / FP16, side-by-side latency, Pareto report, and a calibrated bundle of the choice."""
+    INT8 / FP16 / quantization-aware INT8, side-by-side latency, Pareto report, and a calibrated bundle of the choice."""
     from training.compress.search import main as search_main
 
     root, bundles, _, _ = tiny_run
@@ -92,6 +92,7 @@ def test_compression_search_measures_every_candidate_and_bundles_the_selected(ti
     by_name = {r["name"]: r for r in rows}
     assert rows[0]["name"] == "baseline/fp32" and float(rows[0]["latency_ratio"]) == 1.0
     assert {"baseline/int8", "baseline/fp16", "prune50/fp32", "prune50/int8", "policy/fp32", "unstructured87/fp32"} <= set(by_name)
+    assert {"baseline/int8 qat", "prune50/int8 qat"} <= set(by_name), "the tiny space fine-tunes every structure quantization-aware"
     assert int(by_name["unstructured87/fp32"]["parameters"]) < 0.3 * int(rows[0]["parameters"])  # zeros, same shapes
     assert int(by_name["prune50/fp32"]["parameters"]) < 0.6 * int(rows[0]["parameters"])
     assert float(by_name["baseline/int8"]["size_mb"]) < float(rows[0]["size_mb"])

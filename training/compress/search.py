@@ -7,7 +7,9 @@ with the per-layer policy the sensitivity analysis proposes; a globally unstruct
 (masks only, for comparison: no fewer multiply-adds in a dense runtime); narrower encoders at a
 lower input resolution. Every structure but the teacher is distilled to the teacher's latent posterior on the
 train split (training.compress.distill). Precisions: FP32, INT8 (static QDQ, per-channel, ID
-calibration), INT8 with the policy's FP32 layers, FP16. For every candidate: validation AUROC of
+calibration), INT8 with the policy's FP32 layers, FP16, and — for structures whose post-training
+INT8 loses more than `qat_trigger` validation AUROC — INT8 after quantization-aware fine-tuning
+(training.compress.qat). For every candidate: validation AUROC of
 the monitor's own score, file size, encoder latency measured side by side with the baseline in
 one run (ONNX Runtime, 1 thread, median of `--runs`), and peak memory of a process running it.
 The fastest candidate within `--tolerance` AUROC of the baseline is selected, calibrated in full
@@ -31,6 +33,7 @@ from tqdm import tqdm
 from training.compress.candidates import SplitInputs, files_size_mb, input_shapes, to_float, validation_auroc
 from training.compress.distill import distill, mask_encoder, parameter_count, prune_encoder, teacher_latents, unmask
 from training.compress.latency import measure_latency, measure_preprocessing, peak_memory_mb
+from training.compress.qat import qat_finetune
 from training.compress.quantize import convert_fp16, quantize_int8
 from training.compress.sensitivity import LayerSensitivity, Policy, analyse, calibration_batches, propose_policy
 from training.dataset import DatasetError, episodes, iter_frames
@@ -64,6 +67,8 @@ class SearchSpace:
     unstructured: float = 0.875  # sparsity of the global unstructured (mask-only) comparison point; 0: none
     unstructured_epochs: int = 2  # its fine-tuning costs as much as training the teacher's encoder
     sensitivity_ratio: float = 0.5
+    qat_epochs: int = 2  # quantization-aware fine-tuning of a structure whose post-training INT8 lost AUROC
+    qat_trigger: float = 0.002  # the validation AUROC loss of post-training INT8 that calls for it
 
 
 # Students see the flow at a lower resolution (max_flow scales with it): fewer pixels for the
@@ -97,8 +102,10 @@ SPACES: dict[str, dict[str, SearchSpace]] = {
     # For the tiny CI models: every step runs, in seconds.
     "tiny": {
         "bvae": SearchSpace(ratios=(0.5,), students=(StudentSpec("student32", ImagePreprocessing(32, 32), (8, 8, 4, 4), (32,)),),
-                            distill=TrainConfig(epochs=2, batch_size=16, learning_rate=1e-3), train_stride=2, eval_stride=3, unstructured_epochs=1),
-        "flow": SearchSpace(ratios=(0.5,), students=(), distill=TrainConfig(epochs=2, batch_size=16, learning_rate=1e-3), train_stride=2, eval_stride=3, unstructured_epochs=1),
+                            distill=TrainConfig(epochs=2, batch_size=16, learning_rate=1e-3), train_stride=2, eval_stride=3, unstructured_epochs=1,
+                            qat_epochs=1, qat_trigger=-1.0),
+        "flow": SearchSpace(ratios=(0.5,), students=(), distill=TrainConfig(epochs=2, batch_size=16, learning_rate=1e-3), train_stride=2, eval_stride=3, unstructured_epochs=1,
+                            qat_epochs=1, qat_trigger=-1.0),
     },
 }
 
@@ -192,11 +199,13 @@ def search(data: Path, detector: str, teacher_dir: Path, out: Path, runs: int, t
     print(f"sensitivity-guided policy: ratios {policy.layer_ratios}, FP32 layers {policy.keep_fp32 or 'none'}")
 
     structures: list[Candidate] = [baseline]
+    trained: dict[str, dict[str, Encoder]] = {"baseline": teachers}  # torch encoders of each structure, for QAT
     prunings = [(f"prune{int(r * 100)}", r, None) for r in space.ratios] + [("policy", 0.0, policy.layer_ratios)]
     for name, ratio, layer_ratios in prunings:
         students = {n: prune_encoder(teachers[n], shapes[n], ratio, layer_ratios) for n in encoders}
         students, mse = _distilled(students, inputs, targets, space.distill, name)
         structures.append(_exported(name, students, teacher_prep, shapes, work, mse))
+        trained[name] = students
     if space.unstructured:  # masks only: as many multiply-adds as the teacher in a dense runtime
         name = f"unstructured{int(space.unstructured * 100)}"
         fine_tune = replace(space.distill, epochs=space.unstructured_epochs)
@@ -217,19 +226,47 @@ def search(data: Path, detector: str, teacher_dir: Path, out: Path, runs: int, t
             students[n] = Encoder(VAEConfig(in_channels=c, height=h, width=w, conv_channels=spec.conv_channels, dense=spec.dense, latent=latent))
         students, mse = _distilled(students, s_inputs, targets, space.distill, spec.name)
         structures.append(_exported(spec.name, students, spec.preprocessing, s_shapes, work, mse))
+        trained[spec.name] = students
 
     candidates: list[Candidate] = []
     for structure in structures:
         candidates += _precisions(structure, student_inputs[structure.preprocessing], policy, work)
     for candidate in tqdm(candidates, desc="validation AUROC", unit="candidate"):
-        if candidate is not baseline:
-            candidate.auroc, candidate.score_kind = validation_auroc(candidate.files, student_inputs[candidate.preprocessing])
-        candidate.size_mb = files_size_mb(candidate.files)
-        candidate.peak_memory_mb = peak_memory_mb(candidate.files, input_shapes(detector, candidate.preprocessing))
+        _evaluate(candidate, detector, student_inputs[candidate.preprocessing], skip_auroc=candidate is baseline)
+    by_name = {c.name: c for c in candidates}
+    for name, encoders_fp32 in trained.items():
+        fp32, int8 = by_name[f"{name}/fp32"], by_name[f"{name}/int8"]
+        if space.qat_epochs and fp32.auroc - int8.auroc > space.qat_trigger:
+            s_inputs = student_inputs[fp32.preprocessing]
+            qat = _quantization_aware(detector, fp32, encoders_fp32, s_inputs, targets, replace(space.distill, epochs=space.qat_epochs), work)
+            _evaluate(qat, detector, s_inputs)
+            print(f"{name}: INT8 validation AUROC {int8.auroc:.4f} post-training, {qat.auroc:.4f} quantization-aware (FP32 {fp32.auroc:.4f})")
+            candidates.insert(candidates.index(int8) + 1, qat)
     _measure_latency(candidates, detector, runs)
     _measure_detector_latency(candidates, data, runs)
     selected = select(candidates, tolerance)
     return candidates, selected, sensitivity, policy
+
+
+def _evaluate(candidate: Candidate, detector: str, inputs: SplitInputs, skip_auroc: bool = False) -> None:
+    if not skip_auroc:
+        candidate.auroc, candidate.score_kind = validation_auroc(candidate.files, inputs)
+    candidate.size_mb = files_size_mb(candidate.files)
+    candidate.peak_memory_mb = peak_memory_mb(candidate.files, input_shapes(detector, candidate.preprocessing))
+
+
+def _quantization_aware(
+    detector: str, fp32: Candidate, encoders: dict[str, Encoder], inputs: SplitInputs, targets: dict[str, tuple[np.ndarray, np.ndarray]], train: TrainConfig, work: Path
+) -> Candidate:
+    """INT8 of a structure after quantization-aware fine-tuning (training.compress.qat), quantized
+    with the same calibration as its post-training INT8."""
+    shapes = input_shapes(detector, fp32.preprocessing)
+    files = {}
+    for index, (name, encoder) in enumerate(encoders.items()):
+        tuned, _ = qat_finetune(encoder, inputs.train_inputs(index), _to_tensor, targets[name], train, desc=f"{fp32.structure}/{name} QAT")
+        exported = export_encoder(tuned, shapes[name], work / f"{fp32.structure}_qat_{name}.onnx")
+        files[name] = quantize_int8(exported, work / f"{fp32.structure}_int8qat_{name}.onnx", calibration_batches(inputs, index))
+    return Candidate(f"{fp32.structure}/int8 qat", fp32.structure, "int8 qat", fp32.preprocessing, files, fp32.parameters, distill_mse=fp32.distill_mse)
 
 
 def _measure_latency(candidates: list[Candidate], detector: str, runs: int) -> None:
