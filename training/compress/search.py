@@ -69,6 +69,7 @@ class SearchSpace:
     sensitivity_ratio: float = 0.5
     qat_epochs: int = 2  # quantization-aware fine-tuning of a structure whose post-training INT8 lost AUROC
     qat_trigger: float = 0.002  # the validation AUROC loss of post-training INT8 that calls for it
+    qat_lr_scale: float = 0.1  # fine-tuning a trained encoder: a tenth of the distillation learning rate
 
 
 # Students see the flow at a lower resolution (max_flow scales with it): fewer pixels for the
@@ -238,7 +239,7 @@ def search(data: Path, detector: str, teacher_dir: Path, out: Path, runs: int, t
         fp32, int8 = by_name[f"{name}/fp32"], by_name[f"{name}/int8"]
         if space.qat_epochs and fp32.auroc - int8.auroc > space.qat_trigger:
             s_inputs = student_inputs[fp32.preprocessing]
-            qat = _quantization_aware(detector, fp32, encoders_fp32, s_inputs, targets, replace(space.distill, epochs=space.qat_epochs), work)
+            qat = _quantization_aware(detector, fp32, encoders_fp32, s_inputs, targets, replace(space.distill, epochs=space.qat_epochs, learning_rate=space.distill.learning_rate * space.qat_lr_scale), work)
             _evaluate(qat, detector, s_inputs)
             print(f"{name}: INT8 validation AUROC {int8.auroc:.4f} post-training, {qat.auroc:.4f} quantization-aware (FP32 {fp32.auroc:.4f})")
             candidates.insert(candidates.index(int8) + 1, qat)
