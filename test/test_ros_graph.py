@@ -179,6 +179,19 @@ def test_camera_silence_stops(robot, safety_stop):
     assert not refused.success and "camera: silent" in refused.message
 
 
+def test_frozen_camera_stops(robot, safety_stop):
+    robot.fake_decisions = {"bvae": False, "flow": False}
+    wait_for(lambda: robot.estop and robot.estop[-1] is False, 20, "running")
+    robot.frame_payload = lambda _: robot.frames[0]  # the driver keeps sending its last buffer
+    took = wait_for(lambda: robot.estop[-1] is True, 3, "emergency_stop after frames stopped changing")
+    assert took >= 0.4, "not before frozen_s (0.5 s) of identical frames"
+    refused = robot.reset()
+    assert not refused.success and "camera: frozen" in refused.message
+    robot.frame_payload = None
+    time.sleep(0.3)
+    assert robot.reset().success, "live frames again: the stop can be released"
+
+
 def test_stop_reaches_a_late_joiner(robot, safety_stop):
     robot.fake_decisions = {"bvae": True, "flow": False}
     wait_for(lambda: robot.estop and robot.estop[-1] is True, 20, "stop")

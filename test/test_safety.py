@@ -84,7 +84,47 @@ def test_reset_when_running_is_a_no_op():
 
 @pytest.mark.parametrize(("kwargs", "message"), [
     ({"fusion": "majority"}, "fusion"), ({"detectors": ()}, "at least one"), ({"fusion": "k_of_n", "k": 3}, "k must"), ({"timeout_s": 0}, "timeout"),
+    ({"frozen_s": -1.0}, "frozen_s"),
 ])
 def test_bad_configuration(kwargs, message):
     with pytest.raises(ValueError, match=message):
         SafetyConfig(**kwargs)
+
+
+def test_a_frozen_camera_stops_but_a_slow_one_does_not():
+    stop = SafetyStop(SafetyConfig(frozen_s=0.5))
+    for step in range(5):  # a live camera: every frame differs
+        now = step * 0.1
+        stop.on_camera(now, fingerprint=step)
+        stop.on_decision("bvae", False, now)
+        stop.on_decision("flow", False, now)
+        stop.update(now)
+    assert stop.state is State.RUNNING
+    for step in range(5, 12):  # the driver repeats its last buffer
+        now = step * 0.1
+        stop.on_camera(now, fingerprint=4)
+        stop.on_decision("bvae", False, now)
+        stop.on_decision("flow", False, now)
+        if stop.update(now):
+            break
+    assert stop.stopped and any(reason.startswith("camera: frozen") for reason in stop.stop_reasons)
+    assert now > 0.4 + 0.5, "not before frozen_s of repeated frames"
+    accepted, reason = stop.request_reset(now)
+    assert not accepted and "camera: frozen" in reason
+    stop.on_camera(now + 0.05, fingerprint=99)  # live again
+    assert stop.request_reset(now + 0.05)[0]
+
+    slow = SafetyStop(SafetyConfig(frozen_s=0.5, timeout_s=2.0))
+    for step in range(4):  # one new frame a second: slow, not frozen
+        _live(slow, float(step))
+        slow.on_camera(float(step), fingerprint=step)
+        assert not slow.update(float(step)) and slow.state is State.RUNNING
+
+
+def test_the_frozen_check_can_be_switched_off():
+    stop = SafetyStop(SafetyConfig(frozen_s=0.0))
+    for step in range(20):
+        stop.on_camera(step * 0.1, fingerprint=7)
+        stop.on_decision("bvae", False, step * 0.1)
+        stop.on_decision("flow", False, step * 0.1)
+        assert not stop.update(step * 0.1)

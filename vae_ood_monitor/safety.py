@@ -4,8 +4,11 @@ States:
 - WAITING: not every input has been heard yet (start-up). The robot is held, not latched: it
   drives as soon as the camera and every enabled detector are live and in distribution.
 - RUNNING: inputs live and fused decision in distribution.
-- STOPPED: latched by an OOD decision, a silent camera or detector (older than `timeout_s`), or a
-  detector error. Only `request_reset` leaves it, and only while every input is live and ID.
+- STOPPED: latched by an OOD decision, a silent camera or detector (older than `timeout_s`), a
+  frozen camera (byte-identical frames for longer than `frozen_s`: a stuck driver republishing
+  its last buffer is as blind as a silent one — a real sensor's noise never repeats a frame
+  exactly), or a detector error. Only `request_reset` leaves it, and only while every input is
+  live and ID.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ class SafetyConfig:
     fusion: str = "any"
     k: int = 1  # with fusion "k_of_n": stop when at least k detectors say OOD
     timeout_s: float = 0.5
+    frozen_s: float = 0.5  # identical camera frames for longer than this stop the robot; 0: no check
 
     def __post_init__(self) -> None:
         if self.fusion not in FUSIONS:
@@ -45,6 +49,8 @@ class SafetyConfig:
             raise ValueError(f"k must be between 1 and {len(self.detectors)}, got {self.k}")
         if self.timeout_s <= 0:
             raise ValueError(f"timeout_s must be positive, got {self.timeout_s}")
+        if self.frozen_s < 0:
+            raise ValueError(f"frozen_s must be >= 0 (0 disables the frozen-camera check), got {self.frozen_s}")
 
 
 @dataclass
@@ -54,6 +60,9 @@ class SafetyStop:
     stop_reasons: list[str] = field(default_factory=list)
     _camera: _Input = field(default_factory=_Input)
     _detectors: dict[str, _Input] = field(default_factory=dict)
+    _frame_fingerprint: int | None = None
+    _frame_since: float = 0.0  # when the current frame content first arrived
+    _frozen_for: float = 0.0  # how long the camera has been repeating one frame, at its last arrival
 
     def __post_init__(self) -> None:
         self._detectors = {name: _Input() for name in self.config.detectors}
@@ -63,8 +72,14 @@ class SafetyStop:
         """Whether the wheels must stand still (waiting or latched)."""
         return self.state is not State.RUNNING
 
-    def on_camera(self, now: float) -> None:
+    def on_camera(self, now: float, fingerprint: int | None = None) -> None:
+        """A frame arrived; `fingerprint` (e.g. a CRC of its bytes) lets a frozen stream be told
+        from a live one."""
         self._camera.last_seen = now
+        if fingerprint is None or fingerprint != self._frame_fingerprint:
+            self._frame_fingerprint, self._frame_since, self._frozen_for = fingerprint, now, 0.0
+        else:
+            self._frozen_for = now - self._frame_since
 
     def on_decision(self, detector: str, ood: bool, now: float) -> None:
         source = self._detectors[detector]
@@ -93,6 +108,8 @@ class SafetyStop:
                 problems.append(f"{name}: silent for {now - source.last_seen:.2f} s (timeout {self.config.timeout_s:.2f} s)")
             elif source.error:
                 problems.append(f"{name}: error: {source.error}")
+        if self.config.frozen_s and self._frozen_for > self.config.frozen_s:
+            problems.append(f"camera: frozen, the same frame for {self._frozen_for:.2f} s (limit {self.config.frozen_s:.2f} s)")
         if self.fused_ood():
             problems.append(f"out of distribution: {', '.join(self.ood_votes())} ({self.config.fusion})")
         return problems

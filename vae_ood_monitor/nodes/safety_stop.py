@@ -2,14 +2,15 @@
 
 Publishes std_msgs/Bool on /<veh>/wheels_driver_node/emergency_stop (TRANSIENT_LOCAL, reliable;
 true = stop) whenever the state changes, the fused decision on /ood_monitor/ood, and gates
-cmd_vel_in → cmd_vel_out (zero Twists while stopped). A silent camera or detector, a detector's
-ERROR on /diagnostics, or an OOD decision latch the stop until /ood_monitor/safety_stop/reset
+cmd_vel_in → cmd_vel_out (zero Twists while stopped). A silent or frozen camera, a silent
+detector, a detector's ERROR on /diagnostics, or an OOD decision latch the stop until /ood_monitor/safety_stop/reset
 (std_srvs/Trigger) succeeds.
 """
 
 from __future__ import annotations
 
 import time
+import zlib
 from typing import Any
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
@@ -31,18 +32,19 @@ class SafetyStopNode(Node):
         fusion = declare(self, "fusion", "any", f"how decisions combine: {', '.join(FUSIONS)}")
         k = declare(self, "k", 1, "with fusion k_of_n: detectors that must agree on OOD")
         timeout = declare(self, "timeout_s", 0.5, "silence of the camera or a detector that stops the robot [s]")
+        frozen = declare(self, "frozen_s", 0.5, "byte-identical camera frames for longer than this stop the robot [s]; 0 disables")
         transport = declare(self, "image_transport", "compressed", "camera message type: compressed or raw")
         topic = declare(self, "camera_topic", "", "camera topic (empty: /<veh>/camera_node/image/<compressed|raw>)")
         rate = declare(self, "rate_hz", 20.0, "how often staleness is checked and zero commands are sent while stopped")
         try:
-            self.logic = SafetyStop(SafetyConfig(tuple(detectors), fusion, k, timeout))
+            self.logic = SafetyStop(SafetyConfig(tuple(detectors), fusion, k, timeout, frozen))
         except ValueError as err:
             raise StartupError(f"safety_stop parameters: {err}") from None
         self._stop_pub = self.create_publisher(Bool, f"/{veh}/wheels_driver_node/emergency_stop", LATCHED_QOS)
         self._fused_pub = self.create_publisher(Bool, "/ood_monitor/ood", RELIABLE_QOS)
         self._cmd_pub = self.create_publisher(Twist, "cmd_vel_out", RELIABLE_QOS)
         self.create_subscription(Twist, "cmd_vel_in", self._on_cmd_vel, RELIABLE_QOS)
-        subscribe_camera(self, transport, topic or camera_topic(veh, transport), lambda _: self.logic.on_camera(time.monotonic()))
+        subscribe_camera(self, transport, topic or camera_topic(veh, transport), lambda msg: self.logic.on_camera(time.monotonic(), zlib.crc32(msg.data)))
         for name in detectors:
             self.create_subscription(Bool, f"/ood_monitor/{name}/ood", lambda msg, n=name: self._on_decision(n, msg), RELIABLE_QOS)
         self._watched = {diagnostic_name(name): name for name in detectors}
