@@ -13,8 +13,9 @@ INT8 loses more than `qat_trigger` validation AUROC — INT8 after quantization-
 the monitor's own score, file size, encoder latency measured side by side with the baseline in
 one run (ONNX Runtime, 1 thread, median of `--runs`), and peak memory of a process running it.
 The fastest candidate within `--tolerance` AUROC of the baseline is selected, calibrated in full
-(score, decision) into a bundle, and with --ship copied to models/<detector>_compressed and made
-the runtime default. Writes search.csv, search.md, pareto.png and sensitivity.png to --out.
+(score, decision) into a bundle, and with --ship copied to models/<detector>_compressed (and with
+--make-default made the runtime default: a decision for after the test split and the bench, which
+the search never looks at). Writes search.csv, search.md, pareto.png and sensitivity.png to --out.
 """
 
 from __future__ import annotations
@@ -397,7 +398,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=200, help="timed runs per model (median reported)")
     parser.add_argument("--tolerance", type=float, default=0.02, help="largest validation AUROC drop accepted")
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--ship", action="store_true", help="copy the selected bundle to models/<detector>_compressed and make it the default")
+    parser.add_argument("--ship", action="store_true", help="copy the selected bundle to models/<detector>_compressed")
+    parser.add_argument("--make-default", action="store_true", help="with --ship: make it the runtime default (models/defaults.json) — after checking it on the test split and the bench")
     args = parser.parse_args(argv)
     teacher = args.teacher or REPO_ROOT / "runs" / "default" / args.detector
     out = args.out or REPO_ROOT / "runs" / "compress" / args.detector
@@ -414,7 +416,7 @@ def main(argv: list[str] | None = None) -> int:
         print(report.read_text())
         print(f"selected bundle: {bundle}")
         if args.ship:
-            print(f"shipped {ship_bundle(bundle, args.detector, f'{args.detector}_compressed')}")
+            print(f"shipped {ship_bundle(bundle, args.detector, f'{args.detector}_compressed', make_default=args.make_default)}")
         (out / "selected.json").write_text(json.dumps({"selected": selected.name, "bundle": str(bundle)}, indent=1) + "\n")
     except (DatasetError, BundleError, FileNotFoundError, RuntimeError) as err:
         print(f"search: {err}", file=sys.stderr)
