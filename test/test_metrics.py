@@ -33,3 +33,26 @@ def test_edges_and_delays():
     assert rising_edges(flags) == 3
     assert detection_delay(flags, 5) == 2
     assert detection_delay(np.zeros(5, bool), 1) is None
+
+
+def test_evaluation_separates_when_evidence_arrives_from_when_the_decision_stops():
+    from pathlib import Path
+
+    from training.dataset import Episode
+    from training.evaluate import SCORED, EpisodeResult, metrics_table
+
+    def result(name, scenario, onset, surprise_bvae, surprise_flow, fused_flags):
+        frames = len(surprise_bvae)
+        ood = np.zeros(frames, bool) if onset is None else np.arange(frames) >= onset
+        scores = {key: np.zeros(frames) for key in SCORED}
+        scores["bvae"], scores["flow"] = np.asarray(surprise_bvae, float), np.asarray(surprise_flow, float)
+        flags = {key: np.zeros(frames, bool) for key in ("bvae", "flow")}
+        flags["fused"] = np.asarray(fused_flags, bool)
+        episode = Episode(Path(name), name, "test", scenario, "id" if scenario == "id" else "motion", onset, 30.0)
+        return EpisodeResult(episode, ood, scores, flags)
+
+    quiet = [0.5] * 10
+    onset = result("spin_onset", "spin", 2, quiet, [np.nan, 0.5, 0.5, 1.0, 2.5, 3.0, 3.0, 3.0, 3.0, 3.0], [0] * 7 + [1] * 3)
+    rows = {row["scenario"]: row for row in metrics_table([result("id", "id", None, quiet, quiet, [0] * 10), onset])}
+    assert rows["spin"]["median_evidence_delay"] == 2  # flow reaches p <= 0.01 two frames after the onset
+    assert rows["spin"]["median_delay_fused"] == 5
