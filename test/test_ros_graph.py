@@ -337,6 +337,7 @@ def test_shipped_models_drive_through_id_and_stop_after_the_onset(tmp_path):
     finally:
         run.close()
     recording = run.recording
+    assert onset_stamp(DEMO_BAG) in recording.frames, "the recorder received the onset frame"
     onset = recording.frames[onset_stamp(DEMO_BAG)]
     released, stops = stop_events(recording)
     assert released is not None and released < onset, "the robot was released to drive before the onset"

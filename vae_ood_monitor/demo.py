@@ -30,7 +30,7 @@ from std_msgs.msg import Bool, Float32
 from vae_ood_monitor.bags import DEFAULT_CAMERA_TOPIC
 from vae_ood_monitor.ground_truth import read_ground_truth
 from vae_ood_monitor.images import stamp_to_ns
-from vae_ood_monitor.nodes.common import LATCHED_QOS, RELIABLE_QOS
+from vae_ood_monitor.nodes.common import LATCHED_QOS, RELIABLE_QOS, REPLAY_QOS
 from vae_ood_monitor.offline import share_dir
 
 ESTOP_TOPIC = "/duckiebot/wheels_driver_node/emergency_stop"
@@ -65,7 +65,7 @@ class Recorder(Node):
         super().__init__(f"demo_recorder_{os.getpid()}", context=context)
         r = recording
         # Reliable and deep, unlike a detector: the recorder must see every frame to time the onset.
-        self.create_subscription(CompressedImage, DEFAULT_CAMERA_TOPIC, lambda m: r.frames.setdefault(stamp_to_ns(m.header.stamp), r.now()), RELIABLE_QOS)
+        self.create_subscription(CompressedImage, DEFAULT_CAMERA_TOPIC, lambda m: r.frames.setdefault(stamp_to_ns(m.header.stamp), r.now()), REPLAY_QOS)
         for name in ("bvae", "flow"):
             self.create_subscription(Float32, f"/ood_monitor/{name}/score", lambda m, n=name: r.scores[n].append((r.now(), m.data)), RELIABLE_QOS)
             self.create_subscription(Bool, f"/ood_monitor/{name}/ood", lambda m, n=name: r.decisions[n].append((r.now(), m.data)), RELIABLE_QOS)

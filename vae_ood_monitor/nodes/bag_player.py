@@ -18,7 +18,7 @@ from diagnostic_msgs.msg import DiagnosticStatus
 from rclpy.node import Node
 
 from vae_ood_monitor.bags import BagError, choose_topic, image_topics, read_raw_messages
-from vae_ood_monitor.nodes.common import RELIABLE_QOS, Diagnostics, RateMeter, StartupError, declare, run_node
+from vae_ood_monitor.nodes.common import REPLAY_QOS, Diagnostics, RateMeter, StartupError, declare, run_node
 
 
 def message_class(msgtype: str) -> Any:
@@ -47,7 +47,7 @@ class BagPlayerNode(Node):
             self._topic = choose_topic(self._bag, topics, topic or None)
         except BagError as err:
             raise StartupError(str(err)) from None
-        self._publisher = self.create_publisher(message_class(topics[self._topic]), output or self._topic, RELIABLE_QOS)
+        self._publisher = self.create_publisher(message_class(topics[self._topic]), output or self._topic, REPLAY_QOS)
         self.published = 0
         self.finished = threading.Event()
         self.exit_code = 0

@@ -27,6 +27,9 @@ LATCHED_QOS = QoSProfile(
     history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL
 )
 RELIABLE_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE)
+# Replayed frames: a reliable keep-last queue only protects what fits in it, so the bag player and a
+# recorder that must see every frame keep a few seconds' worth (a start-up load spike lasts that long).
+REPLAY_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=150, reliability=ReliabilityPolicy.RELIABLE)
 TRANSPORTS = ("compressed", "raw")
 
 
