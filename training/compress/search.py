@@ -5,7 +5,7 @@
 Structures: the teacher; channel-pruned copies at several homogeneous ratios (torch-pruning) and
 with the per-layer policy the sensitivity analysis proposes; a globally unstructured-pruned copy
 (masks only, for comparison: no fewer multiply-adds in a dense runtime); narrower encoders at a
-lower input resolution. Every structure but the teacher is distilled to the teacher's latent posterior on the
+lower input resolution (for the flow detector also on the cheaper DIS flow). Every structure but the teacher is distilled to the teacher's latent posterior on the
 train split (training.compress.distill). Precisions: FP32, INT8 (static QDQ, per-channel, ID
 calibration), INT8 with the policy's FP32 layers, FP16, and — for structures whose post-training
 INT8 loses more than `qat_trigger` validation AUROC — INT8 after quantization-aware fine-tuning
