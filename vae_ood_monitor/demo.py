@@ -24,6 +24,7 @@ from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.context import Context
 from rclpy.executors import MultiThreadedExecutor
 from rclpy.node import Node
+from rclpy.subscription import MessageInfo
 from sensor_msgs.msg import CompressedImage
 from std_msgs.msg import Bool, Float32
 
@@ -65,13 +66,23 @@ class Recorder(Node):
         super().__init__(f"demo_recorder_{os.getpid()}", context=context)
         r = recording
         # Reliable and deep, unlike a detector: the recorder must see every frame to time the onset.
-        self.create_subscription(CompressedImage, DEFAULT_CAMERA_TOPIC, lambda m: r.frames.setdefault(stamp_to_ns(m.header.stamp), r.now()), REPLAY_QOS)
+        # Times are the middleware's reception times, not the callback's, so a recorder that falls
+        # behind under load neither loses the onset nor dates it late.
+        self.create_subscription(CompressedImage, DEFAULT_CAMERA_TOPIC, lambda m, i: r.frames.setdefault(stamp_to_ns(m.header.stamp), self._arrival(i)), REPLAY_QOS)
         for name in ("bvae", "flow"):
-            self.create_subscription(Float32, f"/ood_monitor/{name}/score", lambda m, n=name: r.scores[n].append((r.now(), m.data)), RELIABLE_QOS)
-            self.create_subscription(Bool, f"/ood_monitor/{name}/ood", lambda m, n=name: r.decisions[n].append((r.now(), m.data)), RELIABLE_QOS)
-        self.create_subscription(Bool, ESTOP_TOPIC, lambda m: r.estop.append((r.now(), m.data)), LATCHED_QOS)
+            self.create_subscription(Float32, f"/ood_monitor/{name}/score", lambda m, i, n=name: r.scores[n].append((self._arrival(i), m.data)), RELIABLE_QOS)
+            self.create_subscription(Bool, f"/ood_monitor/{name}/ood", lambda m, i, n=name: r.decisions[n].append((self._arrival(i), m.data)), RELIABLE_QOS)
+        self.create_subscription(Bool, ESTOP_TOPIC, lambda m, i: r.estop.append((self._arrival(i), m.data)), LATCHED_QOS)
         self.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, RELIABLE_QOS)
         self._recording = recording
+
+    def _arrival(self, info: MessageInfo) -> float:
+        """Recording time at which the middleware received the message."""
+        now = self._recording.now()
+        received_ns = info.get("received_timestamp") or 0
+        if not received_ns:  # an rmw that does not report it: the callback's time
+            return now
+        return now - max(0.0, time.time() - received_ns / 1e9)
 
     def _on_diagnostics(self, msg: DiagnosticArray) -> None:
         for status in msg.status:
