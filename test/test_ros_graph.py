@@ -141,6 +141,19 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> float:
     return time.monotonic() - start
 
 
+def wait_until_driving(robot: Robot, timeout: float, real: tuple[str, ...] = ("bvae", "flow")) -> None:
+    """Until the safety stop lets the robot drive with the `real` detector nodes. Their first
+    inferences can stall past the 0.5 s silence timeout on a loaded machine, which latches the stop
+    as designed; once they are scoring, a reset releases it."""
+    deadline = time.monotonic() + timeout
+    while not (robot.estop and robot.estop[-1] is False):
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout} s waiting for the robot to drive with the {', '.join(real)} detector nodes")
+        if robot.estop and all(robot.scores[name] for name in real):
+            robot.reset()
+        time.sleep(0.2)
+
+
 @pytest.fixture
 def safety_stop(tmp_path) -> Iterator[subprocess.Popen]:
     process = start_node("safety_stop", log=tmp_path / "safety_stop.log")
@@ -216,7 +229,7 @@ def test_killed_detector_stops_the_robot(robot, safety_stop, untrained_bundles, 
         name: start_node(f"{name}_detector", {"bundle": path}, tmp_path / f"{name}.log") for name, path in untrained_bundles.items()
     }
     try:
-        wait_for(lambda: robot.estop and robot.estop[-1] is False, 40, "running with both real detectors")
+        wait_until_driving(robot, 40)
         assert len(robot.scores["bvae"]) > 0 and len(robot.scores["flow"]) > 0
         detectors["flow"].kill()
         took = wait_for(lambda: robot.estop[-1] is True, 3, "emergency_stop after the flow detector died")
@@ -231,7 +244,7 @@ def test_bad_frames_are_survived_and_a_bad_stream_stops(robot, safety_stop, untr
     detector = start_node("bvae_detector", {"bundle": untrained_bundles["bvae"], "max_bad_frames": 10}, tmp_path / "bvae.log")
     robot.fake_decisions = {"flow": False}
     try:
-        wait_for(lambda: robot.estop and robot.estop[-1] is False, 40, "running")
+        wait_until_driving(robot, 40, real=("bvae",))
         good = robot.frames[0]
         # truncated JPEG, garbage, empty: every other frame bad, then only bad ones
         bad = [good[: len(good) // 3], b"\x00" * 100, b""]
