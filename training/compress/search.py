@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 import json
 import sys
 from dataclasses import asdict, dataclass, replace
@@ -296,7 +297,7 @@ def _measure_detector_latency(candidates: list[Candidate], data: Path, runs: int
     """Adds each candidate's preprocessing time (timed side by side on validation frames) to its
     encoder latency: what one frame costs the detector node."""
     preprocessings = {str(c.preprocessing): c.preprocessing for c in candidates}
-    frames = [rgb for episode in episodes(data, "validation") for rgb, _ in iter_frames(episode)][: runs + 10]
+    frames = list(itertools.islice((rgb for episode in episodes(data, "validation") for rgb, _ in iter_frames(episode)), runs + 10))
     prep_ms = measure_preprocessing(preprocessings, frames)
     for candidate in candidates:
         candidate.detector_ms = prep_ms[str(candidate.preprocessing)] + candidate.latency_ms
@@ -340,7 +341,7 @@ def write_report(candidates: list[Candidate], selected: Candidate, sensitivity: 
         writer.writerows(rows)
     lines = [f"# Compression search: {detector}", "",
              f"Validation AUROC of the monitor's score, encoder latency (ONNX Runtime, 1 thread, median, measured side by side with the baseline in one run), "
-             f"detector latency (encoders + the preprocessing of one camera frame, {'resize' if detector == 'bvae' else 'resize, CLAHE and Farneback flow'}, OpenCV 1 thread, timed side by side on validation frames), "
+             f"detector latency (encoders + the preprocessing of one camera frame, {'resize' if detector == 'bvae' else 'resize, CLAHE and optical flow'}, OpenCV 1 thread, timed side by side on validation frames), "
              f"file size, peak RSS of a process running the encoders. Selected: the candidate with the lowest detector latency within {tolerance} AUROC of the baseline.", "",
              "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(("**" + str(r[k]) + "**") if r["name"] == selected.name and k == "name" else str(r[k]) for k in columns) + " |" for r in rows]
