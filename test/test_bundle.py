@@ -51,6 +51,15 @@ def test_flow_detector_needs_a_full_stack(tmp_path, frames):
     assert np.isnan(scores[: FLOW_PREP.stack]).all() and np.isfinite(scores[FLOW_PREP.stack :]).all()
 
 
+def test_warm_up_leaves_a_fresh_stream(tmp_path, frames):
+    warmed = OODDetector.from_path(build_flow_bundle(tmp_path))
+    warmed.warm_up(runs=2)
+    assert warmed.decider.cusum == 0.0
+    scores = warmed.score_stream(frames, reset=False)
+    fresh = OODDetector.from_path(build_flow_bundle(tmp_path / "fresh")).score_stream(frames)
+    np.testing.assert_allclose(scores, fresh, rtol=1e-5)  # NaN where the stack is still filling, in both
+
+
 def test_changed_encoder_fails_the_checksum(tmp_path):
     _, bundle_dir = build_image_bundle(tmp_path)
     onnx = bundle_dir / "image.onnx"

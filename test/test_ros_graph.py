@@ -142,9 +142,10 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> float:
 
 
 def wait_until_driving(robot: Robot, timeout: float, real: tuple[str, ...] = ("bvae", "flow")) -> None:
-    """Until the safety stop lets the robot drive with the `real` detector nodes. Their first
-    inferences can stall past the 0.5 s silence timeout on a loaded machine, which latches the stop
-    as designed; once they are scoring, a reset releases it."""
+    """Until the safety stop lets the robot drive with the `real` detector nodes. Detectors warm up
+    before they subscribe, but a CI machine running several node processes on 2 cores can still
+    starve one past the 0.5 s silence timeout at start-up, which latches the stop as designed; once
+    they are scoring, a reset releases it."""
     deadline = time.monotonic() + timeout
     while not (robot.estop and robot.estop[-1] is False):
         if time.monotonic() > deadline:

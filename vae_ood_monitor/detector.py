@@ -73,6 +73,17 @@ class OODDetector:
             return None
         return float(self._score_latents(self._encode({k: v[None] for k, v in inputs.items()}))[0])
 
+    def warm_up(self, runs: int = 3, frame_shape: tuple[int, int] = (480, 640)) -> None:
+        """Score a few blank frames through the full path, then forget them. The first inferences
+        of a fresh session allocate and plan (ONNX Runtime, TensorRT) and can take longer than the
+        safety stop's silence timeout; a node warms up before it subscribes so that stall happens
+        before the robot relies on it."""
+        blank = np.zeros((*frame_shape, 3), dtype=np.uint8)
+        filling = self._stacker.params.stack if self._stacker is not None else 0  # frames before the first flow stack
+        for _ in range(filling + runs):
+            self.score_frame(blank)
+        self.reset()
+
     def decide(self, score: float) -> Decision:
         return self.decider.update(score)
 

@@ -5,6 +5,8 @@ arrives while the worker is busy replaces the waiting one (counted as dropped st
 detector always works on the newest frame and never builds a queue. Bad frames (undecodable,
 zero-size, wrong encoding, NaN model output) are logged, counted and skipped; after
 `max_bad_frames` in a row the detector reports ERROR on /diagnostics, which stops the robot.
+The detector runs a few blank frames through its models before it subscribes (warm-up), so the
+slow first inferences of a fresh session do not stall its first real frames.
 """
 
 from __future__ import annotations
@@ -47,6 +49,12 @@ class DetectorNode(Node):
             raise StartupError(str(err)) from None
         if self.detector.kind != kind:
             raise StartupError(f"{self.detector.bundle.path} is a '{self.detector.kind}' bundle, this node needs '{kind}'")
+        warm_up_started = time.monotonic()
+        try:
+            self.detector.warm_up()
+        except ModelOutputError as err:
+            raise StartupError(f"warm-up failed: {err}") from None
+        self._warm_up_ms = (time.monotonic() - warm_up_started) * 1000.0
         self._score_pub = self.create_publisher(Float32, f"/ood_monitor/{kind}/score", RELIABLE_QOS)
         self._ood_pub = self.create_publisher(Bool, f"/ood_monitor/{kind}/ood", RELIABLE_QOS)
         self._topic = topic or camera_topic(veh, transport)
@@ -67,7 +75,7 @@ class DetectorNode(Node):
         Diagnostics(self, diagnostic_name(kind), veh, self._report)
         self.get_logger().info(
             f"{kind} detector on {self._topic} with {self.detector.bundle.path.name} "
-            f"({self.detector.backend_name}, sha256 {self.detector.bundle.sha256[:12]})"
+            f"({self.detector.backend_name}, sha256 {self.detector.bundle.sha256[:12]}, warm-up {self._warm_up_ms:.0f} ms)"
         )
 
     def _on_frame(self, msg: Any) -> None:
@@ -129,6 +137,7 @@ class DetectorNode(Node):
             "input_rate_hz": f"{self._input_rate.rate():.1f}",
             "latency_ms_p50": f"{self._latency.median():.1f}",
             "processing_ms_p50": f"{self._processing.median():.1f}",
+            "warm_up_ms": f"{self._warm_up_ms:.0f}",
             "backend": self.detector.backend_name,
             "bundle": str(self.detector.bundle.path),
             "bundle_sha256": self.detector.bundle.sha256,
