@@ -47,6 +47,12 @@ def test_labels_and_onsets(small_dataset):
         ood = np.array([label.ood for label in labels])
         if entry["scenario"] == "id":
             assert not ood.any() and entry["onset_frame"] is None
+        elif entry["scenario"] == "obstacles":  # labelled OOD while the obstacle is in view
+            placed, onset = entry["extra"]["placed_frame"], entry["onset_frame"]
+            assert placed == 0 or PRESETS["small"].onset_range[0] <= placed <= PRESETS["small"].onset_range[1]
+            assert onset is not None and onset >= placed, "placed ahead of the robot, in view within the episode"
+            assert not ood[:onset].any() and ood[onset]
+            assert {label.onset_frame for label in labels} == {onset}
         else:
             onset = entry["onset_frame"]
             assert onset == 0 or PRESETS["small"].onset_range[0] <= onset <= PRESETS["small"].onset_range[1]

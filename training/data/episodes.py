@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -92,6 +92,9 @@ class EpisodeWriter:
     def frames_written(self) -> int:
         return len(self._labels)
 
+    def first_ood_frame(self) -> int | None:
+        return next((label.frame for label in self._labels if label.ood), None)
+
     def stamp_of(self, frame: int) -> int:
         return self._start_ns + round(frame * 1e9 / self.info.fps)
 
@@ -119,5 +122,6 @@ class EpisodeWriter:
             shutil.rmtree(self.path, ignore_errors=True)
             return
         self.info.frames = self.frames_written
-        write_ground_truth(self.path, self._labels)
+        # The onset can be settled only after the frames (an obstacle's: when it came into view).
+        write_ground_truth(self.path, [replace(label, onset_frame=self.info.onset_frame) for label in self._labels])
         (self.path / EPISODE_FILE).write_text(json.dumps(asdict(self.info), indent=2) + "\n")

@@ -35,6 +35,9 @@ from training.data.scenarios import PRESETS, SCENARIOS, EpisodePlan, plan_episod
 from vae_ood_monitor.bags import DEFAULT_CAMERA_TOPIC
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+# An obstacle frame is labelled OOD once the obstacle covers this share of the image (0.25 %: about
+# 30 pixels of a 112x112 model input, a blob of a few pixels across, about 770 pixels at 640x480).
+OBSTACLE_VISIBLE_SHARE = 0.0025
 DEFAULT_SIM_PYTHON = REPO_ROOT / ".venv-sim" / "bin" / "python"
 MANIFEST_FILE = "manifest.json"
 
@@ -130,12 +133,15 @@ def render_episode(
     stream = SimulatorStream(plan.sim_spec(width, height, fps), sim_python)
     try:
         with EpisodeWriter(path, info, storage=storage) as writer:
-            for frame, (_, rgb) in zip(range(plan.frames), stream):
-                ood = plan.onset_frame is not None and frame >= plan.onset_frame
-                if ood and corruption is not None:
+            for frame, (meta, rgb) in zip(range(plan.frames), stream):
+                active = plan.onset_frame is not None and frame >= plan.onset_frame
+                if active and corruption is not None:
                     rgb = corruption(rgb, frame - (plan.onset_frame or 0))
-                writer.add_frame(rgb, ood)
+                writer.add_frame(rgb, active and _shows_effect(scenario.sim_effect, meta, rgb))
                 on_frame()
+            if scenario.sim_effect == "obstacles":  # the onset is when the obstacle comes into view
+                info.extra["placed_frame"] = plan.onset_frame
+                info.onset_frame = writer.first_ood_frame()
             error = stream.finish()
             if error is not None or writer.frames_written != plan.frames:
                 raise GenerationError(
@@ -144,6 +150,14 @@ def render_episode(
     finally:
         stream.close()
     return info
+
+
+def _shows_effect(sim_effect: str | None, meta: dict[str, Any], rgb: np.ndarray) -> bool:
+    """Whether an active effect is in the frame: always, except for an obstacle that is not (yet)
+    in view — placed behind a bend or still too far — which no camera-based monitor can see."""
+    if sim_effect != "obstacles":
+        return True
+    return int(meta.get("obstacle_pixels", 0)) >= OBSTACLE_VISIBLE_SHARE * rgb.shape[0] * rgb.shape[1]
 
 
 def _sha256(path: Path) -> str:

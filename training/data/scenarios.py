@@ -122,7 +122,7 @@ PRESETS: dict[str, Preset] = {
             "validation": SplitPlan(VALIDATION_MAPS, id_episodes=1, ood_onset_episodes=1),
             "test": SplitPlan(TEST_MAPS[:1], id_episodes=1, ood_full_episodes=1),
         },
-        scenarios=("fog", "frozen", "black", "spin"),
+        scenarios=("fog", "frozen", "black", "spin", "obstacles"),
     ),
     # One in-distribution drive that turns foggy: the shipped demo bag (demo/demo_fog_onset).
     "demo": Preset(

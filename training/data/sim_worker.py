@@ -19,13 +19,15 @@ little-endian unsigned length N, N bytes of UTF-8 JSON metadata, then height*wid
 uint8 (row-major). The metadata is::
 
     {"i": i, "t": i / fps, "x": .., "z": .., "angle": .., "v": .., "omega": ..,
-     "effect_active": bool, "reset": bool}
+     "effect_active": bool, "reset": bool, "obstacle_pixels": int}
 
 x, z and angle are the robot pose when frame i was rendered (simulator world frame, metres and
 radians); v and omega are the command issued after seeing frame i, which moves the robot to frame
 i+1 (v is the effective linear speed command: under `speedup` the commanded speed times the time
 scale). `reset` is true on a frame that follows a simulator reset (the robot left the road), so
-consumers can tell the jump in the image sequence from motion.
+consumers can tell the jump in the image sequence from motion. `obstacle_pixels` counts the pixels
+where placed obstacles show in frame i (the frame rendered again without them differs there; 0
+without obstacles), so labels can say when an obstacle is in view, not only when it was placed.
 
 Exit code 0 after the last frame. On a bad spec or any failure exit code 2, and the last line on
 stderr is "sim_worker: <what went wrong>" (an unexpected error prints its traceback before it).
@@ -84,6 +86,7 @@ STOP_GAP_M = 0.18
 BRAKE_RANGE_M = 0.3
 # Obstacles go this far ahead along the lane (metres; a tile is 0.585 m).
 OBSTACLE_DISTANCE_M = (0.8, 1.6)
+OBSTACLE_PIXEL_DIFFERENCE = 8  # grey levels: more than JPEG-free rendering noise (there is none) and antialiasing
 LANE_PATH_STEP_M = 0.05
 
 _SPEC_DEFAULTS: dict[str, Any] = {"width": 640, "height": 480, "fps": 30.0, "effect": None, "onset": 0, "intensity": 0.5}
@@ -242,6 +245,7 @@ class Episode:
                 "omega": omega,
                 "effect_active": self.active,
                 "reset": was_reset,
+                "obstacle_pixels": self._obstacle_pixels(obs) if self.obstacles else 0,
             }
             _write_frame(out, meta, obs)
             if i == spec.frames - 1:
@@ -255,6 +259,20 @@ class Episode:
                 if self.active:
                     self._apply_scene()
                 obs = env.render_obs()
+
+    def _obstacle_pixels(self, obs: np.ndarray) -> int:
+        """Pixels of `obs` (the current view) that change when the placed obstacles are hidden."""
+        import numpy as np
+
+        for obj in self.obstacles:
+            obj.visible = False
+        try:
+            bare = self.env.render_obs()
+        finally:
+            for obj in self.obstacles:
+                obj.visible = True
+        difference = np.abs(obs.astype(np.int16) - bare.astype(np.int16)).max(axis=2)
+        return int(np.count_nonzero(difference > OBSTACLE_PIXEL_DIFFERENCE))
 
     # -- driving -----------------------------------------------------------------------------
 
