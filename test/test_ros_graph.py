@@ -361,3 +361,5 @@ def test_shipped_models_drive_through_id_and_stop_after_the_onset(tmp_path):
     in_bag = sum(1 for _ in read_raw_messages(DEMO_BAG, choose_topic(DEMO_BAG, topics, None)))
     assert int(recording.diagnostics["ood_monitor/bag_player"]["published"]) == in_bag, "the player's final report counts every frame it sent"
     assert frames_published(recording) == in_bag
+    for name in ("bvae", "flow"):  # each detector ran its models before it subscribed
+        assert float(recording.diagnostics[f"ood_monitor/{name}_detector"]["warm_up_ms"]) > 0

@@ -5,7 +5,8 @@ then foggy) `--runs` times through fresh node processes over DDS and reports, si
 onset-to-stop latency (first OOD frame arrived at a peer → emergency_stop true received at that
 peer, decision window included) p50 / p95 / max; per detector the frames handled (processed or
 deliberately dropped as stale) against frames published, processing time p50 and
-receive-to-decision latency p50; and each node's peak resident memory.
+receive-to-decision latency p50 and the warm-up before it subscribed; and each node's peak
+resident memory.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ def run_bench(bag: Path, runs: int, out_dir: Path, rate: float = 1.0, bundles: d
     processing: dict[str, list[float]] = {"bvae": [], "flow": []}
     bundle_paths: dict[str, str] = {}
     decision_latency: dict[str, list[float]] = {"bvae": [], "flow": []}
+    warm_up: dict[str, list[float]] = {"bvae": [], "flow": []}
     rss: dict[str, list[float]] = {}
     for index in range(runs):
         run = GraphRun(out_dir / f"run_{index}", bundles)
@@ -58,6 +60,7 @@ def run_bench(bag: Path, runs: int, out_dir: Path, rate: float = 1.0, bundles: d
             handled[name].append(done / max(published, 1))
             processing[name].append(float(values["processing_ms_p50"]))
             decision_latency[name].append(float(values["latency_ms_p50"]))
+            warm_up[name].append(float(values["warm_up_ms"]))
             bundle_paths[name] = str(values.get("bundle", "?"))
         for name, value in recording.peak_rss_mb.items():
             rss.setdefault(name, []).append(value)
@@ -77,7 +80,8 @@ def run_bench(bag: Path, runs: int, out_dir: Path, rate: float = 1.0, bundles: d
         print(f"onset-to-stop latency: no stop measured ({misses} missed, {false_stops} false stops)")
     for name in handled:
         print(f"{name:5s} detector ({Path(bundle_paths[name]).name}): frames handled {np.median(handled[name]):.2%} of published, "
-              f"processing p50 {np.median(processing[name]):.1f} ms, receive-to-decision p50 {np.median(decision_latency[name]):.1f} ms")
+              f"processing p50 {np.median(processing[name]):.1f} ms, receive-to-decision p50 {np.median(decision_latency[name]):.1f} ms, "
+              f"warm-up {np.median(warm_up[name]):.0f} ms")
     for name, values in rss.items():
         print(f"peak resident memory {name:14s} {np.median(values):7.1f} MB")
     return 0
