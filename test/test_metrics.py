@@ -56,3 +56,26 @@ def test_evaluation_separates_when_evidence_arrives_from_when_the_decision_stops
     rows = {row["scenario"]: row for row in metrics_table([result("id", "id", None, quiet, quiet, [0] * 10), onset])}
     assert rows["spin"]["median_evidence_delay"] == 2  # flow reaches p <= 0.01 two frames after the onset
     assert rows["spin"]["median_delay_fused"] == 5
+
+
+def test_false_alarms_are_broken_down_by_map():
+    from pathlib import Path
+
+    from training.dataset import Episode
+    from training.evaluate import SCORED, EpisodeResult, id_alarm_summary
+
+    def result(name, map_name, onset, fused_flags):
+        frames = len(fused_flags)
+        ood = np.zeros(frames, bool) if onset is None else np.arange(frames) >= onset
+        flags = {"bvae": np.zeros(frames, bool), "flow": np.zeros(frames, bool), "fused": np.asarray(fused_flags, bool)}
+        episode = Episode(Path(name), name, "test", "id" if onset is None else "fog", "appearance", onset, 30.0, map_name)
+        return EpisodeResult(episode, ood, {key: np.zeros(frames) for key in SCORED}, flags)
+
+    summary = id_alarm_summary([
+        result("a", "loop", None, [0, 0, 1, 1]),
+        result("b", "4way", None, [0, 0, 0, 0]),
+        result("c", "4way", 2, [1, 0, 1, 1]),  # only the two pre-onset frames are ID driving
+    ])
+    assert summary["fused_flagged_id_frames"] == 3 / 10
+    assert summary["fused_flagged_id_frames[loop]"] == 0.5
+    assert summary["fused_flagged_id_frames[4way]"] == 1 / 6

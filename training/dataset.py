@@ -31,6 +31,7 @@ class Episode:
     category: str
     onset_frame: int | None
     fps: float
+    map: str | None = None  # the simulator map; None for imported recordings
 
 
 def load_manifest(root: Path) -> dict:
@@ -45,7 +46,7 @@ def episodes(root: Path, split: str) -> list[Episode]:
     if split not in manifest["splits"]:
         raise DatasetError(f"{root}: no split '{split}' (splits: {', '.join(manifest['splits'])})")
     return [
-        Episode(root / e["path"], e["name"], e["split"], e["scenario"], e["category"], e["onset_frame"], e["fps"])
+        Episode(root / e["path"], e["name"], e["split"], e["scenario"], e["category"], e["onset_frame"], e["fps"], e.get("map"))
         for e in manifest["episodes"]
         if e["split"] == split
     ]

@@ -121,13 +121,21 @@ def metrics_table(results: list[EpisodeResult]) -> list[dict[str, object]]:
     return rows
 
 
+def _id_frames(r: EpisodeResult) -> int:
+    """Frames of in-distribution driving at the start of an episode: all of an ID episode, the
+    pre-onset part of an onset episode."""
+    return len(r.ood) if r.episode.onset_frame is None else r.episode.onset_frame
+
+
 def id_alarm_summary(results: list[EpisodeResult]) -> dict[str, float]:
-    """How often the decisions fire on in-distribution driving (ID episodes and pre-onset parts)."""
+    """How often the decisions fire on in-distribution driving (ID episodes and pre-onset parts),
+    and, where episodes name their map, the fused share per map (false alarms cluster where a
+    map shows what the training maps did not)."""
     summary: dict[str, float] = {}
     for name in ("bvae", "flow", "fused"):
         flagged, frames, alarms, minutes = 0, 0, 0, 0.0
         for r in results:
-            end = len(r.ood) if r.episode.onset_frame is None else r.episode.onset_frame
+            end = _id_frames(r)
             if end == 0:
                 continue
             flags = r.flags[name][:end]
@@ -138,6 +146,11 @@ def id_alarm_summary(results: list[EpisodeResult]) -> dict[str, float]:
         summary[f"{name}_flagged_id_frames"] = flagged / max(frames, 1)
         summary[f"{name}_false_alarms_per_min"] = alarms / max(minutes, 1e-9)
     summary["id_minutes"] = minutes
+    id_parts = [(r.episode.map, r.flags["fused"][: _id_frames(r)]) for r in results]
+    for map_name in sorted({m for m, _ in id_parts if m is not None}):
+        flags = np.concatenate([f for m, f in id_parts if m == map_name])
+        if flags.size:
+            summary[f"fused_flagged_id_frames[{map_name}]"] = float(flags.mean())
     return summary
 
 
