@@ -96,3 +96,43 @@ def test_missing_simulator_is_a_clear_error(tmp_path, capsys):
     assert "run `make sim-venv` first" in capsys.readouterr().err
     with pytest.raises(GenerationError):
         generate("small", tmp_path / "ds2", sim_python=tmp_path / "nope" / "python", progress=False)
+
+
+def test_merged_dataset_holds_the_episodes_of_both(small_dataset, tmp_path):
+    import json
+
+    from training.data.merge import main as merge_main
+    from training.dataset import episodes, iter_frames
+
+    root, manifest = small_dataset
+    other = tmp_path / "town"
+    other.symlink_to(root, target_is_directory=True)  # a second dataset folder (same bags, another name)
+    assert merge_main([str(root), str(other), "--out", str(tmp_path / "merged")]) == 0
+    merged = json.loads((tmp_path / "merged" / "manifest.json").read_text())
+    assert [s["dataset_sha256"] for s in merged["merged_from"]] == [manifest["dataset_sha256"]] * 2
+    for split, names in manifest["splits"].items():
+        assert merged["splits"][split] == names + [f"town_{name}" for name in names]
+    calibration = episodes(tmp_path / "merged", "calibration")
+    first, second = ([rgb for rgb, _ in iter_frames(e)] for e in (calibration[0], calibration[-1]))
+    assert np.array_equal(first[0], second[0]), "a merged episode reads its source bag"
+    assert merge_main([str(root), str(other), "--out", str(tmp_path / "merged")]) == 0, "a merge can be redone in place"
+
+
+def test_merge_refuses_datasets_that_do_not_match(small_dataset, tmp_path, capsys):
+    import json
+    import shutil
+
+    from training.data.merge import main as merge_main
+
+    root, manifest = small_dataset
+    other = tmp_path / "slow"
+    shutil.copytree(root, other, symlinks=True)
+    (other / "manifest.json").write_text(json.dumps({**manifest, "fps": 15.0}))
+    assert merge_main([str(root), str(other), "--out", str(tmp_path / "merged")]) == 1
+    assert "fps 15.0 differ" in capsys.readouterr().err
+    (other / "manifest.json").write_text(json.dumps(manifest))
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "notes.txt").write_text("mine")
+    assert merge_main([str(root), str(other), "--out", str(tmp_path / "busy")]) == 1
+    assert "not a merged dataset" in capsys.readouterr().err
+    assert (tmp_path / "busy" / "notes.txt").read_text() == "mine", "nothing of it was touched"

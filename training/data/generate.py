@@ -2,6 +2,7 @@
 
     python -m training.data.generate --preset default        # ~39k frames, all scenarios
     python -m training.data.generate --preset small --out /tmp/ds   # seconds, for tests
+    python -m training.data.generate --preset intersections  # 6k ID frames on intersection maps, to merge
 
 The simulator runs in its own venv (numpy 1.23, pyglet 1.5) as `training.data.sim_worker`
 subprocesses that stream raw frames; this process (main venv) applies camera-side corruptions,
@@ -169,6 +170,11 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def dataset_sha256(episodes: list[dict[str, Any]]) -> str:
+    """The dataset hash: over the bag hashes of its episodes, in manifest order."""
+    return hashlib.sha256("".join(e["sha256"] for e in episodes).encode()).hexdigest()
+
+
 def write_manifest(out_dir: Path, preset: str, plans: list[EpisodePlan], width: int, height: int, fps: float) -> Path:
     """The dataset's table of contents: splits, episodes, per-episode hashes and a dataset hash."""
     episodes = []
@@ -176,7 +182,7 @@ def write_manifest(out_dir: Path, preset: str, plans: list[EpisodePlan], width: 
         path = out_dir / plan.split / plan.name
         info = json.loads((path / EPISODE_FILE).read_text())
         episodes.append({**info, "split": plan.split, "path": f"{plan.split}/{plan.name}", "sha256": _sha256(path)})
-    dataset_hash = hashlib.sha256("".join(e["sha256"] for e in episodes).encode()).hexdigest()
+    dataset_hash = dataset_sha256(episodes)
     manifest = {
         "preset": preset,
         "topic": DEFAULT_CAMERA_TOPIC,

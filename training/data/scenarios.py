@@ -99,6 +99,14 @@ TRAIN_MAPS = ("loop_empty", "small_loop", "Montreal_loop")
 VALIDATION_MAPS = ("ETHZ_loop",)
 TEST_MAPS = ("udem1_empty", "4way")
 
+# Maps with intersections (red stop lines, crossing lanes), checked like the maps above (the lane
+# controller drives 300 frames without a reset, 3 seeds; their only objects are flat floor tags).
+# The default preset's train and validation maps have no intersection, its test maps do; the
+# `intersections` preset drives in distribution on these, for merging into a dataset
+# (training.data.merge) before calibration.
+INTERSECTION_MAPS = ("ETH_small_intersect", "ETH_large_intersect")
+INTERSECTION_VALIDATION_MAPS = ("TTIC_ripltown",)
+
 PRESETS: dict[str, Preset] = {
     "default": Preset(
         name="default",
@@ -123,6 +131,18 @@ PRESETS: dict[str, Preset] = {
             "test": SplitPlan(TEST_MAPS[:1], id_episodes=1, ood_full_episodes=1),
         },
         scenarios=("fog", "frozen", "black", "spin", "obstacles"),
+    ),
+    # In-distribution driving through intersections: more maps for calibration and validation.
+    "intersections": Preset(
+        name="intersections",
+        frames=300,
+        onset_range=(90, 180),
+        splits={
+            "train": SplitPlan(INTERSECTION_MAPS, id_episodes=12),
+            "calibration": SplitPlan(INTERSECTION_MAPS, id_episodes=4),
+            "validation": SplitPlan(INTERSECTION_VALIDATION_MAPS, id_episodes=4),
+        },
+        scenarios=(),
     ),
     # One in-distribution drive that turns foggy: the shipped demo bag (demo/demo_fog_onset).
     "demo": Preset(
