@@ -130,6 +130,9 @@ def test_merge_refuses_datasets_that_do_not_match(small_dataset, tmp_path, capsy
     (other / "manifest.json").write_text(json.dumps({**manifest, "fps": 15.0}))
     assert merge_main([str(root), str(other), "--out", str(tmp_path / "merged")]) == 1
     assert "fps 15.0 differ" in capsys.readouterr().err
+    (other / "manifest.json").write_text(json.dumps({"episodes": []}))
+    assert merge_main([str(root), str(other), "--out", str(tmp_path / "merged")]) == 1
+    assert "not a dataset manifest (no topic, width" in capsys.readouterr().err
     (other / "manifest.json").write_text(json.dumps(manifest))
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "notes.txt").write_text("mine")

@@ -3,10 +3,10 @@
     python -m training.data.merge datasets/default datasets/intersections --out datasets/default_plus
 
 A detector's score and decision are fitted on the calibration split and tuned on the validation
-split; scenes they never show (an intersection, your own town) look OOD later. Merging adds
-in-distribution drives from other maps (`--preset intersections`) or imported recordings
-(`training.data.import_recording`) to a dataset, split by split, before
-`python -m training.pipeline --recalibrate BUNDLE --data MERGED`.
+split; scenes they never show (an intersection, another town) look OOD later. Merging adds the
+episodes of other datasets — e.g. in-distribution drives on more maps (`--preset intersections`)
+— to a dataset, split by split, before `python -m training.pipeline --recalibrate BUNDLE --data
+MERGED`.
 
 Episodes are linked (symlinks to the source bags), not copied. The first dataset keeps its episode
 names, later ones are prefixed with their folder name. All datasets must share camera topic, frame
@@ -35,6 +35,10 @@ def merge(sources: list[Path], out: Path) -> Path:
     if len({source.name for source in sources}) < len(sources):
         raise DatasetError(f"datasets must have different folder names (they prefix episode names): {', '.join(map(str, sources))}")
     manifests = [load_manifest(source) for source in sources]
+    for source, manifest in zip(sources, manifests):
+        missing = [key for key in (*_SHARED, "preset", "dataset_sha256", "splits", "episodes") if key not in manifest]
+        if missing:
+            raise DatasetError(f"{source}/{MANIFEST_FILE}: not a dataset manifest (no {', '.join(missing)})")
     first = manifests[0]
     for source, manifest in zip(sources[1:], manifests[1:]):
         different = [key for key in _SHARED if manifest[key] != first[key]]
