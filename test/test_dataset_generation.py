@@ -139,3 +139,53 @@ def test_merge_refuses_datasets_that_do_not_match(small_dataset, tmp_path, capsy
     assert merge_main([str(root), str(other), "--out", str(tmp_path / "busy")]) == 1
     assert "not a merged dataset" in capsys.readouterr().err
     assert (tmp_path / "busy" / "notes.txt").read_text() == "mine", "nothing of it was touched"
+
+
+def test_imported_recordings_are_added_to_a_split(small_dataset, tmp_path, capsys):
+    import json
+
+    from training.data.import_recording import import_recording
+    from training.data.merge import main as merge_main
+    from training.dataset import episodes, iter_frames
+
+    root, manifest = small_dataset
+    source = root / manifest["episodes"][0]["path"]  # a real bag stands in for a recording from the robot
+    import_recording(source, tmp_path / "town" / "drive_01", progress=False)
+    out = str(tmp_path / "merged")
+    assert merge_main([str(root), "--add", f"calibration={tmp_path / 'town' / 'drive_01'}", "--out", out]) == 0
+    merged = json.loads((tmp_path / "merged" / "manifest.json").read_text())
+    assert merged["splits"]["calibration"] == manifest["splits"]["calibration"] + ["town_drive_01"]
+    added = episodes(tmp_path / "merged", "calibration")[-1]
+    assert (added.scenario, added.onset_frame) == ("id", None)
+    assert len(list(iter_frames(added))) == manifest["episodes"][0]["frames"]
+
+    import_recording(source, tmp_path / "small" / "drive_02", size=(320, 240), progress=False)
+    assert merge_main([str(root), "--add", f"validation={tmp_path / 'small' / 'drive_02'}", "--out", out]) == 1
+    assert "width 320, height 240 differ from the datasets' (width 640, height 480)" in capsys.readouterr().err
+    assert merge_main([str(root), "--add", f"calibration={tmp_path}", "--out", out]) == 1
+    assert "not an episode (no episode.json)" in capsys.readouterr().err
+    assert merge_main([str(root), "--add", f"holdout={tmp_path / 'town' / 'drive_01'}", "--out", out]) == 1
+    assert "unknown split 'holdout'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        merge_main([str(root), "--add", "calibration", "--out", out])
+    assert "expected SPLIT=EPISODE_DIR" in capsys.readouterr().err
+    assert json.loads((tmp_path / "merged" / "manifest.json").read_text()) == merged, "a refused merge keeps the last one"
+
+
+def test_recalibration_data_without_validation_onsets_is_refused_up_front(small_dataset, tmp_path, capsys):
+    import json
+
+    from training.pipeline import main as pipeline_main
+
+    root, manifest = small_dataset
+    only_id = [e for e in manifest["episodes"] if e["split"] != "validation" or e["onset_frame"] is None]
+    data = tmp_path / "id_only"
+    data.mkdir()
+    for entry in only_id:
+        (data / entry["split"]).mkdir(exist_ok=True)
+        (data / entry["path"]).symlink_to(root / entry["path"], target_is_directory=True)
+    splits = {split: [e["name"] for e in only_id if e["split"] == split] for split in manifest["splits"]}
+    (data / "manifest.json").write_text(json.dumps({**manifest, "episodes": only_id, "splits": splits}))
+    assert pipeline_main(["--data", str(data), "--recalibrate", str(tmp_path / "never_read")]) == 1
+    err = capsys.readouterr().err
+    assert "no validation episodes with an OOD onset after frame 0" in err and "training.data.merge" in err

@@ -52,6 +52,20 @@ def episodes(root: Path, split: str) -> list[Episode]:
     ]
 
 
+def check_calibration_splits(root: Path) -> None:
+    """Calibration needs ID driving; validation needs ID driving and onset episodes (the score is
+    chosen and the decision delay tuned on them) — checked before any frame is encoded."""
+    calibration, validation = episodes(root, "calibration"), episodes(root, "validation")
+    missing = [what for what, present in (
+        ("calibration episodes", calibration),
+        ("in-distribution validation episodes", any(e.onset_frame is None for e in validation)),
+        ("validation episodes with an OOD onset after frame 0", any(e.onset_frame for e in validation)),
+    ) if not present]
+    if missing:
+        raise DatasetError(f"{root}: no {', no '.join(missing)}; merge your episodes into a generated dataset, e.g. "
+                           f"`python -m training.data.merge datasets/default --add calibration=EPISODE_DIR --out DIR`")
+
+
 def iter_frames(episode: Episode) -> Iterator[tuple[np.ndarray, bool]]:
     """(rgb, ood label) for every frame of an episode."""
     labels = read_ground_truth(episode.path)

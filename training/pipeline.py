@@ -28,7 +28,7 @@ import torch
 from tqdm import tqdm
 
 from training.calibrate import SCORE_TAILS, ScoredEpisode, fit_scores, select_score, tune_decision
-from training.dataset import DatasetError, Episode, concatenate, episodes, iter_frames, load_inputs, load_manifest
+from training.dataset import DatasetError, Episode, check_calibration_splits, concatenate, episodes, iter_frames, load_inputs, load_manifest
 from training.export import export_encoder, write_bundle
 from training.models import VAEConfig
 from training.trainer import TrainConfig, train_vae
@@ -140,6 +140,7 @@ def calibrate_and_bundle(
     score candidates are fitted on every calibration frame and the best is chosen on the
     validation split, where the decision is tuned too (training.calibrate).
     """
+    check_calibration_splits(data)
     provenance = {"dataset": str(data), "dataset_sha256": load_manifest(data)["dataset_sha256"], "command": " ".join(sys.argv), **provenance}
 
     def bundle(score: LatentScore, calibration: np.ndarray, decision: DecisionParams) -> OODDetector:
@@ -211,6 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     out = args.out or REPO_ROOT / "runs" / args.config
     try:
+        check_calibration_splits(args.data)  # before hours of training, not after
         if args.recalibrate:
             print(f"recalibrated {recalibrate(args.recalibrate, args.data, args.out or args.recalibrate)}")
             return 0

@@ -39,7 +39,7 @@ from training.compress.latency import measure_latency, measure_preprocessing, pe
 from training.compress.qat import qat_finetune
 from training.compress.quantize import convert_fp16, quantize_int8
 from training.compress.sensitivity import LayerSensitivity, Policy, analyse, calibration_batches, propose_policy
-from training.dataset import DatasetError, episodes, iter_frames
+from training.dataset import DatasetError, check_calibration_splits, episodes, iter_frames
 from training.export import export_encoder
 from training.models import VAE, Encoder, VAEConfig
 from training.pipeline import REPO_ROOT, calibrate_and_bundle, ship_bundle
@@ -413,6 +413,7 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or REPO_ROOT / "runs" / "compress" / args.detector
     out.mkdir(parents=True, exist_ok=True)
     try:
+        check_calibration_splits(args.data)  # the selected bundle is calibrated at the end
         space = SPACES[args.space][args.detector]
         candidates, selected, sensitivity, policy = search(args.data, args.detector, teacher, out, args.runs, args.tolerance, space, args.workers)
         report = write_report(candidates, selected, sensitivity, policy, out, args.tolerance, args.detector)

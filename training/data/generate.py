@@ -161,7 +161,7 @@ def _shows_effect(sim_effect: str | None, meta: dict[str, Any], rgb: np.ndarray)
     return int(meta.get("obstacle_pixels", 0)) >= OBSTACLE_VISIBLE_SHARE * rgb.shape[0] * rgb.shape[1]
 
 
-def _sha256(path: Path) -> str:
+def _bag_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     for bag_file in sorted(p for p in path.iterdir() if p.suffix in (".mcap", ".db3")):
         with bag_file.open("rb") as handle:
@@ -175,13 +175,15 @@ def dataset_sha256(episodes: list[dict[str, Any]]) -> str:
     return hashlib.sha256("".join(e["sha256"] for e in episodes).encode()).hexdigest()
 
 
+def manifest_entry(episode_dir: Path, split: str, name: str) -> dict[str, Any]:
+    """An episode's manifest row: its episode.json, where it sits in the dataset and its bag hash."""
+    info = json.loads((episode_dir / EPISODE_FILE).read_text())
+    return {**info, "name": name, "split": split, "path": f"{split}/{name}", "sha256": _bag_sha256(episode_dir)}
+
+
 def write_manifest(out_dir: Path, preset: str, plans: list[EpisodePlan], width: int, height: int, fps: float) -> Path:
     """The dataset's table of contents: splits, episodes, per-episode hashes and a dataset hash."""
-    episodes = []
-    for plan in plans:
-        path = out_dir / plan.split / plan.name
-        info = json.loads((path / EPISODE_FILE).read_text())
-        episodes.append({**info, "split": plan.split, "path": f"{plan.split}/{plan.name}", "sha256": _sha256(path)})
+    episodes = [manifest_entry(out_dir / plan.split / plan.name, plan.split, plan.name) for plan in plans]
     dataset_hash = dataset_sha256(episodes)
     manifest = {
         "preset": preset,

@@ -154,8 +154,11 @@ PRESETS: dict[str, Preset] = {
     ),
 }
 
+# The conformal recipe: train the VAE, fit scores on calibration, tune decisions on validation,
+# report on test.
+SPLITS = ("train", "calibration", "validation", "test")
 # Seeds are unique per split so no two splits share a start pose or a random stream.
-_SPLIT_SEED_BASE = {"train": 0, "calibration": 100_000, "validation": 200_000, "test": 300_000}
+_SPLIT_SEED_BASE = {split: 100_000 * index for index, split in enumerate(SPLITS)}
 
 
 def plan_episodes(preset: Preset) -> list[EpisodePlan]:
