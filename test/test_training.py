@@ -112,9 +112,14 @@ def test_recalibration_refits_a_bundle_on_other_data(tiny_run, tmp_path):
     from training.pipeline import main as pipeline_main
 
     root, bundles, _, _ = tiny_run
+    town = tmp_path / "town"  # "other data": the same episodes under another dataset folder
+    town.symlink_to(root, target_is_directory=True)
     out = tmp_path / "recalibrated"
-    assert pipeline_main(["--data", str(root), "--recalibrate", str(bundles["flow"]), "--out", str(out)]) == 0
+    assert pipeline_main(["--data", str(town), "--recalibrate", str(bundles["flow"]), "--out", str(out)]) == 0
     old, new = OODDetector.from_path(bundles["flow"]).bundle, OODDetector.from_path(out).bundle
     assert new.provenance["recalibrated_from"]["sha256"] == old.sha256
+    assert new.provenance["dataset"] == str(town), "provenance names the data of this calibration"
+    assert new.provenance["recalibrated_from"]["dataset"] == old.provenance["dataset"] == str(root)
+    assert new.provenance["config"] == old.provenance["config"], "training facts carry over"
     assert (out / "horizontal.onnx").read_bytes() == (bundles["flow"] / "horizontal.onnx").read_bytes()
     assert pipeline_main(["--data", str(root), "--recalibrate", str(tmp_path / "missing")]) == 1

@@ -74,7 +74,7 @@ def write_bundle(
         "score": score.to_dict(),
         "calibration_scores": [round(float(s), 6) for s in scores],
         "decision": decision.to_dict(),
-        "provenance": {"commit": git_commit(), **provenance},
+        "provenance": {**provenance, "commit": git_commit()},  # the commit that wrote this bundle
     }
     (path / BUNDLE_FILE).write_text(json.dumps(meta, indent=1) + "\n")
     write_sums(path)

@@ -141,7 +141,7 @@ def calibrate_and_bundle(
     validation split, where the decision is tuned too (training.calibrate).
     """
     check_calibration_splits(data)
-    provenance = {"dataset": str(data), "dataset_sha256": load_manifest(data)["dataset_sha256"], "command": " ".join(sys.argv), **provenance}
+    provenance = {**provenance, "dataset": str(data), "dataset_sha256": load_manifest(data)["dataset_sha256"], "command": " ".join(sys.argv)}
 
     def bundle(score: LatentScore, calibration: np.ndarray, decision: DecisionParams) -> OODDetector:
         write_bundle(bundle_dir, kind, preprocessing, onnx_files, score, calibration, decision, provenance)
@@ -178,7 +178,11 @@ def recalibrate(bundle_dir: Path, data: Path, out: Path) -> Path:
     latent = mu_output.type.tensor_type.shape.dim[1].dim_value
     with tempfile.TemporaryDirectory() as staging:  # the encoders are read from the old bundle while the new one is written
         files = {name: Path(shutil.copy(path, Path(staging) / path.name)) for name, path in bundle.encoders.items()}
-        provenance = {**bundle.provenance, "recalibrated_from": {"bundle": str(bundle_dir), "sha256": bundle.sha256}}
+        # Training facts (config, history) carry over; where the old calibration came from is kept
+        # under recalibrated_from, since dataset, command and commit now describe this one.
+        old = bundle.provenance
+        origin = {key: old[key] for key in ("dataset", "dataset_sha256", "command", "commit", "recalibrated_from") if key in old}
+        provenance = {**old, "recalibrated_from": {"bundle": str(bundle_dir), "sha256": bundle.sha256, **origin}}
         return calibrate_and_bundle(bundle.detector, bundle.preprocessing, files, latent, data, out, provenance).path
 
 
