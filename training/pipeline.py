@@ -95,7 +95,7 @@ def _flow_tensor(batch: np.ndarray) -> torch.Tensor:
 
 def fit_detector(config: DetectorConfig, data: Path, out: Path, workers: int = 2) -> Path:
     """Train, export, calibrate and tune one detector; returns the bundle folder."""
-    load_manifest(data)  # fail before the long work when the dataset is not there
+    check_calibration_splits(data)  # fail before the long work when the dataset cannot be calibrated on
     work = out / config.kind
     to_tensor = _image_tensor if config.kind == "bvae" else _flow_tensor
     train_eps = episodes(data, "train")
@@ -140,7 +140,6 @@ def calibrate_and_bundle(
     score candidates are fitted on every calibration frame and the best is chosen on the
     validation split, where the decision is tuned too (training.calibrate).
     """
-    check_calibration_splits(data)
     provenance = {**provenance, "dataset": str(data), "dataset_sha256": load_manifest(data)["dataset_sha256"], "command": " ".join(sys.argv)}
 
     def bundle(score: LatentScore, calibration: np.ndarray, decision: DecisionParams) -> OODDetector:
@@ -173,6 +172,7 @@ def calibrate_and_bundle(
 def recalibrate(bundle_dir: Path, data: Path, out: Path) -> Path:
     """Refit the score and retune the decision of an existing bundle's encoders on `data` — e.g.
     on calibration and validation recordings of the town the robot will drive in."""
+    check_calibration_splits(data)
     bundle = load_bundle(bundle_dir)
     mu_output = onnx.load(str(next(iter(bundle.encoders.values())))).graph.output[0]  # (batch, latent)
     latent = mu_output.type.tensor_type.shape.dim[1].dim_value
@@ -216,7 +216,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     out = args.out or REPO_ROOT / "runs" / args.config
     try:
-        check_calibration_splits(args.data)  # before hours of training, not after
         if args.recalibrate:
             print(f"recalibrated {recalibrate(args.recalibrate, args.data, args.out or args.recalibrate)}")
             return 0

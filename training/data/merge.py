@@ -13,8 +13,9 @@ MERGED`. `--add SPLIT=EPISODE_DIR` adds single episodes — recordings imported 
 validation split holds the OOD onsets the decision is tuned on.
 
 Episodes are linked (symlinks to the source bags), not copied. The first dataset keeps its episode
-names, later ones are prefixed with their folder name, added episodes with their parent folder's name.
-All datasets and added episodes must share camera topic, frame size and rate. The merged manifest names its sources; its dataset hash covers every episode's bag.
+names, later ones are prefixed with their folder name, added episodes with their parent folder's
+name. All datasets and added episodes must share camera topic, frame size and rate. The merged
+manifest names its sources; its dataset hash covers every episode's bag.
 """
 
 from __future__ import annotations
@@ -35,6 +36,14 @@ from vae_ood_monitor.bags import BagError, image_topics
 _SHARED = ("topic", "width", "height", "fps")
 
 
+def _require_shared(found: dict[str, Any], like: dict[str, Any], where: Path, against: str, hint: str = "") -> None:
+    """Refuse `where` when its topic, size or rate (`found`) differ from the first dataset's."""
+    different = [key for key in _SHARED if found[key] != like[key]]
+    if different:
+        raise DatasetError(f"{where}: {', '.join(f'{k} {found[k]!r}' for k in different)} differ from {against} "
+                           f"({', '.join(f'{k} {like[k]!r}' for k in different)}){hint}")
+
+
 def _added_entry(split: str, episode_dir: Path, like: dict[str, Any]) -> dict[str, Any]:
     """The manifest row of a single episode added to `split`, checked against the first dataset."""
     if split not in SPLITS:
@@ -48,10 +57,7 @@ def _added_entry(split: str, episode_dir: Path, like: dict[str, Any]) -> dict[st
     except BagError as err:
         raise DatasetError(str(err)) from None
     found = {"topic": like["topic"] if like["topic"] in topics else ", ".join(topics), **{k: entry[k] for k in _SHARED[1:]}}
-    different = [key for key in _SHARED if found[key] != like[key]]
-    if different:
-        raise DatasetError(f"{episode_dir}: {', '.join(f'{k} {found[k]!r}' for k in different)} differ from the datasets' "
-                           f"({', '.join(f'{k} {like[k]!r}' for k in different)}); import it with matching --size/--fps")
+    _require_shared(found, like, episode_dir, "the datasets'", "; import it with matching --size/--fps")
     return entry
 
 
@@ -69,10 +75,7 @@ def merge(sources: list[Path], out: Path, added: list[tuple[str, Path]] = ()) ->
             raise DatasetError(f"{source}/{MANIFEST_FILE}: not a dataset manifest (no {', '.join(missing)})")
     first = manifests[0]
     for source, manifest in zip(sources[1:], manifests[1:]):
-        different = [key for key in _SHARED if manifest[key] != first[key]]
-        if different:
-            raise DatasetError(f"{source}: {', '.join(f'{k} {manifest[k]!r}' for k in different)} differ from {sources[0]} "
-                               f"({', '.join(f'{k} {first[k]!r}' for k in different)})")
+        _require_shared(manifest, first, source, str(sources[0]))
     episodes: list[dict[str, Any]] = []
     targets: list[Path] = []  # what each episode's link points to
     for index, (source, manifest) in enumerate(zip(sources, manifests)):
