@@ -12,6 +12,16 @@ from dataclasses import asdict, dataclass
 import cv2
 import numpy as np
 
+FLOW_METHODS = ("farneback", "dis")
+# OpenCV's DIS presets, cheapest first: ultrafast (patch 8, stride 6), fast, medium.
+DIS_PRESETS = {"ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST, "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST, "medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM}
+# "area": RGB area-resized to the flow size, then grey (the papers' order). "grey_stepped": grey at
+# the camera's size, area-averaged by the largest whole factor that divides it (OpenCV's fast
+# block-average path), then area-resized to the flow size — one channel and a cheap exact step
+# instead of a fractional area resize of three: 0.3 ms instead of 0.7 ms for 640x480 -> 120x90
+# here. The two differ by about 2 grey levels on average, so a model is trained with the one it runs.
+FLOW_RESIZES = ("area", "grey_stepped")
+
 
 @dataclass(frozen=True)
 class ImagePreprocessing:
@@ -44,10 +54,16 @@ class FlowPreprocessing:
     method: str = "farneback"  # or "dis"
     max_flow: float = 8.0  # pixels per frame at width×height mapped to ±1
     clahe: bool = True
+    dis_preset: str = "ultrafast"  # with method "dis"
+    resize: str = "area"  # how a camera frame becomes a grey width×height frame, see FLOW_RESIZES
 
     def __post_init__(self) -> None:
-        if self.method not in ("farneback", "dis"):
-            raise ValueError(f"flow method must be 'farneback' or 'dis', got '{self.method}'")
+        if self.method not in FLOW_METHODS:
+            raise ValueError(f"flow method must be one of {FLOW_METHODS}, got '{self.method}'")
+        if self.dis_preset not in DIS_PRESETS:
+            raise ValueError(f"DIS preset must be one of {tuple(DIS_PRESETS)}, got '{self.dis_preset}'")
+        if self.resize not in FLOW_RESIZES:
+            raise ValueError(f"flow resize must be one of {FLOW_RESIZES}, got '{self.resize}'")
         x, y, w, h = self.crop
         if x < 0 or y < 0 or x + w > self.width or y + h > self.height or w <= 0 or h <= 0:
             raise ValueError(f"crop {self.crop} does not fit in {self.width}x{self.height}")
@@ -62,6 +78,16 @@ class FlowPreprocessing:
         return cls(**fields)  # type: ignore[arg-type]
 
 
+def _whole_factor_area(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """`image` block-averaged by the largest whole factor k that divides both of its sides and keeps
+    it at least `size` (width, height); unchanged when there is none."""
+    height, width = image.shape[:2]
+    for k in range(min(width // size[0], height // size[1]), 1, -1):
+        if width % k == 0 and height % k == 0:
+            return cv2.resize(image, (width // k, height // k), interpolation=cv2.INTER_AREA)
+    return image
+
+
 class FlowStacker:
     """Turns a frame stream into stacked (horizontal, vertical) flow inputs.
 
@@ -74,14 +100,18 @@ class FlowStacker:
         self._previous: np.ndarray | None = None
         self._flows: deque[np.ndarray] = deque(maxlen=params.stack)
         self._clahe = cv2.createCLAHE(clipLimit=2.0, tileGridSize=(8, 8)) if params.clahe else None
-        self._dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST) if params.method == "dis" else None
+        self._dis = cv2.DISOpticalFlow_create(DIS_PRESETS[params.dis_preset]) if params.method == "dis" else None
 
     def reset(self) -> None:
         self._previous = None
         self._flows.clear()
 
     def _grey(self, rgb: np.ndarray) -> np.ndarray:
-        grey = cv2.cvtColor(cv2.resize(rgb, (self.params.width, self.params.height), interpolation=cv2.INTER_AREA), cv2.COLOR_RGB2GRAY)
+        size = (self.params.width, self.params.height)
+        if self.params.resize == "grey_stepped":
+            grey = cv2.resize(_whole_factor_area(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), size), size, interpolation=cv2.INTER_AREA)
+        else:
+            grey = cv2.cvtColor(cv2.resize(rgb, size, interpolation=cv2.INTER_AREA), cv2.COLOR_RGB2GRAY)
         return self._clahe.apply(grey) if self._clahe is not None else grey
 
     def _flow(self, previous: np.ndarray, current: np.ndarray) -> np.ndarray:
