@@ -108,6 +108,28 @@ def test_compression_search_measures_every_candidate_and_bundles_the_selected(ti
     assert "## Sensitivity" in (out / "search.md").read_text()
 
 
+@pytest.mark.timeout(900)
+def test_a_shipped_bundle_without_its_checkpoint_is_compressed_by_distillation(tiny_run, tmp_path, capsys):
+    """What models/ ships has no torch weights: the search distils students from the bundle's ONNX
+    encoders and skips what needs the weights (pruning, sensitivity, QAT of the teacher)."""
+    from training.compress.search import main as search_main
+
+    root, bundles, _, _ = tiny_run
+    out = tmp_path / "search"
+    argv = ["--data", str(root), "--detector", "bvae", "--teacher", str(bundles["bvae"]), "--out", str(out), "--space", "tiny", "--runs", "20"]
+    assert search_main(argv) == 0
+    rows = list(csv.DictReader((out / "search.csv").open()))
+    assert {r["structure"] for r in rows} == {"baseline", "student32"}
+    assert "student32/int8 qat" in {r["name"] for r in rows} and "baseline/int8 qat" not in {r["name"] for r in rows}
+    assert int(rows[0]["parameters"]) > 10 * int(next(r for r in rows if r["name"] == "student32/fp32")["parameters"])
+    assert "No pruning or sensitivity analysis" in (out / "search.md").read_text() and not (out / "sensitivity.png").exists()
+    selected = json.loads((out / "selected.json").read_text())
+    assert OODDetector.from_path(selected["bundle"]).bundle.provenance["compression"]["policy"] is None
+
+    assert search_main(argv[:5] + [str(tmp_path / "missing")] + argv[6:]) == 1
+    assert "missing: no teacher" in capsys.readouterr().err
+
+
 def test_recalibration_refits_a_bundle_on_other_data(tiny_run, tmp_path):
     from training.pipeline import main as pipeline_main
 
