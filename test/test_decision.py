@@ -75,3 +75,29 @@ def test_bad_scores_and_calibration_are_refused():
         ConformalDecider(CALIBRATION, DecisionParams()).update(float("nan"))
     with pytest.raises(ValueError, match="calibration"):
         ConformalDecider(np.array([]), DecisionParams())
+
+
+def _episode(name, category, onset, shift, rng):
+    from training.calibrate import ScoredEpisode
+
+    scores = rng.normal(10.0, 1.0, 300)
+    if onset is not None:
+        scores[onset:] += shift
+    return ScoredEpisode(name, scores, onset, category)
+
+
+def test_decision_is_tuned_on_the_onsets_of_the_detector_s_own_categories():
+    """A flow detector cannot see fog: its miss would cost every candidate alike. Tuned on its own
+    categories, it is timed on the motion onset it does see; without data of them, on every onset."""
+    from training.calibrate import tune_decision
+
+    rng = np.random.default_rng(3)
+    validation = [_episode("id", "id", None, 0.0, rng), _episode("spin", "motion", 100, 3.0, rng), _episode("fog", "appearance", 120, 0.0, rng)]
+    own = tune_decision(CALIBRATION, validation, ("upper",), ("motion", "sensor"))
+    every = tune_decision(CALIBRATION, validation, ("upper",))
+    assert own.missed == 0 and own.mean_delay < 15
+    assert every.missed == 1 and every.mean_delay > 80, "the invisible fog onset counts as its 180 frames left"
+    fallback = tune_decision(CALIBRATION, validation, ("upper",), ("sensor",))
+    assert fallback.missed == 1 and fallback.mean_delay == every.mean_delay
+    with pytest.raises(ValueError, match="onset episodes"):
+        tune_decision(CALIBRATION, validation[:1], ("upper",), ("motion",))

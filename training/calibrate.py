@@ -12,8 +12,12 @@ Decision:
 For every candidate (tail, ε, window, CUSUM drift) the alarm level is set just above the highest CUSUM value any
 in-distribution validation frame reached (ID episodes and the ID part of onset episodes), times a
 safety margin — so validation ID driving raises no alarm. Among the candidates, the one with the
-smallest mean detection delay on validation onset episodes wins (a missed onset counts as the
-frames left in its episode). The test split is never looked at.
+smallest mean detection delay on the validation onset episodes of the detector's own scenario
+categories wins (a missed onset counts as the frames left in its episode). Own categories: the
+β-VAE watches appearance and sensor faults, the flow detector motion and sensor faults; an onset
+the detector cannot see (fog for the flow detector) would only add the same miss to every
+candidate and drown the differences in delay — the fused monitor catches it through the other
+detector. The test split is never looked at.
 """
 
 from __future__ import annotations
@@ -37,6 +41,8 @@ WINDOWS = (5, 10, 20)
 # CUSUM decay per frame: absorbs mildly unusual stretches of normal driving (a new map, a new
 # light) that would otherwise accumulate and force the alarm level up.
 DRIFTS = (0.0, 5.0, 10.0, 20.0)
+# The scenario categories whose onsets each detector's decision is tuned for (both watch sensor faults).
+DETECTOR_CATEGORIES = {"bvae": ("appearance", "sensor"), "flow": ("motion", "sensor")}
 THRESHOLD_MARGIN = 1.5
 MIN_THRESHOLD = 5.0
 VARIANCE_FLOOR = 1e-6  # keeps the precision finite for latent dimensions that never move
@@ -112,6 +118,7 @@ class ScoredEpisode:
     name: str
     scores: np.ndarray
     onset_frame: int | None  # None: ID episode
+    category: str = "id"  # the scenario's: id, appearance, sensor or motion
 
 
 def cusum_trace(scores: np.ndarray, calibration: np.ndarray, params: DecisionParams) -> np.ndarray:
@@ -139,10 +146,17 @@ class TuningResult:
     table: list[dict[str, float]]
 
 
-def tune_decision(calibration: np.ndarray, validation: list[ScoredEpisode], tails: tuple[str, ...] = TAILS) -> TuningResult:
-    """Pick (tail, ε, window, threshold) on validation episodes as described in the module docstring."""
-    if not any(e.onset_frame for e in validation):
+def tune_decision(
+    calibration: np.ndarray, validation: list[ScoredEpisode], tails: tuple[str, ...] = TAILS, categories: tuple[str, ...] | None = None
+) -> TuningResult:
+    """Pick (tail, ε, window, threshold) on validation episodes as described in the module docstring;
+    delays are measured on the onsets of `categories` (None, or none of them in `validation`: all
+    onsets). In-distribution frames of every episode set the alarm level."""
+    onsets = [e for e in validation if e.onset_frame]
+    if not onsets:
         raise ValueError("validation needs onset episodes to tune the decision delay")
+    # Data with none of the detector's own categories (e.g. imported recordings of other faults): all onsets.
+    timed = [e for e in onsets if categories is None or e.category in categories] or onsets
     rows: list[dict[str, float]] = []
     best: tuple[float, DecisionParams, int] | None = None
     for tail, epsilon, window, drift in itertools.product(tails, EPSILONS, WINDOWS, DRIFTS):
@@ -154,11 +168,10 @@ def tune_decision(calibration: np.ndarray, validation: list[ScoredEpisode], tail
         )
         threshold = max(MIN_THRESHOLD, id_peak * THRESHOLD_MARGIN)
         delays, missed = [], 0
-        for e in validation:
-            if e.onset_frame:
-                alarm = first_alarm(traces[e.name], threshold, e.onset_frame)
-                missed += alarm is None
-                delays.append((alarm if alarm is not None else len(e.scores)) - e.onset_frame)
+        for e in timed:
+            alarm = first_alarm(traces[e.name], threshold, e.onset_frame)
+            missed += alarm is None
+            delays.append((alarm if alarm is not None else len(e.scores)) - e.onset_frame)
         mean_delay = float(np.mean(delays))
         params = DecisionParams(tail=tail, epsilon=epsilon, window=window, drift=drift, threshold=round(float(threshold), 4))
         rows.append({"tail": tail, "epsilon": epsilon, "window": window, "drift": drift, "threshold": params.threshold, "mean_delay": mean_delay, "missed": missed})

@@ -27,7 +27,7 @@ import onnx
 import torch
 from tqdm import tqdm
 
-from training.calibrate import SCORE_TAILS, ScoredEpisode, fit_scores, select_score, tune_decision
+from training.calibrate import DETECTOR_CATEGORIES, SCORE_TAILS, ScoredEpisode, fit_scores, select_score, tune_decision
 from training.dataset import DatasetError, Episode, check_calibration_splits, concatenate, episodes, iter_frames, load_inputs, load_manifest
 from training.export import export_encoder, write_bundle
 from training.models import VAEConfig
@@ -158,10 +158,11 @@ def calibrate_and_bundle(
     for episode, count, rows, latents, _ in validation_latents:
         scores = np.full(count, np.nan)
         scores[rows] = chosen.score(latents)
-        validation.append(ScoredEpisode(episode.name, scores, episode.onset_frame))
-    tuning = tune_decision(chosen.calibration_scores, validation, SCORE_TAILS[chosen.score.kind])
+        validation.append(ScoredEpisode(episode.name, scores, episode.onset_frame, episode.category))
+    tuning = tune_decision(chosen.calibration_scores, validation, SCORE_TAILS[chosen.score.kind], DETECTOR_CATEGORIES[kind])
     provenance["score_selection"] = {"chosen": chosen.name, "validation_auroc": score_table}
-    provenance["decision_tuning"] = {"mean_delay_frames": tuning.mean_delay, "missed_onsets": tuning.missed, "candidates": tuning.table}
+    provenance["decision_tuning"] = {"onset_categories": list(DETECTOR_CATEGORIES[kind]), "mean_delay_frames": tuning.mean_delay,
+                                     "missed_onsets": tuning.missed, "candidates": tuning.table}
     bundle(chosen.score, chosen.calibration_scores, tuning.params)
     auroc_text = ", ".join(f"{name} {value:.3f}" for name, value in score_table.items())
     print(f"{kind}: score {chosen.name} (validation AUROC {auroc_text}), decision {tuning.params}, "
