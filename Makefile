@@ -18,7 +18,7 @@ SIM_DEBS := libgl1 libegl1 libgl1-mesa-dri libglu1-mesa libosmesa6 freeglut3-dev
 export AMENT_PREFIX_PATH := $(abspath $(VENV))
 export ROS_AUTOMATIC_DISCOVERY_RANGE ?= LOCALHOST
 
-.PHONY: demo test venv sim-venv system-deps dataset dataset-small models compress recalibrate clean
+.PHONY: demo test venv sim-venv system-deps dataset dataset-small models compress compress-fast recalibrate clean
 
 # The main job: the shipped demo bag (lane following that turns foggy) through the real graph,
 # each node in its own process over DDS; prints a timeline and the onset-to-stop latency and
@@ -75,6 +75,13 @@ models: venv
 compress: venv
 	$(VENV)/bin/python -m training.compress.search --data datasets/default --detector bvae --ship
 	$(VENV)/bin/python -m training.compress.search --data datasets/default --detector flow --ship --make-default
+
+# Needs only `make dataset`: distils flow students on cheaper frames from the shipped flow baseline
+# bundle (no training checkpoint) and ships the selected one as models/flow_fast, selectable, not
+# the default (README: its decision is slower on the test split).
+compress-fast: venv
+	$(VENV)/bin/python -m training.compress.search --data datasets/default --detector flow --teacher models/flow_baseline \
+	    --space students --out runs/compress/flow_students --ship --ship-name flow_fast
 
 # Refit the shipped β-VAE bundles' score and decision on the default dataset plus in-distribution
 # drives through intersections (which the default train and validation maps lack). The flow

@@ -1,6 +1,7 @@
 """Model bundles: export, verification at load, and ONNX Runtime agreeing with torch."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -108,3 +109,20 @@ def test_tensorrt_backend_is_a_clear_error_without_tensorrt(tmp_path):
             OODDetector.from_path(bundle_dir, backend="tensorrt")
     else:
         pytest.skip("TensorRT is installed here; its engine path is exercised by the Jetson benchmark")
+
+
+SHIPPED_BUNDLES = sorted(p.parent for p in (Path(__file__).resolve().parents[1] / "models").glob("*/bundle.json"))
+
+
+@pytest.mark.parametrize("bundle_dir", SHIPPED_BUNDLES, ids=[p.name for p in SHIPPED_BUNDLES])
+def test_every_shipped_bundle_loads_and_scores_the_demo_bag(bundle_dir):
+    """Checksums, preprocessing fields and encoders of what models/ ships, through ONNX Runtime."""
+    from vae_ood_monitor.bags import read_camera_messages
+    from vae_ood_monitor.images import decode_message
+
+    demo = bundle_dir.parents[1] / "demo" / "demo_fog_onset"
+    frames = [decode_message(m.msg) for m, _ in zip(read_camera_messages(demo), range(20))]
+    detector = OODDetector.from_path(bundle_dir)
+    scores = detector.score_stream(frames)
+    stack = getattr(detector.bundle.preprocessing, "stack", 0)
+    assert np.isfinite(scores[stack:]).all() and len(scores) == 20

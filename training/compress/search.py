@@ -476,9 +476,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=200, help="timed runs per model (median reported)")
     parser.add_argument("--tolerance", type=float, default=0.02, help="largest validation AUROC drop accepted")
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--ship", action="store_true", help="copy the selected bundle to models/<detector>_compressed")
+    parser.add_argument("--ship", action="store_true", help="copy the selected bundle to models/<detector>_compressed (or --ship-name)")
+    parser.add_argument("--ship-name", help="with --ship: the folder name under models/ (default <detector>_compressed)")
     parser.add_argument("--make-default", action="store_true", help="with --ship: make it the runtime default (models/defaults.json) — after checking it on the test split and the bench")
     args = parser.parse_args(argv)
+    if args.ship_name is not None and (not args.ship_name.replace("_", "").replace("-", "").isalnum()):
+        parser.error(f"--ship-name must be a plain folder name (letters, digits, _ and -), got '{args.ship_name}'")
     teacher = args.teacher or REPO_ROOT / "runs" / "default" / args.detector
     out = args.out or REPO_ROOT / "runs" / "compress" / args.detector
     out.mkdir(parents=True, exist_ok=True)
@@ -495,7 +498,8 @@ def main(argv: list[str] | None = None) -> int:
         print(report.read_text())
         print(f"selected bundle: {bundle}")
         if args.ship:
-            print(f"shipped {ship_bundle(bundle, args.detector, f'{args.detector}_compressed', make_default=args.make_default)}")
+            name = args.ship_name or f"{args.detector}_compressed"
+            print(f"shipped {ship_bundle(bundle, args.detector, name, make_default=args.make_default)}")
         (out / "selected.json").write_text(json.dumps({"selected": selected.name, "bundle": str(bundle)}, indent=1) + "\n")
     except (DatasetError, BundleError, FileNotFoundError, RuntimeError) as err:
         print(f"search: {err}", file=sys.stderr)
