@@ -91,6 +91,16 @@ def test_plan_is_deterministic_and_covers_every_scenario():
     assert {p.scenario for p in default if p.split in ("train", "calibration")} == {"id"}
 
 
+def test_extra_validation_onsets_stay_off_the_default_maps():
+    """One onset per OOD scenario on the intersections' validation map: none on a map of the default
+    preset, so the test maps stay held out."""
+    extra = plan_episodes(PRESETS["validation_onsets"])
+    default = plan_episodes(PRESETS["default"])
+    assert sorted(p.scenario for p in extra) == sorted(set(SCENARIOS) - {"id"})
+    assert all(p.split == "validation" and 90 <= p.onset_frame <= 180 for p in extra)
+    assert not {p.map for p in extra} & {p.map for p in default}
+
+
 def test_missing_simulator_is_a_clear_error(tmp_path, capsys):
     assert main(["--preset", "small", "--out", str(tmp_path / "ds"), "--sim-python", str(tmp_path / "nope" / "python")]) == 1
     assert "run `make sim-venv` first" in capsys.readouterr().err

@@ -144,6 +144,14 @@ PRESETS: dict[str, Preset] = {
         },
         scenarios=(),
     ),
+    # One onset of every OOD scenario on the intersections' validation map: merged into a dataset,
+    # it doubles the onsets its validation split tunes the decisions on (one per scenario and map).
+    "validation_onsets": Preset(
+        name="validation_onsets",
+        frames=300,
+        onset_range=(90, 180),
+        splits={"validation": SplitPlan(INTERSECTION_VALIDATION_MAPS, id_episodes=0, ood_onset_episodes=1)},
+    ),
     # One in-distribution drive that turns foggy: the shipped demo bag (demo/demo_fog_onset).
     "demo": Preset(
         name="demo",
