@@ -232,6 +232,45 @@ def _precisions(structure: Candidate, inputs: SplitInputs, policy: Policy | None
     return variants
 
 
+def _pruned_structures(
+    teachers: dict[str, Encoder], shapes: dict[str, tuple[int, int, int]], inputs: SplitInputs, targets: dict[str, tuple[np.ndarray, np.ndarray]],
+    baseline_auroc: float, space: SearchSpace, work: Path,
+) -> tuple[list[Candidate], dict[str, dict[str, Encoder]], list[LayerSensitivity], Policy]:
+    """Sensitivity analysis, the policy it proposes, channel-pruned copies (homogeneous ratios and
+    the policy) and the mask-only comparison point, each distilled to the teacher."""
+    all_int8, sensitivity = analyse(teachers, shapes, inputs, work / "sensitivity", space.sensitivity_ratio)
+    policy = propose_policy(baseline_auroc, all_int8, sensitivity)
+    print(f"sensitivity-guided policy: ratios {policy.layer_ratios}, FP32 layers {policy.keep_fp32 or 'none'}")
+    structures: list[Candidate] = []
+    trained: dict[str, dict[str, Encoder]] = {}
+    prep = inputs.preprocessing
+    for name, ratio, layer_ratios in [(f"prune{int(r * 100)}", r, None) for r in space.ratios] + [("policy", 0.0, policy.layer_ratios)]:
+        students = {n: prune_encoder(teachers[n], shapes[n], ratio, layer_ratios) for n in teachers}
+        students, mse = _distilled(students, inputs, targets, space.distill, name)
+        structures.append(_exported(name, students, prep, shapes, work, mse))
+        trained[name] = students
+    if space.unstructured:  # masks only: as many multiply-adds as the teacher in a dense runtime
+        name = f"unstructured{int(space.unstructured * 100)}"
+        fine_tune = replace(space.distill, epochs=space.unstructured_epochs)
+        students, mse = _distilled({n: mask_encoder(teachers[n], space.unstructured) for n in teachers}, inputs, targets, fine_tune, name)
+        structures.append(_exported(name, {n: unmask(student) for n, student in students.items()}, prep, shapes, work, mse))
+    return structures, trained, sensitivity, policy
+
+
+def _distilled_student(
+    spec: StudentSpec, detector: str, encoders: tuple[str, ...], latent: int, inputs: SplitInputs,
+    targets: dict[str, tuple[np.ndarray, np.ndarray]], space: SearchSpace, work: Path,
+) -> tuple[Candidate, dict[str, Encoder]]:
+    """A from-scratch student of `spec`, distilled to the teacher's latents, exported to ONNX."""
+    shapes = input_shapes(detector, spec.preprocessing)
+    students = {}
+    for n in encoders:
+        c, h, w = shapes[n]
+        students[n] = Encoder(VAEConfig(in_channels=c, height=h, width=w, conv_channels=spec.conv_channels, dense=spec.dense, latent=latent))
+    students, mse = _distilled(students, inputs, targets, space.distill, spec.name)
+    return _exported(spec.name, students, spec.preprocessing, shapes, work, mse), students
+
+
 @dataclass
 class SearchResult:
     candidates: list[Candidate]  # the baseline first
@@ -267,35 +306,17 @@ def search(data: Path, detector: str, teacher: Teacher, out: Path, runs: int, to
     if teachers is not None:
         trained["baseline"] = teachers
     if teachers is not None and space.ratios:
-        all_int8, sensitivity = analyse(teachers, shapes, inputs, work / "sensitivity", space.sensitivity_ratio)
-        policy = propose_policy(baseline.auroc, all_int8, sensitivity)
-        print(f"sensitivity-guided policy: ratios {policy.layer_ratios}, FP32 layers {policy.keep_fp32 or 'none'}")
-        prunings = [(f"prune{int(r * 100)}", r, None) for r in space.ratios] + [("policy", 0.0, policy.layer_ratios)]
-        for name, ratio, layer_ratios in prunings:
-            students = {n: prune_encoder(teachers[n], shapes[n], ratio, layer_ratios) for n in encoders}
-            students, mse = _distilled(students, inputs, targets, space.distill, name)
-            structures.append(_exported(name, students, teacher_prep, shapes, work, mse))
-            trained[name] = students
-        if space.unstructured:  # masks only: as many multiply-adds as the teacher in a dense runtime
-            name = f"unstructured{int(space.unstructured * 100)}"
-            fine_tune = replace(space.distill, epochs=space.unstructured_epochs)
-            students, mse = _distilled({n: mask_encoder(teachers[n], space.unstructured) for n in encoders}, inputs, targets, fine_tune, name)
-            structures.append(_exported(name, {n: unmask(student) for n, student in students.items()}, teacher_prep, shapes, work, mse))
+        pruned, pruned_trained, sensitivity, policy = _pruned_structures(teachers, shapes, inputs, targets, baseline.auroc, space, work)
+        structures += pruned
+        trained |= pruned_trained
     student_inputs: dict[ImagePreprocessing | FlowPreprocessing, SplitInputs] = {teacher_prep: inputs}
     for spec in space.students:
         if spec.preprocessing not in student_inputs:
             student_inputs[spec.preprocessing] = SplitInputs.load(data, spec.preprocessing, space.train_stride, space.eval_stride, workers)
-        s_inputs = student_inputs[spec.preprocessing]
-        if s_inputs.train_frames() != inputs.train_frames():
+        if student_inputs[spec.preprocessing].train_frames() != inputs.train_frames():
             raise RuntimeError(f"{spec.name}: student and teacher training frames do not line up")
-        s_shapes = input_shapes(detector, spec.preprocessing)
-        students = {}
-        for n in encoders:
-            c, h, w = s_shapes[n]
-            students[n] = Encoder(VAEConfig(in_channels=c, height=h, width=w, conv_channels=spec.conv_channels, dense=spec.dense, latent=latent))
-        students, mse = _distilled(students, s_inputs, targets, space.distill, spec.name)
-        structures.append(_exported(spec.name, students, spec.preprocessing, s_shapes, work, mse))
-        trained[spec.name] = students
+        structure, trained[spec.name] = _distilled_student(spec, detector, encoders, latent, student_inputs[spec.preprocessing], targets, space, work)
+        structures.append(structure)
 
     candidates: list[Candidate] = []
     for structure in structures:
