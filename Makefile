@@ -89,7 +89,8 @@ compress-fast: venv sim-venv
 
 # Refit the shipped β-VAE bundles' score and decision on the default dataset plus in-distribution
 # drives through intersections (which the default train and validation maps lack). The flow
-# bundles keep their calibration (README: recalibrated, their decisions came later).
+# bundles are not refitted here (README: on these data their decisions came later); the default
+# one, flow_fast, is tuned on datasets/default_vo by `make compress-fast`.
 recalibrate: venv sim-venv
 	$(VENV)/bin/python -m training.data.generate --preset intersections
 	$(VENV)/bin/python -m training.data.merge datasets/default datasets/intersections --out datasets/default_plus
