@@ -261,10 +261,15 @@ def _plot(recording: Recording, onset_time: float | None, stops: list[float], pa
         print("matplotlib is not installed: no plot")
         return
     fig, axes = plt.subplots(2, 1, figsize=(9, 5), sharex=True)
-    for ax, name, label in zip(axes, ("bvae", "flow"), ("β-VAE KL score", "optical-flow KL score")):
+    # The latent score is the bundle's (KL or Mahalanobis); OOD scores run orders of magnitude above
+    # normal driving, so a log axis keeps both readable.
+    for ax, name, label in zip(axes, ("bvae", "flow"), ("β-VAE latent score", "optical-flow latent score")):
         series = recording.scores[name]
-        ax.plot([t for t, _ in series], [v for _, v in series], lw=1.2)
+        values = [v for _, v in series]
+        ax.plot([t for t, _ in series], values, lw=1.2)
         ax.set_ylabel(label)
+        if values and min(values) > 0:
+            ax.set_yscale("log")
         if onset_time is not None:
             ax.axvline(onset_time, color="red", ls="--", label="onset (first OOD frame)")
         if stops:
