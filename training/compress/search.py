@@ -86,11 +86,10 @@ _FLOW_3Q = FlowPreprocessing(width=120, height=90, crop=(4, 5, 112, 80), max_flo
 # the teacher's latents of the Farneback flow of the same frames.
 _FLOW_DIS = FlowPreprocessing(width=128, height=96, crop=(8, 8, 112, 80), max_flow=6.4, method="dis")
 # Cheaper frames (preprocessing.FLOW_RESIZES): grey first, then a whole-factor block average before
-# the last resize. Farneback at 0.6 and 0.55 resolution (96x72, 88x66), and OpenCV's DIS "fast"
-# preset (finer and smoother than ultrafast) at 3/4 resolution.
+# the last resize; Farneback at 0.6 and 0.55 resolution (96x72, 88x66). In the "students" space
+# (`make compress-fast`), not the default one, so `make compress` still reproduces flow_compressed.
 _FLOW_06_STEPPED = FlowPreprocessing(width=96, height=72, crop=(8, 4, 80, 64), max_flow=4.8, resize="grey_stepped")
 _FLOW_055_STEPPED = FlowPreprocessing(width=88, height=66, crop=(4, 1, 80, 64), max_flow=4.4, resize="grey_stepped")
-_FLOW_DIS_FAST = FlowPreprocessing(width=120, height=90, crop=(4, 5, 112, 80), max_flow=6.0, method="dis", dis_preset="fast", resize="grey_stepped")
 _FLOW_STUDENTS_STEPPED = (StudentSpec("student_06_res_stepped", _FLOW_06_STEPPED, (16, 16, 8, 8), (64,)),
                           StudentSpec("student_06_res_stepped_narrow", _FLOW_06_STEPPED, (8, 8, 8, 8), (64,)),
                           StudentSpec("student_055_res_stepped", _FLOW_055_STEPPED, (16, 16, 8, 8), (64,)))
@@ -109,8 +108,7 @@ SPACES: dict[str, dict[str, SearchSpace]] = {
             students=(StudentSpec("student_half_res", _FLOW_HALF, (16, 16, 8, 8), (64,)),
                       StudentSpec("student_3q_res", _FLOW_3Q, (16, 16, 8, 8), (64,)),
                       StudentSpec("student_3q_res_wide", _FLOW_3Q, (32, 32, 16, 16), (128,)),
-                      StudentSpec("student_dis", _FLOW_DIS, (16, 16, 8, 8), (64,)),
-                      StudentSpec("student_dis_fast", _FLOW_DIS_FAST, (16, 16, 8, 8), (64,)), *_FLOW_STUDENTS_STEPPED),
+                      StudentSpec("student_dis", _FLOW_DIS, (16, 16, 8, 8), (64,))),
             distill=TrainConfig(epochs=6, batch_size=64, learning_rate=1e-3, threads=2), train_stride=3, eval_stride=4,
         ),
     },
