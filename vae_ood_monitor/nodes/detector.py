@@ -95,7 +95,14 @@ class DetectorNode(Node):
                 item, self._newest = self._newest, None
                 self._wake.clear()
             if item is not None:
-                self._process(*item)
+                try:
+                    self._process(*item)
+                except Exception:
+                    # Ctrl-C shuts the context down before destroy_node stops this thread; a
+                    # publish in between fails, and that is the end of the stream, not an error.
+                    if self.context.ok():
+                        raise
+                    return
 
     def _process(self, msg: Any, received: float) -> None:
         started = time.monotonic()
