@@ -303,10 +303,10 @@ def search(data: Path, detector: str, teacher: Teacher, out: Path, runs: int, to
     policy: Policy | None = None
     if teachers is not None:
         trained["baseline"] = teachers
-    if teachers is not None and space.ratios:
-        pruned, pruned_trained, sensitivity, policy = _pruned_structures(teachers, shapes, inputs, targets, baseline.auroc, space, work)
-        structures += pruned
-        trained |= pruned_trained
+        if space.ratios:
+            pruned, pruned_trained, sensitivity, policy = _pruned_structures(teachers, shapes, inputs, targets, baseline.auroc, space, work)
+            structures += pruned
+            trained |= pruned_trained
     student_inputs: dict[ImagePreprocessing | FlowPreprocessing, SplitInputs] = {teacher_prep: inputs}
     for spec in space.students:
         if spec.preprocessing not in student_inputs:
@@ -435,14 +435,15 @@ def write_report(result: SearchResult, out: Path, tolerance: float, detector: st
               ]
     if policy is None:
         lines += ["No pruning or sensitivity analysis in this search: its space has no pruning ratios, or the teacher was a bundle without its training checkpoint "
-                  "(then no QAT of the teacher either).", "",
-                  "![Pareto](pareto.png)", ""]
+                  "(then no QAT of the teacher either).", ""]
     else:
         lines += ["## Sensitivity (one layer at a time)", "",
                   "| layer | parameters | AUROC, layer pruned | AUROC, all INT8 but this layer |", "|---|---|---|---|"]
         lines += [f"| {s.layer} | {s.parameters} | {s.pruned_auroc:.4f} | {s.int8_except_auroc:.4f} |" for s in sensitivity]
-        lines += ["", f"Proposed policy: per-layer pruning ratios {policy.layer_ratios}; FP32 layers in INT8 models: {list(policy.keep_fp32) or 'none'}.", "",
-                  "![Pareto](pareto.png)", "", "![Sensitivity](sensitivity.png)", ""]
+        lines += ["", f"Proposed policy: per-layer pruning ratios {policy.layer_ratios}; FP32 layers in INT8 models: {list(policy.keep_fp32) or 'none'}.", ""]
+    lines += ["![Pareto](pareto.png)", ""]
+    if sensitivity:
+        lines += ["![Sensitivity](sensitivity.png)", ""]
     (out / "search.md").write_text("\n".join(lines))
     _plots(candidates, selected, sensitivity, baseline, out, tolerance)
     return out / "search.md"
