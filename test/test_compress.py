@@ -129,3 +129,49 @@ def test_quantization_aware_finetuning_learns_on_the_int8_grid_and_exports_a_pla
     int8 = quantize_int8(onnx, tmp_path / "qat_int8.onnx", [inputs[i : i + 16] for i in range(0, 64, 16)])
     mu, _ = make_encoder("onnxruntime", int8)(inputs)
     assert np.corrcoef(mu.ravel(), targets[0].ravel())[0, 1] > 0.98
+
+
+def test_perturbed_copies_are_the_same_image_at_the_teachers_and_the_students_size():
+    """The targets stay exact only if perturbing then resizing (what the student learns from)
+    equals resizing then perturbing (what the teacher was run on)."""
+    from training.compress.perturb import UNIFORM_COLOUR, Perturbations
+    from vae_ood_monitor.preprocessing import ImagePreprocessing
+
+    rng = np.random.default_rng(1)
+    frames = rng.integers(0, 256, (6, 96, 128, 3), dtype=np.uint8)
+    perturbations = Perturbations.draw(len(frames), copies_per_frame=3, seed=0)
+    assert len(perturbations.source) == 18 and (perturbations.partner == UNIFORM_COLOUR).any() and (perturbations.partner >= 0).any()
+    assert (perturbations.partner != perturbations.source).all(), "a frame is never mixed with itself"
+
+    def rows(images, prep):
+        return np.stack([prep.resize(image).transpose(2, 0, 1) for image in images])
+
+    full = perturbations.apply(frames.transpose(0, 3, 1, 2)).transpose(0, 2, 3, 1)
+    for prep in (ImagePreprocessing(64, 48), ImagePreprocessing(32, 24)):
+        resized_then_perturbed = perturbations.apply(rows(frames, prep)).astype(int)
+        perturbed_then_resized = rows(np.ascontiguousarray(full), prep).astype(int)
+        assert np.abs(resized_then_perturbed - perturbed_then_resized).max() <= 1, "rounding only"
+    uniform = perturbations.partner == UNIFORM_COLOUR
+    assert np.abs(full[uniform].astype(float).std(axis=(1, 2)) - frames[perturbations.source[uniform]].astype(float).std(axis=(1, 2)) * perturbations.weight[uniform, None]).max() < 1.0
+    flows = rng.uniform(-1, 1, (6, 6, 16, 16)).astype(np.float16)  # normalised flow stacks: blends stay in [-1, 1]
+    perturbed_flows = perturbations.apply(flows)
+    assert perturbed_flows.dtype == np.float16 and np.abs(perturbed_flows).max() <= 1.0
+    with pytest.raises(ValueError, match="channels, H, W"):
+        perturbations.apply(np.zeros((6, 8, 8), dtype=np.float16))
+    with pytest.raises(ValueError, match="more frames"):
+        perturbations.apply(np.zeros((2, 3, 8, 8), dtype=np.uint8))
+
+
+def test_a_new_student_starts_from_its_seed_whatever_ran_before():
+    """torch seeds itself differently in every process: without the seed the search's students,
+    and the candidate it ships, would change from run to run."""
+    from training.compress.distill import new_student
+    from training.models import VAEConfig
+
+    config = VAEConfig(in_channels=3, height=32, width=32, conv_channels=(8, 8, 4, 4), dense=(32,), latent=4)
+    first = new_student(config, seed=3)
+    torch.rand(100)  # whatever else drew random numbers in between
+    second, other = new_student(config, seed=3), new_student(config, seed=4)
+    for a, b, c in zip(first.state_dict().values(), second.state_dict().values(), other.state_dict().values()):
+        assert torch.equal(a, b)
+    assert any(not torch.equal(a, c) for a, c in zip(first.state_dict().values(), other.state_dict().values()))

@@ -122,7 +122,9 @@ def test_a_shipped_bundle_without_its_checkpoint_is_compressed_by_distillation(t
     assert {r["structure"] for r in rows} == {"baseline", "student32"}
     assert "student32/int8 qat" in {r["name"] for r in rows} and "baseline/int8 qat" not in {r["name"] for r in rows}
     assert int(rows[0]["parameters"]) > 10 * int(next(r for r in rows if r["name"] == "student32/fp32")["parameters"])
-    assert "No pruning or sensitivity analysis" in (out / "search.md").read_text() and not (out / "sensitivity.png").exists()
+    report = (out / "search.md").read_text()
+    assert "No pruning or sensitivity analysis" in report and not (out / "sensitivity.png").exists()
+    assert "1 label-free perturbed copy" in report, "the tiny space distils on perturbed copies too"
     selected = json.loads((out / "selected.json").read_text())
     assert OODDetector.from_path(selected["bundle"]).bundle.provenance["compression"]["policy"] is None
 

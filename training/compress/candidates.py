@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from training.calibrate import fit_scores, select_score
+from training.compress.perturb import Perturbations
 from training.dataset import EpisodeInputs, episodes, load_inputs
 from vae_ood_monitor.backends import make_encoder
 from vae_ood_monitor.bundle import DETECTOR_ENCODERS
@@ -38,6 +39,9 @@ class SplitInputs:
     train: list[EpisodeInputs]
     calibration: list[EpisodeInputs]
     validation: list[EpisodeInputs]
+    # Perturbed copies appended to the training rows (training.compress.perturb), the same for
+    # the teacher's and every student's inputs, so targets and student rows line up.
+    perturbations: Perturbations | None = None
 
     @classmethod
     def load(cls, data: Path, prep: Preprocessing, train_stride: int, eval_stride: int, workers: int = 2) -> SplitInputs:
@@ -47,7 +51,8 @@ class SplitInputs:
         return cls(prep, split("train", train_stride), split("calibration", eval_stride), split("validation", eval_stride))
 
     def train_inputs(self, encoder_index: int) -> np.ndarray:
-        return np.concatenate([item.inputs[encoder_index] for item in self.train])
+        rows = np.concatenate([item.inputs[encoder_index] for item in self.train])
+        return rows if self.perturbations is None else np.concatenate([rows, self.perturbations.apply(rows)])
 
     def train_frames(self) -> list[tuple[str, int]]:
         return [(item.episode.name, int(f)) for item in self.train for f in item.frames]

@@ -22,7 +22,7 @@ from torch.nn.utils import prune
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from training.models import Encoder
+from training.models import Encoder, VAEConfig
 from training.trainer import TrainConfig, set_seeds
 from vae_ood_monitor.backends import make_encoder
 
@@ -32,6 +32,13 @@ def teacher_latents(onnx: Path, inputs: np.ndarray, to_float: Callable[[np.ndarr
     encoder = make_encoder("onnxruntime", onnx, threads=2)
     parts = [encoder(to_float(inputs[i : i + batch_size])) for i in range(0, len(inputs), batch_size)]
     return np.concatenate([m for m, _ in parts]), np.concatenate([v for _, v in parts])
+
+
+def new_student(config: VAEConfig, seed: int) -> Encoder:
+    """A from-scratch student encoder, initialised from `seed`: torch seeds itself differently in
+    every process, so an unseeded student (and the search's choice) would change from run to run."""
+    set_seeds(seed)
+    return Encoder(config)
 
 
 def prune_encoder(encoder: Encoder, input_shape: tuple[int, int, int], ratio: float, layer_ratios: dict[str, float] | None = None) -> Encoder:

@@ -36,8 +36,9 @@ from onnx import numpy_helper
 from tqdm import tqdm
 
 from training.compress.candidates import SplitInputs, files_size_mb, input_shapes, to_float, validation_auroc
-from training.compress.distill import distill, mask_encoder, parameter_count, prune_encoder, teacher_latents, unmask
+from training.compress.distill import distill, mask_encoder, new_student, parameter_count, prune_encoder, teacher_latents, unmask
 from training.compress.latency import measure_latency, measure_preprocessing, peak_memory_mb
+from training.compress.perturb import Perturbations
 from training.compress.qat import qat_finetune
 from training.compress.quantize import convert_fp16, quantize_int8
 from training.compress.sensitivity import LayerSensitivity, Policy, analyse, calibration_batches, propose_policy
@@ -75,6 +76,7 @@ class SearchSpace:
     qat_epochs: int = 2  # quantization-aware fine-tuning of a structure whose post-training INT8 lost AUROC
     qat_trigger: float = 0.002  # the validation AUROC loss of post-training INT8 that calls for it
     qat_lr_scale: float = 0.1  # fine-tuning a trained encoder: a tenth of the distillation learning rate
+    perturbed_copies: int = 0  # label-free perturbed copies of every training frame to distil on too (image inputs; training.compress.perturb)
 
 
 # Students see the flow at a lower resolution (max_flow scales with it): fewer pixels for the
@@ -115,7 +117,8 @@ SPACES: dict[str, dict[str, SearchSpace]] = {
     # Distilled students only, e.g. from a shipped bundle (`--teacher models/flow_baseline`): the
     # per-frame cost of the flow detector, and the β-VAE student on other data.
     "students": {
-        "bvae": SearchSpace(ratios=(), students=(_BVAE_NARROW,), distill=TrainConfig(epochs=6, batch_size=32, learning_rate=1e-3, threads=2), train_stride=4, eval_stride=4, unstructured=0.0),
+        "bvae": SearchSpace(ratios=(), students=(_BVAE_NARROW,), distill=TrainConfig(epochs=12, batch_size=32, learning_rate=1e-3, threads=2), train_stride=4, eval_stride=4,
+                            unstructured=0.0, perturbed_copies=1),
         "flow": SearchSpace(ratios=(), students=_FLOW_STUDENTS_STEPPED, distill=TrainConfig(epochs=6, batch_size=64, learning_rate=1e-3, threads=2), train_stride=3, eval_stride=4, unstructured=0.0),
     },
     # A smaller search for a short session: one homogeneous ratio, one student, no mask-only point.
@@ -129,7 +132,7 @@ SPACES: dict[str, dict[str, SearchSpace]] = {
     "tiny": {
         "bvae": SearchSpace(ratios=(0.5,), students=(StudentSpec("student32", ImagePreprocessing(32, 32), (8, 8, 4, 4), (32,)),),
                             distill=TrainConfig(epochs=2, batch_size=16, learning_rate=1e-3), train_stride=2, eval_stride=3, unstructured_epochs=1,
-                            qat_epochs=1, qat_trigger=-1.0),
+                            qat_epochs=1, qat_trigger=-1.0, perturbed_copies=1),
         "flow": SearchSpace(ratios=(0.5,), students=(), distill=TrainConfig(epochs=2, batch_size=16, learning_rate=1e-3), train_stride=2, eval_stride=3, unstructured_epochs=1,
                             qat_epochs=1, qat_trigger=-1.0),
     },
@@ -264,7 +267,7 @@ def _distilled_student(
     students = {}
     for n in encoders:
         c, h, w = shapes[n]
-        students[n] = Encoder(VAEConfig(in_channels=c, height=h, width=w, conv_channels=spec.conv_channels, dense=spec.dense, latent=latent))
+        students[n] = new_student(VAEConfig(in_channels=c, height=h, width=w, conv_channels=spec.conv_channels, dense=spec.dense, latent=latent), space.distill.seed)
     students, mse = _distilled(students, inputs, targets, space.distill, spec.name)
     return _exported(spec.name, students, spec.preprocessing, shapes, work, mse), students
 
@@ -276,6 +279,7 @@ class SearchResult:
     sensitivity: list[LayerSensitivity]  # empty in a students-only search
     policy: Policy | None
     latent: int  # latent dimensions of every encoder
+    perturbed_copies: int = 0  # per training frame, distilled on besides the frames themselves
 
 
 def search(data: Path, detector: str, teacher: Teacher, out: Path, runs: int, tolerance: float, space: SearchSpace, workers: int = 2) -> SearchResult:
@@ -289,6 +293,8 @@ def search(data: Path, detector: str, teacher: Teacher, out: Path, runs: int, to
     teacher_prep = teacher_bundle.preprocessing
     shapes = input_shapes(detector, teacher_prep)
     inputs = SplitInputs.load(data, teacher_prep, space.train_stride, space.eval_stride, workers)
+    if space.perturbed_copies:
+        inputs.perturbations = Perturbations.draw(len(inputs.train_frames()), space.perturbed_copies, space.distill.seed)
     targets = {name: teacher_latents(teacher_bundle.encoders[name], inputs.train_inputs(i), to_float) for i, name in enumerate(encoders)}
     latent = next(iter(targets.values()))[0].shape[1]
 
@@ -311,6 +317,7 @@ def search(data: Path, detector: str, teacher: Teacher, out: Path, runs: int, to
     for spec in space.students:
         if spec.preprocessing not in student_inputs:
             student_inputs[spec.preprocessing] = SplitInputs.load(data, spec.preprocessing, space.train_stride, space.eval_stride, workers)
+            student_inputs[spec.preprocessing].perturbations = inputs.perturbations
         if student_inputs[spec.preprocessing].train_frames() != inputs.train_frames():
             raise RuntimeError(f"{spec.name}: student and teacher training frames do not line up")
         structure, trained[spec.name] = _distilled_student(spec, detector, encoders, latent, student_inputs[spec.preprocessing], targets, space, work)
@@ -332,7 +339,7 @@ def search(data: Path, detector: str, teacher: Teacher, out: Path, runs: int, to
             candidates.insert(candidates.index(int8) + 1, qat)
     _measure_latency(candidates, detector, runs)
     _measure_detector_latency(candidates, data, runs)
-    return SearchResult(candidates, select(candidates, tolerance), sensitivity, policy, latent)
+    return SearchResult(candidates, select(candidates, tolerance), sensitivity, policy, latent, space.perturbed_copies)
 
 
 def _evaluate(candidate: Candidate, detector: str, inputs: SplitInputs, skip_auroc: bool = False) -> None:
@@ -441,6 +448,9 @@ def write_report(result: SearchResult, out: Path, tolerance: float, detector: st
                   "| layer | parameters | AUROC, layer pruned | AUROC, all INT8 but this layer |", "|---|---|---|---|"]
         lines += [f"| {s.layer} | {s.parameters} | {s.pruned_auroc:.4f} | {s.int8_except_auroc:.4f} |" for s in sensitivity]
         lines += ["", f"Proposed policy: per-layer pruning ratios {policy.layer_ratios}; FP32 layers in INT8 models: {list(policy.keep_fp32) or 'none'}.", ""]
+    if result.perturbed_copies:
+        lines += [f"Distilled on the training frames and {result.perturbed_copies} label-free perturbed cop{'y' if result.perturbed_copies == 1 else 'ies'} of each "
+                  "(blends towards a uniform colour, mixes of two frames; training.compress.perturb).", ""]
     lines += ["![Pareto](pareto.png)", ""]
     if sensitivity:
         lines += ["![Sensitivity](sensitivity.png)", ""]
