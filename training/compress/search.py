@@ -76,7 +76,7 @@ class SearchSpace:
     qat_epochs: int = 2  # quantization-aware fine-tuning of a structure whose post-training INT8 lost AUROC
     qat_trigger: float = 0.002  # the validation AUROC loss of post-training INT8 that calls for it
     qat_lr_scale: float = 0.1  # fine-tuning a trained encoder: a tenth of the distillation learning rate
-    perturbed_copies: int = 0  # label-free perturbed copies of every training frame to distil on too (image inputs; training.compress.perturb)
+    perturbed_copies: int = 0  # label-free perturbed copies of every training input to distil on too (training.compress.perturb)
 
 
 # Students see the flow at a lower resolution (max_flow scales with it): fewer pixels for the
@@ -115,7 +115,8 @@ SPACES: dict[str, dict[str, SearchSpace]] = {
         ),
     },
     # Distilled students only, e.g. from a shipped bundle (`--teacher models/flow_baseline`): the
-    # per-frame cost of the flow detector, and the β-VAE student on other data.
+    # per-frame cost of the flow detector, and the β-VAE student on other data and perturbed frames
+    # (perturbed flow stacks raised the flow decision's ID false alarms: README, Compression).
     "students": {
         "bvae": SearchSpace(ratios=(), students=(_BVAE_NARROW,), distill=TrainConfig(epochs=12, batch_size=32, learning_rate=1e-3, threads=2), train_stride=4, eval_stride=4,
                             unstructured=0.0, perturbed_copies=1),
