@@ -76,7 +76,7 @@ class Robot(Node):
         super().__init__(f"robot_{os.getpid()}_{time.monotonic_ns()}")
         self.frames = [jpeg(rgb) for rgb in synthetic_frames(30, 160, 120)]
         self.camera_on = True
-        self.frame_payload: Callable[[int], bytes] | None = None
+        self.frame_payload: Callable[[int], bytes | list[bytes]] | None = None  # a list: published back to back
         self.fake_decisions: dict[str, bool] = {}
         self.estop: list[bool] = []
         self.cmd_out: list[float] = []
@@ -102,9 +102,10 @@ class Robot(Node):
         self._tick += 1
         if self.camera_on:
             data = self.frame_payload(self._tick) if self.frame_payload else self.frames[self._tick % len(self.frames)]
-            msg = CompressedImage(format="jpeg", data=data)
-            msg.header.stamp = self.get_clock().now().to_msg()
-            self._camera.publish(msg)
+            for payload in data if isinstance(data, list) else [data]:
+                msg = CompressedImage(format="jpeg", data=payload)
+                msg.header.stamp = self.get_clock().now().to_msg()
+                self._camera.publish(msg)
         for name, ood in self.fake_decisions.items():
             self._decisions[name].publish(Bool(data=ood))
         self._cmd.publish(Twist(linear=Vector3(x=0.3)))
@@ -247,9 +248,10 @@ def test_bad_frames_are_survived_and_a_bad_stream_stops(robot, safety_stop, untr
     try:
         wait_until_driving(robot, 40, real=("bvae",))
         good = robot.frames[0]
-        # truncated JPEG, garbage, empty: every other frame bad, then only bad ones
+        # truncated JPEG, garbage, empty: every good frame followed at once by a bad one (a burst:
+        # the newest frame the detector sees is bad), then only bad ones
         bad = [good[: len(good) // 3], b"\x00" * 100, b""]
-        robot.frame_payload = lambda tick: bad[tick % 3] if tick % 2 else good
+        robot.frame_payload = lambda tick: [good, bad[tick % 3]]
         time.sleep(2.0)
         assert detector.poll() is None, "the detector survives bad frames"
         assert robot.estop[-1] is False, "isolated bad frames do not stop the robot"

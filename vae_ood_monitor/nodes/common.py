@@ -20,8 +20,10 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
-# Newest frame only: a detector never works through a backlog of stale frames.
-CAMERA_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=qos_profile_sensor_data.reliability)
+# The newest two frames: a detector never works through a backlog of stale frames (its callback only
+# keeps the newest), but when frames arrive in a burst and the newest is corrupt it scores the one
+# before it — with a depth of 1 that frame would be gone before the callback ran.
+CAMERA_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=2, reliability=qos_profile_sensor_data.reliability)
 # The stop is a state, not an event: late joiners get the last value (as a latched ROS 1 topic).
 LATCHED_QOS = QoSProfile(
     history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL

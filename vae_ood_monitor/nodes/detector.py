@@ -2,7 +2,10 @@
 
 The subscription callback only keeps the newest message; a worker thread scores it. A frame that
 arrives while the worker is busy replaces the waiting one (counted as dropped stale), so the
-detector always works on the newest frame and never builds a queue. Bad frames (undecodable,
+detector always works on the newest frame and never builds a queue — except that when the newest
+turns out bad, the frame it replaced is scored instead: messages often arrive in bursts, and a
+stream with every other frame corrupt must not have all its good frames displaced (the detector
+would fall silent and stop the robot over isolated bad frames). Bad frames (undecodable,
 zero-size, wrong encoding, NaN model output) are logged, counted and skipped; after
 `max_bad_frames` in a row the detector reports ERROR on /diagnostics, which stops the robot.
 The detector runs a few blank frames through its models before it subscribes (warm-up), so the
@@ -62,6 +65,7 @@ class DetectorNode(Node):
 
         self._lock = threading.Lock()
         self._newest: tuple[Any, float] | None = None
+        self._displaced: tuple[Any, float] | None = None  # the frame _newest replaced, scored if _newest is bad
         self._wake = threading.Event()
         self._running = True
         self.counts = {"received": 0, "processed": 0, "dropped_stale": 0, "bad_frames": 0, "model_errors": 0}
@@ -82,6 +86,7 @@ class DetectorNode(Node):
         with self._lock:
             if self._newest is not None:
                 self.counts["dropped_stale"] += 1
+                self._displaced = self._newest
             self._newest = (msg, time.monotonic())
             self.counts["received"] += 1
         self._input_rate.tick()
@@ -92,11 +97,14 @@ class DetectorNode(Node):
             if not self._wake.wait(timeout=0.2):
                 continue
             with self._lock:
-                item, self._newest = self._newest, None
+                item, displaced, self._newest, self._displaced = self._newest, self._displaced, None, None
                 self._wake.clear()
             if item is not None:
                 try:
-                    self._process(*item)
+                    if not self._process(*item) and displaced is not None:
+                        with self._lock:
+                            self.counts["dropped_stale"] -= 1  # scored after all
+                        self._process(*displaced)
                 except Exception:
                     # Ctrl-C shuts the context down before destroy_node stops this thread; a
                     # publish in between fails, and that is the end of the stream, not an error.
@@ -104,25 +112,27 @@ class DetectorNode(Node):
                         raise
                     return
 
-    def _process(self, msg: Any, received: float) -> None:
+    def _process(self, msg: Any, received: float) -> bool:
+        """Score one frame and publish; False for a bad frame (skipped)."""
         started = time.monotonic()
         try:
             score = self.detector.score_frame(decode_message(msg))
         except FrameError as err:
             self._bad_frame("bad_frames", f"bad frame skipped: {err}")
-            return
+            return False
         except ModelOutputError as err:
             self._bad_frame("model_errors", str(err))
-            return
+            return False
         self._bad_in_a_row = 0
         self.counts["processed"] += 1
         self._processing.tick((time.monotonic() - started) * 1000.0)
         if score is None:  # the flow detector is still filling its stack
-            return
+            return True
         decision = self.detector.decide(score)
         self._score_pub.publish(Float32(data=score))
         self._ood_pub.publish(Bool(data=decision.ood))
         self._latency.tick((time.monotonic() - received) * 1000.0)
+        return True
 
     def _bad_frame(self, counter: str, problem: str) -> None:
         self.counts[counter] += 1
