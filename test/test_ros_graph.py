@@ -242,14 +242,18 @@ def test_killed_detector_stops_the_robot(robot, safety_stop, untrained_bundles, 
             stop_process(process)
 
 
-def test_bad_frames_are_survived_and_a_bad_stream_stops(robot, safety_stop, untrained_bundles, tmp_path):
+def test_bad_frames_are_survived_and_a_bad_stream_stops(robot, untrained_bundles, tmp_path):
+    # This test is about bad frames, not silence (tested above): its safety stop allows 2 s of
+    # silence, so a CI machine that starves a node process for half a second does not decide it.
+    safety_stop = start_node("safety_stop", {"timeout_s": 2.0}, tmp_path / "safety_stop.log")
     detector = start_node("bvae_detector", {"bundle": untrained_bundles["bvae"], "max_bad_frames": 10}, tmp_path / "bvae.log")
     robot.fake_decisions = {"flow": False}
     try:
         wait_until_driving(robot, 40, real=("bvae",))
         good = robot.frames[0]
         # truncated JPEG, garbage, empty: every good frame followed at once by a bad one (a burst:
-        # the newest frame the detector sees is bad), then only bad ones
+        # the newest frame the detector sees is bad; a detector that only scores the newest would
+        # count 10 bad frames in a row and report an error), then only bad ones
         bad = [good[: len(good) // 3], b"\x00" * 100, b""]
         robot.frame_payload = lambda tick: [good, bad[tick % 3]]
         time.sleep(2.0)
@@ -262,6 +266,7 @@ def test_bad_frames_are_survived_and_a_bad_stream_stops(robot, safety_stop, untr
         assert int(values["bad_frames"]) >= 10 and detector.poll() is None
     finally:
         stop_process(detector)
+        stop_process(safety_stop)
 
 
 def test_corrupt_bundle_refuses_to_start_and_the_robot_stays_stopped(robot, safety_stop, untrained_bundles, tmp_path):
