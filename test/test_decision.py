@@ -1,9 +1,11 @@
 """Conformal p-values, the power martingale and CUSUM on controlled score streams."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
-from vae_ood_monitor.decision import ConformalDecider, DecisionParams
+from vae_ood_monitor.decision import P_FLOOR, ConformalDecider, DecisionParams, pareto_tail_index
 
 CALIBRATION = np.random.default_rng(0).normal(10.0, 1.0, 2000)
 
@@ -61,9 +63,44 @@ def test_reset_forgets_the_evidence():
     assert decider.update(10.0).cusum == 0.0
 
 
+def test_hill_estimate_recovers_a_pareto_tail_index():
+    sample = np.sort(np.random.default_rng(4).pareto(3.0, 20000) + 1.0)  # P(X > x) = x^-3
+    assert pareto_tail_index(sample) == pytest.approx(3.0, rel=0.2)
+    assert pareto_tail_index(np.ones(500)) is None, "all tied at the top: no tail to fit"
+    assert pareto_tail_index(np.arange(5.0)) is None, "too few scores"
+
+
+def test_extrapolated_p_values_go_on_below_the_conformal_floor_only_beyond_the_calibration_range():
+    plain = ConformalDecider(CALIBRATION, DecisionParams(tail="upper"))
+    tail = ConformalDecider(CALIBRATION, DecisionParams(tail="upper", extrapolate=True))
+    top = float(CALIBRATION.max())
+    inside = np.linspace(CALIBRATION.min(), top, 50)
+    assert [tail.p_value(s) for s in inside] == [plain.p_value(s) for s in inside]
+    beyond = [tail.p_value(s) for s in (top * 1.01, top * 2, top * 100, top * 1e9)]
+    assert beyond[0] < 1 / 2001 and beyond == sorted(beyond, reverse=True) and beyond[-1] == P_FLOOR
+    assert plain.p_value(top * 100) == pytest.approx(1 / 2001)
+
+
+def test_extrapolation_flags_far_out_frames_sooner_and_edge_frames_no_sooner():
+    def first_alarm(params, score):
+        decider = ConformalDecider(CALIBRATION, params)
+        return next(i for i, d in enumerate(_stream(decider, [score] * 100)) if d.ood)
+
+    params = DecisionParams(tail="upper", epsilon=0.1, window=5, threshold=200.0)
+    far, edge = float(CALIBRATION.max()) * 50, float(CALIBRATION.max())
+    assert first_alarm(replace(params, extrapolate=True), far) < first_alarm(params, far) - 3
+    assert first_alarm(replace(params, extrapolate=True), edge) == first_alarm(params, edge)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
-    [({"mode": "vote"}, "decision mode"), ({"tail": "lower"}, "tail"), ({"epsilon": 1.5}, "epsilon"), ({"window": 0}, "window")],
+    [
+        ({"mode": "vote"}, "decision mode"),
+        ({"tail": "lower"}, "tail"),
+        ({"epsilon": 1.5}, "epsilon"),
+        ({"window": 0}, "window"),
+        ({"extrapolate": "yes"}, "extrapolate"),
+    ],
 )
 def test_bad_parameters_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -101,3 +138,15 @@ def test_decision_is_tuned_on_the_onsets_of_the_detector_s_own_categories():
     assert fallback.missed == 1 and fallback.mean_delay == every.mean_delay
     with pytest.raises(ValueError, match="onset episodes"):
         tune_decision(CALIBRATION, validation[:1], ("upper",), ("motion",))
+
+
+def test_tuning_with_the_tail_catches_a_far_out_onset_sooner():
+    from training.calibrate import tune_decision
+
+    rng = np.random.default_rng(5)
+    validation = [_episode("id", "id", None, 0.0, rng), _episode("fog", "appearance", 100, 0.0, rng)]
+    validation[1].scores[100:] *= 50.0  # far beyond every calibration score
+    plain = tune_decision(CALIBRATION, validation, ("upper",), ("appearance",))
+    tail = tune_decision(CALIBRATION, validation, ("upper",), ("appearance",), extrapolate=True)
+    assert tail.params.extrapolate and not plain.params.extrapolate
+    assert tail.mean_delay < plain.mean_delay

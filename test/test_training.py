@@ -146,4 +146,8 @@ def test_recalibration_refits_a_bundle_on_other_data(tiny_run, tmp_path):
     assert new.provenance["recalibrated_from"]["dataset"] == old.provenance["dataset"] == str(root)
     assert new.provenance["config"] == old.provenance["config"], "training facts carry over"
     assert (out / "horizontal.onnx").read_bytes() == (bundles["flow"] / "horizontal.onnx").read_bytes()
+    assert not new.decision.extrapolate
+    tail = tmp_path / "tail"
+    assert pipeline_main(["--data", str(town), "--recalibrate", str(bundles["bvae"]), "--out", str(tail), "--extrapolate-tail"]) == 0
+    assert OODDetector.from_path(tail).bundle.decision.extrapolate, "the bundle carries the tail setting to the runtime"
     assert pipeline_main(["--data", str(root), "--recalibrate", str(tmp_path / "missing")]) == 1

@@ -23,7 +23,7 @@ detector. The test split is never looked at.
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from sklearn.covariance import LedoitWolf
@@ -147,11 +147,17 @@ class TuningResult:
 
 
 def tune_decision(
-    calibration: np.ndarray, validation: list[ScoredEpisode], tails: tuple[str, ...] = TAILS, categories: tuple[str, ...] | None = None
+    calibration: np.ndarray,
+    validation: list[ScoredEpisode],
+    tails: tuple[str, ...] = TAILS,
+    categories: tuple[str, ...] | None = None,
+    extrapolate: bool = False,
 ) -> TuningResult:
     """Pick (tail, ε, window, threshold) on validation episodes as described in the module docstring;
     delays are measured on the onsets of `categories` (None, or none of them in `validation`: all
-    onsets). In-distribution frames of every episode set the alarm level."""
+    onsets). In-distribution frames of every episode set the alarm level. `extrapolate`: p-values
+    beyond the calibration maximum follow a Pareto tail (vae_ood_monitor.decision) — far-out
+    onsets are flagged sooner, at the price of more evidence from ID frames just past the range."""
     onsets = [e for e in validation if e.onset_frame]
     if not onsets:
         raise ValueError("validation needs onset episodes to tune the decision delay")
@@ -160,7 +166,7 @@ def tune_decision(
     rows: list[dict[str, float]] = []
     best: tuple[float, DecisionParams, int] | None = None
     for tail, epsilon, window, drift in itertools.product(tails, EPSILONS, WINDOWS, DRIFTS):
-        probe = DecisionParams(tail=tail, epsilon=epsilon, window=window, drift=drift, threshold=np.inf)
+        probe = DecisionParams(tail=tail, epsilon=epsilon, window=window, drift=drift, threshold=np.inf, extrapolate=extrapolate)
         traces = {e.name: cusum_trace(e.scores, calibration, probe) for e in validation}
         id_peak = max(
             [traces[e.name].max() for e in validation if e.onset_frame is None]
@@ -173,7 +179,7 @@ def tune_decision(
             missed += alarm is None
             delays.append((alarm if alarm is not None else len(e.scores)) - e.onset_frame)
         mean_delay = float(np.mean(delays))
-        params = DecisionParams(tail=tail, epsilon=epsilon, window=window, drift=drift, threshold=round(float(threshold), 4))
+        params = replace(probe, threshold=round(float(threshold), 4))
         rows.append({"tail": tail, "epsilon": epsilon, "window": window, "drift": drift, "threshold": params.threshold, "mean_delay": mean_delay, "missed": missed})
         if best is None or mean_delay < best[0]:
             best = (mean_delay, params, missed)

@@ -133,6 +133,7 @@ def calibrate_and_bundle(
     bundle_dir: Path,
     provenance: dict[str, object],
     min_mean_kl: float = 0.05,
+    extrapolate: bool = False,
 ) -> CalibratedBundle:
     """Calibrate exported encoders and tune their decision; writes the bundle to `bundle_dir`.
 
@@ -159,7 +160,7 @@ def calibrate_and_bundle(
         scores = np.full(count, np.nan)
         scores[rows] = chosen.score(latents)
         validation.append(ScoredEpisode(episode.name, scores, episode.onset_frame, episode.category))
-    tuning = tune_decision(chosen.calibration_scores, validation, SCORE_TAILS[chosen.score.kind], DETECTOR_CATEGORIES[kind])
+    tuning = tune_decision(chosen.calibration_scores, validation, SCORE_TAILS[chosen.score.kind], DETECTOR_CATEGORIES[kind], extrapolate)
     provenance["score_selection"] = {"chosen": chosen.name, "validation_auroc": score_table}
     provenance["decision_tuning"] = {"onset_categories": list(DETECTOR_CATEGORIES[kind]), "mean_delay_frames": tuning.mean_delay,
                                      "missed_onsets": tuning.missed, "candidates": tuning.table}
@@ -170,9 +171,10 @@ def calibrate_and_bundle(
     return CalibratedBundle(bundle_dir, validation)
 
 
-def recalibrate(bundle_dir: Path, data: Path, out: Path) -> Path:
+def recalibrate(bundle_dir: Path, data: Path, out: Path, extrapolate: bool = False) -> Path:
     """Refit the score and retune the decision of an existing bundle's encoders on `data` — e.g.
-    on calibration and validation recordings of the town the robot will drive in."""
+    on calibration and validation recordings of the town the robot will drive in; `extrapolate`:
+    tune a decision whose p-values go on beyond the calibration range (training.calibrate)."""
     check_calibration_splits(data)
     bundle = load_bundle(bundle_dir)
     mu_output = onnx.load(str(next(iter(bundle.encoders.values())))).graph.output[0]  # (batch, latent)
@@ -184,7 +186,7 @@ def recalibrate(bundle_dir: Path, data: Path, out: Path) -> Path:
         old = bundle.provenance
         origin = {key: old[key] for key in ("dataset", "dataset_sha256", "command", "commit", "recalibrated_from") if key in old}
         provenance = {**old, "recalibrated_from": {"bundle": str(bundle_dir), "sha256": bundle.sha256, **origin}}
-        return calibrate_and_bundle(bundle.detector, bundle.preprocessing, files, latent, data, out, provenance).path
+        return calibrate_and_bundle(bundle.detector, bundle.preprocessing, files, latent, data, out, provenance, extrapolate=extrapolate).path
 
 
 def ship_bundle(bundle: Path, detector: str, name: str, make_default: bool = True) -> Path:
@@ -214,11 +216,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--ship", action="store_true", help="copy the bundles to models/<detector>_baseline and make them the default")
     parser.add_argument("--recalibrate", type=Path, metavar="BUNDLE", help="only refit score and decision of this bundle on --data, in place (or into --out)")
+    parser.add_argument("--extrapolate-tail", action="store_true",
+                        help="with --recalibrate: p-values beyond the calibration maximum follow a Pareto tail — far-out frames (fog, a black camera) stop the robot sooner, at the price of more false alarms")
     args = parser.parse_args(argv)
+    if args.extrapolate_tail and not args.recalibrate:
+        parser.error("--extrapolate-tail needs --recalibrate BUNDLE")
     out = args.out or REPO_ROOT / "runs" / args.config
     try:
         if args.recalibrate:
-            print(f"recalibrated {recalibrate(args.recalibrate, args.data, args.out or args.recalibrate)}")
+            print(f"recalibrated {recalibrate(args.recalibrate, args.data, args.out or args.recalibrate, args.extrapolate_tail)}")
             return 0
         for kind in args.detectors:
             bundle = fit_detector(CONFIGS[args.config][kind], args.data, out, args.workers)

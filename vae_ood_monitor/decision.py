@@ -9,6 +9,13 @@ power martingale over the last `window` p-values bets on small p-values; its log
 once OOD frames arrive and drifts down on ID frames. A CUSUM with decay (`drift` subtracted every
 frame, floored at 0) accumulates that evidence and flags OOD above `threshold` (RTCSA 2022).
 A plain threshold on the score is available as `mode="threshold"`.
+
+A conformal p-value cannot go below 1/(n+1): a frame just past the most unusual calibration frame
+and a frame a hundred times further out would bet alike. With `extrapolate` the upper tail goes on
+beyond the calibration maximum as a Pareto tail, p = (s / s_max)^(-α) / (n+1), its index α
+estimated (Hill) from the largest calibration scores — far-out frames (fog, a black camera) then
+carry more evidence and are flagged sooner, frames at the edge of the calibration range no more
+than before. p is floored at `P_FLOOR`, which bounds the evidence one frame can carry.
 """
 
 from __future__ import annotations
@@ -21,6 +28,9 @@ import numpy as np
 
 MODES = ("cusum", "threshold")
 TAILS = ("upper", "both")
+TAIL_SHARE = 0.01  # share of the calibration scores (at least MIN_TAIL) the Pareto tail is fitted on
+MIN_TAIL = 10
+P_FLOOR = 1e-12
 
 
 @dataclass(frozen=True)
@@ -31,6 +41,7 @@ class DecisionParams:
     window: int = 10  # frames in the sliding martingale
     drift: float = 0.0  # CUSUM decay per frame, in log-martingale units
     threshold: float = 10.0  # CUSUM alarm level, or the score threshold in threshold mode
+    extrapolate: bool = False  # Pareto upper tail beyond the calibration maximum (module docstring)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -41,16 +52,34 @@ class DecisionParams:
             raise ValueError(f"epsilon must be in (0, 1), got {self.epsilon}")
         if self.window < 1:
             raise ValueError(f"window must be >= 1, got {self.window}")
+        if not isinstance(self.extrapolate, bool):
+            raise ValueError(f"extrapolate must be true or false, got {self.extrapolate!r}")
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
 
 
-def conformal_p_values(sorted_calibration: np.ndarray, scores: np.ndarray, tail: str) -> np.ndarray:
+def pareto_tail_index(sorted_calibration: np.ndarray) -> float | None:
+    """Hill estimate of the upper tail index α from the largest calibration scores; None when the
+    scores give no positive, finite estimate (too few, non-positive or all tied at the top)."""
+    n = sorted_calibration.size
+    k = max(MIN_TAIL, int(TAIL_SHARE * n))
+    if n <= k or sorted_calibration[n - k - 1] <= 0.0:
+        return None
+    mean_log_excess = float(np.mean(np.log(sorted_calibration[n - k :] / sorted_calibration[n - k - 1])))
+    return 1.0 / mean_log_excess if mean_log_excess > 0.0 else None
+
+
+def conformal_p_values(sorted_calibration: np.ndarray, scores: np.ndarray, tail: str, tail_index: float | None = None) -> np.ndarray:
     """Conformal p-values of `scores`: the share of calibration scores at least as extreme (with
-    the conservative +1 correction; two-sided: twice the smaller tail, at most 1)."""
+    the conservative +1 correction; two-sided: twice the smaller tail, at most 1). With a
+    `tail_index` the upper tail is extrapolated beyond the calibration maximum (module docstring)."""
     n = sorted_calibration.size
     upper = (n - np.searchsorted(sorted_calibration, scores, side="left") + 1) / (n + 1)
+    if tail_index is not None:
+        top = sorted_calibration[-1]
+        upper = np.where(scores > top, np.power(np.maximum(scores, top) / top, -tail_index) / (n + 1), upper)
+        upper = np.maximum(upper, P_FLOOR)
     if tail == "upper":
         return upper
     lower = (np.searchsorted(sorted_calibration, scores, side="right") + 1) / (n + 1)
@@ -74,6 +103,7 @@ class ConformalDecider:
             raise ValueError("calibration scores must be a non-empty array of finite numbers")
         self._calibration = scores
         self.params = params
+        self._tail_index = pareto_tail_index(scores) if params.extrapolate else None
         self._log_bets: deque[float] = deque(maxlen=params.window)
         self._cusum = 0.0
 
@@ -86,7 +116,7 @@ class ConformalDecider:
         self._cusum = 0.0
 
     def p_value(self, score: float) -> float:
-        return float(conformal_p_values(self._calibration, np.asarray([score]), self.params.tail)[0])
+        return float(conformal_p_values(self._calibration, np.asarray([score]), self.params.tail, self._tail_index)[0])
 
     def update(self, score: float) -> Decision:
         if not math.isfinite(score):
