@@ -35,41 +35,46 @@ def test_edges_and_delays():
     assert detection_delay(np.zeros(5, bool), 1) is None
 
 
-def test_evaluation_separates_when_evidence_arrives_from_when_the_decision_stops():
+def _episode_result(name, scenario, onset, surprise, flags, map_name=None):
+    """An evaluated episode: surprise per detector, decisions of bvae / flow / the frozen check
+    (missing ones never fire) and the fused stop as their union, as in training.evaluate."""
     from pathlib import Path
 
     from training.dataset import Episode
-    from training.evaluate import SCORED, EpisodeResult, metrics_table
+    from training.evaluate import SCORED, EpisodeResult
 
-    def result(name, scenario, onset, surprise_bvae, surprise_flow, fused_flags):
-        frames = len(surprise_bvae)
-        ood = np.zeros(frames, bool) if onset is None else np.arange(frames) >= onset
-        scores = {key: np.zeros(frames) for key in SCORED}
-        scores["bvae"], scores["flow"] = np.asarray(surprise_bvae, float), np.asarray(surprise_flow, float)
-        flags = {key: np.zeros(frames, bool) for key in ("bvae", "flow")}
-        flags["fused"] = np.asarray(fused_flags, bool)
-        episode = Episode(Path(name), name, "test", scenario, "id" if scenario == "id" else "motion", onset, 30.0)
-        return EpisodeResult(episode, ood, scores, flags)
+    frames = len(next(iter({**surprise, **flags}.values())))
+    ood = np.zeros(frames, bool) if onset is None else np.arange(frames) >= onset
+    scores = {key: np.zeros(frames) for key in SCORED}
+    scores.update({key: np.asarray(values, float) for key, values in surprise.items()})
+    decided = {key: np.asarray(flags.get(key, np.zeros(frames)), bool) for key in ("bvae", "flow", "frozen")}
+    decided["fused"] = decided["bvae"] | decided["flow"] | decided["frozen"]
+    category = "id" if scenario == "id" else "motion"
+    return EpisodeResult(Episode(Path(name), name, "test", scenario, category, onset, 30.0, map_name), ood, scores, decided)
 
-    quiet = [0.5] * 10
-    onset = result("spin_onset", "spin", 2, quiet, [np.nan, 0.5, 0.5, 1.0, 2.5, 3.0, 3.0, 3.0, 3.0, 3.0], [0] * 7 + [1] * 3)
-    rows = {row["scenario"]: row for row in metrics_table([result("id", "id", None, quiet, quiet, [0] * 10), onset])}
+
+def test_evaluation_separates_evidence_detector_decisions_and_the_stop():
+    from training.evaluate import id_alarm_summary, metrics_table
+
+    onset, frames = 10, 40
+    flow = [0.5] * onset + [1.0] * 2 + [2.5] * (frames - onset - 2)
+    spin = _episode_result("spin_onset", "spin", onset, {"bvae": [0.5] * frames, "flow": flow},
+                           {"flow": np.arange(frames) >= onset + 7, "frozen": np.arange(frames) >= onset + 3})
+    bump = [0.5] * 5 + [3.0] * 15 + [0.5] * 20  # the β-VAE's strongest stretch of normal driving
+    normal = _episode_result("id", "id", None, {"bvae": bump, "flow": [0.5] * frames}, {})
+    rows = {row["scenario"]: row for row in metrics_table([normal, spin])}
     assert rows["spin"]["median_evidence_delay"] == 2  # flow reaches p <= 0.01 two frames after the onset
-    assert rows["spin"]["median_delay_fused"] == 5
+    assert rows["spin"]["median_delay_detectors"] == 7
+    assert rows["spin"]["median_delay_fused"] == 3  # the frozen-camera check stopped first
+    summary = id_alarm_summary([normal, spin])
+    assert summary["frozen_flagged_id_frames"] == 0.0
 
 
 def test_false_alarms_are_broken_down_by_map():
-    from pathlib import Path
-
-    from training.dataset import Episode
-    from training.evaluate import SCORED, EpisodeResult, id_alarm_summary
+    from training.evaluate import id_alarm_summary
 
     def result(name, map_name, onset, fused_flags):
-        frames = len(fused_flags)
-        ood = np.zeros(frames, bool) if onset is None else np.arange(frames) >= onset
-        flags = {"bvae": np.zeros(frames, bool), "flow": np.zeros(frames, bool), "fused": np.asarray(fused_flags, bool)}
-        episode = Episode(Path(name), name, "test", "id" if onset is None else "fog", "appearance", onset, 30.0, map_name)
-        return EpisodeResult(episode, ood, {key: np.zeros(frames) for key in SCORED}, flags)
+        return _episode_result(name, "id" if onset is None else "fog", onset, {}, {"bvae": fused_flags}, map_name)
 
     summary = id_alarm_summary([
         result("a", "loop", None, [0, 0, 1, 1]),

@@ -4,7 +4,9 @@
 
 Frames are scored by the onboard detector class (ONNX Runtime), beside two non-learned baselines
 that the learned detectors must beat: brightness deviation and mean frame difference, each as a
-|z-score| against the calibration split, and their maximum ("baseline").
+|z-score| against the calibration split, and their maximum ("baseline"). The fused decision is
+where the safety stop would stop the robot: either detector's decision, or its frozen-camera check
+(byte-identical frames for longer than `--frozen-s`); the detectors' own delay is reported beside it.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from training.dataset import Episode, episodes, iter_frames
 from vae_ood_monitor.detector import OODDetector
 from vae_ood_monitor.metrics import auroc, detection_delay, fpr_at_tpr, rising_edges
 from vae_ood_monitor.offline import score_frames
+from vae_ood_monitor.safety import FrozenCameraWatch, SafetyConfig
 
 DELAY_BAR_FRAMES = 15
 # A frame stranger than 99 % of the calibration frames (surprise = -log10 conformal p-value): the
@@ -36,7 +39,7 @@ class EpisodeResult:
     episode: Episode
     ood: np.ndarray
     scores: dict[str, np.ndarray]  # bvae, flow, fused (surprise), bvae_raw, flow_raw (latent score), brightness, framediff
-    flags: dict[str, np.ndarray]  # bvae, flow, fused
+    flags: dict[str, np.ndarray]  # bvae, flow, frozen (camera check), fused (any of them)
 
 
 def baseline_features(frames: list[np.ndarray]) -> dict[str, np.ndarray]:
@@ -47,11 +50,15 @@ def baseline_features(frames: list[np.ndarray]) -> dict[str, np.ndarray]:
 
 
 _DETECTORS: dict[str, OODDetector] = {}
+_frozen_s = SafetyConfig.frozen_s
 
 
-def _load_detectors(bundles: dict[str, str]) -> None:
+def _load_detectors(bundles: dict[str, str], frozen_s: float) -> None:
+    """Worker initializer: the detectors and the frozen-camera limit every episode is scored with."""
+    global _frozen_s
     _DETECTORS.clear()
     _DETECTORS.update({name: OODDetector.from_path(path) for name, path in bundles.items()})
+    _frozen_s = frozen_s
 
 
 def _score_episode(episode: Episode) -> EpisodeResult:
@@ -59,17 +66,18 @@ def _score_episode(episode: Episode) -> EpisodeResult:
     for rgb, label in iter_frames(episode):
         frames.append(rgb)
         ood.append(label)
-    stream = score_frames(frames, _DETECTORS)
+    times = np.arange(len(frames)) / episode.fps
+    stream = score_frames(frames, _DETECTORS, times_s=times, frozen_watch=FrozenCameraWatch(_frozen_s))
     # A detector's output is its conformal surprise (-log10 p, one- or two-sided as calibrated);
     # the raw latent score (KL or Mahalanobis) is kept beside it as <name>_raw.
     scores = {**stream.surprise, **{f"{k}_raw": v for k, v in stream.scores.items()}, "fused": stream.fused_score, **baseline_features(frames)}
-    flags = {**stream.flags, "fused": stream.fused_flags}
+    flags = {**stream.flags, "frozen": stream.frozen, "fused": stream.fused_flags}
     return EpisodeResult(episode, np.asarray(ood), scores, flags)
 
 
-def score_split(data: Path, split: str, bundles: dict[str, Path], workers: int = 2) -> list[EpisodeResult]:
+def score_split(data: Path, split: str, bundles: dict[str, Path], workers: int = 2, frozen_s: float = SafetyConfig.frozen_s) -> list[EpisodeResult]:
     items = episodes(data, split)
-    with ProcessPoolExecutor(workers, initializer=_load_detectors, initargs=({k: str(v) for k, v in bundles.items()},)) as pool:
+    with ProcessPoolExecutor(workers, initializer=_load_detectors, initargs=({k: str(v) for k, v in bundles.items()}, frozen_s)) as pool:
         return list(tqdm(pool.map(_score_episode, items), total=len(items), desc=f"scoring {split}", unit="episode"))
 
 
@@ -85,6 +93,7 @@ def _baseline_scores(results: list[EpisodeResult], calibration: list[EpisodeResu
 
 
 SCORED = ("bvae", "flow", "fused", "bvae_raw", "flow_raw", "brightness_z", "framediff_z", "baseline")
+FLAGGED = ("bvae", "flow", "frozen", "fused")
 
 
 def metrics_table(results: list[EpisodeResult]) -> list[dict[str, object]]:
@@ -109,16 +118,22 @@ def metrics_table(results: list[EpisodeResult]) -> list[dict[str, object]]:
                 row[f"fpr95_{name}"] = fpr_at_tpr(labels, values)
         # the issue's comparison: the best learned output against the best non-learned score
         row["learned_minus_baseline"] = max(row["auroc_bvae"], row["auroc_flow"], row["auroc_fused"]) - row["auroc_baseline"]  # type: ignore[type-var,operator]
-        delays = [detection_delay(r.flags["fused"], r.episode.onset_frame) for r in members if r.episode.onset_frame]
-        if delays:
-            row["onsets"] = len(delays)
-            row["median_delay_fused"] = float(np.median([d if d is not None else np.inf for d in delays]))
+        onsets = [r for r in members if r.episode.onset_frame]
+        if onsets:
+            delays = [detection_delay(r.flags["fused"], r.episode.onset_frame) for r in onsets]
+            row["onsets"] = len(onsets)
+            row["median_delay_fused"] = _median_delay(delays)
             row[f"detected_within_{DELAY_BAR_FRAMES}"] = sum(d is not None and d <= DELAY_BAR_FRAMES for d in delays) / len(delays)
-            evidence = [detection_delay(np.fmax(r.scores["bvae"], r.scores["flow"]) >= EVIDENCE_SURPRISE, r.episode.onset_frame)
-                        for r in members if r.episode.onset_frame]
-            row["median_evidence_delay"] = float(np.median([d if d is not None else np.inf for d in evidence]))
+            row["median_delay_detectors"] = _median_delay([detection_delay(r.flags["bvae"] | r.flags["flow"], r.episode.onset_frame) for r in onsets])
+            row["median_evidence_delay"] = _median_delay(
+                [detection_delay(np.fmax(r.scores["bvae"], r.scores["flow"]) >= EVIDENCE_SURPRISE, r.episode.onset_frame) for r in onsets])
         rows.append(row)
     return rows
+
+
+def _median_delay(delays: list[int | None]) -> float:
+    """Median frames from onset to flag; a flag that never came counts as infinitely late."""
+    return float(np.median([d if d is not None else np.inf for d in delays]))
 
 
 def _id_frames(r: EpisodeResult) -> int:
@@ -132,7 +147,7 @@ def id_alarm_summary(results: list[EpisodeResult]) -> dict[str, float]:
     and, where episodes name their map, the fused share per map (false alarms cluster where a
     map shows what the training maps did not)."""
     summary: dict[str, float] = {}
-    for name in ("bvae", "flow", "fused"):
+    for name in FLAGGED:
         flagged, frames, alarms, minutes = 0, 0, 0, 0.0
         for r in results:
             end = _id_frames(r)
@@ -169,17 +184,19 @@ def write_report(results: list[EpisodeResult], rows: list[dict[str, object]], al
         writer.writerows(rows)
     with (out / "frames.csv").open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["episode", "scenario", "frame", "ood", *SCORED, "flag_bvae", "flag_flow", "flag_fused"])
+        writer.writerow(["episode", "scenario", "frame", "ood", *SCORED, *(f"flag_{n}" for n in FLAGGED)])
         for r in results:
             for i in range(len(r.ood)):
                 writer.writerow([r.episode.name, r.episode.scenario, i, int(r.ood[i]), *(f"{r.scores[n][i]:.6g}" for n in SCORED),
-                                 *(int(r.flags[n][i]) for n in ("bvae", "flow", "fused"))])
+                                 *(int(r.flags[n][i]) for n in FLAGGED)])
     shown = ["scenario", "ood_frames", "auroc_bvae", "auroc_flow", "auroc_fused", "auroc_bvae_raw", "auroc_flow_raw", "auroc_baseline",
-             "learned_minus_baseline", "fpr95_fused", "median_evidence_delay", "median_delay_fused", f"detected_within_{DELAY_BAR_FRAMES}"]
+             "learned_minus_baseline", "fpr95_fused", "median_evidence_delay",
+             "median_delay_detectors", "median_delay_fused", f"detected_within_{DELAY_BAR_FRAMES}"]
     lines = [f"# {title}", "", "| " + " | ".join(shown) + " |", "|" + "---|" * len(shown)]
     lines += ["| " + " | ".join(_fmt(row.get(c, float("nan"))) for c in shown) + " |" for row in rows]
     lines += ["", f"Delays in frames from onset, median over onset episodes: evidence = first frame either detector scores at p ≤ "
-              f"{10 ** -EVIDENCE_SURPRISE:g}; fused = first stop decision (inf: not within the episode).", "",
+              f"{10 ** -EVIDENCE_SURPRISE:g}; detectors = first OOD decision of either detector; fused = first stop of the safety "
+              f"stop: a detector's decision or its frozen-camera check (inf: not within the episode).", "",
               "In-distribution driving (ID episodes and pre-onset frames):", ""]
     lines += [f"- {k}: {_fmt(v)}" for k, v in alarms.items()]
     lines += ["", "![ROC](roc.png)", "", "![AUROC by scenario](auroc_by_scenario.png)", "", "![timelines](timelines.png)", ""]
@@ -259,8 +276,10 @@ def _plots(results: list[EpisodeResult], rows: list[dict[str, object]], out: Pat
         plt.close(fig)
 
 
-def evaluate(data: Path, bundles: dict[str, Path], out: Path, split: str = "test", workers: int = 2) -> tuple[Path, list[dict[str, object]], dict[str, float]]:
-    results = score_split(data, split, bundles, workers)
+def evaluate(
+    data: Path, bundles: dict[str, Path], out: Path, split: str = "test", workers: int = 2, frozen_s: float = SafetyConfig.frozen_s
+) -> tuple[Path, list[dict[str, object]], dict[str, float]]:
+    results = score_split(data, split, bundles, workers, frozen_s)
     calibration = [_score_calibration_features(e) for e in episodes(data, "calibration")]
     _baseline_scores(results, calibration)
     rows = metrics_table(results)
@@ -282,8 +301,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", default="test")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--frozen-s", type=float, default=SafetyConfig.frozen_s,
+                        help="the safety stop's frozen-camera limit [s], part of the fused decision (0: detectors only)")
     args = parser.parse_args(argv)
-    report, _, _ = evaluate(args.data, {"bvae": args.bvae, "flow": args.flow}, args.out, args.split, args.workers)
+    if args.frozen_s < 0:
+        parser.error(f"--frozen-s must be >= 0, got {args.frozen_s}")
+    report, _, _ = evaluate(args.data, {"bvae": args.bvae, "flow": args.flow}, args.out, args.split, args.workers, args.frozen_s)
     print(report.read_text())
     return 0
 

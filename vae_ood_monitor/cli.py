@@ -24,6 +24,7 @@ from vae_ood_monitor.detector import ModelOutputError, OODDetector
 from vae_ood_monitor.ground_truth import GroundTruthError, read_ground_truth
 from vae_ood_monitor.metrics import auroc, detection_delay, fpr_at_tpr, rising_edges
 from vae_ood_monitor.offline import DETECTORS, default_bundle, score_bag
+from vae_ood_monitor.safety import SafetyConfig
 
 SCORE_COLUMNS = ("stamp_ns", "bvae_score", "flow_score", "ood")
 
@@ -47,7 +48,7 @@ def _detectors(args: argparse.Namespace) -> dict[str, OODDetector]:
 def _rows(bag: Path, args: argparse.Namespace, detectors: dict[str, OODDetector]) -> list[tuple[int, float, float, bool, dict[str, float]]]:
     """(stamp, β-VAE score, flow score, fused flag, surprise per detector) for every decodable frame."""
     rows = []
-    for stamps, results in score_bag(bag, detectors, args.topic, on_bad_frame=_warn):
+    for stamps, results in score_bag(bag, detectors, args.topic, on_bad_frame=_warn, frozen_s=args.frozen_s):
         fused = results.fused_flags
         for i, stamp in enumerate(stamps):
             surprise = {name: float(results.surprise[name][i]) for name in detectors}
@@ -150,6 +151,19 @@ def _add_detector_options(parser: argparse.ArgumentParser) -> None:
     _add_bundle_options(parser)
     parser.add_argument("--backend", choices=BACKENDS, default="onnxruntime")
     parser.add_argument("--threads", type=int, default=1, help="inference threads per encoder")
+    parser.add_argument("--frozen-s", type=_seconds, default=SafetyConfig.frozen_s,
+                        help="the fused decision also stops on byte-identical frames for longer than this, as the "
+                             "safety stop does [s] (default: %(default)s; 0: detectors only)")
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: '{text}'") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0 seconds, got {text}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:

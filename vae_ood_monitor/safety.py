@@ -13,6 +13,7 @@ States:
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -38,7 +39,10 @@ class SafetyConfig:
     fusion: str = "any"
     k: int = 1  # with fusion "k_of_n": stop when at least k detectors say OOD
     timeout_s: float = 0.5
-    frozen_s: float = 0.5  # identical camera frames for longer than this stop the robot; 0: no check
+    # Identical camera frames for longer than this stop the robot; 0: no check. 0.3 s (9 repeats at
+    # 30 fps) flags a hung driver inside the 0.5 s detection bar, and is twice the longest repeat in
+    # ID data (the simulator holds the first 5 frames of a drive: 0.13 s).
+    frozen_s: float = 0.3
 
     def __post_init__(self) -> None:
         if self.fusion not in FUSIONS:
@@ -53,6 +57,34 @@ class SafetyConfig:
             raise ValueError(f"frozen_s must be >= 0 (0 disables the frozen-camera check), got {self.frozen_s}")
 
 
+def frame_fingerprint(data: bytes | memoryview) -> int:
+    """A cheap checksum of a frame's bytes: equal for a republished buffer, never for live frames."""
+    return zlib.crc32(data)
+
+
+@dataclass
+class FrozenCameraWatch:
+    """How long the camera has been repeating one frame; frozen once that exceeds `limit_s` (0: never).
+    Shared by the safety stop and offline replays, so a report stops where the robot would."""
+
+    limit_s: float
+    frozen_for: float = 0.0  # at the last frame's arrival
+    _fingerprint: int | None = None
+    _since: float = 0.0  # when the current frame content first arrived
+
+    def on_frame(self, now: float, fingerprint: int | None) -> bool:
+        """A frame arrived at `now`; None (no fingerprint) counts as new content. True when frozen."""
+        if fingerprint is None or fingerprint != self._fingerprint:
+            self._fingerprint, self._since, self.frozen_for = fingerprint, now, 0.0
+        else:
+            self.frozen_for = now - self._since
+        return self.frozen
+
+    @property
+    def frozen(self) -> bool:
+        return self.limit_s > 0 and self.frozen_for > self.limit_s
+
+
 @dataclass
 class SafetyStop:
     config: SafetyConfig
@@ -60,12 +92,11 @@ class SafetyStop:
     stop_reasons: list[str] = field(default_factory=list)
     _camera: _Input = field(default_factory=_Input)
     _detectors: dict[str, _Input] = field(default_factory=dict)
-    _frame_fingerprint: int | None = None
-    _frame_since: float = 0.0  # when the current frame content first arrived
-    _frozen_for: float = 0.0  # how long the camera has been repeating one frame, at its last arrival
+    _frames: FrozenCameraWatch = field(init=False)
 
     def __post_init__(self) -> None:
         self._detectors = {name: _Input() for name in self.config.detectors}
+        self._frames = FrozenCameraWatch(self.config.frozen_s)
 
     @property
     def stopped(self) -> bool:
@@ -73,13 +104,10 @@ class SafetyStop:
         return self.state is not State.RUNNING
 
     def on_camera(self, now: float, fingerprint: int | None = None) -> None:
-        """A frame arrived; `fingerprint` (e.g. a CRC of its bytes) lets a frozen stream be told
-        from a live one."""
+        """A frame arrived; its `fingerprint` (frame_fingerprint of its bytes) lets a frozen stream
+        be told from a live one."""
         self._camera.last_seen = now
-        if fingerprint is None or fingerprint != self._frame_fingerprint:
-            self._frame_fingerprint, self._frame_since, self._frozen_for = fingerprint, now, 0.0
-        else:
-            self._frozen_for = now - self._frame_since
+        self._frames.on_frame(now, fingerprint)
 
     def on_decision(self, detector: str, ood: bool, now: float) -> None:
         source = self._detectors[detector]
@@ -108,8 +136,8 @@ class SafetyStop:
                 problems.append(f"{name}: silent for {now - source.last_seen:.2f} s (timeout {self.config.timeout_s:.2f} s)")
             elif source.error:
                 problems.append(f"{name}: error: {source.error}")
-        if self.config.frozen_s and self._frozen_for > self.config.frozen_s:
-            problems.append(f"camera: frozen, the same frame for {self._frozen_for:.2f} s (limit {self.config.frozen_s:.2f} s)")
+        if self._frames.frozen:
+            problems.append(f"camera: frozen, the same frame for {self._frames.frozen_for:.2f} s (limit {self.config.frozen_s:.2f} s)")
         if self.fused_ood():
             problems.append(f"out of distribution: {', '.join(self.ood_votes())} ({self.config.fusion})")
         return problems

@@ -10,7 +10,6 @@ detector, a detector's ERROR on /diagnostics, or an OOD decision latch the stop 
 from __future__ import annotations
 
 import time
-import zlib
 from typing import Any
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
@@ -21,7 +20,7 @@ from std_srvs.srv import Trigger
 
 from vae_ood_monitor.nodes.common import LATCHED_QOS, RELIABLE_QOS, Diagnostics, StartupError, camera_topic, declare, run_node, subscribe_camera
 from vae_ood_monitor.nodes.detector import diagnostic_name
-from vae_ood_monitor.safety import FUSIONS, SafetyConfig, SafetyStop, State
+from vae_ood_monitor.safety import FUSIONS, SafetyConfig, SafetyStop, State, frame_fingerprint
 
 
 class SafetyStopNode(Node):
@@ -31,8 +30,8 @@ class SafetyStopNode(Node):
         detectors = declare(self, "detectors", ["bvae", "flow"], "enabled detectors (their decisions must keep coming)")
         fusion = declare(self, "fusion", "any", f"how decisions combine: {', '.join(FUSIONS)}")
         k = declare(self, "k", 1, "with fusion k_of_n: detectors that must agree on OOD")
-        timeout = declare(self, "timeout_s", 0.5, "silence of the camera or a detector that stops the robot [s]")
-        frozen = declare(self, "frozen_s", 0.5, "byte-identical camera frames for longer than this stop the robot [s]; 0 disables")
+        timeout = declare(self, "timeout_s", SafetyConfig.timeout_s, "silence of the camera or a detector that stops the robot [s]")
+        frozen = declare(self, "frozen_s", SafetyConfig.frozen_s, "byte-identical camera frames for longer than this stop the robot [s]; 0 disables")
         transport = declare(self, "image_transport", "compressed", "camera message type: compressed or raw")
         topic = declare(self, "camera_topic", "", "camera topic (empty: /<veh>/camera_node/image/<compressed|raw>)")
         rate = declare(self, "rate_hz", 20.0, "how often staleness is checked and zero commands are sent while stopped")
@@ -44,7 +43,7 @@ class SafetyStopNode(Node):
         self._fused_pub = self.create_publisher(Bool, "/ood_monitor/ood", RELIABLE_QOS)
         self._cmd_pub = self.create_publisher(Twist, "cmd_vel_out", RELIABLE_QOS)
         self.create_subscription(Twist, "cmd_vel_in", self._on_cmd_vel, RELIABLE_QOS)
-        subscribe_camera(self, transport, topic or camera_topic(veh, transport), lambda msg: self.logic.on_camera(time.monotonic(), zlib.crc32(msg.data)))
+        subscribe_camera(self, transport, topic or camera_topic(veh, transport), lambda msg: self.logic.on_camera(time.monotonic(), frame_fingerprint(msg.data)))
         for name in detectors:
             self.create_subscription(Bool, f"/ood_monitor/{name}/ood", lambda msg, n=name: self._on_decision(n, msg), RELIABLE_QOS)
         self._watched = {diagnostic_name(name): name for name in detectors}
