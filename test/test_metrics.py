@@ -66,7 +66,11 @@ def test_evaluation_separates_evidence_detector_decisions_and_the_stop():
     assert rows["spin"]["median_evidence_delay"] == 2  # flow reaches p <= 0.01 two frames after the onset
     assert rows["spin"]["median_delay_detectors"] == 7
     assert rows["spin"]["median_delay_fused"] == 3  # the frozen-camera check stopped first
+    assert rows["spin"]["early_evidence_flow"] == pytest.approx((2 * 1.0 + 13 * 2.5) / 15)
+    assert rows["spin"]["early_evidence_bvae"] == pytest.approx(0.5)
     summary = id_alarm_summary([normal, spin])
+    assert summary["id_ceiling_early_evidence_bvae"] == pytest.approx(3.0)
+    assert summary["id_ceiling_early_evidence_flow"] == pytest.approx(0.5), "frames after the onset are not ID driving"
     assert summary["frozen_flagged_id_frames"] == 0.0
 
 

@@ -94,6 +94,7 @@ def _baseline_scores(results: list[EpisodeResult], calibration: list[EpisodeResu
 
 SCORED = ("bvae", "flow", "fused", "bvae_raw", "flow_raw", "brightness_z", "framediff_z", "baseline")
 FLAGGED = ("bvae", "flow", "frozen", "fused")
+DETECTORS = ("bvae", "flow")
 
 
 def metrics_table(results: list[EpisodeResult]) -> list[dict[str, object]]:
@@ -127,8 +128,20 @@ def metrics_table(results: list[EpisodeResult]) -> list[dict[str, object]]:
             row["median_delay_detectors"] = _median_delay([detection_delay(r.flags["bvae"] | r.flags["flow"], r.episode.onset_frame) for r in onsets])
             row["median_evidence_delay"] = _median_delay(
                 [detection_delay(np.fmax(r.scores["bvae"], r.scores["flow"]) >= EVIDENCE_SURPRISE, r.episode.onset_frame) for r in onsets])
+            long_enough = [r for r in onsets if r.episode.onset_frame + DELAY_BAR_FRAMES <= len(r.ood)]
+            for name in DETECTORS:
+                early = [_window_means(r.scores[name])[r.episode.onset_frame + DELAY_BAR_FRAMES - 1] for r in long_enough]
+                row[f"early_evidence_{name}"] = float(np.median(early)) if early else float("nan")
         rows.append(row)
     return rows
+
+
+def _window_means(surprise: np.ndarray) -> np.ndarray:
+    """Mean surprise over the DELAY_BAR_FRAMES frames up to each frame (no input yet counts as 0).
+    Its value 15 frames after an onset, against its highest value on ID driving, says whether a
+    detector's evidence could meet the delay bar at all without stopping normal driving."""
+    values = np.nan_to_num(surprise, nan=0.0)
+    return np.convolve(values, np.ones(DELAY_BAR_FRAMES) / DELAY_BAR_FRAMES)[: len(values)]
 
 
 def _median_delay(delays: list[int | None]) -> float:
@@ -161,6 +174,9 @@ def id_alarm_summary(results: list[EpisodeResult]) -> dict[str, float]:
         summary[f"{name}_flagged_id_frames"] = flagged / max(frames, 1)
         summary[f"{name}_false_alarms_per_min"] = alarms / max(minutes, 1e-9)
     summary["id_minutes"] = minutes
+    for name in DETECTORS:
+        peaks = [_window_means(r.scores[name])[DELAY_BAR_FRAMES - 1 : _id_frames(r)] for r in results]
+        summary[f"id_ceiling_early_evidence_{name}"] = float(max((p.max() for p in peaks if p.size), default=np.nan))
     id_parts = [(r.episode.map, r.flags["fused"][: _id_frames(r)]) for r in results]
     for map_name in sorted({m for m, _ in id_parts if m is not None}):
         flags = np.concatenate([f for m, f in id_parts if m == map_name])
@@ -190,13 +206,17 @@ def write_report(results: list[EpisodeResult], rows: list[dict[str, object]], al
                 writer.writerow([r.episode.name, r.episode.scenario, i, int(r.ood[i]), *(f"{r.scores[n][i]:.6g}" for n in SCORED),
                                  *(int(r.flags[n][i]) for n in FLAGGED)])
     shown = ["scenario", "ood_frames", "auroc_bvae", "auroc_flow", "auroc_fused", "auroc_bvae_raw", "auroc_flow_raw", "auroc_baseline",
-             "learned_minus_baseline", "fpr95_fused", "median_evidence_delay",
+             "learned_minus_baseline", "fpr95_fused", "early_evidence_bvae", "early_evidence_flow", "median_evidence_delay",
              "median_delay_detectors", "median_delay_fused", f"detected_within_{DELAY_BAR_FRAMES}"]
     lines = [f"# {title}", "", "| " + " | ".join(shown) + " |", "|" + "---|" * len(shown)]
     lines += ["| " + " | ".join(_fmt(row.get(c, float("nan"))) for c in shown) + " |" for row in rows]
     lines += ["", f"Delays in frames from onset, median over onset episodes: evidence = first frame either detector scores at p ≤ "
               f"{10 ** -EVIDENCE_SURPRISE:g}; detectors = first OOD decision of either detector; fused = first stop of the safety "
-              f"stop: a detector's decision or its frozen-camera check (inf: not within the episode).", "",
+              f"stop: a detector's decision or its frozen-camera check (inf: not within the episode). Early evidence = a "
+              f"detector's mean surprise over the first {DELAY_BAR_FRAMES} frames after the onset (median over onsets); "
+              f"where it stays below the detector's ID ceiling (the highest {DELAY_BAR_FRAMES}-frame mean on ID driving, "
+              f"listed below), no decision on that mean meets the {DELAY_BAR_FRAMES}-frame bar without stopping normal "
+              f"driving: the detector, not the decision, is what is slow.", "",
               "In-distribution driving (ID episodes and pre-onset frames):", ""]
     lines += [f"- {k}: {_fmt(v)}" for k, v in alarms.items()]
     lines += ["", "![ROC](roc.png)", "", "![AUROC by scenario](auroc_by_scenario.png)", "", "![timelines](timelines.png)", ""]
