@@ -71,6 +71,8 @@ def test_evaluation_separates_evidence_detector_decisions_and_the_stop():
     summary = id_alarm_summary([normal, spin])
     assert summary["id_ceiling_early_evidence_bvae"] == pytest.approx(3.0)
     assert summary["id_ceiling_early_evidence_flow"] == pytest.approx(0.5), "frames after the onset are not ID driving"
+    # past the start: windows from frames 15-29 on, which hold only the bump's last 5 frames
+    assert summary["id_ceiling_early_evidence_bvae_past_start"] == pytest.approx((5 * 3.0 + 10 * 0.5) / 15)
     assert summary["frozen_flagged_id_frames"] == 0.0
 
 

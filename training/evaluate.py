@@ -174,9 +174,11 @@ def id_alarm_summary(results: list[EpisodeResult]) -> dict[str, float]:
         summary[f"{name}_flagged_id_frames"] = flagged / max(frames, 1)
         summary[f"{name}_false_alarms_per_min"] = alarms / max(minutes, 1e-9)
     summary["id_minutes"] = minutes
+    # The ceiling over all ID windows, and over those past a drive's first frames (start-up transients).
     for name in DETECTORS:
-        peaks = [_window_means(r.scores[name])[DELAY_BAR_FRAMES - 1 : _id_frames(r)] for r in results]
-        summary[f"id_ceiling_early_evidence_{name}"] = float(max((p.max() for p in peaks if p.size), default=np.nan))
+        for suffix, first in (("", DELAY_BAR_FRAMES - 1), ("_past_start", 2 * DELAY_BAR_FRAMES - 1)):
+            peaks = [_window_means(r.scores[name])[first : _id_frames(r)] for r in results]
+            summary[f"id_ceiling_early_evidence_{name}{suffix}"] = float(max((p.max() for p in peaks if p.size), default=np.nan))
     id_parts = [(r.episode.map, r.flags["fused"][: _id_frames(r)]) for r in results]
     for map_name in sorted({m for m, _ in id_parts if m is not None}):
         flags = np.concatenate([f for m, f in id_parts if m == map_name])
