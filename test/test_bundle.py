@@ -13,6 +13,7 @@ from vae_ood_monitor.bundle import BundleError, load_bundle, write_sums
 from vae_ood_monitor.decision import DecisionParams
 from vae_ood_monitor.detector import OODDetector
 from vae_ood_monitor.preprocessing import ImagePreprocessing
+from training.export import write_bundle
 from vae_ood_monitor.scoring import LatentScore
 
 def test_onnx_runtime_agrees_with_torch(tmp_path):
@@ -35,6 +36,19 @@ def test_bundle_round_trips_its_metadata(tmp_path):
     assert bundle.preprocessing == ImagePreprocessing(32, 32)
     assert bundle.provenance["note"] == "test" and len(bundle.sha256) == 64
     np.testing.assert_allclose(bundle.calibration_scores, np.linspace(0.0, 5.0, 50), atol=1e-6)
+
+
+def test_image_interpolation_travels_in_the_bundle_and_older_bundles_keep_area(tmp_path):
+    model, _ = build_image_bundle(tmp_path / "area")
+    onnx = tmp_path / "area" / "work" / "image.onnx"
+    nearest = ImagePreprocessing(32, 32, interpolation="nearest")
+    write_bundle(tmp_path / "nearest", "bvae", nearest, {"image": onnx}, LatentScore("kl", {"image": [0]}), np.linspace(0.0, 5.0, 50), DecisionParams(), {})
+    assert load_bundle(tmp_path / "nearest").preprocessing == nearest
+    meta = json.loads((tmp_path / "area" / "bundle" / "bundle.json").read_text())
+    del meta["preprocessing"]["interpolation"]  # as written before the option existed
+    (tmp_path / "area" / "bundle" / "bundle.json").write_text(json.dumps(meta))
+    write_sums(tmp_path / "area" / "bundle")
+    assert load_bundle(tmp_path / "area" / "bundle").preprocessing == ImagePreprocessing(32, 32)
 
 
 def test_detector_scores_frames_and_batches_alike(tmp_path, frames):

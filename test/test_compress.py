@@ -175,3 +175,11 @@ def test_a_new_student_starts_from_its_seed_whatever_ran_before():
     for a, b, c in zip(first.state_dict().values(), second.state_dict().values(), other.state_dict().values()):
         assert torch.equal(a, b)
     assert any(not torch.equal(a, c) for a, c in zip(first.state_dict().values(), other.state_dict().values()))
+
+
+def test_a_search_space_without_the_detector_is_refused_by_name(capsys):
+    from training.compress.search import main as search_main
+
+    with pytest.raises(SystemExit):
+        search_main(["--detector", "flow", "--space", "students_nearest"])
+    assert "search space 'students_nearest' has no flow detector (it has: bvae)" in capsys.readouterr().err

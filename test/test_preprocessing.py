@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from conftest import synthetic_frames
-from vae_ood_monitor.preprocessing import FlowPreprocessing, FlowStacker, _whole_factor_area
+from vae_ood_monitor.preprocessing import FlowPreprocessing, FlowStacker, ImagePreprocessing, _whole_factor_area
 
 
 def _camera_frames(count: int) -> list[np.ndarray]:
@@ -33,9 +33,10 @@ def test_grey_stepped_resize_is_close_to_the_papers_order(width, height):
     assert (width, height) == (160, 120) or difference.max() > 0, "a fractional step is not bit-identical"
 
 
-@pytest.mark.parametrize("method, preset", [("farneback", "ultrafast"), ("dis", "ultrafast"), ("dis", "fast"), ("dis", "medium")])
-def test_every_flow_variant_sees_the_square_move_right(method, preset):
-    prep = FlowPreprocessing(width=96, height=72, crop=(8, 4, 80, 64), stack=2, max_flow=4.8, method=method, dis_preset=preset, resize="grey_stepped")
+@pytest.mark.parametrize("method, preset, resize", [("farneback", "ultrafast", "grey_stepped"), ("dis", "ultrafast", "grey_stepped"), ("dis", "fast", "grey_stepped"),
+                                                    ("dis", "medium", "grey_stepped"), ("farneback", "ultrafast", "area")])
+def test_every_flow_variant_sees_the_square_move_right(method, preset, resize):
+    prep = FlowPreprocessing(width=96, height=72, crop=(8, 4, 80, 64), stack=2, max_flow=4.8, method=method, dis_preset=preset, resize=resize)
     stacker = FlowStacker(prep)
     outputs = [stacker.push(rgb) for rgb in _camera_frames(4)]
     assert outputs[:2] == [None, None]
@@ -44,7 +45,7 @@ def test_every_flow_variant_sees_the_square_move_right(method, preset):
     assert horizontal.max() > 0.2 and horizontal.max() > 2 * np.abs(vertical).max(), "the square moves right, not up or down"
 
 
-@pytest.mark.parametrize("field, value", [("method", "lucas"), ("dis_preset", "slow"), ("resize", "nearest")])
+@pytest.mark.parametrize("field, value", [("method", "lucas"), ("dis_preset", "slow"), ("resize", "cubic")])
 def test_unknown_flow_options_are_refused_with_the_choices(field, value):
     with pytest.raises(ValueError, match=f"got '{value}'"):
         FlowPreprocessing(**{field: value})
@@ -55,3 +56,18 @@ def test_bundles_written_before_the_options_keep_their_behaviour():
     prep = FlowPreprocessing.from_dict(old)
     assert prep.resize == "area" and prep.dis_preset == "ultrafast"
     assert FlowPreprocessing.from_dict(prep.to_dict()) == prep
+
+
+def test_nearest_image_input_keeps_sensor_noise_that_area_averages_away():
+    """Per-pixel noise on a flat grey camera frame: the area resize averages ~100 camera pixels into
+    each input pixel, nearest sampling passes single pixels through at full strength."""
+    rng = np.random.default_rng(0)
+    noisy = np.clip(128 + rng.normal(0, 64, (480, 640, 3)), 0, 255).astype(np.uint8)
+    area, nearest = ImagePreprocessing(64, 64)(noisy), ImagePreprocessing(64, 64, interpolation="nearest")(noisy)
+    assert area.shape == nearest.shape == (3, 64, 64)
+    assert nearest.std() > 0.2 > 0.05 > area.std()
+
+
+def test_unknown_image_interpolation_is_refused_with_the_choices():
+    with pytest.raises(ValueError, match="one of \\('area', 'nearest'\\), got 'cubic'"):
+        ImagePreprocessing(64, 64, interpolation="cubic")

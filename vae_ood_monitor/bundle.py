@@ -94,7 +94,9 @@ def load_bundle(path: Path | str) -> Bundle:
             raise BundleError(f"{path}: unknown detector kind {detector!r}")
         prep_data = meta["preprocessing"]
         if detector == "bvae":
-            preprocessing: ImagePreprocessing | FlowPreprocessing = ImagePreprocessing(width=prep_data["width"], height=prep_data["height"])
+            preprocessing: ImagePreprocessing | FlowPreprocessing = ImagePreprocessing(
+                width=prep_data["width"], height=prep_data["height"], interpolation=prep_data.get("interpolation", "area")
+            )
         else:
             preprocessing = FlowPreprocessing.from_dict(prep_data)
         encoders = {name: path / meta["encoders"][name] for name in DETECTOR_ENCODERS[detector]}

@@ -23,16 +23,27 @@ DIS_PRESETS = {"ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST, "fast": cv2.DI
 FLOW_RESIZES = ("area", "grey_stepped")
 
 
+# How a camera frame becomes the β-VAE's input. "area" averages the pixels each input pixel covers
+# (the papers'); "nearest" samples one camera pixel per input pixel: sensor noise and thin streaks
+# keep their full strength instead of being averaged away, and the resize is cheaper.
+IMAGE_INTERPOLATIONS = {"area": cv2.INTER_AREA, "nearest": cv2.INTER_NEAREST}
+
+
 @dataclass(frozen=True)
 class ImagePreprocessing:
     """β-VAE input: RGB resized to width×height, float32 in [0, 1], channels first."""
 
     width: int = 224
     height: int = 224
+    interpolation: str = "area"  # see IMAGE_INTERPOLATIONS
+
+    def __post_init__(self) -> None:
+        if self.interpolation not in IMAGE_INTERPOLATIONS:
+            raise ValueError(f"image interpolation must be one of {tuple(IMAGE_INTERPOLATIONS)}, got '{self.interpolation}'")
 
     def resize(self, rgb: np.ndarray) -> np.ndarray:
         """uint8 HWC at the model size (training keeps this form to save memory)."""
-        return cv2.resize(rgb, (self.width, self.height), interpolation=cv2.INTER_AREA)
+        return cv2.resize(rgb, (self.width, self.height), interpolation=IMAGE_INTERPOLATIONS[self.interpolation])
 
     def __call__(self, rgb: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(self.resize(rgb).transpose(2, 0, 1), dtype=np.float32) / np.float32(255.0)

@@ -96,6 +96,9 @@ _FLOW_STUDENTS_STEPPED = (StudentSpec("student_06_res_stepped", _FLOW_06_STEPPED
                           StudentSpec("student_06_res_stepped_narrow", _FLOW_06_STEPPED, (8, 8, 8, 8), (64,)),
                           StudentSpec("student_055_res_stepped", _FLOW_055_STEPPED, (16, 16, 8, 8), (64,)))
 _BVAE_NARROW = StudentSpec("student64_narrow", ImagePreprocessing(64, 64), (16, 16, 8, 8), (128,))
+_BVAE_NARROW_NEAREST = StudentSpec("student64_narrow_nearest", ImagePreprocessing(64, 64, interpolation="nearest"), (16, 16, 8, 8), (128,))
+_BVAE_STUDENTS = SearchSpace(ratios=(), students=(_BVAE_NARROW,), distill=TrainConfig(epochs=12, batch_size=32, learning_rate=1e-3, threads=2), train_stride=4,
+                             eval_stride=4, unstructured=0.0, perturbed_copies=1)
 
 SPACES: dict[str, dict[str, SearchSpace]] = {
     "default": {
@@ -118,10 +121,12 @@ SPACES: dict[str, dict[str, SearchSpace]] = {
     # per-frame cost of the flow detector, and the β-VAE student on other data and perturbed frames
     # (perturbed flow stacks raised the flow decision's ID false alarms: README, Compression).
     "students": {
-        "bvae": SearchSpace(ratios=(), students=(_BVAE_NARROW,), distill=TrainConfig(epochs=12, batch_size=32, learning_rate=1e-3, threads=2), train_stride=4, eval_stride=4,
-                            unstructured=0.0, perturbed_copies=1),
+        "bvae": _BVAE_STUDENTS,
         "flow": SearchSpace(ratios=(), students=_FLOW_STUDENTS_STEPPED, distill=TrainConfig(epochs=6, batch_size=64, learning_rate=1e-3, threads=2), train_stride=3, eval_stride=4, unstructured=0.0),
     },
+    # The β-VAE student beside the same student on nearest-sampled input (preprocessing.IMAGE_INTERPOLATIONS):
+    # measured, not shipped — it sees sensor noise but flags ID drive starts on unseen maps (README, Compression).
+    "students_nearest": {"bvae": replace(_BVAE_STUDENTS, students=(_BVAE_NARROW, _BVAE_NARROW_NEAREST))},
     # A smaller search for a short session: one homogeneous ratio, one student, no mask-only point.
     "quick": {
         "bvae": SearchSpace(ratios=(0.875,), students=(StudentSpec("student64", ImagePreprocessing(64, 64), (32, 32, 16, 16), (256, 128)),),
@@ -513,13 +518,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.ship_name is not None and (not args.ship_name.replace("_", "").replace("-", "").isalnum()):
         parser.error(f"--ship-name must be a plain folder name (letters, digits, _ and -), got '{args.ship_name}'")
+    if args.detector not in SPACES[args.space]:
+        parser.error(f"search space '{args.space}' has no {args.detector} detector (it has: {', '.join(SPACES[args.space])})")
     teacher = args.teacher or REPO_ROOT / "runs" / "default" / args.detector
     out = args.out or REPO_ROOT / "runs" / "compress" / args.detector
     out.mkdir(parents=True, exist_ok=True)
     try:
         check_calibration_splits(args.data)  # the selected bundle is calibrated at the end
-        space = SPACES[args.space][args.detector]
-        result = search(args.data, args.detector, Teacher.load(teacher), out, args.runs, args.tolerance, space, args.workers)
+        result = search(args.data, args.detector, Teacher.load(teacher), out, args.runs, args.tolerance, SPACES[args.space][args.detector], args.workers)
         report = write_report(result, out, args.tolerance, args.detector)
         selected, baseline = result.selected, result.candidates[0]
         provenance = {"compression": {"candidate": selected.name, "teacher": str(teacher), "policy": asdict(result.policy) if result.policy else None,
