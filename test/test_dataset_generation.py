@@ -199,3 +199,17 @@ def test_recalibration_data_without_validation_onsets_is_refused_up_front(small_
     assert pipeline_main(["--data", str(data), "--recalibrate", str(tmp_path / "never_read")]) == 1
     err = capsys.readouterr().err
     assert "no validation episodes with an OOD onset after frame 0" in err and "training.data.merge" in err
+
+
+def test_obstacles_are_seen_on_a_map_with_floor_tags():
+    """The simulator loads no object for a map's floor tags, so the placed obstacles must be found
+    from the end of its object list: otherwise they are never labelled in view (TTIC_ripltown)."""
+    from training.data.generate import DEFAULT_SIM_PYTHON, SimulatorStream
+
+    if not DEFAULT_SIM_PYTHON.exists():
+        pytest.skip(f"simulator venv missing at {DEFAULT_SIM_PYTHON}: `make sim-venv` builds it")
+    spec = {"map": "TTIC_ripltown", "seed": 200002, "frames": 12, "width": 160, "height": 120, "fps": 30.0,
+            "effect": "obstacles", "onset": 4, "intensity": 0.89}
+    pixels = [meta["obstacle_pixels"] for meta, _ in SimulatorStream(spec, DEFAULT_SIM_PYTHON)]
+    assert len(pixels) == 12 and not any(pixels[:4])
+    assert all(p > 0 for p in pixels[4:]), pixels

@@ -445,7 +445,12 @@ class Episode:
             # What reset() gives objects without domain randomisation; new objects start black.
             obj.color = [1.0, 1.0, 1.0, 1.0]
             obj.visible = True
-        self.obstacles = env.objects[len(self.base_objects):]
+        # The new objects are the last ones loaded. Not every map object becomes one (the simulator
+        # skips floor tags), so counting from the front would miss obstacles: they would never be
+        # seen as in view (no OOD label) nor braked for.
+        self.obstacles = env.objects[len(env.objects) - len(new):]
+        if [obj.kind for obj in self.obstacles] != [k for k, *_ in placed]:
+            raise RuntimeError(f"placed obstacles {[k for k, *_ in placed]} not found among the loaded objects")
 
 
 def _object_list(objects: Any) -> list[dict[str, Any]]:
