@@ -22,9 +22,10 @@ import numpy as np
 from tqdm import tqdm
 
 from training.dataset import Episode, episodes, iter_frames
+from vae_ood_monitor.cli import non_negative_seconds
 from vae_ood_monitor.detector import OODDetector
 from vae_ood_monitor.metrics import auroc, detection_delay, fpr_at_tpr, rising_edges
-from vae_ood_monitor.offline import score_frames
+from vae_ood_monitor.offline import DETECTORS, score_frames
 from vae_ood_monitor.safety import FrozenCameraWatch, SafetyConfig
 
 DELAY_BAR_FRAMES = 15
@@ -93,8 +94,7 @@ def _baseline_scores(results: list[EpisodeResult], calibration: list[EpisodeResu
 
 
 SCORED = ("bvae", "flow", "fused", "bvae_raw", "flow_raw", "brightness_z", "framediff_z", "baseline")
-FLAGGED = ("bvae", "flow", "frozen", "fused")
-DETECTORS = ("bvae", "flow")
+FLAGGED = (*DETECTORS, "frozen", "fused")
 
 
 def metrics_table(results: list[EpisodeResult]) -> list[dict[str, object]]:
@@ -176,9 +176,10 @@ def id_alarm_summary(results: list[EpisodeResult]) -> dict[str, float]:
     summary["id_minutes"] = minutes
     # The ceiling over all ID windows, and over those past a drive's first frames (start-up transients).
     for name in DETECTORS:
+        id_means = [_window_means(r.scores[name])[: _id_frames(r)] for r in results]
         for suffix, first in (("", DELAY_BAR_FRAMES - 1), ("_past_start", 2 * DELAY_BAR_FRAMES - 1)):
-            peaks = [_window_means(r.scores[name])[first : _id_frames(r)] for r in results]
-            summary[f"id_ceiling_early_evidence_{name}{suffix}"] = float(max((p.max() for p in peaks if p.size), default=np.nan))
+            peaks = [means[first:].max() for means in id_means if means.size > first]
+            summary[f"id_ceiling_early_evidence_{name}{suffix}"] = float(max(peaks, default=np.nan))
     id_parts = [(r.episode.map, r.flags["fused"][: _id_frames(r)]) for r in results]
     for map_name in sorted({m for m, _ in id_parts if m is not None}):
         flags = np.concatenate([f for m, f in id_parts if m == map_name])
@@ -323,11 +324,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", default="test")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--frozen-s", type=float, default=SafetyConfig.frozen_s,
+    parser.add_argument("--frozen-s", type=non_negative_seconds, default=SafetyConfig.frozen_s,
                         help="the safety stop's frozen-camera limit [s], part of the fused decision (0: detectors only)")
     args = parser.parse_args(argv)
-    if args.frozen_s < 0:
-        parser.error(f"--frozen-s must be >= 0, got {args.frozen_s}")
     report, _, _ = evaluate(args.data, {"bvae": args.bvae, "flow": args.flow}, args.out, args.split, args.workers, args.frozen_s)
     print(report.read_text())
     return 0

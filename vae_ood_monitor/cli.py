@@ -151,12 +151,13 @@ def _add_detector_options(parser: argparse.ArgumentParser) -> None:
     _add_bundle_options(parser)
     parser.add_argument("--backend", choices=BACKENDS, default="onnxruntime")
     parser.add_argument("--threads", type=int, default=1, help="inference threads per encoder")
-    parser.add_argument("--frozen-s", type=_seconds, default=SafetyConfig.frozen_s,
+    parser.add_argument("--frozen-s", type=non_negative_seconds, default=SafetyConfig.frozen_s,
                         help="the fused decision also stops on byte-identical frames for longer than this, as the "
                              "safety stop does [s] (default: %(default)s; 0: detectors only)")
 
 
-def _seconds(text: str) -> float:
+def non_negative_seconds(text: str) -> float:
+    """argparse type of a duration option (also `training.evaluate --frozen-s`)."""
     try:
         value = float(text)
     except ValueError:
