@@ -171,12 +171,15 @@ def calibrate_and_bundle(
     return CalibratedBundle(bundle_dir, validation)
 
 
-def recalibrate(bundle_dir: Path, data: Path, out: Path, extrapolate: bool = False) -> Path:
+def recalibrate(bundle_dir: Path, data: Path, out: Path, extrapolate: bool | None = None) -> Path:
     """Refit the score and retune the decision of an existing bundle's encoders on `data` — e.g.
     on calibration and validation recordings of the town the robot will drive in; `extrapolate`:
-    tune a decision whose p-values go on beyond the calibration range (training.calibrate)."""
+    tune a decision whose p-values go on beyond the calibration range (training.calibrate), None:
+    as the bundle's decision does."""
     check_calibration_splits(data)
     bundle = load_bundle(bundle_dir)
+    if extrapolate is None:
+        extrapolate = bundle.decision.extrapolate
     mu_output = onnx.load(str(next(iter(bundle.encoders.values())))).graph.output[0]  # (batch, latent)
     latent = mu_output.type.tensor_type.shape.dim[1].dim_value
     with tempfile.TemporaryDirectory() as staging:  # the encoders are read from the old bundle while the new one is written
@@ -216,11 +219,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--ship", action="store_true", help="copy the bundles to models/<detector>_baseline and make them the default")
     parser.add_argument("--recalibrate", type=Path, metavar="BUNDLE", help="only refit score and decision of this bundle on --data, in place (or into --out)")
-    parser.add_argument("--extrapolate-tail", action="store_true",
-                        help="with --recalibrate: p-values beyond the calibration maximum follow a Pareto tail — far-out frames (fog, a black camera) stop the robot sooner, at the price of more false alarms")
+    parser.add_argument("--extrapolate-tail", action=argparse.BooleanOptionalAction,
+                        help="with --recalibrate: p-values beyond the calibration maximum follow a Pareto tail — far-out frames (fog, a black camera) stop the robot sooner, at the price of more false alarms "
+                             "(default: as the bundle's decision does)")
     args = parser.parse_args(argv)
-    if args.extrapolate_tail and not args.recalibrate:
-        parser.error("--extrapolate-tail needs --recalibrate BUNDLE")
+    if args.extrapolate_tail is not None and not args.recalibrate:
+        parser.error("--extrapolate-tail / --no-extrapolate-tail need --recalibrate BUNDLE")
     out = args.out or REPO_ROOT / "runs" / args.config
     try:
         if args.recalibrate:
