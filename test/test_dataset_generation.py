@@ -108,7 +108,7 @@ def test_missing_simulator_is_a_clear_error(tmp_path, capsys):
         generate("small", tmp_path / "ds2", sim_python=tmp_path / "nope" / "python", progress=False)
 
 
-def test_merged_dataset_holds_the_episodes_of_both(small_dataset, tmp_path):
+def test_merged_dataset_holds_the_episodes_of_both(small_dataset, tmp_path, capsys):
     import json
 
     from training.data.merge import main as merge_main
@@ -119,6 +119,9 @@ def test_merged_dataset_holds_the_episodes_of_both(small_dataset, tmp_path):
     other.symlink_to(root, target_is_directory=True)  # a second dataset folder (same bags, another name)
     assert merge_main([str(root), str(other), "--out", str(tmp_path / "merged")]) == 0
     merged = json.loads((tmp_path / "merged" / "manifest.json").read_text())
+    # The same episodes twice: every drive repeats, and the merge says so.
+    assert merged["repeated_drives"] == [[e["name"], f"town_{e['name']}"] for e in manifest["episodes"]]
+    assert f"merge: warning: {len(manifest['episodes'])} drives repeat" in capsys.readouterr().err
     assert [s["dataset_sha256"] for s in merged["merged_from"]] == [manifest["dataset_sha256"]] * 2
     for split, names in manifest["splits"].items():
         assert merged["splits"][split] == names + [f"town_{name}" for name in names]
@@ -164,6 +167,7 @@ def test_imported_recordings_are_added_to_a_split(small_dataset, tmp_path, capsy
     out = str(tmp_path / "merged")
     assert merge_main([str(root), "--add", f"calibration={tmp_path / 'town' / 'drive_01'}", "--out", out]) == 0
     merged = json.loads((tmp_path / "merged" / "manifest.json").read_text())
+    assert merged["repeated_drives"] == [] and "warning" not in capsys.readouterr().err, "a recording has no seed to repeat"
     assert merged["splits"]["calibration"] == manifest["splits"]["calibration"] + ["town_drive_01"]
     added = episodes(tmp_path / "merged", "calibration")[-1]
     assert (added.scenario, added.onset_frame) == ("id", None)

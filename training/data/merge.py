@@ -15,7 +15,9 @@ validation split holds the OOD onsets the decision is tuned on.
 Episodes are linked (symlinks to the source bags), not copied. The first dataset keeps its episode
 names, later ones are prefixed with their folder name, added episodes with their parent folder's
 name. All datasets and added episodes must share camera topic, frame size and rate. The merged
-manifest names its sources; its dataset hash covers every episode's bag.
+manifest names its sources; its dataset hash covers every episode's bag. Generated episodes of
+different datasets that drive the same map from the same seed start alike and repeat each other's
+frames (until an onset): the merge warns and lists them in the manifest as `repeated_drives`.
 """
 
 from __future__ import annotations
@@ -59,6 +61,16 @@ def _added_entry(split: str, episode_dir: Path, like: dict[str, Any]) -> dict[st
     found = {"topic": like["topic"] if like["topic"] in topics else ", ".join(topics), **{k: entry[k] for k in _SHARED[1:]}}
     _require_shared(found, like, episode_dir, "the datasets'", "; import it with matching --size/--fps")
     return entry
+
+
+def repeated_drives(episodes: list[dict[str, Any]]) -> list[list[str]]:
+    """Names of episodes that share a map and a simulator seed, first one first: the same start pose
+    and random stream, so the same frames until one of them turns OOD. Recordings have no seed."""
+    by_drive: dict[tuple[str, int], list[str]] = {}
+    for entry in episodes:
+        if entry.get("seed") is not None and entry.get("map"):
+            by_drive.setdefault((entry["map"], entry["seed"]), []).append(entry["name"])
+    return [names for names in by_drive.values() if len(names) > 1]
 
 
 def merge(sources: list[Path], out: Path, added: list[tuple[str, Path]] = ()) -> Path:
@@ -107,6 +119,7 @@ def merge(sources: list[Path], out: Path, added: list[tuple[str, Path]] = ()) ->
         "dataset_sha256": dataset_sha256(episodes),
         "splits": {split: [e["name"] for e in episodes if e["split"] == split] for split in splits},
         "episodes": episodes,
+        "repeated_drives": repeated_drives(episodes),
     }
     path = out / MANIFEST_FILE
     path.write_text(json.dumps(merged, indent=1) + "\n")
@@ -132,6 +145,11 @@ def main(argv: list[str] | None = None) -> int:
     except DatasetError as err:
         print(f"merge: {err}", file=sys.stderr)
         return 1
+    if manifest["repeated_drives"]:
+        shown = "; ".join(" = ".join(names) for names in manifest["repeated_drives"][:3])
+        more = len(manifest["repeated_drives"]) - 3
+        print(f"merge: warning: {len(manifest['repeated_drives'])} drives repeat (same map and seed, so the same frames until an onset): "
+              f"{shown}{f'; {more} more' if more > 0 else ''} (manifest.json: repeated_drives)", file=sys.stderr)
     sizes = ", ".join(f"{split} {len(names)}" for split, names in manifest["splits"].items())
     print(f"{args.out}: {len(manifest['episodes'])} episodes ({sizes}), dataset sha256 {manifest['dataset_sha256'][:16]}…")
     return 0
