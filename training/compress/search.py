@@ -92,9 +92,12 @@ _FLOW_DIS = FlowPreprocessing(width=128, height=96, crop=(8, 8, 112, 80), max_fl
 # (`make compress-fast`), not the default one, so `make compress` still reproduces flow_compressed.
 _FLOW_06_STEPPED = FlowPreprocessing(width=96, height=72, crop=(8, 4, 80, 64), max_flow=4.8, resize="grey_stepped")
 _FLOW_055_STEPPED = FlowPreprocessing(width=88, height=66, crop=(4, 1, 80, 64), max_flow=4.4, resize="grey_stepped")
+_FLOW_055_STUDENT = StudentSpec("student_055_res_stepped", _FLOW_055_STEPPED, (16, 16, 8, 8), (64,))
 _FLOW_STUDENTS_STEPPED = (StudentSpec("student_06_res_stepped", _FLOW_06_STEPPED, (16, 16, 8, 8), (64,)),
                           StudentSpec("student_06_res_stepped_narrow", _FLOW_06_STEPPED, (8, 8, 8, 8), (64,)),
-                          StudentSpec("student_055_res_stepped", _FLOW_055_STEPPED, (16, 16, 8, 8), (64,)))
+                          _FLOW_055_STUDENT)
+_FLOW_STUDENTS = SearchSpace(ratios=(), students=_FLOW_STUDENTS_STEPPED, distill=TrainConfig(epochs=6, batch_size=64, learning_rate=1e-3, threads=2),
+                             train_stride=3, eval_stride=4, unstructured=0.0)
 _BVAE_NARROW = StudentSpec("student64_narrow", ImagePreprocessing(64, 64), (16, 16, 8, 8), (128,))
 _BVAE_NARROW_NEAREST = StudentSpec("student64_narrow_nearest", ImagePreprocessing(64, 64, interpolation="nearest"), (16, 16, 8, 8), (128,))
 _BVAE_STUDENTS = SearchSpace(ratios=(), students=(_BVAE_NARROW,), distill=TrainConfig(epochs=12, batch_size=32, learning_rate=1e-3, threads=2), train_stride=4,
@@ -122,8 +125,12 @@ SPACES: dict[str, dict[str, SearchSpace]] = {
     # (perturbed flow stacks raised the flow decision's ID false alarms: README, Compression).
     "students": {
         "bvae": _BVAE_STUDENTS,
-        "flow": SearchSpace(ratios=(), students=_FLOW_STUDENTS_STEPPED, distill=TrainConfig(epochs=6, batch_size=64, learning_rate=1e-3, threads=2), train_stride=3, eval_stride=4, unstructured=0.0),
+        "flow": _FLOW_STUDENTS,
     },
+    # The shipped flow student's structure distilled on one label-free perturbed copy of every stack
+    # too: measured on datasets/default_plus, not shipped — it sees sensor faults and stops motion
+    # sooner, but flags intersection driving on unseen maps (README, Compression).
+    "students_perturbed": {"flow": replace(_FLOW_STUDENTS, students=(_FLOW_055_STUDENT,), perturbed_copies=1)},
     # The β-VAE student beside the same student on nearest-sampled input (preprocessing.IMAGE_INTERPOLATIONS):
     # measured, not shipped — it sees sensor noise but flags ID drive starts on unseen maps (README, Compression).
     "students_nearest": {"bvae": replace(_BVAE_STUDENTS, students=(_BVAE_NARROW, _BVAE_NARROW_NEAREST))},
