@@ -92,13 +92,7 @@ def load_bundle(path: Path | str) -> Bundle:
         detector = meta["detector"]
         if detector not in DETECTOR_ENCODERS:
             raise BundleError(f"{path}: unknown detector kind {detector!r}")
-        prep_data = meta["preprocessing"]
-        if detector == "bvae":
-            preprocessing: ImagePreprocessing | FlowPreprocessing = ImagePreprocessing(
-                width=prep_data["width"], height=prep_data["height"], interpolation=prep_data.get("interpolation", "area")
-            )
-        else:
-            preprocessing = FlowPreprocessing.from_dict(prep_data)
+        preprocessing = (ImagePreprocessing if detector == "bvae" else FlowPreprocessing).from_dict(meta["preprocessing"])
         encoders = {name: path / meta["encoders"][name] for name in DETECTOR_ENCODERS[detector]}
         calibration = np.asarray(meta["calibration_scores"], dtype=np.float64)
         decision = DecisionParams(**meta["decision"])

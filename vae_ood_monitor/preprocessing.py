@@ -51,6 +51,11 @@ class ImagePreprocessing:
     def to_dict(self) -> dict[str, object]:
         return {"kind": "image", **asdict(self)}
 
+    @classmethod
+    def from_dict(cls, data: dict[str, object]) -> ImagePreprocessing:
+        """As to_dict wrote it; bundles written before `interpolation` existed keep the area resize."""
+        return cls(width=data["width"], height=data["height"], interpolation=data.get("interpolation", cls.interpolation))  # type: ignore[arg-type]
+
 
 @dataclass(frozen=True)
 class FlowPreprocessing:
