@@ -233,7 +233,8 @@ def test_killed_detector_stops_the_robot(robot, safety_stop, untrained_bundles, 
     }
     try:
         wait_until_driving(robot, 40)
-        assert len(robot.scores["bvae"]) > 0 and len(robot.scores["flow"]) > 0
+        # The safety stop can hear both detectors' decisions before this node has discovered their score topics.
+        wait_for(lambda: len(robot.scores["bvae"]) > 0 and len(robot.scores["flow"]) > 0, 5, "scores from both detector nodes")
         detectors["flow"].kill()
         took = wait_for(lambda: robot.estop[-1] is True, 3, "emergency_stop after the flow detector died")
         assert took < 2.0
