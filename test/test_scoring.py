@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from conftest import build_image_bundle
-from training.calibrate import fit_scores, select_score
+from training.calibrate import CROSS_FITS, fit_scores, select_score
 from vae_ood_monitor.bundle import BundleError, load_bundle, write_sums
 from vae_ood_monitor.scoring import LatentScore, kl_per_dimension
 
@@ -40,6 +40,27 @@ def test_fitted_scores_keep_only_informative_dims_and_cross_fit_the_calibration(
         assert candidate.calibration_scores.shape == (800,) and np.all(np.isfinite(candidate.calibration_scores))
     # held-out Mahalanobis scores of 8 Gaussian features average about 8 (χ² with 8 dof)
     assert 6.0 < fitted["mahalanobis"].calibration_scores.mean() < 10.0
+
+
+def test_leaving_one_episode_out_keeps_a_manoeuvre_two_episodes_share():
+    """Episodes 0 and 2 both hold a rare manoeuvre (a sharp turn). Cross-fitted on halves (0, 2, 4
+    against 1, 3, 5) neither half's fit has seen it, and it scores far beyond its in-sample score;
+    left one episode out, the other episode with the manoeuvre keeps it in the fit."""
+    rng = np.random.default_rng(5)
+    calibration = [_id_latents(rng, 200) for _ in range(6)]
+    for episode in (0, 2):
+        mu, _ = calibration[episode]["image"]
+        mu[:20, :3] += 20.0  # ten standard deviations
+    held_out = {}
+    for cross_fit in CROSS_FITS:
+        mahalanobis = next(f for f in fit_scores(calibration, cross_fit=cross_fit) if f.name == "mahalanobis")
+        held_out[cross_fit] = np.median(mahalanobis.calibration_scores[:20]) / np.median(mahalanobis.score(calibration[0])[:20])
+    assert held_out["halves"] > 5.0 and held_out["episodes"] < 2.0  # measured: 8.9 and 1.5
+
+
+def test_unknown_cross_fitting_is_a_clear_error():
+    with pytest.raises(ValueError, match="cross_fit must be one of"):
+        fit_scores([_id_latents(np.random.default_rng(6), 50)], cross_fit="thirds")
 
 
 def _correlated_latents(rng: np.random.Generator, frames: int, sign: float) -> dict[str, tuple[np.ndarray, np.ndarray]]:

@@ -147,12 +147,15 @@ def test_recalibration_refits_a_bundle_on_other_data(tiny_run, tmp_path):
     assert new.provenance["config"] == old.provenance["config"], "training facts carry over"
     assert (out / "horizontal.onnx").read_bytes() == (bundles["flow"] / "horizontal.onnx").read_bytes()
     assert not new.decision.extrapolate
+    assert new.provenance["score_selection"]["cross_fit"] == "halves"
     tail = tmp_path / "tail"
-    assert pipeline_main(["--data", str(town), "--recalibrate", str(bundles["bvae"]), "--out", str(tail), "--extrapolate-tail"]) == 0
+    assert pipeline_main(["--data", str(town), "--recalibrate", str(bundles["bvae"]), "--out", str(tail), "--extrapolate-tail", "--cross-fit", "episodes"]) == 0
     assert OODDetector.from_path(tail).bundle.decision.extrapolate, "the bundle carries the tail setting to the runtime"
     again = tmp_path / "again"
     assert pipeline_main(["--data", str(town), "--recalibrate", str(tail), "--out", str(again)]) == 0
-    assert OODDetector.from_path(again).bundle.decision.extrapolate, "recalibrating keeps the bundle's tail setting"
+    kept = OODDetector.from_path(again).bundle
+    assert kept.decision.extrapolate, "recalibrating keeps the bundle's tail setting"
+    assert kept.provenance["score_selection"]["cross_fit"] == "episodes", "and its cross-fitting"
     assert pipeline_main(["--data", str(town), "--recalibrate", str(tail), "--out", str(again), "--no-extrapolate-tail"]) == 0
     assert not OODDetector.from_path(again).bundle.decision.extrapolate
     assert pipeline_main(["--data", str(root), "--recalibrate", str(tmp_path / "missing")]) == 1
