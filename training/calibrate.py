@@ -7,8 +7,8 @@ are cross-fitted, so the conformal p-values see held-out scores as the robot wil
 halves (fitted on every other calibration episode, scored on the rest, and vice versa), or leaving
 one episode out (`cross_fit="episodes"`: each episode scored by the candidate fitted on all the
 others). Fitted on half the driving, a rare manoeuvre of one half (a sharp recovery turn) scores
-far beyond anything OOD at test time, so every OOD frame looks as ordinary as the top few per cent
-of the calibration frames: p-values stay coarse and decisions slow. Leaving one episode out keeps
+far beyond most OOD frames at test time, which then look as ordinary as the top few per cent of
+the calibration frames: p-values stay coarse and decisions slow. Leaving one episode out keeps
 the tail near the deployed fit's: sharper p-values, faster stops, and on the shipped detectors more
 false ones on the test maps (measured in the README, Training step 3). The candidate whose conformal
 surprise has the highest frame-level AUROC on the validation split wins, with the p-value tail
