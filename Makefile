@@ -94,7 +94,7 @@ compress-fast: default-plus
 	    --space students --out runs/compress/bvae_students --ship --ship-name bvae_fast --make-default
 	$(VENV)/bin/python -m training.pipeline --recalibrate models/bvae_fast --data datasets/default_plus
 
-# Needs `make default-plus`: a flow teacher trained on the default dataset plus the intersection
+# Needs `make dataset` (builds default-plus): a flow teacher trained on the default dataset plus the intersection
 # drives (runs/flow_plus, ~25 min on 2 cores), its student distilled, calibrated and tuned on the
 # same data, shipped as models/flow_plus_fast — selectable, not the default (README, Compression:
 # motion stops within 16 frames at 0.9 % ID frames flagged, a noise onset flagged later).
