@@ -124,8 +124,9 @@ class GraphRun:
 
     READY = {"ood_monitor/bvae_detector", "ood_monitor/flow_detector", "ood_monitor/safety_stop"}
 
-    def __init__(self, log_dir: Path, bundles: dict[str, Path | None] | None = None) -> None:
-        """`bundles`: detector ("bvae", "flow") → bundle folder; missing or None = the default bundle."""
+    def __init__(self, log_dir: Path, bundles: dict[str, Path | None] | None = None, safety_params: dict[str, object] | None = None) -> None:
+        """`bundles`: detector ("bvae", "flow") → bundle folder; missing or None = the default bundle.
+        `safety_params`: ROS parameters of the safety stop (e.g. a longer `timeout_s`), else its defaults."""
         log_dir.mkdir(parents=True, exist_ok=True)
         os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
         self.log_dir = log_dir
@@ -137,6 +138,7 @@ class GraphRun:
         self._executor.add_node(self._recorder)
         threading.Thread(target=self._executor.spin, daemon=True).start()
         params = {f"{kind}_detector": {"bundle": str(path)} for kind, path in (bundles or {}).items() if path is not None}
+        params["safety_stop"] = dict(safety_params or {})
         self.processes = {name: start_node(name, params.get(name, {}), log_dir / f"{name}.log") for name in ("bvae_detector", "flow_detector", "safety_stop")}
 
     def wait_ready(self, timeout: float = 60.0) -> str | None:
