@@ -150,3 +150,38 @@ def test_tuning_with_the_tail_catches_a_far_out_onset_sooner():
     tail = tune_decision(CALIBRATION, validation, ("upper",), ("appearance",), extrapolate=True)
     assert tail.params.extrapolate and not plain.params.extrapolate
     assert tail.mean_delay < plain.mean_delay
+
+
+def test_the_swept_decision_at_its_own_level_is_the_onboard_decision():
+    """The trade-off sweep replays the CUSUM from the scores: at the decision's own alarm level it
+    flags what the onboard decider flagged, and a higher level never flags more ID frames."""
+    from training.tradeoff import ID_BAR, alarm_statistic, best_within_id_bar, sweep
+
+    rng = np.random.default_rng(7)
+    params = DecisionParams(tail="upper", epsilon=0.1, window=5, threshold=20.0)
+    episodes, statistics, delays, id_flags = [], [], {"motion": [], "sensor": []}, []
+    for category, onset, shift in (("id", None, 0.0), ("motion", 150, 2.5), ("motion", 200, 4.0), ("sensor", 120, 1.5), ("id", None, 0.0)):
+        scores = rng.normal(10.0, 1.0, 300)
+        ood = np.zeros(300, bool)
+        if onset is not None:
+            scores[onset:] += shift
+            ood[onset:] = True
+        scores[:6] = np.nan  # a flow detector still filling its stack
+        decider = ConformalDecider(CALIBRATION, params)
+        flags = np.array([np.isfinite(s) and decider.update(float(s)).ood for s in scores])
+        if onset is not None:
+            delays[category].append(int(np.flatnonzero(flags[onset:])[0]))
+        id_flags.append(flags[: onset or 300])
+        episodes.append((category, onset, ood, np.zeros(300, bool)))
+        statistics.append(alarm_statistic(scores, CALIBRATION, params))
+    points = sweep(episodes, statistics, "flow", params.threshold, bar_frames=15)
+    shipped = [p for p in points if p.shipped]
+    assert len(shipped) == 1
+    assert shipped[0].id_flagged == pytest.approx(np.concatenate(id_flags).mean())
+    assert shipped[0].median_delay == {c: pytest.approx(float(np.median(d))) for c, d in delays.items()}
+    by_level = sorted(points, key=lambda p: p.level)
+    assert [p.id_flagged for p in by_level] == sorted((p.id_flagged for p in by_level), reverse=True)
+    assert by_level[0].level < params.threshold < by_level[-1].level and by_level[-1].id_flagged == 0.0, "levels on both sides, up to flagging nothing"
+    assert by_level[0].within_bar > shipped[0].within_bar, "a lower level is sooner"
+    best = best_within_id_bar(points)
+    assert best is not None and best.id_flagged <= ID_BAR

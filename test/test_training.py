@@ -48,6 +48,23 @@ def test_report_and_plots_are_written(tiny_run):
         assert (report.parent / plot).stat().st_size > 5000
 
 
+def test_decision_tradeoff_at_the_shipped_levels_is_the_evaluated_monitor(tiny_run):
+    """Replayed from the real bundles' scores at their own alarm levels, the sweep flags the ID
+    frames the onboard decisions flagged in the report (the small test split has no onsets to
+    time: test_decision.py checks the delays); raising the level never flags more."""
+    _, _, _, report = tiny_run
+    table = list(csv.DictReader((report.parent / "tradeoff.csv").open()))
+    reported_id = float(next(line for line in report.read_text().splitlines() if line.startswith("- fused_flagged_id_frames:")).split(":")[1])
+    assert (report.parent / "tradeoff.png").stat().st_size > 5000
+    for detector in ("bvae", "flow"):
+        mine = sorted((r for r in table if r["detector"] == detector), key=lambda r: float(r["level"]))
+        shipped = [r for r in mine if r["shipped"] == "1"]
+        assert len(shipped) == 1 and len(mine) > 10
+        assert float(shipped[0]["fused_flagged_id_frames"]) == pytest.approx(reported_id, abs=1e-3)
+        id_share = [float(r["fused_flagged_id_frames"]) for r in mine]
+        assert id_share == sorted(id_share, reverse=True)
+
+
 def test_cli_score_writes_one_row_per_frame(tiny_run, tmp_path, capsys):
     root, bundles, _, _ = tiny_run
     bag = root / "test" / "test_black_full_001"

@@ -22,6 +22,8 @@ import numpy as np
 from tqdm import tqdm
 
 from training.dataset import Episode, episodes, iter_frames
+from training.tradeoff import OperatingPoint, alarm_statistic, best_within_id_bar, sweep, write_tradeoff
+from vae_ood_monitor.bundle import load_bundle
 from vae_ood_monitor.cli import non_negative_seconds
 from vae_ood_monitor.detector import OODDetector
 from vae_ood_monitor.metrics import auroc, detection_delay, fpr_at_tpr, rising_edges
@@ -188,13 +190,47 @@ def id_alarm_summary(results: list[EpisodeResult]) -> dict[str, float]:
     return summary
 
 
+def decision_tradeoff(results: list[EpisodeResult], bundles: dict[str, Path]) -> list[OperatingPoint]:
+    """Each detector's alarm level swept over these results, the rest of the fused decision as
+    evaluated (training.tradeoff)."""
+    points = []
+    for name, path in bundles.items():
+        bundle = load_bundle(path)
+        parts = [n for n in (*DETECTORS, "frozen") if n != name]
+        labelled = [(r.episode.category, r.episode.onset_frame, r.ood, np.logical_or.reduce([r.flags[n] for n in parts])) for r in results]
+        statistics = [alarm_statistic(r.scores[f"{name}_raw"], bundle.calibration_scores, bundle.decision) for r in results]
+        points += sweep(labelled, statistics, name, bundle.decision.threshold, DELAY_BAR_FRAMES)
+    return points
+
+
+def _tradeoff_lines(points: list[OperatingPoint]) -> list[str]:
+    def describe(p: OperatingPoint) -> str:
+        delays = ", ".join(f"{c} {_fmt(d)}" for c, d in p.median_delay.items())
+        return (f"level {p.level:.4g}: {100 * p.id_flagged:.2f} % of ID frames flagged, median delay {delays}, "
+                f"{100 * p.within_bar:.0f} % of onsets within {DELAY_BAR_FRAMES} frames")
+
+    lines = ["## Decision trade-off", "",
+             "Each detector's alarm level swept on this split, everything else in the fused decision as evaluated "
+             "(`tradeoff.csv`, training/tradeoff.py). Insight, not a choice: bundles choose their level on validation data.", ""]
+    for detector in dict.fromkeys(p.detector for p in points):
+        mine = [p for p in points if p.detector == detector]
+        shipped = next(p for p in mine if p.shipped)
+        best = best_within_id_bar(mine)
+        lines.append(f"- {detector}, shipped {describe(shipped)}")
+        lines.append(f"- {detector}, most onsets within the bar at ≤ 1 % ID frames: " + (describe(best) if best else "no level flags ≤ 1 % of ID frames"))
+    return [*lines, "", "![decision trade-off](tradeoff.png)", ""]
+
+
 def _fmt(value: object) -> str:
     if isinstance(value, float):
         return "–" if np.isnan(value) else f"{value:.3f}"
     return str(value)
 
 
-def write_report(results: list[EpisodeResult], rows: list[dict[str, object]], alarms: dict[str, float], out: Path, title: str) -> Path:
+def write_report(
+    results: list[EpisodeResult], rows: list[dict[str, object]], alarms: dict[str, float], out: Path, title: str,
+    tradeoff: list[OperatingPoint],
+) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     columns = list(dict.fromkeys(k for row in rows for k in row))
     with (out / "metrics.csv").open("w", newline="") as handle:
@@ -223,6 +259,8 @@ def write_report(results: list[EpisodeResult], rows: list[dict[str, object]], al
               "In-distribution driving (ID episodes and pre-onset frames):", ""]
     lines += [f"- {k}: {_fmt(v)}" for k, v in alarms.items()]
     lines += ["", "![ROC](roc.png)", "", "![AUROC by scenario](auroc_by_scenario.png)", "", "![timelines](timelines.png)", ""]
+    lines += _tradeoff_lines(tradeoff)
+    write_tradeoff(tradeoff, out, DELAY_BAR_FRAMES)
     report = out / "report.md"
     report.write_text("\n".join(lines))
     _plots(results, rows, out)
@@ -307,7 +345,7 @@ def evaluate(
     _baseline_scores(results, calibration)
     rows = metrics_table(results)
     alarms = id_alarm_summary(results)
-    report = write_report(results, rows, alarms, out, f"Evaluation on {data.name}/{split}")
+    report = write_report(results, rows, alarms, out, f"Evaluation on {data.name}/{split}", decision_tradeoff(results, bundles))
     return report, rows, alarms
 
 
