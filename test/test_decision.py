@@ -159,8 +159,9 @@ def test_the_swept_decision_at_its_own_level_is_the_onboard_decision():
 
     rng = np.random.default_rng(7)
     params = DecisionParams(tail="upper", epsilon=0.1, window=5, threshold=20.0)
-    episodes, statistics, delays, id_flags = [], [], {"motion": [], "sensor": []}, []
-    for category, onset, shift in (("id", None, 0.0), ("motion", 150, 2.5), ("motion", 200, 4.0), ("sensor", 120, 1.5), ("id", None, 0.0)):
+    episodes, statistics, delays, id_flags = [], [], {"[motion]": [], "[sensor]": []}, []
+    for scenario, category, onset, shift in (("id", "id", None, 0.0), ("spin", "motion", 150, 2.5), ("speedup", "motion", 200, 4.0),
+                                             ("noise", "sensor", 120, 1.5), ("id", "id", None, 0.0)):
         scores = rng.normal(10.0, 1.0, 300)
         ood = np.zeros(300, bool)
         if onset is not None:
@@ -170,9 +171,10 @@ def test_the_swept_decision_at_its_own_level_is_the_onboard_decision():
         decider = ConformalDecider(CALIBRATION, params)
         flags = np.array([np.isfinite(s) and decider.update(float(s)).ood for s in scores])
         if onset is not None:
-            delays[category].append(int(np.flatnonzero(flags[onset:])[0]))
+            delays[f"[{category}]"].append(int(np.flatnonzero(flags[onset:])[0]))
+            delays[scenario] = [int(np.flatnonzero(flags[onset:])[0])]
         id_flags.append(flags[: onset or 300])
-        episodes.append((category, onset, ood, np.zeros(300, bool)))
+        episodes.append((scenario, category, onset, ood, np.zeros(300, bool)))
         statistics.append(alarm_statistic(scores, CALIBRATION, params))
     points = sweep(episodes, statistics, "flow", params.threshold, bar_frames=15)
     shipped = [p for p in points if p.shipped]

@@ -197,7 +197,8 @@ def decision_tradeoff(results: list[EpisodeResult], bundles: dict[str, Path]) ->
     for name, path in bundles.items():
         bundle = load_bundle(path)
         parts = [n for n in (*DETECTORS, "frozen") if n != name]
-        labelled = [(r.episode.category, r.episode.onset_frame, r.ood, np.logical_or.reduce([r.flags[n] for n in parts])) for r in results]
+        labelled = [(r.episode.scenario, r.episode.category, r.episode.onset_frame, r.ood, np.logical_or.reduce([r.flags[n] for n in parts]))
+                    for r in results]
         statistics = [alarm_statistic(r.scores[f"{name}_raw"], bundle.calibration_scores, bundle.decision) for r in results]
         points += sweep(labelled, statistics, name, bundle.decision.threshold, DELAY_BAR_FRAMES)
     return points
@@ -205,7 +206,7 @@ def decision_tradeoff(results: list[EpisodeResult], bundles: dict[str, Path]) ->
 
 def _tradeoff_lines(points: list[OperatingPoint]) -> list[str]:
     def describe(p: OperatingPoint) -> str:
-        delays = ", ".join(f"{c} {_fmt(d)}" for c, d in p.median_delay.items())
+        delays = ", ".join(f"{group.strip('[]')} {_fmt(d)}" for group, d in p.median_delay.items() if group.startswith("["))
         return (f"level {p.level:.4g}: {100 * p.id_flagged:.2f} % of ID frames flagged, median delay {delays}, "
                 f"{100 * p.within_bar:.0f} % of onsets within {DELAY_BAR_FRAMES} frames")
 

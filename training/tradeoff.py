@@ -4,10 +4,10 @@ A detector's decision stops the robot when its CUSUM (or, in threshold mode, its
 bundle's alarm level. Raising the level trades a later stop for fewer false stops on normal
 driving. For every level, the detector's decisions are replayed on the split's scores (the other
 detector and the frozen-camera check as evaluated) and the fused monitor is summed up the way the
-report does: the share of ID frames flagged and the median delay per OOD category. The curve shows
-whether a miss of the bar belongs to the decision (some level meets both) or to the detector (none
-does). Read on the test split it is insight, not a way to choose a level; bundles choose theirs on
-validation data (training.calibrate.tune_decision).
+report does: the share of ID frames flagged and the median delay per OOD category and scenario.
+The curve shows whether a miss of the bar belongs to the decision (some level meets both) or to
+the detector (none does). Read on the test split it is insight, not a way to choose a level;
+bundles choose theirs on validation data (training.calibrate.tune_decision).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ class OperatingPoint:
     level: float
     shipped: bool  # the bundle's own alarm level
     id_flagged: float  # share of ID frames (ID episodes, pre-onset parts) the fused monitor flags
-    median_delay: dict[str, float]  # per OOD category: median frames from onset to the fused flag (inf: missed)
+    median_delay: dict[str, float]  # per OOD category ("[motion]") and scenario ("reverse"): median frames from onset to the fused flag (inf: missed)
     within_bar: float  # share of onset episodes flagged within `bar_frames`
 
 
@@ -57,31 +57,32 @@ def _levels(statistics: list[np.ndarray], id_parts: list[int], shipped: float) -
 
 
 def sweep(
-    episodes: list[tuple[str, int | None, np.ndarray, np.ndarray]],
+    episodes: list[tuple[str, str, int | None, np.ndarray, np.ndarray]],
     statistics: list[np.ndarray],
     detector: str,
     shipped_level: float,
     bar_frames: int,
 ) -> list[OperatingPoint]:
-    """`episodes`: per episode (category, onset frame — None for ID driving, 0 for a drive OOD
-    from its first frame —, ID/OOD labels, flags of everything else in the fused decision);
+    """`episodes`: per episode (scenario, category, onset frame — None for ID driving, 0 for a drive
+    OOD from its first frame —, ID/OOD labels, flags of everything else in the fused decision);
     `statistics`: the detector's alarm statistic per episode."""
-    id_parts = [len(ood) if onset is None else onset for _, onset, ood, _ in episodes]
+    id_parts = [len(ood) if onset is None else onset for _, _, onset, ood, _ in episodes]
     points = []
     for level in _levels(statistics, id_parts, shipped_level):
         flagged, frames = 0, 0
         delays: dict[str, list[float]] = {}
-        for (category, onset, _, others), statistic, end in zip(episodes, statistics, id_parts):
+        for (scenario, category, onset, _, others), statistic, end in zip(episodes, statistics, id_parts):
             fused = others | (np.nan_to_num(statistic, nan=-np.inf) > level)
             flagged += int(fused[:end].sum())
             frames += end
             if onset:  # a drive that is OOD from its first frame has no onset to be late for
                 delay = detection_delay(fused, onset)
-                delays.setdefault(category, []).append(np.inf if delay is None else float(delay))
-        all_delays = [d for values in delays.values() for d in values]
+                for group in (f"[{category}]", scenario):
+                    delays.setdefault(group, []).append(np.inf if delay is None else float(delay))
+        all_delays = [d for group, values in delays.items() if group.startswith("[") for d in values]
         points.append(OperatingPoint(
             detector, float(level), bool(level == shipped_level), flagged / max(frames, 1),
-            {category: float(np.median(values)) for category, values in sorted(delays.items())},
+            {group: float(np.median(values)) for group, values in sorted(delays.items())},
             float(np.mean([d <= bar_frames for d in all_delays])) if all_delays else float("nan"),
         ))
     return points
@@ -91,18 +92,20 @@ def best_within_id_bar(points: list[OperatingPoint]) -> OperatingPoint | None:
     """Among the levels flagging ≤ ID_BAR of ID frames, the one flagging most onsets within the bar
     (ties: the shortest median delays, a missed category counting MISSED_COST frames)."""
     allowed = [p for p in points if p.id_flagged <= ID_BAR]
-    return max(allowed, key=lambda p: (p.within_bar, -sum(min(d, MISSED_COST) for d in p.median_delay.values())), default=None)
+    return max(allowed, key=lambda p: (p.within_bar, -sum(min(d, MISSED_COST) for g, d in p.median_delay.items() if g.startswith("["))), default=None)
 
 
 def write_tradeoff(points: list[OperatingPoint], out: Path, bar_frames: int) -> None:
-    """tradeoff.csv (every level) and tradeoff.png (one panel per detector)."""
-    categories = sorted({c for p in points for c in p.median_delay})
+    """tradeoff.csv (every level; delays per category and scenario) and tradeoff.png (one panel
+    per detector; delays per category)."""
+    groups = sorted({g for p in points for g in p.median_delay})
+    categories = [g for g in groups if g.startswith("[")]
     with (out / "tradeoff.csv").open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["detector", "level", "shipped", "fused_flagged_id_frames", *(f"median_delay_{c}" for c in categories), f"detected_within_{bar_frames}"])
+        writer.writerow(["detector", "level", "shipped", "fused_flagged_id_frames", *(f"median_delay_{g}" for g in groups), f"detected_within_{bar_frames}"])
         for p in points:
             writer.writerow([p.detector, f"{p.level:.6g}", int(p.shipped), f"{p.id_flagged:.5f}",
-                             *(f"{p.median_delay.get(c, np.nan):g}" for c in categories), f"{p.within_bar:.3f}"])
+                             *(f"{p.median_delay.get(g, np.nan):g}" for g in groups), f"{p.within_bar:.3f}"])
     import matplotlib
 
     matplotlib.use("Agg")
@@ -117,7 +120,7 @@ def write_tradeoff(points: list[OperatingPoint], out: Path, bar_frames: int) -> 
         x = np.array([max(p.id_flagged, 1e-4) * 100 for p in mine])
         for category in categories:
             y = np.array([min(p.median_delay.get(category, np.nan), missed) for p in mine])
-            line, = ax.plot(x, y, marker=".", label=category)
+            line, = ax.plot(x, y, marker=".", label=category.strip("[]"))
             shipped = [i for i, p in enumerate(mine) if p.shipped]
             ax.plot(x[shipped], y[shipped], marker="*", markersize=14, color=line.get_color(), linestyle="none")
         ax.axvline(ID_BAR * 100, color="black", lw=0.8, ls="--")
