@@ -22,7 +22,7 @@ import numpy as np
 from tqdm import tqdm
 
 from training.dataset import Episode, episodes, iter_frames
-from training.tradeoff import OperatingPoint, alarm_statistic, best_within_id_bar, sweep, write_tradeoff
+from training.tradeoff import ID_BAR, OperatingPoint, alarm_statistic, best_within_id_bar, sweep, write_tradeoff
 from vae_ood_monitor.bundle import load_bundle
 from vae_ood_monitor.cli import non_negative_seconds
 from vae_ood_monitor.detector import OODDetector
@@ -218,7 +218,8 @@ def _tradeoff_lines(points: list[OperatingPoint]) -> list[str]:
         shipped = next(p for p in mine if p.shipped)
         best = best_within_id_bar(mine)
         lines.append(f"- {detector}, shipped {describe(shipped)}")
-        lines.append(f"- {detector}, most onsets within the bar at ≤ 1 % ID frames: " + (describe(best) if best else "no level flags ≤ 1 % of ID frames"))
+        bar = f"≤ {100 * ID_BAR:g} %"
+        lines.append(f"- {detector}, most onsets within the bar at {bar} ID frames: " + (describe(best) if best else f"no level flags {bar} of ID frames"))
     return [*lines, "", "![decision trade-off](tradeoff.png)", ""]
 
 
