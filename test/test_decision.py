@@ -163,18 +163,17 @@ def test_the_swept_decision_at_its_own_level_is_the_onboard_decision():
     for scenario, category, onset, shift in (("id", "id", None, 0.0), ("spin", "motion", 150, 2.5), ("speedup", "motion", 200, 4.0),
                                              ("noise", "sensor", 120, 1.5), ("id", "id", None, 0.0)):
         scores = rng.normal(10.0, 1.0, 300)
-        ood = np.zeros(300, bool)
         if onset is not None:
             scores[onset:] += shift
-            ood[onset:] = True
         scores[:6] = np.nan  # a flow detector still filling its stack
         decider = ConformalDecider(CALIBRATION, params)
         flags = np.array([np.isfinite(s) and decider.update(float(s)).ood for s in scores])
         if onset is not None:
             delays[f"[{category}]"].append(int(np.flatnonzero(flags[onset:])[0]))
             delays[scenario] = [int(np.flatnonzero(flags[onset:])[0])]
-        id_flags.append(flags[: onset or 300])
-        episodes.append((scenario, category, onset, ood, np.zeros(300, bool)))
+        id_frames = onset or 300  # ID driving: the whole episode, or up to its onset
+        id_flags.append(flags[:id_frames])
+        episodes.append((scenario, category, onset, id_frames, np.zeros(300, bool)))
         statistics.append(alarm_statistic(scores, CALIBRATION, params))
     points = sweep(episodes, statistics, "flow", params.threshold, bar_frames=15)
     shipped = [p for p in points if p.shipped]

@@ -197,7 +197,7 @@ def decision_tradeoff(results: list[EpisodeResult], bundles: dict[str, Path]) ->
     for name, path in bundles.items():
         bundle = load_bundle(path)
         parts = [n for n in (*DETECTORS, "frozen") if n != name]
-        labelled = [(r.episode.scenario, r.episode.category, r.episode.onset_frame, r.ood, np.logical_or.reduce([r.flags[n] for n in parts]))
+        labelled = [(r.episode.scenario, r.episode.category, r.episode.onset_frame, _id_frames(r), np.logical_or.reduce([r.flags[n] for n in parts]))
                     for r in results]
         statistics = [alarm_statistic(r.scores[f"{name}_raw"], bundle.calibration_scores, bundle.decision) for r in results]
         points += sweep(labelled, statistics, name, bundle.decision.threshold, DELAY_BAR_FRAMES)

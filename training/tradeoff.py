@@ -57,21 +57,21 @@ def _levels(statistics: list[np.ndarray], id_parts: list[int], shipped: float) -
 
 
 def sweep(
-    episodes: list[tuple[str, str, int | None, np.ndarray, np.ndarray]],
+    episodes: list[tuple[str, str, int | None, int, np.ndarray]],
     statistics: list[np.ndarray],
     detector: str,
     shipped_level: float,
     bar_frames: int,
 ) -> list[OperatingPoint]:
     """`episodes`: per episode (scenario, category, onset frame — None for ID driving, 0 for a drive
-    OOD from its first frame —, ID/OOD labels, flags of everything else in the fused decision);
-    `statistics`: the detector's alarm statistic per episode."""
-    id_parts = [len(ood) if onset is None else onset for _, _, onset, ood, _ in episodes]
+    OOD from its first frame —, its leading ID frames as the report counts them, flags of everything
+    else in the fused decision); `statistics`: the detector's alarm statistic per episode."""
+    id_parts = [id_frames for _, _, _, id_frames, _ in episodes]
     points = []
     for level in _levels(statistics, id_parts, shipped_level):
         flagged, frames = 0, 0
         delays: dict[str, list[float]] = {}
-        for (scenario, category, onset, _, others), statistic, end in zip(episodes, statistics, id_parts):
+        for (scenario, category, onset, end, others), statistic in zip(episodes, statistics):
             fused = others | (np.nan_to_num(statistic, nan=-np.inf) > level)
             flagged += int(fused[:end].sum())
             frames += end
