@@ -101,6 +101,16 @@ def test_extra_validation_onsets_stay_off_the_default_maps():
     assert not {p.map for p in extra} & {p.map for p in default}
 
 
+def test_more_intersection_drives_are_new_drives():
+    """`intersections_more` drives the intersections' train maps again: its seed offset must give
+    other starts, or merging it would only repeat drives (training.data.merge warns of those)."""
+    more = plan_episodes(PRESETS["intersections_more"])
+    intersections = plan_episodes(PRESETS["intersections"])
+    assert {p.map for p in more} == {p.map for p in intersections if p.split == "train"}
+    assert not {(p.map, p.seed) for p in more} & {(p.map, p.seed) for p in intersections}
+    assert not {p.map for p in more} & {p.map for p in plan_episodes(PRESETS["default"])}
+
+
 def test_missing_simulator_is_a_clear_error(tmp_path, capsys):
     assert main(["--preset", "small", "--out", str(tmp_path / "ds"), "--sim-python", str(tmp_path / "nope" / "python")]) == 1
     assert "run `make sim-venv` first" in capsys.readouterr().err

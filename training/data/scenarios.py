@@ -91,6 +91,7 @@ class Preset:
     onset_range: tuple[int, int]
     splits: dict[str, SplitPlan]
     scenarios: tuple[str, ...] = OOD_SCENARIOS
+    seed_offset: int = 0  # added to every split's seed base: a preset on another preset's maps draws new drives
 
 
 # Train/calibration maps and held-out maps for validation and test: all from sim_worker.ID_MAPS,
@@ -144,6 +145,16 @@ PRESETS: dict[str, Preset] = {
         },
         scenarios=(),
     ),
+    # Three times the intersections' train drives, on the same maps with other seeds: merged
+    # after `intersections`, it tests whether more ID turning data calms the flow detector.
+    "intersections_more": Preset(
+        name="intersections_more",
+        frames=300,
+        onset_range=(90, 180),
+        splits={"train": SplitPlan(INTERSECTION_MAPS, id_episodes=36)},
+        scenarios=(),
+        seed_offset=50_000,
+    ),
     # One onset of every OOD scenario on the intersections' validation map: merged into a dataset,
     # it doubles the onsets its validation split tunes the decisions on (one per scenario and map).
     "validation_onsets": Preset(
@@ -174,7 +185,7 @@ def plan_episodes(preset: Preset) -> list[EpisodePlan]:
     rng = random.Random(f"vae_ood_monitor:{preset.name}")
     plans: list[EpisodePlan] = []
     for split, split_plan in preset.splits.items():
-        seed = _SPLIT_SEED_BASE[split]
+        seed = _SPLIT_SEED_BASE[split] + preset.seed_offset
         jobs: list[tuple[str, int | None]] = [("id", None)] * split_plan.id_episodes
         for scenario in preset.scenarios:
             jobs += [(scenario, 0)] * split_plan.ood_full_episodes
