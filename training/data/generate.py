@@ -3,6 +3,7 @@
     python -m training.data.generate --preset default        # ~39k frames, all scenarios
     python -m training.data.generate --preset small --out /tmp/ds   # seconds, for tests
     python -m training.data.generate --preset intersections  # 6k ID frames on intersection maps, to merge
+    python -m training.data.generate --preset intersections_more  # 10.8k more ID train frames there
 
 The simulator runs in its own venv (numpy 1.23, pyglet 1.5) as `training.data.sim_worker`
 subprocesses that stream raw frames; this process (main venv) applies camera-side corruptions,
