@@ -91,7 +91,7 @@ class Preset:
     onset_range: tuple[int, int]
     splits: dict[str, SplitPlan]
     scenarios: tuple[str, ...] = OOD_SCENARIOS
-    seed_offset: int = 0  # added to every split's seed base: a preset on another preset's maps draws new drives
+    seed_offset: int = 0  # added to every split's seed base (< 100 000, their spacing): a preset on another preset's maps draws new drives
 
 
 # Train/calibration maps and held-out maps for validation and test: all from sim_worker.ID_MAPS,
@@ -145,8 +145,9 @@ PRESETS: dict[str, Preset] = {
         },
         scenarios=(),
     ),
-    # Three times the intersections' train drives, on the same maps with other seeds: merged
-    # after `intersections`, it tests whether more ID turning data calms the flow detector.
+    # Three times the intersections' train drives, on the same maps with other seeds, to merge
+    # after `intersections`: does more ID turning data help the flow detector? (Measured: no
+    # further gain over `intersections` alone; README, Compression, `flow_plus_more`.)
     "intersections_more": Preset(
         name="intersections_more",
         frames=300,
