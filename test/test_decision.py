@@ -169,8 +169,9 @@ def test_the_swept_decision_at_its_own_level_is_the_onboard_decision():
         decider = ConformalDecider(CALIBRATION, params)
         flags = np.array([np.isfinite(s) and decider.update(float(s)).ood for s in scores])
         if onset is not None:
-            delays[f"[{category}]"].append(int(np.flatnonzero(flags[onset:])[0]))
-            delays[scenario] = [int(np.flatnonzero(flags[onset:])[0])]
+            delay = int(np.flatnonzero(flags[onset:])[0])
+            delays[f"[{category}]"].append(delay)
+            delays[scenario] = [delay]
         id_frames = onset or 300  # ID driving: the whole episode, or up to its onset
         id_flags.append(flags[:id_frames])
         episodes.append((scenario, category, onset, id_frames, np.zeros(300, bool)))
