@@ -45,8 +45,10 @@ def test_labels_and_onsets(small_dataset):
         labels = read_ground_truth(root / entry["path"])
         assert [label.frame for label in labels] == list(range(entry["frames"]))
         ood = np.array([label.ood for label in labels])
+        assert isinstance(entry["extra"]["resets"], int) and entry["extra"]["resets"] >= 0
         if entry["scenario"] == "id":
             assert not ood.any() and entry["onset_frame"] is None
+            assert entry["extra"]["resets"] == 0, "the lane controller keeps the robot on these maps"
         elif entry["scenario"] == "obstacles":  # labelled OOD while the obstacle is in view
             placed, onset = entry["extra"]["placed_frame"], entry["onset_frame"]
             assert placed == 0 or PRESETS["small"].onset_range[0] <= placed <= PRESETS["small"].onset_range[1]
@@ -109,6 +111,18 @@ def test_more_intersection_drives_are_new_drives():
     assert {p.map for p in more} == {p.map for p in intersections if p.split == "train"}
     assert not {(p.map, p.seed) for p in more} & {(p.map, p.seed) for p in intersections}
     assert not {p.map for p in more} & {p.map for p in plan_episodes(PRESETS["default"])}
+
+
+def test_more_maps_keep_the_held_out_maps_held_out():
+    """`more_maps` adds train drives on other maps: none may be a validation or test map or a
+    variant of one (4way_bordered, udem1, ETHZ_loop_bordered), and every drive is one of its own."""
+    more = plan_episodes(PRESETS["more_maps"])
+    held_out = {p.map for preset in ("default", "intersections", "validation_onsets")
+                for p in plan_episodes(PRESETS[preset]) if p.split in ("validation", "test")}
+    assert {p.split for p in more} == {"train"} and {p.scenario for p in more} == {"id"}
+    assert not any(p.map.startswith(held.removesuffix("_empty")) for p in more for held in held_out)
+    others = {(p.map, p.seed) for preset in PRESETS if preset != "more_maps" for p in plan_episodes(PRESETS[preset])}
+    assert not {(p.map, p.seed) for p in more} & others
 
 
 def test_missing_simulator_is_a_clear_error(tmp_path, capsys):

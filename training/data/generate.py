@@ -4,6 +4,7 @@
     python -m training.data.generate --preset small --out /tmp/ds   # seconds, for tests
     python -m training.data.generate --preset intersections  # 6k ID frames on intersection maps, to merge
     python -m training.data.generate --preset intersections_more  # 10.8k more ID train frames there
+    python -m training.data.generate --preset more_maps      # 14.4k ID train frames on 12 more maps
 
 The simulator runs in its own venv (numpy 1.23, pyglet 1.5) as `training.data.sim_worker`
 subprocesses that stream raw frames; this process (main venv) applies camera-side corruptions,
@@ -135,12 +136,17 @@ def render_episode(
     stream = SimulatorStream(plan.sim_spec(width, height, fps), sim_python)
     try:
         with EpisodeWriter(path, info, storage=storage) as writer:
+            resets = 0
             for frame, (meta, rgb) in zip(range(plan.frames), stream):
+                resets += bool(meta.get("reset"))
                 active = plan.onset_frame is not None and frame >= plan.onset_frame
                 if active and corruption is not None:
                     rgb = corruption(rgb, frame - (plan.onset_frame or 0))
                 writer.add_frame(rgb, active and _shows_effect(scenario.sim_effect, meta, rgb))
                 on_frame()
+            # The robot left the road and was put back: a jump in the frames, and on a new map the
+            # sign that the lane controller does not drive it (`extra.resets`, 0 on a good drive).
+            info.extra["resets"] = resets
             if scenario.sim_effect == "obstacles":  # the onset is when the obstacle comes into view
                 info.extra["placed_frame"] = plan.onset_frame
                 info.onset_frame = writer.first_ood_frame()

@@ -107,6 +107,16 @@ TEST_MAPS = ("udem1_empty", "4way")
 # (training.data.merge) before calibration.
 INTERSECTION_MAPS = ("ETH_small_intersect", "ETH_large_intersect")
 INTERSECTION_VALIDATION_MAPS = ("TTIC_ripltown",)
+# Every other map of the simulator that the lane controller drives (2 drives of 300 frames each,
+# no reset) and that holds no object but flat floor tags, apart from the validation and test maps
+# and their variants: other surroundings (black void, grass), other bends, intersections. Left out:
+# calibration_map_ext (19 resets per drive), field1 (no drivable tile), maps with buses, trucks,
+# trees, duckies or signs by the road (loop_*, zigzag_dists*, udem1, robotarium*, regress_4way_*).
+MORE_MAPS = (
+    "ETHZ_autolab_fast_track", "ETHZ_autolab_technical_track", "MOOC_modcon", "ETH_large_loop", "ETH_small_loop",
+    "TTIC_loop", "TTIC_large_loop", "Caltech_loop01", "experiment_loop", "ETU_autolab_track", "ETH_intersection_map",
+    "small_loop_cw",
+)
 
 PRESETS: dict[str, Preset] = {
     "default": Preset(
@@ -155,6 +165,16 @@ PRESETS: dict[str, Preset] = {
         splits={"train": SplitPlan(INTERSECTION_MAPS, id_episodes=36)},
         scenarios=(),
         seed_offset=50_000,
+    ),
+    # In-distribution train drives on twelve more maps, to merge after `intersections` and
+    # `intersections_more`: students distilled on more kinds of roads (README, Compression).
+    "more_maps": Preset(
+        name="more_maps",
+        frames=300,
+        onset_range=(90, 180),
+        splits={"train": SplitPlan(MORE_MAPS, id_episodes=48)},
+        scenarios=(),
+        seed_offset=60_000,
     ),
     # One onset of every OOD scenario on the intersections' validation map: merged into a dataset,
     # it doubles the onsets its validation split tunes the decisions on (one per scenario and map).
