@@ -107,11 +107,12 @@ TEST_MAPS = ("udem1_empty", "4way")
 # (training.data.merge) before calibration.
 INTERSECTION_MAPS = ("ETH_small_intersect", "ETH_large_intersect")
 INTERSECTION_VALIDATION_MAPS = ("TTIC_ripltown",)
-# Every other map of the simulator that the lane controller drives (2 drives of 300 frames each,
-# no reset) and that holds no object but flat floor tags, apart from the validation and test maps
-# and their variants: other surroundings (black void, grass), other bends, intersections. Left out:
-# calibration_map_ext (19 resets per drive), field1 (no drivable tile), maps with buses, trucks,
-# trees, duckies or signs by the road (loop_*, zigzag_dists*, udem1, robotarium*, regress_4way_*).
+# Twelve more maps of the simulator with no object but flat floor tags, none a validation or test
+# map or a variant of one, each checked to drive (2 drives of 300 frames, no reset): other
+# surroundings (black void, grass), other bends, intersections. Failed the check: calibration_map_ext
+# (19 resets per drive), field1 (no drivable tile). Not taken: maps with objects by the road
+# (loop_obstacles, loop_pedestrians, loop_dyn_duckiebots, zigzag_dists*, udem1, robotarium*,
+# regress_4way_adam), calibration_map_int (a checkerboard), the straight roads and bordered copies.
 MORE_MAPS = (
     "ETHZ_autolab_fast_track", "ETHZ_autolab_technical_track", "MOOC_modcon", "ETH_large_loop", "ETH_small_loop",
     "TTIC_loop", "TTIC_large_loop", "Caltech_loop01", "experiment_loop", "ETU_autolab_track", "ETH_intersection_map",
