@@ -112,7 +112,8 @@ INTERSECTION_VALIDATION_MAPS = ("TTIC_ripltown",)
 # surroundings (black void, grass), other bends, intersections. Failed the check: calibration_map_ext
 # (19 resets per drive), field1 (no drivable tile). Not taken: maps with objects by the road
 # (loop_obstacles, loop_pedestrians, loop_dyn_duckiebots, zigzag_dists*, udem1, robotarium*,
-# regress_4way_adam), calibration_map_int (a checkerboard), the straight roads and bordered copies.
+# regress_4way_adam), calibration_map_int (a checkerboard), the straight roads, bordered copies and
+# ETH_small_loop_1/2/3 (variants of ETH_small_loop).
 MORE_MAPS = (
     "ETHZ_autolab_fast_track", "ETHZ_autolab_technical_track", "MOOC_modcon", "ETH_large_loop", "ETH_small_loop",
     "TTIC_loop", "TTIC_large_loop", "Caltech_loop01", "experiment_loop", "ETU_autolab_track", "ETH_intersection_map",
