@@ -108,7 +108,7 @@ compress-plus: default-plus
 # distilled from models/bvae_baseline on 132 ID drives over 17 maps (the default, intersection and
 # `more_maps` drives; ~12 min of rendering, ~17 min of search on 2 cores) and calibrated and tuned
 # on the default_plus splits like bvae_fast, shipped as models/bvae_nearest and made the runtime
-# default β-VAE (README, Results: sensor faults stopped within 15 frames, placed obstacles not at all).
+# default β-VAE (README, Results: sensor faults stopped within 15 frames, placed obstacles late or not at all).
 compress-nearest: default-plus
 	$(VENV)/bin/python -m training.data.generate --preset intersections_more
 	$(VENV)/bin/python -m training.data.generate --preset more_maps
