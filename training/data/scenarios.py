@@ -120,6 +120,14 @@ MORE_MAPS = (
     "small_loop_cw",
 )
 
+
+def _more_train_drives(name: str, maps: tuple[str, ...], episodes: int, seed_offset: int) -> Preset:
+    """A preset of in-distribution train drives only, 300 frames each, for merging into a dataset;
+    its own `seed_offset` keeps its drives apart from every other preset's on the same maps."""
+    return Preset(name=name, frames=300, onset_range=(90, 180), splits={"train": SplitPlan(maps, id_episodes=episodes)},
+                  scenarios=(), seed_offset=seed_offset)
+
+
 PRESETS: dict[str, Preset] = {
     "default": Preset(
         name="default",
@@ -160,24 +168,10 @@ PRESETS: dict[str, Preset] = {
     # Three times the intersections' train drives, on the same maps with other seeds, to merge
     # after `intersections`: does more ID turning data help the flow detector? (Measured: no
     # further gain over `intersections` alone; README, Compression, `flow_plus_more`.)
-    "intersections_more": Preset(
-        name="intersections_more",
-        frames=300,
-        onset_range=(90, 180),
-        splits={"train": SplitPlan(INTERSECTION_MAPS, id_episodes=36)},
-        scenarios=(),
-        seed_offset=50_000,
-    ),
+    "intersections_more": _more_train_drives("intersections_more", INTERSECTION_MAPS, episodes=36, seed_offset=50_000),
     # In-distribution train drives on twelve more maps, to merge after `intersections` and
     # `intersections_more`: students distilled on more kinds of roads (README, Compression).
-    "more_maps": Preset(
-        name="more_maps",
-        frames=300,
-        onset_range=(90, 180),
-        splits={"train": SplitPlan(MORE_MAPS, id_episodes=48)},
-        scenarios=(),
-        seed_offset=60_000,
-    ),
+    "more_maps": _more_train_drives("more_maps", MORE_MAPS, episodes=48, seed_offset=60_000),
     # One onset of every OOD scenario on the intersections' validation map: merged into a dataset,
     # it doubles the onsets its validation split tunes the decisions on (one per scenario and map).
     "validation_onsets": Preset(
