@@ -90,3 +90,17 @@ def test_false_alarms_are_broken_down_by_map():
     assert summary["fused_flagged_id_frames"] == 3 / 10
     assert summary["fused_flagged_id_frames[loop]"] == 0.5
     assert summary["fused_flagged_id_frames[4way]"] == 1 / 6
+
+
+def test_learned_scores_rank_past_the_capped_surprise_against_the_baseline():
+    """An ID frame beyond the calibration maximum ties with the OOD frames in surprise (capped);
+    the latent score still ranks it below them, so the comparison with the baseline takes it."""
+    from training.evaluate import metrics_table
+
+    capped = [0.5, 0.5, 3.0]  # the third ID frame is as surprising as the fog frames can be
+    normal = _episode_result("id", "id", None, {"bvae": capped, "bvae_raw": [1.0, 1.0, 50.0], "baseline": [0.0, 0.0, 1.0]}, {})
+    fog = _episode_result("fog_full", "fog", 0, {"bvae": [3.0] * 3, "bvae_raw": [90.0] * 3, "baseline": [2.0] * 3}, {})
+    row = {r["scenario"]: r for r in metrics_table([normal, fog])}["fog"]
+    assert row["auroc_bvae"] == pytest.approx(1 - 0.5 / 3)  # the tie counts half
+    assert row["auroc_bvae_raw"] == row["auroc_baseline"] == 1.0
+    assert row["learned_minus_baseline"] == 0.0
