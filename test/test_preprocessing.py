@@ -51,10 +51,31 @@ def test_unknown_flow_options_are_refused_with_the_choices(field, value):
         FlowPreprocessing(**{field: value})
 
 
+@pytest.mark.parametrize("winsize", [1, 2, 7.5, True])
+def test_a_farneback_window_below_3_pixels_or_not_whole_is_refused(winsize):
+    with pytest.raises(ValueError, match=f"winsize must be an integer of at least 3 pixels, got {winsize!r}"):
+        FlowPreprocessing(winsize=winsize)
+
+
+def test_a_smaller_farneback_window_keeps_sensor_noise_in_the_flow():
+    """Fresh per-pixel noise on every frame of a still scene: a 15-pixel window averages it into
+    near-zero flow, a smaller one passes more of it on (why flow students may take a smaller window)."""
+    rng = np.random.default_rng(0)
+    scene = np.tile(np.linspace(0, 255, 640, dtype=np.float32), (480, 1))[..., None].repeat(3, axis=2)
+    frames = [np.clip(scene + rng.normal(0, 96, scene.shape), 0, 255).astype(np.uint8) for _ in range(3)]
+
+    def flow_energy(winsize: int) -> float:
+        stacker = FlowStacker(FlowPreprocessing(width=88, height=66, crop=(4, 1, 80, 64), stack=2, max_flow=4.4, resize="grey_stepped", winsize=winsize))
+        horizontal, vertical = [stacker.push(rgb) for rgb in frames][-1]
+        return float(np.abs(horizontal).mean() + np.abs(vertical).mean())
+
+    assert flow_energy(5) > 1.5 * flow_energy(15)
+
+
 def test_bundles_written_before_the_options_keep_their_behaviour():
     old = {"kind": "flow", "width": 120, "height": 90, "crop": [4, 5, 112, 80], "stack": 6, "method": "farneback", "max_flow": 6.0, "clahe": True}
     prep = FlowPreprocessing.from_dict(old)
-    assert prep.resize == "area" and prep.dis_preset == "ultrafast"
+    assert prep.resize == "area" and prep.dis_preset == "ultrafast" and prep.winsize == 15
     assert FlowPreprocessing.from_dict(prep.to_dict()) == prep
 
 
