@@ -140,6 +140,21 @@ def test_decision_is_tuned_on_the_onsets_of_the_detector_s_own_categories():
         tune_decision(CALIBRATION, validation[:1], ("upper",), ("motion",))
 
 
+def test_decision_tuning_stops_the_most_onsets_within_the_bar_first():
+    """Among the candidates, the most onsets flagged within 15 frames wins before the mean delay:
+    here a candidate with as small a mean delay stops one onset fewer within the bar."""
+    from training.calibrate import DELAY_BAR_FRAMES, tune_decision
+
+    rng = np.random.default_rng(33)
+    validation = [_episode("id", "id", None, 0.0, rng), _episode("id2", "id", None, 0.0, rng)]
+    validation += [_episode(f"spin{i}", "motion", 100, 3.0, rng) for i in range(3)] + [_episode("slow", "motion", 100, 1.2, rng)]
+    tuned = tune_decision(CALIBRATION, validation, ("upper",), ("motion",))
+    assert DELAY_BAR_FRAMES == 15
+    assert tuned.within_bar == max(row["within_bar"] for row in tuned.table) == 4
+    assert tuned.mean_delay == min(row["mean_delay"] for row in tuned.table if row["within_bar"] == tuned.within_bar)
+    assert any(row["within_bar"] < tuned.within_bar and row["mean_delay"] <= tuned.mean_delay for row in tuned.table)
+
+
 def test_tuning_with_the_tail_catches_a_far_out_onset_sooner():
     from training.calibrate import tune_decision
 

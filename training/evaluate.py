@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from training.calibrate import DELAY_BAR_FRAMES
 from training.dataset import Episode, episodes, iter_frames
 from training.tradeoff import ID_BAR, OperatingPoint, alarm_statistic, best_within_id_bar, sweep, write_tradeoff
 from vae_ood_monitor.bundle import load_bundle
@@ -30,7 +31,6 @@ from vae_ood_monitor.metrics import auroc, detection_delay, fpr_at_tpr, rising_e
 from vae_ood_monitor.offline import DETECTORS, score_frames
 from vae_ood_monitor.safety import FrozenCameraWatch, SafetyConfig
 
-DELAY_BAR_FRAMES = 15
 # A frame stranger than 99 % of the calibration frames (surprise = -log10 conformal p-value): the
 # first such frame after an onset shows when the detectors' evidence arrives, apart from how
 # long the decision then accumulates it.

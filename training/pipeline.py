@@ -27,7 +27,7 @@ import onnx
 import torch
 from tqdm import tqdm
 
-from training.calibrate import CROSS_FITS, DETECTOR_CATEGORIES, SCORE_TAILS, ScoredEpisode, fit_scores, select_score, tune_decision
+from training.calibrate import CROSS_FITS, DELAY_BAR_FRAMES, DETECTOR_CATEGORIES, SCORE_TAILS, ScoredEpisode, fit_scores, select_score, tune_decision
 from training.dataset import DatasetError, Episode, check_calibration_splits, concatenate, episodes, iter_frames, load_inputs, load_manifest
 from training.export import export_encoder, write_bundle
 from training.models import VAEConfig
@@ -164,11 +164,11 @@ def calibrate_and_bundle(
     tuning = tune_decision(chosen.calibration_scores, validation, SCORE_TAILS[chosen.score.kind], DETECTOR_CATEGORIES[kind], extrapolate)
     provenance["score_selection"] = {"chosen": chosen.name, "cross_fit": cross_fit, "validation_auroc": score_table}
     provenance["decision_tuning"] = {"onset_categories": list(DETECTOR_CATEGORIES[kind]), "mean_delay_frames": tuning.mean_delay,
-                                     "missed_onsets": tuning.missed, "candidates": tuning.table}
+                                     "missed_onsets": tuning.missed, "onsets_within_bar": tuning.within_bar, "candidates": tuning.table}
     bundle(chosen.score, chosen.calibration_scores, tuning.params)
     auroc_text = ", ".join(f"{name} {value:.3f}" for name, value in score_table.items())
     print(f"{kind}: score {chosen.name} (validation AUROC {auroc_text}), decision {tuning.params}, "
-          f"validation delay {tuning.mean_delay:.1f} frames, missed {tuning.missed}")
+          f"validation delay {tuning.mean_delay:.1f} frames, missed {tuning.missed}, {tuning.within_bar} onsets within {DELAY_BAR_FRAMES} frames")
     return CalibratedBundle(bundle_dir, validation)
 
 
