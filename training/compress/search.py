@@ -98,9 +98,10 @@ _FLOW_STUDENTS_STEPPED = (StudentSpec("student_06_res_stepped", _FLOW_06_STEPPED
                           _FLOW_055_STUDENT)
 _FLOW_STUDENTS = SearchSpace(ratios=(), students=_FLOW_STUDENTS_STEPPED, distill=TrainConfig(epochs=6, batch_size=64, learning_rate=1e-3, threads=2),
                              train_stride=3, eval_stride=4, unstructured=0.0)
-# The shipped flow student's structure on Farneback windows scaled to its size: 9 pixels at 0.55
-# resolution is the teacher's 15 at 160x120 in scene terms, 5 keeps more sensor noise in the flow.
-_FLOW_055_WINDOWS = tuple(StudentSpec(f"student_055_res_stepped_win{w}", replace(_FLOW_055_STEPPED, winsize=w), (16, 16, 8, 8), (64,)) for w in (9, 5))
+# The shipped flow student's structure on smaller Farneback windows (the teacher's 15 at 160x120 is
+# about 8 at 88x66 in scene terms): a smaller window keeps more sensor noise in the flow, and sees
+# less of the zero flow of a frozen or black camera (README, Compression: 11 shipped as flow_window).
+FLOW_STUDENT_WINDOWS = (11, 9, 7, 5)
 _BVAE_NARROW = StudentSpec("student64_narrow", ImagePreprocessing(64, 64), (16, 16, 8, 8), (128,))
 _BVAE_NARROW_NEAREST = StudentSpec("student64_narrow_nearest", ImagePreprocessing(64, 64, interpolation="nearest"), (16, 16, 8, 8), (128,))
 _BVAE_STUDENTS = SearchSpace(ratios=(), students=(_BVAE_NARROW,), distill=TrainConfig(epochs=12, batch_size=32, learning_rate=1e-3, threads=2), train_stride=4,
@@ -134,8 +135,11 @@ SPACES: dict[str, dict[str, SearchSpace]] = {
     # too: measured on datasets/default_plus, not shipped — it sees sensor faults and stops motion
     # sooner, but flags intersection driving on unseen maps (README, Compression).
     "students_perturbed": {"flow": replace(_FLOW_STUDENTS, students=(_FLOW_055_STUDENT,), perturbed_copies=1)},
-    # The shipped flow student's structure with smaller Farneback windows (see _FLOW_055_WINDOWS).
-    "students_window": {"flow": replace(_FLOW_STUDENTS, students=_FLOW_055_WINDOWS)},
+    # The shipped flow student's structure with a smaller Farneback window, one space per window
+    # (students_window11 ... students_window5; see FLOW_STUDENT_WINDOWS).
+    **{f"students_window{w}": {"flow": replace(_FLOW_STUDENTS, students=(
+        StudentSpec(f"student_055_res_stepped_win{w}", replace(_FLOW_055_STEPPED, winsize=w), (16, 16, 8, 8), (64,)),))}
+       for w in FLOW_STUDENT_WINDOWS},
     # The β-VAE student beside the same student on nearest-sampled input (preprocessing.IMAGE_INTERPOLATIONS):
     # measured, not shipped — it sees sensor noise but flags ID drive starts on unseen maps (README, Compression).
     "students_nearest": {"bvae": replace(_BVAE_STUDENTS, students=(_BVAE_NARROW, _BVAE_NARROW_NEAREST))},
