@@ -18,7 +18,7 @@ SIM_DEBS := libgl1 libegl1 libgl1-mesa-dri libglu1-mesa libosmesa6 freeglut3-dev
 export AMENT_PREFIX_PATH := $(abspath $(VENV))
 export ROS_AUTOMATIC_DISCOVERY_RANGE ?= LOCALHOST
 
-.PHONY: demo test venv sim-venv system-deps dataset dataset-small default-plus models compress compress-fast compress-plus compress-nearest recalibrate clean
+.PHONY: demo test venv sim-venv system-deps dataset dataset-small default-plus models compress compress-fast compress-plus compress-nearest compress-window recalibrate clean
 
 # The main job: the shipped demo bag (lane following that turns foggy) through the real graph,
 # each node in its own process over DDS; prints a timeline and the onset-to-stop latency and
@@ -97,12 +97,21 @@ compress-fast: default-plus
 
 # Needs `make dataset` (builds default-plus): a flow teacher trained on the default dataset plus the intersection
 # drives (runs/flow_plus, ~25 min on 2 cores), its student distilled, calibrated and tuned on the
-# same data, shipped as models/flow_plus_fast and made the runtime default flow detector (README,
-# Results: with bvae_nearest, motion stops within 8.5-15.5 frames at 0.7 % of ID frames flagged).
+# same data, shipped as models/flow_plus_fast and made the runtime default flow detector until
+# `make compress-window` replaces it (README, Results: with bvae_nearest, motion stops within
+# 8.5-15.5 frames at 0.7 % of ID frames flagged).
 compress-plus: default-plus
 	$(VENV)/bin/python -m training.pipeline --data datasets/default_plus --detectors flow --out runs/flow_plus
 	$(VENV)/bin/python -m training.compress.search --data datasets/default_plus --detector flow --teacher runs/flow_plus/flow \
 	    --space students --out runs/compress/flow_students_plus_teacher --ship --ship-name flow_plus_fast --make-default
+
+# Needs `make compress-plus` (its flow teacher, runs/flow_plus): the flow_plus_fast student on an
+# 11-pixel Farneback window instead of 15 (~12 min), shipped as models/flow_window and made the
+# runtime default flow detector (README, Results and Compression: sees sensor noise and rain, half
+# the false alarms, stops reverse and spin later).
+compress-window: default-plus
+	$(VENV)/bin/python -m training.compress.search --data datasets/default_plus --detector flow --teacher runs/flow_plus/flow \
+	    --space students_window11 --out runs/compress/flow_students_window11 --ship --ship-name flow_window --make-default
 
 # Needs `make dataset` (builds default-plus): the 64x64 β-VAE student on nearest-sampled input,
 # distilled from models/bvae_baseline on 132 ID drives over 17 maps (the default, intersection and
