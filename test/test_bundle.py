@@ -109,6 +109,22 @@ def test_damaged_bundles_are_refused_with_a_reason(tmp_path, damage, message):
         load_bundle(bundle_dir)
 
 
+def test_a_flow_bundle_with_a_bad_farneback_window_is_refused_with_the_field(tmp_path):
+    """The shipped flow_window bundle with its window edited to 1 pixel: refused at load, naming
+    the field, not a failure inside OpenCV on the first frame."""
+    import shutil
+
+    bundle_dir = tmp_path / "flow_window"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "models" / "flow_window", bundle_dir)
+    meta = json.loads((bundle_dir / "bundle.json").read_text())
+    assert meta["preprocessing"]["winsize"] == 11
+    meta["preprocessing"]["winsize"] = 1
+    (bundle_dir / "bundle.json").write_text(json.dumps(meta))
+    write_sums(bundle_dir)
+    with pytest.raises(BundleError, match="bundle.json: invalid .*winsize must be an integer of at least 3 pixels, got 1"):
+        load_bundle(bundle_dir)
+
+
 def test_missing_bundle(tmp_path):
     with pytest.raises(BundleError, match="not a model bundle"):
         load_bundle(tmp_path / "nothing")
