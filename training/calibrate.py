@@ -20,9 +20,8 @@ in-distribution validation frame reached (ID episodes and the ID part of onset e
 safety margin — so validation ID driving raises no alarm. Among the candidates, the one that stops
 the most validation onset episodes of the detector's own scenario categories within the delay bar
 (DELAY_BAR_FRAMES, the issue's 15 frames) wins, and among those the smallest mean detection delay
-(a missed onset counts as the frames left in its episode). The mean alone let one slow onset
-outweigh several fast ones: a candidate that stopped one more onset 40 frames earlier beat one that
-stopped three more within the bar. Own categories: the
+(a missed onset counts as the frames left in its episode): by the mean alone one slow onset could
+outweigh several fast ones, and the bar counts onsets, not frames. Own categories: the
 β-VAE watches appearance and sensor faults, the flow detector motion and sensor faults; an onset
 the detector cannot see (fog for the flow detector) would only add the same miss to every
 candidate and drown the differences in delay — the fused monitor catches it through the other

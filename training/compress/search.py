@@ -101,7 +101,7 @@ _FLOW_STUDENTS = SearchSpace(ratios=(), students=_FLOW_STUDENTS_STEPPED, distill
 # The shipped flow student's structure on smaller Farneback windows (the teacher's 15 at 160x120 is
 # about 8 at 88x66 in scene terms): a smaller window keeps more sensor noise in the flow, and sees
 # less of the zero flow of a frozen or black camera (README, Compression: 11 shipped as flow_window).
-FLOW_STUDENT_WINDOWS = (11, 9, 7, 5)
+FLOW_STUDENT_WINDOWS = (13, 11, 9, 7, 5)
 _BVAE_NARROW = StudentSpec("student64_narrow", ImagePreprocessing(64, 64), (16, 16, 8, 8), (128,))
 _BVAE_NARROW_NEAREST = StudentSpec("student64_narrow_nearest", ImagePreprocessing(64, 64, interpolation="nearest"), (16, 16, 8, 8), (128,))
 _BVAE_STUDENTS = SearchSpace(ratios=(), students=(_BVAE_NARROW,), distill=TrainConfig(epochs=12, batch_size=32, learning_rate=1e-3, threads=2), train_stride=4,
@@ -136,7 +136,7 @@ SPACES: dict[str, dict[str, SearchSpace]] = {
     # sooner, but flags intersection driving on unseen maps (README, Compression).
     "students_perturbed": {"flow": replace(_FLOW_STUDENTS, students=(_FLOW_055_STUDENT,), perturbed_copies=1)},
     # The shipped flow student's structure with a smaller Farneback window, one space per window
-    # (students_window11 ... students_window5; see FLOW_STUDENT_WINDOWS).
+    # (students_window13 ... students_window5; see FLOW_STUDENT_WINDOWS).
     **{f"students_window{w}": {"flow": replace(_FLOW_STUDENTS, students=(
         StudentSpec(f"student_055_res_stepped_win{w}", replace(_FLOW_055_STEPPED, winsize=w), (16, 16, 8, 8), (64,)),))}
        for w in FLOW_STUDENT_WINDOWS},
