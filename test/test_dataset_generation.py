@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from training.data.generate import GenerationError, generate, main
-from training.data.scenarios import PRESETS, SCENARIOS, TRAIN_MAPS, plan_episodes
+from training.data.scenarios import PRESETS, SCENARIOS, TRAIN_MAPS, VALIDATION_MAPS, plan_episodes
 from vae_ood_monitor.bags import DEFAULT_CAMERA_TOPIC, image_topics, read_camera_messages
 from vae_ood_monitor.ground_truth import read_ground_truth
 from vae_ood_monitor.images import decode_message
@@ -101,6 +101,16 @@ def test_extra_validation_onsets_stay_off_the_default_maps():
     assert sorted(p.scenario for p in extra) == sorted(set(SCENARIOS) - {"id"})
     assert all(p.split == "validation" and 90 <= p.onset_frame <= 180 for p in extra)
     assert not {p.map for p in extra} & {p.map for p in default}
+
+
+def test_the_third_validation_onsets_are_new_drives_on_the_validation_map():
+    """`validation_onsets_loop` drives the default validation map again: one onset per scenario,
+    none a drive of another preset, and no test map."""
+    third = plan_episodes(PRESETS["validation_onsets_loop"])
+    assert sorted(p.scenario for p in third) == sorted(set(SCENARIOS) - {"id"})
+    assert {p.split for p in third} == {"validation"} and {p.map for p in third} == set(VALIDATION_MAPS)
+    others = {(p.map, p.seed) for preset in PRESETS if preset != "validation_onsets_loop" for p in plan_episodes(PRESETS[preset])}
+    assert not {(p.map, p.seed) for p in third} & others
 
 
 def test_more_intersection_drives_are_new_drives():

@@ -180,6 +180,15 @@ PRESETS: dict[str, Preset] = {
         onset_range=(90, 180),
         splits={"validation": SplitPlan(INTERSECTION_VALIDATION_MAPS, id_episodes=0, ood_onset_episodes=1)},
     ),
+    # A third onset of every OOD scenario, on the default validation map with new drives: merged
+    # after `validation_onsets`, it triples the onsets a choice between bundles is checked on.
+    "validation_onsets_loop": Preset(
+        name="validation_onsets_loop",
+        frames=300,
+        onset_range=(90, 180),
+        splits={"validation": SplitPlan(VALIDATION_MAPS, id_episodes=0, ood_onset_episodes=1)},
+        seed_offset=70_000,
+    ),
     # One in-distribution drive that turns foggy: the shipped demo bag (demo/demo_fog_onset).
     "demo": Preset(
         name="demo",
