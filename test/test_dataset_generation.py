@@ -103,14 +103,18 @@ def test_extra_validation_onsets_stay_off_the_default_maps():
     assert not {p.map for p in extra} & {p.map for p in default}
 
 
+def _drives_of_other_presets(name: str) -> set[tuple[str, int]]:
+    """(map, seed) of every drive the presets other than `name` plan: a drive it shares repeats one."""
+    return {(p.map, p.seed) for preset in PRESETS if preset != name for p in plan_episodes(PRESETS[preset])}
+
+
 def test_the_third_validation_onsets_are_new_drives_on_the_validation_map():
     """`validation_onsets_loop` drives the default validation map again: one onset per scenario,
     none a drive of another preset, and no test map."""
     third = plan_episodes(PRESETS["validation_onsets_loop"])
     assert sorted(p.scenario for p in third) == sorted(set(SCENARIOS) - {"id"})
     assert {p.split for p in third} == {"validation"} and {p.map for p in third} == set(VALIDATION_MAPS)
-    others = {(p.map, p.seed) for preset in PRESETS if preset != "validation_onsets_loop" for p in plan_episodes(PRESETS[preset])}
-    assert not {(p.map, p.seed) for p in third} & others
+    assert not {(p.map, p.seed) for p in third} & _drives_of_other_presets("validation_onsets_loop")
 
 
 def test_more_intersection_drives_are_new_drives():
@@ -131,8 +135,7 @@ def test_more_maps_keep_the_held_out_maps_held_out():
                 for p in plan_episodes(PRESETS[preset]) if p.split in ("validation", "test")}
     assert {p.split for p in more} == {"train"} and {p.scenario for p in more} == {"id"}
     assert not any(p.map.startswith(held.removesuffix("_empty")) for p in more for held in held_out)
-    others = {(p.map, p.seed) for preset in PRESETS if preset != "more_maps" for p in plan_episodes(PRESETS[preset])}
-    assert not {(p.map, p.seed) for p in more} & others
+    assert not {(p.map, p.seed) for p in more} & _drives_of_other_presets("more_maps")
 
 
 def test_missing_simulator_is_a_clear_error(tmp_path, capsys):

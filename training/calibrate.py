@@ -186,7 +186,7 @@ def tune_decision(
     # Data with none of the detector's own categories (e.g. imported recordings of other faults): all onsets.
     timed = [e for e in onsets if categories is None or e.category in categories] or onsets
     rows: list[dict[str, float]] = []
-    best: tuple[tuple[int, float], DecisionParams, int, int] | None = None
+    best: tuple[tuple[int, float], DecisionParams, int] | None = None  # ((-within_bar, mean_delay), params, missed)
     for tail, epsilon, window, drift in itertools.product(tails, EPSILONS, WINDOWS, DRIFTS):
         probe = DecisionParams(tail=tail, epsilon=epsilon, window=window, drift=drift, threshold=np.inf, extrapolate=extrapolate)
         traces = {e.name: cusum_trace(e.scores, calibration, probe) for e in validation}
@@ -207,6 +207,7 @@ def tune_decision(
                      "missed": missed, "within_bar": within_bar})
         rank = (-within_bar, mean_delay)
         if best is None or rank < best[0]:
-            best = (rank, params, missed, within_bar)
+            best = (rank, params, missed)
     assert best is not None
-    return TuningResult(best[1], best[0][1], best[2], best[3], rows)
+    (negative_within_bar, mean_delay), params, missed = best
+    return TuningResult(params, mean_delay, missed, -negative_within_bar, rows)

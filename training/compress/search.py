@@ -138,7 +138,7 @@ SPACES: dict[str, dict[str, SearchSpace]] = {
     # The shipped flow student's structure with a smaller Farneback window, one space per window
     # (students_window13 ... students_window5; see FLOW_STUDENT_WINDOWS).
     **{f"students_window{w}": {"flow": replace(_FLOW_STUDENTS, students=(
-        StudentSpec(f"student_055_res_stepped_win{w}", replace(_FLOW_055_STEPPED, winsize=w), (16, 16, 8, 8), (64,)),))}
+        replace(_FLOW_055_STUDENT, name=f"{_FLOW_055_STUDENT.name}_win{w}", preprocessing=replace(_FLOW_055_STEPPED, winsize=w)),))}
        for w in FLOW_STUDENT_WINDOWS},
     # The β-VAE student beside the same student on nearest-sampled input (preprocessing.IMAGE_INTERPOLATIONS):
     # measured, not shipped — it sees sensor noise but flags ID drive starts on unseen maps (README, Compression).
