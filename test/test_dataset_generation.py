@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from training.data.corruptions import MUD_RGB, lens_dirt_coverage, make_corruption
 from training.data.generate import GenerationError, generate, main
 from training.data.scenarios import PRESETS, SCENARIOS, TRAIN_MAPS, VALIDATION_MAPS, plan_episodes
 from vae_ood_monitor.bags import DEFAULT_CAMERA_TOPIC, image_topics, read_camera_messages
@@ -254,3 +255,14 @@ def test_obstacles_are_seen_on_a_map_with_floor_tags():
     pixels = [meta["obstacle_pixels"] for meta, _ in SimulatorStream(spec, DEFAULT_SIM_PYTHON)]
     assert len(pixels) == 12 and not any(pixels[:4])
     assert all(p > 0 for p in pixels[4:]), pixels
+
+
+@pytest.mark.parametrize("intensity", [0.0, 0.5, 1.0])
+def test_lens_dirt_covers_its_share_of_every_lens_and_stays_put(intensity):
+    white = np.full((240, 320, 3), 255, np.uint8)
+    for seed in range(5):
+        dirt = make_corruption("lens_dirt", intensity, seed)
+        dirty = dirt(white, 0)
+        darkened = (255 - dirty.astype(np.float32)).max(axis=-1) / (255 - MUD_RGB.min())
+        assert abs((darkened > 0.5).mean() - lens_dirt_coverage(intensity)) < 0.03, f"seed {seed}"
+        assert np.array_equal(dirt(white, 40), dirty), "mud on a lens does not move"
