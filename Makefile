@@ -108,10 +108,12 @@ compress-plus: default-plus
 # Needs `make compress-plus` (its flow teacher, runs/flow_plus): the flow_plus_fast student on an
 # 11-pixel Farneback window instead of 15 (~12 min), shipped as models/flow_window and made the
 # runtime default flow detector (README, Results and Compression: sees sensor noise and rain, half
-# the false alarms, stops reverse and spin later).
+# the false alarms), then recalibrated with its calibration scores cross-fitted one episode at a
+# time (README, Training step 3: on validation it stops every flow onset sooner, 0 % ID frames).
 compress-window: default-plus
 	$(VENV)/bin/python -m training.compress.search --data datasets/default_plus --detector flow --teacher runs/flow_plus/flow \
 	    --space students_window11 --out runs/compress/flow_students_window11 --ship --ship-name flow_window --make-default
+	$(VENV)/bin/python -m training.pipeline --recalibrate models/flow_window --data datasets/default_plus --cross-fit episodes
 
 # Needs `make dataset` (builds default-plus): the 64x64 β-VAE student on nearest-sampled input,
 # distilled from models/bvae_baseline on 132 ID drives over 17 maps (the default, intersection and
