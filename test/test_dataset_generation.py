@@ -1,9 +1,11 @@
 """The Duckietown generator end to end: real simulator subprocesses, real bags, real labels."""
 
+import json
+
 import numpy as np
 import pytest
 
-from training.data.corruptions import MUD_RGB, lens_dirt_coverage, make_corruption
+from training.data.corruptions import MUD_RGB, corruption_revision, lens_dirt_coverage, make_corruption
 from training.data.generate import GenerationError, generate, main
 from training.data.scenarios import PRESETS, SCENARIOS, TRAIN_MAPS, VALIDATION_MAPS, plan_episodes
 from vae_ood_monitor.bags import DEFAULT_CAMERA_TOPIC, image_topics, read_camera_messages
@@ -266,3 +268,20 @@ def test_lens_dirt_covers_its_share_of_every_lens_and_stays_put(intensity):
         darkened = (255 - dirty.astype(np.float32)).max(axis=-1) / (255 - MUD_RGB.min())
         assert abs((darkened > 0.5).mean() - lens_dirt_coverage(intensity)) < 0.03, f"seed {seed}"
         assert np.array_equal(dirt(white, 40), dirty), "mud on a lens does not move"
+
+
+def test_episodes_made_with_an_older_corruption_are_rendered_again(small_dataset, capsys):
+    root, manifest = small_dataset
+    corrupted = next(e for e in manifest["episodes"] if SCENARIOS[e["scenario"]].corruption)
+    current = corruption_revision(SCENARIOS[corrupted["scenario"]].corruption)
+    info_file = root / corrupted["path"] / "episode.json"
+    info = json.loads(info_file.read_text())
+    assert info["extra"]["corruption_revision"] == current
+    info["extra"]["corruption_revision"] = current - 1
+    info_file.write_text(json.dumps(info))
+    mtimes = {e["name"]: (root / e["path"] / "metadata.yaml").stat().st_mtime_ns for e in manifest["episodes"]}
+    generate("small", root, progress=True)
+    assert corrupted["name"] in capsys.readouterr().err
+    rendered = {e["name"] for e in manifest["episodes"] if (root / e["path"] / "metadata.yaml").stat().st_mtime_ns != mtimes[e["name"]]}
+    assert rendered == {corrupted["name"]}
+    assert json.loads(info_file.read_text())["extra"]["corruption_revision"] == current

@@ -8,7 +8,8 @@
 
 The simulator runs in its own venv (numpy 1.23, pyglet 1.5) as `training.data.sim_worker`
 subprocesses that stream raw frames; this process (main venv) applies camera-side corruptions,
-encodes JPEG and writes the bags. Finished episodes are kept, so an interrupted run resumes.
+encodes JPEG and writes the bags. Finished episodes are kept, so an interrupted run resumes; an
+episode made with an older version of its corruption is rendered again.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from training.data.corruptions import make_corruption
+from training.data.corruptions import corruption_revision, make_corruption
 from training.data.episodes import EPISODE_FILE, EpisodeInfo, EpisodeWriter
 from training.data.scenarios import PRESETS, SCENARIOS, EpisodePlan, plan_episodes
 from vae_ood_monitor.bags import DEFAULT_CAMERA_TOPIC
@@ -128,7 +129,7 @@ def render_episode(
         map=plan.map,
         seed=plan.seed,
         intensity=plan.intensity,
-        extra={"split": plan.split},
+        extra={"split": plan.split, **({"corruption_revision": corruption_revision(scenario.corruption)} if scenario.corruption else {})},
     )
     path = out_dir / plan.split / plan.name
     shutil.rmtree(path, ignore_errors=True)  # a leftover of an interrupted run
@@ -158,6 +159,15 @@ def render_episode(
     finally:
         stream.close()
     return info
+
+
+def _rendered_with_older_corruption(path: Path, plan: EpisodePlan) -> bool:
+    """An episode on disk whose corruption has changed since (CORRUPTION_REVISIONS)."""
+    corruption = SCENARIOS[plan.scenario].corruption
+    if corruption is None or not (path / EPISODE_FILE).exists():
+        return False
+    recorded = json.loads((path / EPISODE_FILE).read_text()).get("extra", {}).get("corruption_revision", 1)
+    return recorded != corruption_revision(corruption)
 
 
 def _shows_effect(sim_effect: str | None, meta: dict[str, Any], rgb: np.ndarray) -> bool:
@@ -223,7 +233,10 @@ def generate(
     if not sim_python.exists():
         raise GenerationError(f"simulator python not found at {sim_python}: run `make sim-venv` first")
     plans = plan_episodes(PRESETS[preset_name])
-    todo = [p for p in plans if not (out_dir / p.split / p.name / EPISODE_FILE).exists()]
+    stale = [p.name for p in plans if _rendered_with_older_corruption(out_dir / p.split / p.name, p)]
+    if stale and progress:
+        print(f"{preset_name}: rendering again {len(stale)} episodes made with an older version of their corruption: {', '.join(stale)}", file=sys.stderr)
+    todo = [p for p in plans if p.name in stale or not (out_dir / p.split / p.name / EPISODE_FILE).exists()]
     bar = tqdm(total=sum(p.frames for p in todo), unit="frame", desc=f"{preset_name}: {len(todo)} episodes", disable=not progress)
     lock = threading.Lock()
 
