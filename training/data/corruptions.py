@@ -80,8 +80,7 @@ def _lens_dirt(intensity: float, seed: int) -> Corruption:
     Not albumentations' Spatter: at the blob scale a lens shows, its mud mask covers the whole
     frame or almost none of it depending on the seed (3 of the first datasets' 7 lens-dirt
     episodes showed no visible dirt, the other 4 a uniform tint), and its mud colour is blue on RGB
-    frames. Here
-    the covered share is exact: a smooth random field thresholded at its own quantile.
+    frames. Here the covered share is exact: a smooth random field thresholded at its own quantile.
     """
     opacity = 0.75 + 0.20 * intensity
     alpha_by_shape: dict[tuple[int, int], np.ndarray] = {}

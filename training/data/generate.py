@@ -120,6 +120,9 @@ def render_episode(
     """Render one planned episode into `out_dir/<split>/<name>` (a rosbag2 directory)."""
     scenario = SCENARIOS[plan.scenario]
     corruption = make_corruption(scenario.corruption, plan.intensity, plan.seed) if scenario.corruption else None
+    extra: dict[str, Any] = {"split": plan.split}
+    if scenario.corruption:
+        extra["corruption_revision"] = corruption_revision(scenario.corruption)
     info = EpisodeInfo(
         name=plan.name,
         scenario=plan.scenario,
@@ -129,7 +132,7 @@ def render_episode(
         map=plan.map,
         seed=plan.seed,
         intensity=plan.intensity,
-        extra={"split": plan.split, **({"corruption_revision": corruption_revision(scenario.corruption)} if scenario.corruption else {})},
+        extra=extra,
     )
     path = out_dir / plan.split / plan.name
     shutil.rmtree(path, ignore_errors=True)  # a leftover of an interrupted run
@@ -161,12 +164,16 @@ def render_episode(
     return info
 
 
-def _rendered_with_older_corruption(path: Path, plan: EpisodePlan) -> bool:
-    """An episode on disk whose corruption has changed since (CORRUPTION_REVISIONS)."""
+def _made_with_older_corruption(path: Path, plan: EpisodePlan) -> bool:
+    """An episode on disk whose corruption has changed since (CORRUPTION_REVISIONS); one whose
+    episode.json cannot be read counts too: rendering it again is what repairs it."""
     corruption = SCENARIOS[plan.scenario].corruption
     if corruption is None or not (path / EPISODE_FILE).exists():
         return False
-    recorded = json.loads((path / EPISODE_FILE).read_text()).get("extra", {}).get("corruption_revision", 1)
+    try:
+        recorded = json.loads((path / EPISODE_FILE).read_text()).get("extra", {}).get("corruption_revision", 1)
+    except (OSError, ValueError, AttributeError):
+        return True
     return recorded != corruption_revision(corruption)
 
 
@@ -233,7 +240,7 @@ def generate(
     if not sim_python.exists():
         raise GenerationError(f"simulator python not found at {sim_python}: run `make sim-venv` first")
     plans = plan_episodes(PRESETS[preset_name])
-    stale = [p.name for p in plans if _rendered_with_older_corruption(out_dir / p.split / p.name, p)]
+    stale = [p.name for p in plans if _made_with_older_corruption(out_dir / p.split / p.name, p)]
     if stale and progress:
         print(f"{preset_name}: rendering again {len(stale)} episodes made with an older version of their corruption: {', '.join(stale)}", file=sys.stderr)
     todo = [p for p in plans if p.name in stale or not (out_dir / p.split / p.name / EPISODE_FILE).exists()]
