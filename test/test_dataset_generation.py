@@ -270,7 +270,8 @@ def test_lens_dirt_covers_its_share_of_every_lens_and_stays_put(intensity):
         assert np.array_equal(dirt(white, 40), dirty), "mud on a lens does not move"
 
 
-def test_episodes_made_with_an_older_corruption_are_rendered_again(small_dataset, capsys):
+@pytest.mark.parametrize("damage", ["older revision", "unreadable episode.json"])
+def test_episodes_made_with_an_older_corruption_are_rendered_again(small_dataset, capsys, damage):
     root, manifest = small_dataset
     corrupted = next(e for e in manifest["episodes"] if SCENARIOS[e["scenario"]].corruption)
     current = corruption_revision(SCENARIOS[corrupted["scenario"]].corruption)
@@ -278,7 +279,7 @@ def test_episodes_made_with_an_older_corruption_are_rendered_again(small_dataset
     info = json.loads(info_file.read_text())
     assert info["extra"]["corruption_revision"] == current
     info["extra"]["corruption_revision"] = current - 1
-    info_file.write_text(json.dumps(info))
+    info_file.write_text(json.dumps(info) if damage == "older revision" else "{truncated")
     mtimes = {e["name"]: (root / e["path"] / "metadata.yaml").stat().st_mtime_ns for e in manifest["episodes"]}
     generate("small", root, progress=True)
     assert corrupted["name"] in capsys.readouterr().err

@@ -242,7 +242,8 @@ def generate(
     plans = plan_episodes(PRESETS[preset_name])
     stale = [p.name for p in plans if _made_with_older_corruption(out_dir / p.split / p.name, p)]
     if stale and progress:
-        print(f"{preset_name}: rendering again {len(stale)} episodes made with an older version of their corruption: {', '.join(stale)}", file=sys.stderr)
+        print(f"{preset_name}: rendering again {len(stale)} episodes made with an older version of their corruption "
+              f"(or with an unreadable episode.json): {', '.join(stale)}", file=sys.stderr)
     todo = [p for p in plans if p.name in stale or not (out_dir / p.split / p.name / EPISODE_FILE).exists()]
     bar = tqdm(total=sum(p.frames for p in todo), unit="frame", desc=f"{preset_name}: {len(todo)} episodes", disable=not progress)
     lock = threading.Lock()
