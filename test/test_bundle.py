@@ -1,6 +1,7 @@
 """Model bundles: export, verification at load, and ONNX Runtime agreeing with torch."""
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -112,8 +113,6 @@ def test_damaged_bundles_are_refused_with_a_reason(tmp_path, damage, message):
 def test_a_flow_bundle_with_a_bad_farneback_window_is_refused_with_the_field(tmp_path):
     """The shipped flow_window bundle with its window edited to 1 pixel: refused at load, naming
     the field, not a failure inside OpenCV on the first frame."""
-    import shutil
-
     bundle_dir = tmp_path / "flow_window"
     shutil.copytree(Path(__file__).resolve().parents[1] / "models" / "flow_window", bundle_dir)
     meta = json.loads((bundle_dir / "bundle.json").read_text())

@@ -82,11 +82,16 @@ def test_effects_change_the_frames_after_onset(small_dataset):
             assert contrast_after < 0.8 * contrast_before, "fog washes out contrast"
 
 
+def _render_times(root, manifest) -> dict[str, int]:
+    """When each episode's bag was last written: a rendered-again episode gets a new one."""
+    return {e["name"]: (root / e["path"] / "metadata.yaml").stat().st_mtime_ns for e in manifest["episodes"]}
+
+
 def test_rerun_resumes_without_rendering_again(small_dataset, tmp_path):
     root, manifest = small_dataset
-    mtimes = {e["name"]: (root / e["path"] / "metadata.yaml").stat().st_mtime_ns for e in manifest["episodes"]}
+    before = _render_times(root, manifest)
     generate("small", root, progress=False)
-    assert mtimes == {e["name"]: (root / e["path"] / "metadata.yaml").stat().st_mtime_ns for e in manifest["episodes"]}
+    assert _render_times(root, manifest) == before
 
 
 def test_plan_is_deterministic_and_covers_every_scenario():
@@ -280,9 +285,10 @@ def test_episodes_made_with_an_older_corruption_are_rendered_again(small_dataset
     assert info["extra"]["corruption_revision"] == current
     info["extra"]["corruption_revision"] = current - 1
     info_file.write_text(json.dumps(info) if damage == "older revision" else "{truncated")
-    mtimes = {e["name"]: (root / e["path"] / "metadata.yaml").stat().st_mtime_ns for e in manifest["episodes"]}
+    before = _render_times(root, manifest)
     generate("small", root, progress=True)
     assert corrupted["name"] in capsys.readouterr().err
-    rendered = {e["name"] for e in manifest["episodes"] if (root / e["path"] / "metadata.yaml").stat().st_mtime_ns != mtimes[e["name"]]}
+    after = _render_times(root, manifest)
+    rendered = {name for name in before if after[name] != before[name]}
     assert rendered == {corrupted["name"]}
     assert json.loads(info_file.read_text())["extra"]["corruption_revision"] == current
