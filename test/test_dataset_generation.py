@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from training.data.corruptions import MUD_RGB, corruption_revision, lens_dirt_coverage, make_corruption
-from training.data.generate import GenerationError, generate, main
+from training.data.corruptions import MUD_RGB, lens_dirt_coverage, make_corruption
+from training.data.generate import BACKWARD_STEP_M, DEFAULT_SIM_PYTHON, EffectInView, GenerationError, SimulatorStream, _forward_step, generate, main
 from training.data.scenarios import PRESETS, SCENARIOS, TRAIN_MAPS, VALIDATION_MAPS, plan_episodes
 from vae_ood_monitor.bags import DEFAULT_CAMERA_TOPIC, image_topics, read_camera_messages
 from vae_ood_monitor.ground_truth import read_ground_truth
@@ -253,8 +253,6 @@ def test_recalibration_data_without_validation_onsets_is_refused_up_front(small_
 def test_obstacles_are_seen_on_a_map_with_floor_tags():
     """The simulator loads no object for a map's floor tags, so the placed obstacles must be found
     from the end of its object list: otherwise they are never labelled in view (TTIC_ripltown)."""
-    from training.data.generate import DEFAULT_SIM_PYTHON, SimulatorStream
-
     if not DEFAULT_SIM_PYTHON.exists():
         pytest.skip(f"simulator venv missing at {DEFAULT_SIM_PYTHON}: `make sim-venv` builds it")
     spec = {"map": "TTIC_ripltown", "seed": 200002, "frames": 12, "width": 160, "height": 120, "fps": 30.0,
@@ -276,19 +274,43 @@ def test_lens_dirt_covers_its_share_of_every_lens_and_stays_put(intensity):
 
 
 @pytest.mark.parametrize("damage", ["older revision", "unreadable episode.json"])
-def test_episodes_made_with_an_older_corruption_are_rendered_again(small_dataset, capsys, damage):
+def test_episodes_made_with_an_older_scenario_revision_are_rendered_again(small_dataset, capsys, damage):
     root, manifest = small_dataset
-    corrupted = next(e for e in manifest["episodes"] if SCENARIOS[e["scenario"]].corruption)
-    current = corruption_revision(SCENARIOS[corrupted["scenario"]].corruption)
-    info_file = root / corrupted["path"] / "episode.json"
+    changed = next(e for e in manifest["episodes"] if e["scenario"] != "id")
+    current = SCENARIOS[changed["scenario"]].revision
+    info_file = root / changed["path"] / "episode.json"
     info = json.loads(info_file.read_text())
-    assert info["extra"]["corruption_revision"] == current
-    info["extra"]["corruption_revision"] = current - 1
+    assert info["extra"]["scenario_revision"] == current
+    info["extra"]["scenario_revision"] = current + 1
     info_file.write_text(json.dumps(info) if damage == "older revision" else "{truncated")
     before = _render_times(root, manifest)
     generate("small", root, progress=True)
-    assert corrupted["name"] in capsys.readouterr().err
+    assert changed["name"] in capsys.readouterr().err
     after = _render_times(root, manifest)
     rendered = {name for name in before if after[name] != before[name]}
-    assert rendered == {corrupted["name"]}
-    assert json.loads(info_file.read_text())["extra"]["corruption_revision"] == current
+    assert rendered == {changed["name"]}
+    assert json.loads(info_file.read_text())["extra"]["scenario_revision"] == current
+
+
+def test_a_reversing_robot_is_labelled_ood_from_its_first_frame_backwards():
+    """Commanded in reverse while driving forward, the simulated robot brakes first: those frames
+    are normal driving, and the label waits for the first frame that moved backwards."""
+    if not DEFAULT_SIM_PYTHON.exists():
+        pytest.skip(f"simulator venv missing at {DEFAULT_SIM_PYTHON}: `make sim-venv` builds it")
+    onset = 10
+    spec = {"map": "loop_empty", "seed": 7, "frames": 40, "width": 160, "height": 120, "fps": 30.0,
+            "effect": "reverse", "onset": onset, "intensity": 0.5}
+    in_view = EffectInView("reverse")
+    metas, labels = [], []
+    for meta, rgb in SimulatorStream(spec, DEFAULT_SIM_PYTHON):
+        metas.append(meta)
+        labels.append(in_view(meta, rgb, meta["i"] >= onset))
+    steps = [_forward_step(a, b) for a, b in zip(metas, metas[1:])]  # steps[i]: from frame i to i+1
+    first = labels.index(True)
+    assert not any(m["reset"] for m in metas)
+    assert min(steps[:onset]) > -BACKWARD_STEP_M and steps[onset - 1] > 0, "lane following forward (from rest) before the onset"
+    assert first > onset + 3, "braking after the command is not yet driving backwards"
+    assert steps[first - 1] < -BACKWARD_STEP_M and all(step >= -BACKWARD_STEP_M for step in steps[: first - 1])
+    assert all(labels[first:]) and all(step < 0 for step in steps[first:])
+    assert EffectInView("spin")(metas[onset], np.zeros((2, 2, 3), np.uint8), True), "other effects show at once"
+    assert not EffectInView("spin")(metas[onset], np.zeros((2, 2, 3), np.uint8), False)

@@ -129,10 +129,3 @@ def make_corruption(name: str, intensity: float, seed: int) -> Corruption:
 
 
 CORRUPTIONS = ("glare", "rain", "snow", "lens_dirt", "noise", "frozen", "black")
-# Bumped when an effect changes what it renders, so that `generate` renders again the episodes made
-# with an older version; an episode records its revision in episode.json (none recorded: 1).
-CORRUPTION_REVISIONS = {"lens_dirt": 2}
-
-
-def corruption_revision(name: str) -> int:
-    return CORRUPTION_REVISIONS.get(name, 1)

@@ -9,7 +9,7 @@
 The simulator runs in its own venv (numpy 1.23, pyglet 1.5) as `training.data.sim_worker`
 subprocesses that stream raw frames; this process (main venv) applies camera-side corruptions,
 encodes JPEG and writes the bags. Finished episodes are kept, so an interrupted run resumes; an
-episode made with an older version of its corruption is rendered again.
+episode made with an older revision of its scenario (Scenario.revision) is rendered again.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import os
 import shutil
 import struct
@@ -33,7 +34,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from training.data.corruptions import corruption_revision, make_corruption
+from training.data.corruptions import make_corruption
 from training.data.episodes import EPISODE_FILE, EpisodeInfo, EpisodeWriter
 from training.data.scenarios import PRESETS, SCENARIOS, EpisodePlan, plan_episodes
 from vae_ood_monitor.bags import DEFAULT_CAMERA_TOPIC
@@ -42,6 +43,12 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 # An obstacle frame is labelled OOD once the obstacle covers this share of the image (0.25 %: about
 # 30 pixels of a 112x112 model input, a blob of a few pixels across, about 770 pixels at 640x480).
 OBSTACLE_VISIBLE_SHARE = 0.0025
+# A reversing robot's frames are labelled OOD once it has moved backwards by more than this between
+# two frames (metres; half a millimetre: past rounding, well before the flow shows it).
+BACKWARD_STEP_M = 0.0005
+# Effects whose OOD label starts when they show in the frames, not when they begin: the frame they
+# began on is kept in episode.json under this key of `extra`.
+EFFECT_START_KEYS = {"obstacles": "placed_frame", "reverse": "command_frame"}
 DEFAULT_SIM_PYTHON = REPO_ROOT / ".venv-sim" / "bin" / "python"
 MANIFEST_FILE = "manifest.json"
 
@@ -120,9 +127,7 @@ def render_episode(
     """Render one planned episode into `out_dir/<split>/<name>` (a rosbag2 directory)."""
     scenario = SCENARIOS[plan.scenario]
     corruption = make_corruption(scenario.corruption, plan.intensity, plan.seed) if scenario.corruption else None
-    extra: dict[str, Any] = {"split": plan.split}
-    if scenario.corruption:
-        extra["corruption_revision"] = corruption_revision(scenario.corruption)
+    extra: dict[str, Any] = {"split": plan.split, "scenario_revision": scenario.revision}
     info = EpisodeInfo(
         name=plan.name,
         scenario=plan.scenario,
@@ -141,18 +146,19 @@ def render_episode(
     try:
         with EpisodeWriter(path, info, storage=storage) as writer:
             resets = 0
+            in_view = EffectInView(scenario.sim_effect)
             for frame, (meta, rgb) in zip(range(plan.frames), stream):
                 resets += bool(meta.get("reset"))
                 active = plan.onset_frame is not None and frame >= plan.onset_frame
                 if active and corruption is not None:
                     rgb = corruption(rgb, frame - (plan.onset_frame or 0))
-                writer.add_frame(rgb, active and _shows_effect(scenario.sim_effect, meta, rgb))
+                writer.add_frame(rgb, in_view(meta, rgb, active))
                 on_frame()
             # The robot left the road and was put back: a jump in the frames, and on a new map the
             # sign that the lane controller does not drive it (`extra.resets`, 0 on a good drive).
             info.extra["resets"] = resets
-            if scenario.sim_effect == "obstacles":  # the onset is when the obstacle comes into view
-                info.extra["placed_frame"] = plan.onset_frame
+            if scenario.sim_effect in EFFECT_START_KEYS:  # the onset is when the effect comes into view
+                info.extra[EFFECT_START_KEYS[scenario.sim_effect]] = plan.onset_frame
                 info.onset_frame = writer.first_ood_frame()
             error = stream.finish()
             if error is not None or writer.frames_written != plan.frames:
@@ -164,25 +170,54 @@ def render_episode(
     return info
 
 
-def _made_with_older_corruption(path: Path, plan: EpisodePlan) -> bool:
-    """An episode on disk whose corruption has changed since (CORRUPTION_REVISIONS); one whose
+def _made_with_older_revision(path: Path, plan: EpisodePlan) -> bool:
+    """An episode on disk whose scenario has changed since (Scenario.revision); one whose
     episode.json cannot be read counts too: rendering it again is what repairs it."""
-    corruption = SCENARIOS[plan.scenario].corruption
-    if corruption is None or not (path / EPISODE_FILE).exists():
+    revision = SCENARIOS[plan.scenario].revision
+    if not (path / EPISODE_FILE).exists():
         return False
     try:
-        recorded = json.loads((path / EPISODE_FILE).read_text()).get("extra", {}).get("corruption_revision", 1)
+        extra = json.loads((path / EPISODE_FILE).read_text()).get("extra", {})
+        recorded = extra.get("scenario_revision", extra.get("corruption_revision", 1))  # the key's name until lens dirt's revision 2
     except (OSError, ValueError, AttributeError):
         return True
-    return recorded != corruption_revision(corruption)
+    return recorded != revision
 
 
-def _shows_effect(sim_effect: str | None, meta: dict[str, Any], rgb: np.ndarray) -> bool:
-    """Whether an active effect is in the frame: always, except for an obstacle that is not (yet)
-    in view — placed behind a bend or still too far — which no camera-based monitor can see."""
-    if sim_effect != "obstacles":
+def _forward_step(previous: dict[str, Any], meta: dict[str, Any]) -> float:
+    """How far the robot moved along its heading between two frames (metres; negative: backwards).
+    The simulator's heading at angle a points along (cos a, -sin a) in its x-z plane."""
+    angle = previous["angle"]
+    return (meta["x"] - previous["x"]) * math.cos(angle) - (meta["z"] - previous["z"]) * math.sin(angle)
+
+
+class EffectInView:
+    """Whether an active simulator effect shows in the frames yet — what a frame's OOD label says.
+
+    Always, except for an obstacle that is not (yet) in view — placed behind a bend or still too
+    far — which no camera-based monitor can see, and for driving backwards before the robot moves
+    backwards: commanded in reverse, it first brakes (the simulated Duckiebot answers a command
+    after 0.15 s, with a 0.2 s time constant), and slow forward motion is what every drive starts
+    with, from rest. Once backwards, a reversing episode stays OOD (a reset that puts the robot
+    back on the road included).
+    """
+
+    def __init__(self, sim_effect: str | None) -> None:
+        self.sim_effect = sim_effect
+        self._previous: dict[str, Any] | None = None
+        self._moved_backwards = False
+
+    def __call__(self, meta: dict[str, Any], rgb: np.ndarray, active: bool) -> bool:
+        previous, self._previous = self._previous, meta
+        if not active:
+            return False
+        if self.sim_effect == "obstacles":
+            return int(meta.get("obstacle_pixels", 0)) >= OBSTACLE_VISIBLE_SHARE * rgb.shape[0] * rgb.shape[1]
+        if self.sim_effect == "reverse":
+            if previous is not None and not meta.get("reset"):
+                self._moved_backwards |= _forward_step(previous, meta) < -BACKWARD_STEP_M
+            return self._moved_backwards
         return True
-    return int(meta.get("obstacle_pixels", 0)) >= OBSTACLE_VISIBLE_SHARE * rgb.shape[0] * rgb.shape[1]
 
 
 def _bag_sha256(path: Path) -> str:
@@ -240,9 +275,9 @@ def generate(
     if not sim_python.exists():
         raise GenerationError(f"simulator python not found at {sim_python}: run `make sim-venv` first")
     plans = plan_episodes(PRESETS[preset_name])
-    stale = [p.name for p in plans if _made_with_older_corruption(out_dir / p.split / p.name, p)]
+    stale = [p.name for p in plans if _made_with_older_revision(out_dir / p.split / p.name, p)]
     if stale and progress:
-        print(f"{preset_name}: rendering again {len(stale)} episodes made with an older version of their corruption "
+        print(f"{preset_name}: rendering again {len(stale)} episodes made with an older revision of their scenario "
               f"(or with an unreadable episode.json): {', '.join(stale)}", file=sys.stderr)
     todo = [p for p in plans if p.name in stale or not (out_dir / p.split / p.name / EPISODE_FILE).exists()]
     bar = tqdm(total=sum(p.frames for p in todo), unit="frame", desc=f"{preset_name}: {len(todo)} episodes", disable=not progress)

@@ -20,6 +20,9 @@ class Scenario:
     category: str  # "id", "appearance", "sensor" or "motion"
     sim_effect: str | None = None
     corruption: str | None = None
+    # Bumped when what the scenario renders or how its frames are labelled changes: `generate`
+    # renders again the episodes made with an older revision (episode.json, extra.scenario_revision).
+    revision: int = 1
 
 
 SCENARIOS: dict[str, Scenario] = {
@@ -32,12 +35,12 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario("glare", "appearance", corruption="glare"),
         Scenario("rain", "appearance", corruption="rain"),
         Scenario("snow", "appearance", corruption="snow"),
-        Scenario("lens_dirt", "appearance", corruption="lens_dirt"),
+        Scenario("lens_dirt", "appearance", corruption="lens_dirt", revision=2),  # 2: mud blobs, not a tint
         Scenario("frozen", "sensor", corruption="frozen"),
         Scenario("black", "sensor", corruption="black"),
         Scenario("noise", "sensor", corruption="noise"),
         Scenario("spin", "motion", sim_effect="spin"),
-        Scenario("reverse", "motion", sim_effect="reverse"),
+        Scenario("reverse", "motion", sim_effect="reverse", revision=2),  # 2: OOD from the first frame backwards
         Scenario("jitter", "motion", sim_effect="jitter"),
         Scenario("speedup", "motion", sim_effect="speedup"),
     )
