@@ -176,6 +176,27 @@ def test_merged_dataset_holds_the_episodes_of_both(small_dataset, tmp_path, caps
     assert merge_main([str(root), str(other), "--out", str(tmp_path / "merged")]) == 0, "a merge can be redone in place"
 
 
+def test_relabelled_frames_change_the_episode_and_dataset_hash(small_dataset, tmp_path):
+    """Provenance must tell labels apart too: reverse was relabelled without changing a frame."""
+    import shutil
+
+    from training.data.generate import dataset_sha256, manifest_entry
+
+    root, manifest = small_dataset
+    entry = next(e for e in manifest["episodes"] if e["onset_frame"])
+    copy = tmp_path / entry["name"]
+    shutil.copytree(root / entry["path"], copy)
+    assert manifest_entry(copy, entry["split"], entry["name"]) == entry
+    labels = copy / "ground_truth.csv"
+    rows = labels.read_text().splitlines()
+    rows[1] = rows[1].replace(",0,", ",1,", 1)  # the first frame, in distribution, now labelled OOD
+    labels.write_text("\n".join(rows) + "\n")
+    relabelled = manifest_entry(copy, entry["split"], entry["name"])
+    assert relabelled["sha256"] != entry["sha256"]
+    episodes = [relabelled if e is entry else e for e in manifest["episodes"]]
+    assert dataset_sha256(episodes) != manifest["dataset_sha256"] == dataset_sha256(manifest["episodes"])
+
+
 def test_merge_refuses_datasets_that_do_not_match(small_dataset, tmp_path, capsys):
     import json
     import shutil

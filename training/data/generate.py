@@ -38,6 +38,7 @@ from training.data.corruptions import make_corruption
 from training.data.episodes import EPISODE_FILE, EpisodeInfo, EpisodeWriter
 from training.data.scenarios import PRESETS, SCENARIOS, EpisodePlan, plan_episodes
 from vae_ood_monitor.bags import DEFAULT_CAMERA_TOPIC
+from vae_ood_monitor.ground_truth import GROUND_TRUTH_FILE
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # An obstacle frame is labelled OOD once the obstacle covers this share of the image (0.25 %: about
@@ -220,24 +221,26 @@ class EffectInView:
         return True
 
 
-def _bag_sha256(path: Path) -> str:
+def _episode_sha256(path: Path) -> str:
+    """Over the episode's bag files and its labels (ground_truth.csv), so relabelled frames make
+    another hash even where the frames stay byte-identical."""
     digest = hashlib.sha256()
-    for bag_file in sorted(p for p in path.iterdir() if p.suffix in (".mcap", ".db3")):
-        with bag_file.open("rb") as handle:
+    for data_file in sorted(p for p in path.iterdir() if p.suffix in (".mcap", ".db3") or p.name == GROUND_TRUTH_FILE):
+        with data_file.open("rb") as handle:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
     return digest.hexdigest()
 
 
 def dataset_sha256(episodes: list[dict[str, Any]]) -> str:
-    """The dataset hash: over the bag hashes of its episodes, in manifest order."""
+    """The dataset hash: over the episode hashes (frames and labels), in manifest order."""
     return hashlib.sha256("".join(e["sha256"] for e in episodes).encode()).hexdigest()
 
 
 def manifest_entry(episode_dir: Path, split: str, name: str) -> dict[str, Any]:
-    """An episode's manifest row: its episode.json, where it sits in the dataset and its bag hash."""
+    """An episode's manifest row: its episode.json, where it sits in the dataset and its hash."""
     info = json.loads((episode_dir / EPISODE_FILE).read_text())
-    return {**info, "name": name, "split": split, "path": f"{split}/{name}", "sha256": _bag_sha256(episode_dir)}
+    return {**info, "name": name, "split": split, "path": f"{split}/{name}", "sha256": _episode_sha256(episode_dir)}
 
 
 def write_manifest(out_dir: Path, preset: str, plans: list[EpisodePlan], width: int, height: int, fps: float) -> Path:

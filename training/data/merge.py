@@ -15,7 +15,7 @@ validation split holds the OOD onsets the decision is tuned on.
 Episodes are linked (symlinks to the source bags), not copied. The first dataset keeps its episode
 names, later ones are prefixed with their folder name, added episodes with their parent folder's
 name. All datasets and added episodes must share camera topic, frame size and rate. The merged
-manifest names its sources; its dataset hash covers every episode's bag. Generated episodes of
+manifest names its sources; its dataset hash covers every episode's bag and labels. Generated episodes of
 different datasets that drive the same map from the same seed start alike and repeat each other's
 frames (until an onset): the merge warns and lists them in the manifest as `repeated_drives`.
 """
