@@ -314,8 +314,8 @@ def test_episodes_made_with_an_older_scenario_revision_are_rendered_again(small_
 
 
 def test_a_reversing_robot_is_labelled_ood_from_its_first_frame_backwards():
-    """Commanded in reverse while driving forward, the simulated robot brakes first: those frames
-    are normal driving, and the label waits for the first frame that moved backwards."""
+    """Commanded in reverse while driving forward, the simulated robot brakes first — slow forward
+    motion, as at every drive's start — and the label waits for the first frame that moved backwards."""
     if not DEFAULT_SIM_PYTHON.exists():
         pytest.skip(f"simulator venv missing at {DEFAULT_SIM_PYTHON}: `make sim-venv` builds it")
     onset = 10

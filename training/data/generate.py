@@ -179,7 +179,8 @@ def _made_with_older_revision(path: Path, plan: EpisodePlan) -> bool:
         return False
     try:
         extra = json.loads((path / EPISODE_FILE).read_text()).get("extra", {})
-        recorded = extra.get("scenario_revision", extra.get("corruption_revision", 1))  # the key's name until lens dirt's revision 2
+        # Episodes written before scenario revisions recorded only their corruption's, under another key.
+        recorded = extra.get("scenario_revision", extra.get("corruption_revision", 1))
     except (OSError, ValueError, AttributeError):
         return True
     return recorded != revision
