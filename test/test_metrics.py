@@ -54,7 +54,7 @@ def _episode_result(name, scenario, onset, surprise, flags, map_name=None):
 
 
 def test_evaluation_separates_evidence_detector_decisions_and_the_stop():
-    from training.evaluate import id_alarm_summary, metrics_table
+    from training.evaluate import id_alarm_summary, metrics_table, onset_table
 
     onset, frames = 10, 40
     flow = [0.5] * onset + [1.0] * 2 + [2.5] * (frames - onset - 2)
@@ -74,6 +74,13 @@ def test_evaluation_separates_evidence_detector_decisions_and_the_stop():
     # past the start: windows from frames 15-29 on, which hold only the bump's last 5 frames
     assert summary["id_ceiling_early_evidence_bvae_past_start"] == pytest.approx((5 * 3.0 + 10 * 0.5) / 15)
     assert summary["frozen_flagged_id_frames"] == 0.0
+    late = _episode_result("spin_late", "spin", onset, {"bvae": [0.5] * frames, "flow": [0.5] * frames}, {})
+    assert onset_table([normal, spin, late]) == [  # per drive, ID drives left out; None: never
+        {"episode": "spin_onset", "scenario": "spin", "onset_frame": onset, "effect_began": None,
+         "delay_evidence": 2, "delay_detectors": 7, "delay_fused": 3},
+        {"episode": "spin_late", "scenario": "spin", "onset_frame": onset, "effect_began": None,
+         "delay_evidence": None, "delay_detectors": None, "delay_fused": None},
+    ]
 
 
 def test_false_alarms_are_broken_down_by_map():

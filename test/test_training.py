@@ -10,6 +10,7 @@ import json
 import numpy as np
 import pytest
 
+from training.dataset import episodes
 from training.evaluate import evaluate
 from training.pipeline import CONFIGS, fit_detector
 from vae_ood_monitor.cli import main as cli_main
@@ -46,6 +47,17 @@ def test_report_and_plots_are_written(tiny_run):
     assert "| black |" in text and "auroc_fused" in text
     for plot in ("roc.png", "auroc_by_scenario.png", "timelines.png"):
         assert (report.parent / plot).stat().st_size > 5000
+
+
+def test_every_validation_onset_gets_a_row_of_delays(tiny_run, tmp_path):
+    root, bundles, _, _ = tiny_run
+    report, _, _ = evaluate(root, bundles, tmp_path / "validation", split="validation", workers=2)
+    expected = sorted(e.name for e in episodes(root, "validation") if e.onset_frame)
+    with (report.parent / "onsets.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert sorted(row["episode"] for row in rows) == expected and expected
+    assert all(int(row["onset_frame"]) > 0 for row in rows)
+    assert "stopped within 15 frames" in report.read_text() and "| episode | scenario | onset_frame |" in report.read_text()
 
 
 def test_decision_tradeoff_at_the_shipped_levels_is_the_evaluated_monitor(tiny_run):

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from training.data.generate import MANIFEST_FILE
+from training.data.generate import EFFECT_START_KEYS, MANIFEST_FILE
 from vae_ood_monitor.bags import read_camera_messages
 from vae_ood_monitor.ground_truth import read_ground_truth
 from vae_ood_monitor.images import decode_message
@@ -32,6 +32,9 @@ class Episode:
     onset_frame: int | None
     fps: float
     map: str | None = None  # the simulator map; None for imported recordings
+    # The frame the effect began on, where its OOD label starts later, once it shows (obstacles in
+    # view, a reversing robot moving backwards); None where the two are the same.
+    effect_began: int | None = None
 
 
 def load_manifest(root: Path) -> dict:
@@ -46,7 +49,8 @@ def episodes(root: Path, split: str) -> list[Episode]:
     if split not in manifest["splits"]:
         raise DatasetError(f"{root}: no split '{split}' (splits: {', '.join(manifest['splits'])})")
     return [
-        Episode(root / e["path"], e["name"], e["split"], e["scenario"], e["category"], e["onset_frame"], e["fps"], e.get("map"))
+        Episode(root / e["path"], e["name"], e["split"], e["scenario"], e["category"], e["onset_frame"], e["fps"], e.get("map"),
+                next((e["extra"][key] for key in EFFECT_START_KEYS.values() if key in e.get("extra", {})), None))
         for e in manifest["episodes"]
         if e["split"] == split
     ]
