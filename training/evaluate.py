@@ -127,13 +127,12 @@ def metrics_table(results: list[EpisodeResult]) -> list[dict[str, object]]:
         row["learned_minus_baseline"] = max(row[f"auroc_{name}"] for name in learned) - row["auroc_baseline"]  # type: ignore[type-var,operator]
         onsets = [r for r in members if r.episode.onset_frame]
         if onsets:
-            delays = [detection_delay(r.flags["fused"], r.episode.onset_frame) for r in onsets]
+            delays = [_onset_delays(r) for r in onsets]
             row["onsets"] = len(onsets)
-            row["median_delay_fused"] = _median_delay(delays)
-            row[f"detected_within_{DELAY_BAR_FRAMES}"] = sum(d is not None and d <= DELAY_BAR_FRAMES for d in delays) / len(delays)
-            row["median_delay_detectors"] = _median_delay([detection_delay(r.flags["bvae"] | r.flags["flow"], r.episode.onset_frame) for r in onsets])
-            row["median_evidence_delay"] = _median_delay(
-                [detection_delay(np.fmax(r.scores["bvae"], r.scores["flow"]) >= EVIDENCE_SURPRISE, r.episode.onset_frame) for r in onsets])
+            row["median_delay_fused"] = _median_delay([d["delay_fused"] for d in delays])
+            row[f"detected_within_{DELAY_BAR_FRAMES}"] = sum(_within_bar(d["delay_fused"]) for d in delays) / len(delays)
+            row["median_delay_detectors"] = _median_delay([d["delay_detectors"] for d in delays])
+            row["median_evidence_delay"] = _median_delay([d["delay_evidence"] for d in delays])
             long_enough = [r for r in onsets if r.episode.onset_frame + DELAY_BAR_FRAMES <= len(r.ood)]
             for name in DETECTORS:
                 early = [_window_means(r.scores[name])[r.episode.onset_frame + DELAY_BAR_FRAMES - 1] for r in long_enough]
@@ -142,22 +141,27 @@ def metrics_table(results: list[EpisodeResult]) -> list[dict[str, object]]:
     return rows
 
 
+def _onset_delays(r: EpisodeResult) -> dict[str, int | None]:
+    """Frames from an onset episode's onset to the first evidence, detector decision and stop
+    (None: not within the episode)."""
+    onset = r.episode.onset_frame
+    return {
+        "delay_evidence": detection_delay(np.fmax(r.scores["bvae"], r.scores["flow"]) >= EVIDENCE_SURPRISE, onset),
+        "delay_detectors": detection_delay(r.flags["bvae"] | r.flags["flow"], onset),
+        "delay_fused": detection_delay(r.flags["fused"], onset),
+    }
+
+
+def _within_bar(delay: int | None) -> bool:
+    return delay is not None and delay <= DELAY_BAR_FRAMES
+
+
 def onset_table(results: list[EpisodeResult]) -> list[dict[str, object]]:
     """One row per onset episode: where its label starts (and where its effect began, when that is
-    earlier), and the frames from the onset to the first evidence, detector decision and stop
-    (None: not within the episode) — the per-drive story behind the medians."""
-    rows = []
-    for r in results:
-        onset = r.episode.onset_frame
-        if not onset:
-            continue
-        rows.append({
-            "episode": r.episode.name, "scenario": r.episode.scenario, "onset_frame": onset, "effect_began": r.episode.effect_began,
-            "delay_evidence": detection_delay(np.fmax(r.scores["bvae"], r.scores["flow"]) >= EVIDENCE_SURPRISE, onset),
-            "delay_detectors": detection_delay(r.flags["bvae"] | r.flags["flow"], onset),
-            "delay_fused": detection_delay(r.flags["fused"], onset),
-        })
-    return rows
+    earlier), and its delays (_onset_delays) — the per-drive story behind the medians."""
+    return [{"episode": r.episode.name, "scenario": r.episode.scenario, "onset_frame": r.episode.onset_frame,
+             "effect_began": r.episode.effect_began, **_onset_delays(r)}
+            for r in results if r.episode.onset_frame]
 
 
 def _window_means(surprise: np.ndarray) -> np.ndarray:
@@ -288,7 +292,7 @@ def write_report(
             writer = csv.DictWriter(handle, list(onsets[0]))
             writer.writeheader()
             writer.writerows(onsets)
-        within = sum(o["delay_fused"] is not None and o["delay_fused"] <= DELAY_BAR_FRAMES for o in onsets)  # type: ignore[operator]
+        within = sum(_within_bar(o["delay_fused"]) for o in onsets)  # type: ignore[arg-type]
         lines += ["", f"Onsets (`onsets.csv`): {within} of {len(onsets)} stopped within {DELAY_BAR_FRAMES} frames. Effect began: the "
                   "frame the effect started on where its label starts later, once it shows (an obstacle in view, a reversing robot "
                   "moving backwards); delays in frames from the onset, – never.", "",

@@ -128,7 +128,6 @@ def render_episode(
     """Render one planned episode into `out_dir/<split>/<name>` (a rosbag2 directory)."""
     scenario = SCENARIOS[plan.scenario]
     corruption = make_corruption(scenario.corruption, plan.intensity, plan.seed) if scenario.corruption else None
-    extra: dict[str, Any] = {"split": plan.split, "scenario_revision": scenario.revision}
     info = EpisodeInfo(
         name=plan.name,
         scenario=plan.scenario,
@@ -138,7 +137,7 @@ def render_episode(
         map=plan.map,
         seed=plan.seed,
         intensity=plan.intensity,
-        extra=extra,
+        extra={"split": plan.split, "scenario_revision": scenario.revision},
     )
     path = out_dir / plan.split / plan.name
     shutil.rmtree(path, ignore_errors=True)  # a leftover of an interrupted run
