@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from training.data.corruptions import MUD_RGB, lens_dirt_coverage, make_corruption
+from training.data.corruptions import MUD_RGB, PortableSunFlare, lens_dirt_coverage, make_corruption
 from training.data.generate import BACKWARD_STEP_M, DEFAULT_SIM_PYTHON, EffectInView, GenerationError, SimulatorStream, _forward_step, generate, main
 from training.data.scenarios import PRESETS, SCENARIOS, TRAIN_MAPS, VALIDATION_MAPS, plan_episodes
 from vae_ood_monitor.bags import DEFAULT_CAMERA_TOPIC, image_topics, read_camera_messages
@@ -301,6 +301,27 @@ def test_lens_dirt_covers_its_share_of_every_lens_and_stays_put(intensity):
         darkened = (255 - dirty.astype(np.float32)).max(axis=-1) / (255 - MUD_RGB.min())
         assert abs((darkened > 0.5).mean() - lens_dirt_coverage(intensity)) < 0.03, f"seed {seed}"
         assert np.array_equal(dirt(white, 40), dirty), "mud on a lens does not move"
+
+
+@pytest.mark.parametrize("intensity", [0.0, 0.6, 1.0])
+def test_the_portable_sun_flare_is_albumentations_flare(intensity):
+    """Same flare, same bytes as the library's own where its blending runs in 32-bit floats; on a
+    CPU where simsimd scales 8-bit pixels in 16-bit floats the library differs, which is why the
+    glare effect blends by itself."""
+    import albumentations as A
+    import simsimd
+
+    if simsimd.get_capabilities().get("sapphire"):
+        pytest.skip("this CPU has simsimd's Sapphire Rapids kernels: albumentations' own flare is blended in 16-bit floats here")
+    frame = np.random.default_rng(1).integers(0, 256, (120, 160, 3), dtype=np.uint8)
+    settings = {"flare_roi": (0.1, 0.0, 0.9, 0.4), "src_radius": int(50 + 60 * intensity), "method": "overlay", "p": 1.0}
+    for seed in range(4):
+        mine, theirs = A.Compose([PortableSunFlare(**settings)]), A.Compose([A.RandomSunFlare(**settings)])
+        mine.set_random_seed(seed)
+        theirs.set_random_seed(seed)
+        flared = mine(image=frame)["image"]
+        assert np.array_equal(flared, theirs(image=frame)["image"]), f"seed {seed}"
+        assert (flared != frame).mean() > 0.05, "the flare shows"
 
 
 @pytest.mark.parametrize("damage", ["older revision", "unreadable episode.json"])

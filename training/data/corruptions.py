@@ -9,6 +9,7 @@ seed for the whole episode; dynamic ones (rain, snow, noise) draw anew every fra
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import albumentations as A
 import cv2
@@ -28,11 +29,54 @@ def _albumentation(transform: A.BasicTransform, seed: int, static: bool) -> Corr
     return apply
 
 
+def _blend(top: np.ndarray, alpha: float, bottom: np.ndarray) -> np.ndarray:
+    """alpha·top + (1 − alpha)·bottom on uint8 frames, as one fused multiply-add in 32-bit floats
+    rounded half to even — what albucore's blending computes on AVX2 CPUs — but emulated in plain
+    numpy (alpha·top is exact in float64, one rounding to float32), so every CPU gets these bytes."""
+    weight_top, weight_bottom = np.float32(alpha), np.float32(1.0 - alpha)
+    bottom_part = (weight_bottom * bottom.astype(np.float32)).astype(np.float64)
+    fused = (np.float64(weight_top) * top + bottom_part).astype(np.float32)
+    return np.clip(np.rint(fused), 0, 255).astype(np.uint8)
+
+
+class PortableSunFlare(A.RandomSunFlare):
+    """albumentations' overlay sun flare (same random flare per seed), blended by `_blend`.
+
+    The library blends through albucore's `add_weighted`, i.e. simsimd's `wsum`, whose kernel
+    depends on the CPU: on Intel Sapphire Rapids it scales 8-bit pixels in 16-bit floats, elsewhere
+    in 32-bit, and the flare's ~30 chained blends then differ — a dataset rendered on one machine
+    was not the dataset rendered on another (README, Data). Where the library computes in 32-bit
+    floats (AVX2, AMD EPYC here), `_blend` gives the very same bytes.
+    """
+
+    def apply(self, img: np.ndarray, flare_center: tuple[float, float], circles: list[Any], **params: Any) -> np.ndarray:
+        if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
+            raise ValueError(f"the sun flare needs an RGB uint8 frame, got {img.dtype} of shape {img.shape}")
+        overlay, output = img.copy(), img.copy()
+        weighted_alpha = total_radius = 0.0
+        for alpha, centre, radius, colour in circles:  # ghost circles along a line through the sun
+            weighted_alpha += alpha * radius
+            total_radius += radius
+            cv2.circle(overlay, centre, radius, colour, -1)
+            output = _blend(overlay, alpha, output)
+        # The sun: discs shrinking towards the centre, each blended more strongly (alpha cubed).
+        overlay = output.copy()
+        steps = self.src_radius // 10
+        alphas = np.linspace(0.0, min(weighted_alpha / total_radius * 5, 1.0), num=steps)
+        radii = np.linspace(1, self.src_radius, num=steps)
+        centre = tuple(int(c) for c in flare_center)
+        for i in range(steps):
+            cv2.circle(overlay, centre, int(radii[i]), self.src_color, -1)
+            alpha = float(alphas[steps - i - 1])
+            output = _blend(overlay, alpha * alpha * alpha, output)
+        return output
+
+
 def _glare(intensity: float, seed: int) -> Corruption:
     """Over-exposure plus a sun flare: the camera looking into a low sun."""
     gain = 1.4 + 1.0 * intensity
     flare = _albumentation(
-        A.RandomSunFlare(flare_roi=(0.1, 0.0, 0.9, 0.4), src_radius=int(200 + 250 * intensity), method="overlay", p=1.0),
+        PortableSunFlare(flare_roi=(0.1, 0.0, 0.9, 0.4), src_radius=int(200 + 250 * intensity), method="overlay", p=1.0),
         seed,
         static=True,
     )
