@@ -29,46 +29,59 @@ def _albumentation(transform: A.BasicTransform, seed: int, static: bool) -> Corr
     return apply
 
 
-def _blend(top: np.ndarray, alpha: float, bottom: np.ndarray) -> np.ndarray:
-    """alpha·top + (1 − alpha)·bottom on uint8 frames, as one fused multiply-add in 32-bit floats
-    rounded half to even — what albucore's blending computes on AVX2 CPUs — but emulated in plain
-    numpy (alpha·top is exact in float64, one rounding to float32), so every CPU gets these bytes."""
+def _blend_table(alpha: float) -> np.ndarray:
+    """table[top, bottom] = alpha·top + (1 − alpha)·bottom for every pair of 8-bit values, as one
+    fused multiply-add in 32-bit floats rounded half to even — what albucore's blending computed on
+    this AMD EPYC — emulated in plain numpy (alpha·top is exact in float64, then one rounding to
+    float32), so every CPU gets the same bytes."""
+    top, bottom = np.meshgrid(np.arange(256, dtype=np.float64), np.arange(256, dtype=np.float32), indexing="ij")
     weight_top, weight_bottom = np.float32(alpha), np.float32(1.0 - alpha)
-    bottom_part = (weight_bottom * bottom.astype(np.float32)).astype(np.float64)
-    fused = (np.float64(weight_top) * top + bottom_part).astype(np.float32)
+    fused = (np.float64(weight_top) * top + (weight_bottom * bottom).astype(np.float64)).astype(np.float32)
     return np.clip(np.rint(fused), 0, 255).astype(np.uint8)
 
 
 class PortableSunFlare(A.RandomSunFlare):
-    """albumentations' overlay sun flare (same random flare per seed), blended by `_blend`.
+    """albumentations' overlay sun flare (same random flare per seed), blended by `_blend_table`.
 
     The library blends through albucore's `add_weighted`, i.e. simsimd's `wsum`, whose kernel
     depends on the CPU: on Intel Sapphire Rapids it scales 8-bit pixels in 16-bit floats, elsewhere
     in 32-bit, and the flare's ~30 chained blends then differ — a dataset rendered on one machine
     was not the dataset rendered on another (README, Data). Where the library computes in 32-bit
-    floats (AVX2, AMD EPYC here), `_blend` gives the very same bytes.
+    floats (AMD EPYC here), this gives the very same bytes. Each blend touches only the box around
+    the circles drawn so far: elsewhere the overlay equals the output, and blending a pixel with
+    itself leaves it as it is.
     """
 
     def apply(self, img: np.ndarray, flare_center: tuple[float, float], circles: list[Any], **params: Any) -> np.ndarray:
         if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
             raise ValueError(f"the sun flare needs an RGB uint8 frame, got {img.dtype} of shape {img.shape}")
+        height, width = img.shape[:2]
         overlay, output = img.copy(), img.copy()
+        box = [height, 0, width, 0]  # rows and columns where overlay and output may differ
+
+        def draw_and_blend(centre: tuple[int, int], radius: int, colour: tuple[int, ...], alpha: float) -> None:
+            cv2.circle(overlay, centre, radius, colour, -1)
+            x, y, reach = centre[0], centre[1], radius + 2  # a filled circle's pixels, with a margin
+            box[:] = [max(0, min(box[0], y - reach)), min(height, max(box[1], y + reach + 1)),
+                      max(0, min(box[2], x - reach)), min(width, max(box[3], x + reach + 1))]
+            region = (slice(box[0], box[1]), slice(box[2], box[3]))
+            output[region] = _blend_table(alpha)[overlay[region], output[region]]
+
         weighted_alpha = total_radius = 0.0
         for alpha, centre, radius, colour in circles:  # ghost circles along a line through the sun
             weighted_alpha += alpha * radius
             total_radius += radius
-            cv2.circle(overlay, centre, radius, colour, -1)
-            output = _blend(overlay, alpha, output)
-        # The sun: discs shrinking towards the centre, each blended more strongly (alpha cubed).
-        overlay = output.copy()
+            draw_and_blend(centre, radius, colour, alpha)
+        # The sun: growing discs around its centre, each blended more weakly (alpha cubed).
+        overlay[:] = output
+        box[:] = [height, 0, width, 0]
         steps = self.src_radius // 10
         alphas = np.linspace(0.0, min(weighted_alpha / total_radius * 5, 1.0), num=steps)
         radii = np.linspace(1, self.src_radius, num=steps)
-        centre = tuple(int(c) for c in flare_center)
+        centre = (int(flare_center[0]), int(flare_center[1]))
         for i in range(steps):
-            cv2.circle(overlay, centre, int(radii[i]), self.src_color, -1)
             alpha = float(alphas[steps - i - 1])
-            output = _blend(overlay, alpha * alpha * alpha, output)
+            draw_and_blend(centre, int(radii[i]), self.src_color, alpha * alpha * alpha)
         return output
 
 
