@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from training.data.corruptions import MUD_RGB, PortableSunFlare, lens_dirt_coverage, make_corruption
+from training.data.corruptions import MUD_RGB, PortableSunFlare, blend_table, lens_dirt_coverage, make_corruption
 from training.data.generate import BACKWARD_STEP_M, DEFAULT_SIM_PYTHON, EffectInView, GenerationError, SimulatorStream, _forward_step, generate, main
 from training.data.scenarios import PRESETS, SCENARIOS, TRAIN_MAPS, VALIDATION_MAPS, plan_episodes
 from vae_ood_monitor.bags import DEFAULT_CAMERA_TOPIC, image_topics, read_camera_messages
@@ -305,14 +305,18 @@ def test_lens_dirt_covers_its_share_of_every_lens_and_stays_put(intensity):
 
 @pytest.mark.parametrize("intensity", [0.0, 0.6, 1.0])
 def test_the_portable_sun_flare_is_albumentations_flare(intensity):
-    """Same flare, same bytes as the library's own where its blending runs in 32-bit floats; on a
-    CPU where simsimd scales 8-bit pixels in 16-bit floats the library differs, which is why the
-    glare effect blends by itself."""
+    """Same flare, same bytes as the library's own where its single blend is ours; on a CPU where
+    simsimd blends otherwise (16-bit floats on Sapphire Rapids) the library's flare differs, which
+    is why the glare effect blends by itself."""
     import albumentations as A
     import simsimd
 
-    if simsimd.get_capabilities().get("sapphire"):
-        pytest.skip("this CPU has simsimd's Sapphire Rapids kernels: albumentations' own flare is blended in 16-bit floats here")
+    top, bottom = (v.ravel().copy() for v in np.meshgrid(np.arange(256, dtype=np.uint8), np.arange(256, dtype=np.uint8), indexing="ij"))
+    for alpha in (0.05, 0.137, 0.5, 0.93):
+        library = np.frombuffer(simsimd.wsum(top, bottom, alpha=alpha, beta=1.0 - alpha), dtype=np.uint8)
+        if not np.array_equal(library, blend_table(alpha)[top, bottom]):
+            pytest.skip(f"simsimd's 8-bit blend on this CPU is not the 32-bit fused multiply-add (alpha {alpha}): "
+                        "albumentations' own flare differs here")
     frame = np.random.default_rng(1).integers(0, 256, (120, 160, 3), dtype=np.uint8)
     settings = {"flare_roi": (0.1, 0.0, 0.9, 0.4), "src_radius": int(50 + 60 * intensity), "method": "overlay", "p": 1.0}
     for seed in range(4):

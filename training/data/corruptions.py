@@ -29,7 +29,7 @@ def _albumentation(transform: A.BasicTransform, seed: int, static: bool) -> Corr
     return apply
 
 
-def _blend_table(alpha: float) -> np.ndarray:
+def blend_table(alpha: float) -> np.ndarray:
     """table[top, bottom] = alpha·top + (1 − alpha)·bottom for every pair of 8-bit values, as one
     fused multiply-add in 32-bit floats rounded half to even — what albucore's blending computed on
     this AMD EPYC — emulated in plain numpy (alpha·top is exact in float64, then one rounding to
@@ -41,7 +41,7 @@ def _blend_table(alpha: float) -> np.ndarray:
 
 
 class PortableSunFlare(A.RandomSunFlare):
-    """albumentations' overlay sun flare (same random flare per seed), blended by `_blend_table`.
+    """albumentations' overlay sun flare (same random flare per seed), blended by `blend_table`.
 
     The library blends through albucore's `add_weighted`, i.e. simsimd's `wsum`, whose kernel
     depends on the CPU: on Intel Sapphire Rapids it scales 8-bit pixels in 16-bit floats, elsewhere
@@ -65,7 +65,7 @@ class PortableSunFlare(A.RandomSunFlare):
             box[:] = [max(0, min(box[0], y - reach)), min(height, max(box[1], y + reach + 1)),
                       max(0, min(box[2], x - reach)), min(width, max(box[3], x + reach + 1))]
             region = (slice(box[0], box[1]), slice(box[2], box[3]))
-            output[region] = _blend_table(alpha)[overlay[region], output[region]]
+            output[region] = blend_table(alpha)[overlay[region], output[region]]
 
         weighted_alpha = total_radius = 0.0
         for alpha, centre, radius, colour in circles:  # ghost circles along a line through the sun
