@@ -9,6 +9,7 @@ seed for the whole episode; dynamic ones (rain, snow, noise) draw anew every fra
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import lru_cache
 from typing import Any
 
 import albumentations as A
@@ -29,15 +30,18 @@ def _albumentation(transform: A.BasicTransform, seed: int, static: bool) -> Corr
     return apply
 
 
+@lru_cache(maxsize=256)  # a glare episode's flare, and so its weights, is the same in every frame
 def blend_table(alpha: float) -> np.ndarray:
     """table[top, bottom] = alpha·top + (1 − alpha)·bottom for every pair of 8-bit values, as one
     fused multiply-add in 32-bit floats rounded half to even — what albucore's blending computed on
     this AMD EPYC — emulated in plain numpy (alpha·top is exact in float64, then one rounding to
-    float32), so every CPU gets the same bytes."""
+    float32), so every CPU gets the same bytes. Read-only: the table is shared."""
     top, bottom = np.meshgrid(np.arange(256, dtype=np.float64), np.arange(256, dtype=np.float32), indexing="ij")
     weight_top, weight_bottom = np.float32(alpha), np.float32(1.0 - alpha)
     fused = (np.float64(weight_top) * top + (weight_bottom * bottom).astype(np.float64)).astype(np.float32)
-    return np.clip(np.rint(fused), 0, 255).astype(np.uint8)
+    table = np.clip(np.rint(fused), 0, 255).astype(np.uint8)
+    table.flags.writeable = False
+    return table
 
 
 class PortableSunFlare(A.RandomSunFlare):
