@@ -59,34 +59,42 @@ class PortableSunFlare(A.RandomSunFlare):
     def apply(self, img: np.ndarray, flare_center: tuple[float, float], circles: list[Any], **params: Any) -> np.ndarray:
         if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
             raise ValueError(f"the sun flare needs an RGB uint8 frame, got {img.dtype} of shape {img.shape}")
-        height, width = img.shape[:2]
         overlay, output = img.copy(), img.copy()
-        box = [height, 0, width, 0]  # rows and columns where overlay and output may differ
-
-        def draw_and_blend(centre: tuple[int, int], radius: int, colour: tuple[int, ...], alpha: float) -> None:
-            cv2.circle(overlay, centre, radius, colour, -1)
-            x, y, reach = centre[0], centre[1], radius + 2  # a filled circle's pixels, with a margin
-            box[:] = [max(0, min(box[0], y - reach)), min(height, max(box[1], y + reach + 1)),
-                      max(0, min(box[2], x - reach)), min(width, max(box[3], x + reach + 1))]
-            region = (slice(box[0], box[1]), slice(box[2], box[3]))
-            output[region] = blend_table(alpha)[overlay[region], output[region]]
-
+        box = None  # rows and columns where overlay and output may differ: none yet
         weighted_alpha = total_radius = 0.0
         for alpha, centre, radius, colour in circles:  # ghost circles along a line through the sun
             weighted_alpha += alpha * radius
             total_radius += radius
-            draw_and_blend(centre, radius, colour, alpha)
+            box = _draw_and_blend(overlay, output, box, centre, radius, colour, alpha)
         # The sun: growing discs around its centre, each blended more weakly (alpha cubed).
         overlay[:] = output
-        box[:] = [height, 0, width, 0]
+        box = None
         steps = self.src_radius // 10
         alphas = np.linspace(0.0, min(weighted_alpha / total_radius * 5, 1.0), num=steps)
         radii = np.linspace(1, self.src_radius, num=steps)
         centre = (int(flare_center[0]), int(flare_center[1]))
         for i in range(steps):
             alpha = float(alphas[steps - i - 1])
-            draw_and_blend(centre, int(radii[i]), self.src_color, alpha * alpha * alpha)
+            box = _draw_and_blend(overlay, output, box, centre, int(radii[i]), self.src_color, alpha * alpha * alpha)
         return output
+
+
+Box = tuple[int, int, int, int]  # top, bottom, left, right (exclusive)
+
+
+def _draw_and_blend(overlay: np.ndarray, output: np.ndarray, box: Box | None, centre: tuple[int, int], radius: int,
+                    colour: tuple[int, ...], alpha: float) -> Box:
+    """Draw a filled circle on `overlay`, blend `overlay` into `output` in place with weight
+    `alpha` (blend_table) within `box` grown by the circle, and return that box."""
+    height, width = output.shape[:2]
+    x, y, reach = centre[0], centre[1], radius + 2  # a filled circle's pixels, with a margin
+    top, bottom, left, right = box or (height, 0, width, 0)
+    box = (max(0, min(top, y - reach)), min(height, max(bottom, y + reach + 1)),
+           max(0, min(left, x - reach)), min(width, max(right, x + reach + 1)))
+    cv2.circle(overlay, centre, radius, colour, -1)
+    region = (slice(box[0], box[1]), slice(box[2], box[3]))
+    output[region] = blend_table(alpha)[overlay[region], output[region]]
+    return box
 
 
 def _glare(intensity: float, seed: int) -> Corruption:
