@@ -14,7 +14,7 @@ from vae_ood_monitor.bundle import BundleError, load_bundle, write_sums
 from vae_ood_monitor.decision import DecisionParams
 from vae_ood_monitor.detector import OODDetector
 from vae_ood_monitor.preprocessing import ImagePreprocessing
-from training.export import write_bundle
+from training.export import add_pooled_output, write_bundle
 from vae_ood_monitor.scoring import LatentScore
 
 def test_onnx_runtime_agrees_with_torch(tmp_path):
@@ -22,11 +22,57 @@ def test_onnx_runtime_agrees_with_torch(tmp_path):
     bundle = load_bundle(bundle_dir)
     encoder = make_encoder("onnxruntime", bundle.encoders["image"])
     batch = np.random.default_rng(0).random((5, 3, 32, 32), dtype=np.float32)
-    mu, logvar = encoder(batch)
+    outputs = encoder(batch)
+    mu, logvar = outputs["mu"], outputs["logvar"]
     with torch.no_grad():
         mu_t, logvar_t = model.encoder(torch.from_numpy(batch))
     np.testing.assert_allclose(mu, mu_t.numpy(), atol=1e-4, rtol=1e-4)
     np.testing.assert_allclose(logvar, logvar_t.numpy(), atol=1e-4, rtol=1e-4)
+    with torch.no_grad():  # pooled: the spatial mean of every conv block's output, in order
+        x, block_means = torch.from_numpy(batch), []
+        for block in model.encoder.features[:-1]:  # the conv blocks, before the flatten
+            x = block(x)
+            block_means.append(x.mean(dim=(2, 3)))
+    np.testing.assert_allclose(outputs["pooled"], torch.cat(block_means, dim=1).numpy(), atol=1e-4, rtol=1e-4)
+
+
+def test_adding_the_pooled_output_keeps_the_encoder_and_is_done_once(tmp_path):
+    """Shipped encoders gain `pooled` at recalibration; their μ and logσ² must not move."""
+    import onnx
+
+    _, bundle_dir = build_image_bundle(tmp_path)
+    with_pooled = bundle_dir / "image.onnx"
+    model = onnx.load(str(with_pooled))
+    del model.graph.output[2:]  # as exported before the output existed
+    model.graph.node.pop()  # its Concat, then the per-block pooling nodes
+    while model.graph.node[-1].output[0].startswith("/pooled/"):
+        model.graph.node.pop()
+    before = tmp_path / "before.onnx"
+    onnx.save(model, str(before))
+    assert make_encoder("onnxruntime", before).outputs == ("mu", "logvar")
+    added = add_pooled_output(Path(shutil.copy(before, tmp_path / "added.onnx")))
+    batch = np.random.default_rng(1).random((3, 3, 32, 32), dtype=np.float32)
+    reference, again = make_encoder("onnxruntime", with_pooled)(batch), make_encoder("onnxruntime", added)(batch)
+    for name in ("mu", "logvar", "pooled"):
+        np.testing.assert_array_equal(again[name], reference[name])
+    size = added.stat().st_size
+    add_pooled_output(added)
+    assert added.stat().st_size == size
+
+
+def test_a_pooled_score_on_an_encoder_without_pooled_output_is_refused_at_load(tmp_path):
+    import onnx
+
+    _, bundle_dir = build_image_bundle(tmp_path)
+    model = onnx.load(str(bundle_dir / "image.onnx"))
+    del model.graph.output[2:]
+    onnx.save(model, str(bundle_dir / "image.onnx"))
+    meta = json.loads((bundle_dir / "bundle.json").read_text())
+    meta["score"] = {"kind": "mahalanobis_pooled", "dims": {"image": [0]}, "pooled": {"image": 16}, "mean": [0.0] * 18, "precision": np.eye(18).tolist()}
+    (bundle_dir / "bundle.json").write_text(json.dumps(meta))
+    write_sums(bundle_dir)
+    with pytest.raises(BundleError, match="reads pooled features, but encoder image on onnxruntime has no 'pooled' output"):
+        OODDetector.from_path(str(bundle_dir))
 
 
 def test_bundle_round_trips_its_metadata(tmp_path):

@@ -23,10 +23,10 @@ def test_int8_and_fp16_encoders_track_fp32(tmp_path):
     int8 = quantize_int8(fp32, tmp_path / "int8.onnx", calibration)
     fp16 = convert_fp16(fp32, tmp_path / "fp16.onnx")
     batch = rng.random((16, 3, 32, 32), dtype=np.float32)
-    reference, _ = make_encoder("onnxruntime", fp32)(batch)
+    reference = make_encoder("onnxruntime", fp32)(batch)["mu"]
     scale = np.abs(reference).max()
     for model, tolerance in ((int8, 0.1), (fp16, 0.01)):
-        mu, _ = make_encoder("onnxruntime", model)(batch)
+        mu = make_encoder("onnxruntime", model)(batch)["mu"]
         assert np.abs(mu - reference).max() <= tolerance * scale, model.name
         assert np.corrcoef(mu.ravel(), reference.ravel())[0, 1] > 0.98
     assert int8.stat().st_size < fp32.stat().st_size
@@ -78,8 +78,8 @@ def test_tensorrt_engine_builds_or_says_why_not(tmp_path):
             build_engine(bundle / "image.onnx", "fp16")
         return
     engine = build_engine(bundle / "image.onnx", "fp16")  # on a Jetson / GPU machine with TensorRT
-    mu, _ = make_encoder("tensorrt", bundle / "image.onnx")(np.zeros((1, 3, 32, 32), np.float32))
-    reference, _ = make_encoder("onnxruntime", bundle / "image.onnx")(np.zeros((1, 3, 32, 32), np.float32))
+    mu = make_encoder("tensorrt", bundle / "image.onnx")(np.zeros((1, 3, 32, 32), np.float32))["mu"]
+    reference = make_encoder("onnxruntime", bundle / "image.onnx")(np.zeros((1, 3, 32, 32), np.float32))["mu"]
     assert engine.exists() and np.allclose(mu, reference, atol=1e-2)
 
 
@@ -127,7 +127,7 @@ def test_quantization_aware_finetuning_learns_on_the_int8_grid_and_exports_a_pla
     assert not any(isinstance(m, FakeQuantized) for m in student.modules())
     onnx = export_encoder(student, (3, 32, 32), tmp_path / "qat.onnx")
     int8 = quantize_int8(onnx, tmp_path / "qat_int8.onnx", [inputs[i : i + 16] for i in range(0, 64, 16)])
-    mu, _ = make_encoder("onnxruntime", int8)(inputs)
+    mu = make_encoder("onnxruntime", int8)(inputs)["mu"]
     assert np.corrcoef(mu.ravel(), targets[0].ravel())[0, 1] > 0.98
 
 

@@ -1,4 +1,4 @@
-"""Latent scores (KL, Mahalanobis): fitting on calibration latents, selection on validation, storage."""
+"""Latent scores (KL, Mahalanobis, Mahalanobis with pooled conv features): fitting on calibration latents, selection on validation, storage."""
 
 import json
 
@@ -8,27 +8,27 @@ import pytest
 from conftest import build_image_bundle
 from training.calibrate import CROSS_FITS, fit_scores, select_score
 from vae_ood_monitor.bundle import BundleError, load_bundle, write_sums
-from vae_ood_monitor.scoring import LatentScore, kl_per_dimension
+from vae_ood_monitor.scoring import EncoderOutputs, LatentScore, kl_per_dimension
 
 
-def _id_latents(rng: np.random.Generator, frames: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def _id_latents(rng: np.random.Generator, frames: int) -> dict[str, EncoderOutputs]:
     """Posteriors of a trained β-VAE on normal frames: informative dims far from the prior
     (confident, spread-out μ), one switched-off dim at the prior."""
     mu = np.concatenate([rng.normal(0.0, 2.0, (frames, 3)), rng.normal(0.0, 0.01, (frames, 1))], axis=1)
     logvar = np.concatenate([rng.normal(-3.0, 0.2, (frames, 3)), rng.normal(0.0, 0.01, (frames, 1))], axis=1)
-    return {"image": (mu, logvar)}
+    return {"image": EncoderOutputs(mu, logvar)}
 
 
-def _collapsed_latents(frames: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def _collapsed_latents(frames: int) -> dict[str, EncoderOutputs]:
     """What fog does to the encoder: the posterior falls back to the prior, so the KL *drops*."""
-    return {"image": (np.zeros((frames, 4)), np.zeros((frames, 4)))}
+    return {"image": EncoderOutputs(np.zeros((frames, 4)), np.zeros((frames, 4)))}
 
 
 def test_kl_score_sums_the_chosen_dimensions():
     mu, logvar = np.array([[1.0, 2.0, 0.0]]), np.array([[0.0, 0.0, 1.0]])
     score = LatentScore("kl", {"image": [0, 2]})
     expected = kl_per_dimension(mu, logvar)[0, [0, 2]].sum()
-    assert score({"image": (mu, logvar)})[0] == pytest.approx(expected)
+    assert score({"image": EncoderOutputs(mu, logvar)})[0] == pytest.approx(expected)
 
 
 def test_fitted_scores_keep_only_informative_dims_and_cross_fit_the_calibration():
@@ -49,7 +49,7 @@ def test_leaving_one_episode_out_keeps_a_manoeuvre_two_episodes_share():
     rng = np.random.default_rng(5)
     calibration = [_id_latents(rng, 200) for _ in range(6)]
     for episode in (0, 2):
-        mu, _ = calibration[episode]["image"]
+        mu = calibration[episode]["image"].mu
         mu[:20, :3] += 20.0  # ten standard deviations
     held_out = {}
     for cross_fit in CROSS_FITS:
@@ -63,12 +63,12 @@ def test_unknown_cross_fitting_is_a_clear_error():
         fit_scores([_id_latents(np.random.default_rng(6), 50)], cross_fit="thirds")
 
 
-def _correlated_latents(rng: np.random.Generator, frames: int, sign: float) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def _correlated_latents(rng: np.random.Generator, frames: int, sign: float) -> dict[str, EncoderOutputs]:
     """Two dimensions that move together on normal frames (sign +1) or against each other (-1):
     the same marginals and the same KL, only the joint is unusual."""
     base = rng.normal(0.0, 2.0, frames)
     mu = np.stack([base, sign * base + rng.normal(0.0, 0.1, frames)], axis=1)
-    return {"image": (mu, np.full((frames, 2), -3.0) + rng.normal(0.0, 0.1, (frames, 2)))}
+    return {"image": EncoderOutputs(mu, np.full((frames, 2), -3.0) + rng.normal(0.0, 0.1, (frames, 2)))}
 
 
 def test_validation_picks_the_score_that_sees_the_unusual_joint():
@@ -85,6 +85,44 @@ def test_two_sided_kl_catches_posteriors_collapsed_onto_the_prior():
     candidates = fit_scores([_id_latents(rng, 300) for _ in range(2)])
     _, tail, table = select_score(candidates, [(_id_latents(rng, 200), np.zeros(200, bool)), (_collapsed_latents(100), np.ones(100, bool))])
     assert table["kl"] > 0.99 and tail == "both"
+
+
+def _with_pooled(latents: dict[str, EncoderOutputs], rng: np.random.Generator, shift: float = 0.0) -> dict[str, EncoderOutputs]:
+    """The same posteriors plus 5 pooled conv features (two that co-vary), `shift` standard
+    deviations off on the first: a local change (a bus in view) that leaves the latent code alone."""
+    frames = len(latents["image"].mu)
+    pooled = rng.normal(1.0, 0.2, (frames, 5))
+    pooled[:, 1] = pooled[:, 0] + rng.normal(0.0, 0.02, frames)
+    pooled[:, 0] += shift * 0.2
+    return {"image": latents["image"]._replace(pooled=pooled)}
+
+
+def test_pooled_features_catch_what_the_latent_code_misses():
+    rng = np.random.default_rng(7)
+    candidates = fit_scores([_with_pooled(_id_latents(rng, 300), rng) for _ in range(2)])
+    assert [c.name for c in candidates] == ["kl", "mahalanobis", "mahalanobis_diag", "mahalanobis_pooled"]
+    validation = [(_with_pooled(_id_latents(rng, 200), rng), np.zeros(200, bool)), (_with_pooled(_id_latents(rng, 200), rng, shift=3.0), np.ones(200, bool))]
+    chosen, tail, table = select_score(candidates, validation)
+    assert chosen.name == "mahalanobis_pooled" and tail == "upper" and table["mahalanobis_pooled"] > 0.99
+    assert table["mahalanobis"] < 0.7 and chosen.score.pooled == {"image": 5}
+    restored = LatentScore.from_dict(json.loads(json.dumps(chosen.score.to_dict())))
+    np.testing.assert_allclose(restored(validation[1][0]), chosen.score(validation[1][0]), rtol=1e-5)
+
+
+def test_the_pooled_score_is_a_candidate_only_where_every_encoder_exports_pooled_features():
+    rng = np.random.default_rng(8)
+    calibration = [_with_pooled(_id_latents(rng, 100), rng), _id_latents(rng, 100)]
+    assert "mahalanobis_pooled" not in [c.name for c in fit_scores(calibration)]
+
+
+def test_a_pooled_score_names_missing_or_mismatched_pooled_features():
+    rng = np.random.default_rng(9)
+    fitted = next(f for f in fit_scores([_with_pooled(_id_latents(rng, 100), rng) for _ in range(2)]) if f.name == "mahalanobis_pooled")
+    with pytest.raises(ValueError, match="needs encoder 'image's pooled features, but its model has no 'pooled' output"):
+        fitted.score(_id_latents(rng, 5))
+    wider = _id_latents(rng, 5)["image"]._replace(pooled=np.zeros((5, 7)))
+    with pytest.raises(ValueError, match="expects 5 pooled features from encoder 'image', its model gives 7"):
+        fitted.score({"image": wider})
 
 
 def test_selection_needs_both_classes():
@@ -108,6 +146,10 @@ def test_mahalanobis_score_round_trips_through_json():
         ({"kind": "energy", "dims": {"image": [0]}}, "unknown score kind 'energy'"),
         ({"kind": "mahalanobis", "dims": {"image": [0, 1]}, "mean": [0.0, 0.0], "precision": [[1.0]]}, "needs a mean of 4 values"),
         ({"kind": "kl", "dims": {"horizontal": [0]}}, r"score reads encoders \['horizontal'\], expected \['image'\]"),
+        ({"kind": "mahalanobis_pooled", "dims": {"image": [0]}, "mean": [0.0, 0.0], "precision": [[1.0, 0.0], [0.0, 1.0]]},
+         "needs the pooled feature count of every encoder it reads"),
+        ({"kind": "mahalanobis_pooled", "dims": {"image": [0]}, "pooled": {"image": 2}, "mean": [0.0, 0.0], "precision": [[1.0, 0.0], [0.0, 1.0]]},
+         "needs a mean of 4 values"),
     ],
 )
 def test_bad_scores_in_a_bundle_are_refused_with_a_reason(tmp_path, score, message):

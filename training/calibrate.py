@@ -2,7 +2,8 @@
 validation (ID + OOD) data only.
 
 Score: every candidate (KL of the active dimensions; Mahalanobis distance of [μ, logσ²] with a
-Ledoit-Wolf or a diagonal covariance) is fitted on the calibration frames; its calibration scores
+Ledoit-Wolf or a diagonal covariance, and of [μ, logσ², pooled conv features] with a Ledoit-Wolf
+covariance where the encoders export them) is fitted on the calibration frames; its calibration scores
 are cross-fitted, so the conformal p-values see held-out scores as the robot will: by default on
 halves (fitted on every other calibration episode, scored on the rest, and vice versa), or leaving
 one episode out (`cross_fit="episodes"`: each episode scored by the candidate fitted on all the
@@ -38,7 +39,7 @@ from sklearn.covariance import LedoitWolf
 
 from vae_ood_monitor.decision import ConformalDecider, DecisionParams, conformal_p_values
 from vae_ood_monitor.metrics import auroc
-from vae_ood_monitor.scoring import Latents, LatentScore, posterior_features, select_active_dimensions
+from vae_ood_monitor.scoring import EncoderOutputs, Latents, LatentScore, concatenate_outputs, posterior_features, select_active_dimensions
 
 # The delay bar: an onset should be flagged within 15 frames (0.5 s at 30 fps).
 DELAY_BAR_FRAMES = 15
@@ -46,7 +47,7 @@ DELAY_BAR_FRAMES = 15
 TAILS = ("both", "upper")
 # A Mahalanobis distance already grows in every direction away from normal driving; only the KL
 # needs the lower tail too (an input the encoder maps onto the prior has a *small* KL).
-SCORE_TAILS = {"kl": TAILS, "mahalanobis": ("upper",)}
+SCORE_TAILS = {"kl": TAILS, "mahalanobis": ("upper",), "mahalanobis_pooled": ("upper",)}
 EPSILONS = (0.04, 0.1, 0.2)
 WINDOWS = (5, 10, 20)
 # CUSUM decay per frame: absorbs mildly unusual stretches of normal driving (a new map, a new
@@ -61,20 +62,25 @@ VARIANCE_FLOOR = 1e-6  # keeps the precision finite for latent dimensions that n
 
 @dataclass(frozen=True)
 class FittedScore:
-    name: str  # kl, mahalanobis (Ledoit-Wolf covariance) or mahalanobis_diag
+    name: str  # kl, mahalanobis (Ledoit-Wolf covariance), mahalanobis_diag or mahalanobis_pooled (Ledoit-Wolf)
     score: LatentScore
     calibration_scores: np.ndarray  # held-out score of every calibration frame
 
 
 def _concat(latents: list[Latents]) -> Latents:
-    return {name: (np.concatenate([l[name][0] for l in latents]), np.concatenate([l[name][1] for l in latents])) for name in latents[0]}
+    return {name: concatenate_outputs([l[name] for l in latents]) for name in latents[0]}
+
+
+def _rows(latents: Latents, rows: slice) -> Latents:
+    return {name: EncoderOutputs(*(None if part is None else part[rows] for part in out)) for name, out in latents.items()}
 
 
 def _fit(name: str, latents: Latents, min_mean_kl: float) -> LatentScore:
     if name == "kl":
-        return LatentScore("kl", {encoder: select_active_dimensions(mu, logvar, min_mean_kl) for encoder, (mu, logvar) in latents.items()})
-    dims = {encoder: list(range(mu.shape[1])) for encoder, (mu, _) in latents.items()}
-    features = posterior_features(latents, dims)
+        return LatentScore("kl", {encoder: select_active_dimensions(out.mu, out.logvar, min_mean_kl) for encoder, out in latents.items()})
+    dims = {encoder: list(range(out.mu.shape[1])) for encoder, out in latents.items()}
+    pooled = {encoder: out.pooled.shape[1] for encoder, out in latents.items() if out.pooled is not None} if name == "mahalanobis_pooled" else {}
+    features = posterior_features(latents, dims, bool(pooled))
     mean, scale = features.mean(axis=0), np.sqrt(features.var(axis=0) + VARIANCE_FLOOR)
     if name == "mahalanobis_diag":
         return LatentScore("mahalanobis", dims, mean, np.diag(1.0 / scale**2))
@@ -82,10 +88,10 @@ def _fit(name: str, latents: Latents, min_mean_kl: float) -> LatentScore:
     # (switched-off dimensions barely move), and shrinking towards one common variance would
     # silence exactly those dimensions.
     correlation_precision = LedoitWolf().fit((features - mean) / scale).precision_
-    return LatentScore("mahalanobis", dims, mean, correlation_precision / np.outer(scale, scale))
+    return LatentScore("mahalanobis_pooled" if pooled else "mahalanobis", dims, mean, correlation_precision / np.outer(scale, scale), pooled)
 
 
-SCORE_CANDIDATES = ("kl", "mahalanobis", "mahalanobis_diag")
+SCORE_CANDIDATES = ("kl", "mahalanobis", "mahalanobis_diag", "mahalanobis_pooled")  # the last where every encoder exports `pooled`
 CROSS_FITS = ("halves", "episodes")
 
 
@@ -97,8 +103,8 @@ def fit_scores(calibration: list[Latents], min_mean_kl: float = 0.05, cross_fit:
         raise ValueError(f"cross_fit must be one of {CROSS_FITS}, got '{cross_fit}'")
     if len(calibration) == 1:
         whole = calibration[0]
-        half = len(next(iter(whole.values()))[0]) // 2
-        folds = [{k: (m[:half], v[:half]) for k, (m, v) in whole.items()}, {k: (m[half:], v[half:]) for k, (m, v) in whole.items()}]
+        half = len(next(iter(whole.values())).mu) // 2
+        folds = [_rows(whole, slice(None, half)), _rows(whole, slice(half, None))]
         rest = folds[::-1]
     elif cross_fit == "halves":
         folds = [_concat(calibration[0::2]), _concat(calibration[1::2])]
@@ -106,8 +112,9 @@ def fit_scores(calibration: list[Latents], min_mean_kl: float = 0.05, cross_fit:
     else:
         folds = calibration
         rest = [_concat(calibration[:i] + calibration[i + 1 :]) for i in range(len(calibration))]
+    has_pooled = all(out.pooled is not None for latents in calibration for out in latents.values())
     fitted = []
-    for name in SCORE_CANDIDATES:
+    for name in SCORE_CANDIDATES if has_pooled else SCORE_CANDIDATES[:-1]:
         held_out = [_fit(name, others, min_mean_kl)(fold) for fold, others in zip(folds, rest)]
         fitted.append(FittedScore(name, _fit(name, _concat(calibration), min_mean_kl), np.concatenate(held_out)))
     return fitted

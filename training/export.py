@@ -10,7 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import torch
+from onnx import TensorProto, helper
 
 from training.models import Encoder
 from vae_ood_monitor.bundle import BUNDLE_FILE, FORMAT, write_sums
@@ -22,8 +24,11 @@ OPSET = 17
 MAX_CALIBRATION_SCORES = 4000  # enough for p-values down to 2.5e-4; keeps bundle.json small
 
 
+POOLED_OUTPUT = "pooled"
+
+
 def export_encoder(encoder: Encoder, input_shape: tuple[int, int, int], path: Path) -> Path:
-    """ONNX with a dynamic batch axis, input `input`, outputs `mu` and `logvar`."""
+    """ONNX with a dynamic batch axis, input `input`, outputs `mu`, `logvar` and `pooled`."""
     encoder.eval()
     path.parent.mkdir(parents=True, exist_ok=True)
     dummy = torch.zeros(1, *input_shape)
@@ -34,6 +39,32 @@ def export_encoder(encoder: Encoder, input_shape: tuple[int, int, int], path: Pa
             input_names=["input"], output_names=["mu", "logvar"],
             dynamic_axes={"input": {0: "batch"}, "mu": {0: "batch"}, "logvar": {0: "batch"}},
         )
+    return add_pooled_output(path)
+
+
+def add_pooled_output(path: Path) -> Path:
+    """Give an exported encoder the output `pooled` (batch, Σ channels): the spatial mean of every
+    conv block's output (each block ends in a MaxPool), for the ``mahalanobis_pooled`` score
+    (vae_ood_monitor.scoring). Works on encoders exported before the output existed, so shipped
+    models gain it without retraining; an encoder that has it already is left as it is."""
+    model = onnx.load(str(path))
+    graph = model.graph
+    if any(o.name == POOLED_OUTPUT for o in graph.output):
+        return path
+    block_ends = [node.output[0] for node in graph.node if node.op_type == "MaxPool"]
+    if not block_ends:
+        raise ValueError(f"{path}: no MaxPool node, so no conv block outputs to pool")
+    pooled = []
+    for index, tensor in enumerate(block_ends):
+        graph.node.extend([
+            helper.make_node("GlobalAveragePool", [tensor], [f"/pooled/mean_{index}"]),
+            helper.make_node("Flatten", [f"/pooled/mean_{index}"], [f"/pooled/flat_{index}"], axis=1),
+        ])
+        pooled.append(f"/pooled/flat_{index}")
+    graph.node.append(helper.make_node("Concat", pooled, [POOLED_OUTPUT], axis=1))
+    graph.output.append(helper.make_tensor_value_info(POOLED_OUTPUT, TensorProto.FLOAT, ["batch", None]))
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
     return path
 
 

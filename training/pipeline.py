@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from training.calibrate import CROSS_FITS, DELAY_BAR_FRAMES, DETECTOR_CATEGORIES, SCORE_TAILS, ScoredEpisode, fit_scores, select_score, tune_decision
 from training.dataset import DatasetError, Episode, check_calibration_splits, concatenate, episodes, iter_frames, load_inputs, load_manifest
-from training.export import export_encoder, write_bundle
+from training.export import add_pooled_output, export_encoder, write_bundle
 from training.models import VAEConfig
 from training.trainer import TrainConfig, train_vae
 from vae_ood_monitor.bundle import DETECTOR_ENCODERS, BundleError, load_bundle
@@ -173,7 +173,8 @@ def calibrate_and_bundle(
 
 
 def recalibrate(bundle_dir: Path, data: Path, out: Path, extrapolate: bool | None = None, cross_fit: str | None = None) -> Path:
-    """Refit the score and retune the decision of an existing bundle's encoders on `data` — e.g.
+    """Refit the score and retune the decision of an existing bundle's encoders on `data` (adding
+    their `pooled` output where it is missing, training.export) — e.g.
     on calibration and validation recordings of the town the robot will drive in; `extrapolate`:
     tune a decision whose p-values go on beyond the calibration range, `cross_fit`: how the
     calibration scores are held out (training.calibrate); None: as the bundle was."""
@@ -188,7 +189,9 @@ def recalibrate(bundle_dir: Path, data: Path, out: Path, extrapolate: bool | Non
     mu_output = onnx.load(str(next(iter(bundle.encoders.values())))).graph.output[0]  # (batch, latent)
     latent = mu_output.type.tensor_type.shape.dim[1].dim_value
     with tempfile.TemporaryDirectory() as staging:  # the encoders are read from the old bundle while the new one is written
-        files = {name: Path(shutil.copy(path, Path(staging) / path.name)) for name, path in bundle.encoders.items()}
+        # Encoders exported before the `pooled` output existed gain it (same weights), so the
+        # mahalanobis_pooled score is a candidate for them too.
+        files = {name: add_pooled_output(Path(shutil.copy(path, Path(staging) / path.name))) for name, path in bundle.encoders.items()}
         # Training facts (config, history) carry over; where the old calibration came from is kept
         # under recalibrated_from, since dataset, command and commit now describe this one.
         old = bundle.provenance

@@ -1,4 +1,5 @@
-"""Inference backends behind one call: float32 input batch → (μ, logσ²).
+"""Inference backends behind one call: float32 input batch → the encoder's outputs by name
+(`mu`, `logvar` and, where exported, `pooled`: the spatial means of its conv blocks' outputs).
 
 `onnxruntime` (default) runs the bundle's ONNX on the CPU; `onnxruntime-gpu` adds the CUDA / TensorRT execution
 providers where the installed ONNX Runtime has them. `tensorrt` deserializes a prebuilt engine
@@ -21,14 +22,25 @@ class BackendError(RuntimeError):
     """A backend that cannot run here or a model it cannot load; the message says which and why."""
 
 
+REQUIRED_OUTPUTS = ("mu", "logvar")
+
+
 class EncoderRunner(Protocol):
     name: str
+    outputs: tuple[str, ...]  # the model's output names
 
-    def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
+    def __call__(self, batch: np.ndarray) -> dict[str, np.ndarray]: ...
+
+
+def _check_outputs(model: Path, outputs: tuple[str, ...]) -> tuple[str, ...]:
+    missing = [name for name in REQUIRED_OUTPUTS if name not in outputs]
+    if missing:
+        raise BackendError(f"{model}: the encoder has no output {', '.join(repr(m) for m in missing)} (outputs: {', '.join(outputs)})")
+    return outputs
 
 
 class OnnxRuntimeEncoder:
-    """An ONNX encoder in an ONNX Runtime session (outputs named `mu` and `logvar`)."""
+    """An ONNX encoder in an ONNX Runtime session (outputs `mu`, `logvar`, optionally `pooled`)."""
 
     def __init__(self, model: Path, threads: int = 1, providers: tuple[str, ...] | None = None) -> None:
         import onnxruntime as ort
@@ -47,15 +59,15 @@ class OnnxRuntimeEncoder:
         except Exception as err:  # ORT raises its own untyped Fail/InvalidGraph errors
             raise BackendError(f"{model}: ONNX Runtime cannot load it ({str(err).splitlines()[0]})") from None
         self._input = self._session.get_inputs()[0].name
+        self.outputs = _check_outputs(model, tuple(o.name for o in self._session.get_outputs()))
         self.name = f"onnxruntime[{self._session.get_providers()[0]}]"
 
-    def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        mu, logvar = self._session.run(["mu", "logvar"], {self._input: batch})
-        return mu, logvar
+    def __call__(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        return dict(zip(self.outputs, self._session.run(list(self.outputs), {self._input: batch})))
 
 
 class TensorRTEncoder:
-    """A serialized TensorRT engine with one input and outputs `mu`, `logvar` (batch 1, static shapes)."""
+    """A serialized TensorRT engine with one input and outputs `mu`, `logvar`, optionally `pooled` (batch 1, static shapes)."""
 
     def __init__(self, engine_path: Path) -> None:
         try:
@@ -87,6 +99,7 @@ class TensorRTEncoder:
                 raise BackendError(f"{engine_path}: cudaMalloc failed ({error})")
             self._buffers[name] = (host, device)
         self._stream = cudart.cudaStreamCreate()[1]
+        self.outputs = _check_outputs(engine_path, tuple(name for name, (_, _, is_input) in self._tensors.items() if not is_input))
         self.name = f"tensorrt[{trt.__version__}]"
 
     def _io_tensors(self) -> dict[str, tuple[tuple[int, ...], np.dtype, bool]]:
@@ -105,7 +118,7 @@ class TensorRTEncoder:
                 tensors[name] = (_batch_one(engine.get_binding_shape(i)), np.dtype(trt.nptype(engine.get_binding_dtype(i))), engine.binding_is_input(i))
         return tensors
 
-    def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def __call__(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         cudart = self._cudart
         h2d, d2h = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
         for name, (_, _, is_input) in self._tensors.items():
@@ -124,7 +137,7 @@ class TensorRTEncoder:
                 host, device = self._buffers[name]
                 cudart.cudaMemcpyAsync(host.ctypes.data, device, host.nbytes, d2h, self._stream)
         cudart.cudaStreamSynchronize(self._stream)
-        return self._buffers["mu"][0].astype(np.float32), self._buffers["logvar"][0].astype(np.float32)
+        return {name: self._buffers[name][0].astype(np.float32) for name in self.outputs}
 
 
 def _batch_one(shape: object) -> tuple[int, ...]:

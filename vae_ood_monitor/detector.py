@@ -11,9 +11,10 @@ from collections.abc import Iterable
 import numpy as np
 
 from vae_ood_monitor.backends import EncoderRunner, make_encoder
-from vae_ood_monitor.bundle import Bundle, load_bundle
+from vae_ood_monitor.bundle import Bundle, BundleError, load_bundle
 from vae_ood_monitor.decision import ConformalDecider, Decision
 from vae_ood_monitor.preprocessing import FlowStacker, ImagePreprocessing
+from vae_ood_monitor.scoring import EncoderOutputs, Latents, concatenate_outputs
 
 
 class ModelOutputError(ValueError):
@@ -28,6 +29,11 @@ class OODDetector:
         self._encoders: dict[str, EncoderRunner] = {
             name: make_encoder(backend, path, threads) for name, path in bundle.encoders.items()
         }
+        if bundle.score.reads_pooled:
+            lacking = [name for name, encoder in self._encoders.items() if "pooled" not in encoder.outputs]
+            if lacking:
+                raise BundleError(f"{bundle.path}: its {bundle.score.kind} score reads pooled features, but encoder {', '.join(lacking)} on {backend} has no 'pooled' output "
+                                  f"(a TensorRT engine built before the output was added? rebuild it with `python -m training.compress.tensorrt`)")
         self._stacker = FlowStacker(bundle.preprocessing) if self.kind == "flow" else None  # type: ignore[arg-type]
         self.decider = ConformalDecider(bundle.calibration_scores, bundle.decision)
 
@@ -45,16 +51,16 @@ class OODDetector:
             self._stacker.reset()
         self.decider.reset()
 
-    def _encode(self, inputs: dict[str, np.ndarray]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    def _encode(self, inputs: dict[str, np.ndarray]) -> Latents:
         latents = {}
         for name, batch in inputs.items():
-            mu, logvar = self._encoders[name](batch)
-            if not (np.all(np.isfinite(mu)) and np.all(np.isfinite(logvar))):
+            outputs = self._encoders[name](batch)
+            if not all(np.all(np.isfinite(values)) for values in outputs.values()):
                 raise ModelOutputError(f"encoder '{name}' of {self.bundle.path.name} produced non-finite output")
-            latents[name] = (mu, logvar)
+            latents[name] = EncoderOutputs(outputs["mu"], outputs["logvar"], outputs.get("pooled"))
         return latents
 
-    def _score_latents(self, latents: dict[str, tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    def _score_latents(self, latents: Latents) -> np.ndarray:
         return self.bundle.score(latents)
 
     def _inputs(self, rgb: np.ndarray) -> dict[str, np.ndarray] | None:
@@ -87,20 +93,18 @@ class OODDetector:
     def decide(self, score: float) -> Decision:
         return self.decider.update(score)
 
-    def encode_stream(
-        self, frames: Iterable[np.ndarray], batch_size: int = 32, reset: bool = True
-    ) -> tuple[int, np.ndarray, dict[str, tuple[np.ndarray, np.ndarray]]]:
+    def encode_stream(self, frames: Iterable[np.ndarray], batch_size: int = 32, reset: bool = True) -> tuple[int, np.ndarray, Latents]:
         """Latents of consecutive frames of one stream, batched for speed.
 
         Returns the number of frames, the indices of the frames that had an input (all but the
-        flow detector's first `stack` frames) and, per encoder, (μ, logσ²) of those frames.
+        flow detector's first `stack` frames) and, per encoder, its outputs for those frames.
         `reset=False` continues the stream of the previous call.
         """
         if reset:
             self.reset()
         indices: list[int] = []
         pending: list[dict[str, np.ndarray]] = []
-        parts: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {name: [] for name in self._encoders}
+        parts: dict[str, list[EncoderOutputs]] = {name: [] for name in self._encoders}
 
         def flush() -> None:
             if pending:
@@ -117,11 +121,7 @@ class OODDetector:
                 if len(pending) == batch_size:
                     flush()
         flush()
-        latents = {
-            name: (np.concatenate([m for m, _ in chunks]), np.concatenate([v for _, v in chunks])) if chunks else (np.empty((0, 0)), np.empty((0, 0)))
-            for name, chunks in parts.items()
-        }
-        return count, np.asarray(indices, dtype=int), latents
+        return count, np.asarray(indices, dtype=int), {name: concatenate_outputs(chunks) for name, chunks in parts.items()}
 
     def score_stream(self, frames: Iterable[np.ndarray], batch_size: int = 32, reset: bool = True) -> np.ndarray:
         """Scores of consecutive frames of one stream (NaN where none yet)."""

@@ -9,6 +9,11 @@ Two kinds, both fitted on in-distribution calibration frames and stored in the b
   in-distribution mean under their in-distribution covariance. It also catches inputs that the
   encoder maps *closer* to the prior than usual (fog, frozen flow — the KL then falls) and uses
   how the latent dimensions co-vary on normal driving.
+- ``mahalanobis_pooled``: the same over [μ, logσ², pooled], where pooled holds the spatial mean of
+  every conv block's output (the encoder's ONNX output ``pooled``, training.export). The latent
+  code keeps what reconstructs the whole scene and drops what it cannot: a bus filling a quarter
+  of the view or mud on the lens hardly moves it, but they change how strongly the early filters
+  respond (Lee et al., NeurIPS 2018, score intermediate features the same way).
 
 The training pipeline picks the kind per detector on the validation split.
 """
@@ -16,12 +21,32 @@ The training pipeline picks the kind per detector on the validation split.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
-SCORE_KINDS = ("kl", "mahalanobis")
-Latents = dict[str, tuple[np.ndarray, np.ndarray]]  # encoder name → (μ, logσ²), one row per frame
+SCORE_KINDS = ("kl", "mahalanobis", "mahalanobis_pooled")
+MAHALANOBIS_KINDS = ("mahalanobis", "mahalanobis_pooled")
+
+
+class EncoderOutputs(NamedTuple):
+    """One encoder's outputs for a batch of frames, one row per frame."""
+
+    mu: np.ndarray
+    logvar: np.ndarray
+    pooled: np.ndarray | None = None  # spatial means of the conv blocks' outputs, where the ONNX has them
+
+
+Latents = dict[str, EncoderOutputs]  # encoder name → its outputs
+
+
+def concatenate_outputs(parts: list[EncoderOutputs]) -> EncoderOutputs:
+    """The rows of several batches of one encoder as one (pooled only where every batch has it);
+    no batches: empty outputs."""
+    if not parts:
+        return EncoderOutputs(np.empty((0, 0)), np.empty((0, 0)))
+    pooled = np.concatenate([p.pooled for p in parts]) if all(p.pooled is not None for p in parts) else None  # type: ignore[misc]
+    return EncoderOutputs(np.concatenate([p.mu for p in parts]), np.concatenate([p.logvar for p in parts]), pooled)
 
 
 def kl_per_dimension(mu: np.ndarray, logvar: np.ndarray) -> np.ndarray:
@@ -43,42 +68,61 @@ def select_active_dimensions(mu: np.ndarray, logvar: np.ndarray, min_mean_kl: fl
     return active or [int(np.argmax(mean_kl))]
 
 
-def posterior_features(latents: Latents, dims: dict[str, list[int]]) -> np.ndarray:
-    """[μ, logσ²] of the chosen dimensions of every encoder, one row per frame."""
+def posterior_features(latents: Latents, dims: dict[str, list[int]], pooled: bool = False) -> np.ndarray:
+    """[μ, logσ²] of the chosen dimensions of every encoder (and, with `pooled`, its pooled conv
+    features), one row per frame."""
     parts = []
     for name, chosen in dims.items():
-        mu, logvar = latents[name]
-        parts += [mu[:, chosen], logvar[:, chosen]]
+        outputs = latents[name]
+        parts += [outputs.mu[:, chosen], outputs.logvar[:, chosen]]
+        if pooled:
+            if outputs.pooled is None:
+                raise ValueError(f"score needs encoder '{name}'s pooled features, but its model has no 'pooled' output")
+            parts.append(outputs.pooled)
     return np.concatenate(parts, axis=1).astype(np.float64)
 
 
 @dataclass(frozen=True)
 class LatentScore:
-    """A fitted score: its kind, the latent dimensions it reads per encoder and, for
-    ``mahalanobis``, the ID mean and precision (inverse covariance) of the feature vector."""
+    """A fitted score: its kind, the latent dimensions it reads per encoder and, for the
+    Mahalanobis kinds, the ID mean and precision (inverse covariance) of the feature vector
+    (``mahalanobis_pooled``: and how many pooled features each encoder adds to it)."""
 
     kind: str
     dims: dict[str, list[int]]
     mean: np.ndarray | None = field(default=None, compare=False)
     precision: np.ndarray | None = field(default=None, compare=False)
+    pooled: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.kind not in SCORE_KINDS:
             raise ValueError(f"unknown score kind {self.kind!r} (known: {', '.join(SCORE_KINDS)})")
-        if self.kind == "mahalanobis":
-            size = 2 * sum(len(d) for d in self.dims.values())
+        if (self.kind == "mahalanobis_pooled") != bool(self.pooled) or (self.pooled and set(self.pooled) != set(self.dims)):
+            raise ValueError(f"a {self.kind} score needs {'the pooled feature count of every encoder it reads' if self.kind == 'mahalanobis_pooled' else 'no pooled features'}")
+        if self.kind in MAHALANOBIS_KINDS:
+            size = 2 * sum(len(d) for d in self.dims.values()) + sum(self.pooled.values())
             if self.mean is None or self.precision is None or self.mean.shape != (size,) or self.precision.shape != (size, size):
-                raise ValueError(f"mahalanobis score needs a mean of {size} values and a {size}×{size} precision matrix")
+                raise ValueError(f"{self.kind} score needs a mean of {size} values and a {size}×{size} precision matrix")
+
+    @property
+    def reads_pooled(self) -> bool:
+        return self.kind == "mahalanobis_pooled"
 
     def __call__(self, latents: Latents) -> np.ndarray:
         if self.kind == "kl":
-            return sum(kl_per_dimension(*latents[name])[:, dims].sum(axis=1) for name, dims in self.dims.items())  # type: ignore[return-value]
-        centred = posterior_features(latents, self.dims) - self.mean
+            return sum(kl_per_dimension(latents[name].mu, latents[name].logvar)[:, dims].sum(axis=1) for name, dims in self.dims.items())  # type: ignore[return-value]
+        for name, width in self.pooled.items():
+            found = latents[name].pooled
+            if found is not None and found.shape[1] != width:
+                raise ValueError(f"score expects {width} pooled features from encoder '{name}', its model gives {found.shape[1]}")
+        centred = posterior_features(latents, self.dims, self.reads_pooled) - self.mean
         return np.einsum("ij,jk,ik->i", centred, self.precision, centred)
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {"kind": self.kind, "dims": self.dims}
-        if self.kind == "mahalanobis":
+        if self.pooled:
+            data["pooled"] = self.pooled
+        if self.kind in MAHALANOBIS_KINDS:
             data["mean"] = [round(float(v), 7) for v in self.mean]  # type: ignore[union-attr]
             data["precision"] = [[round(float(v), 7) for v in row] for row in self.precision]  # type: ignore[union-attr]
         return data
@@ -86,6 +130,7 @@ class LatentScore:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LatentScore:
         dims = {str(name): [int(d) for d in values] for name, values in data["dims"].items()}
-        if data["kind"] == "mahalanobis":
-            return cls("mahalanobis", dims, np.asarray(data["mean"], dtype=np.float64), np.asarray(data["precision"], dtype=np.float64))
-        return cls(data["kind"], dims)
+        pooled = {str(name): int(width) for name, width in data.get("pooled", {}).items()}
+        if data["kind"] in MAHALANOBIS_KINDS:
+            return cls(data["kind"], dims, np.asarray(data["mean"], dtype=np.float64), np.asarray(data["precision"], dtype=np.float64), pooled)
+        return cls(data["kind"], dims, pooled=pooled)

@@ -31,7 +31,7 @@ def teacher_latents(onnx: Path, inputs: np.ndarray, to_float: Callable[[np.ndarr
     """The teacher's (μ, logσ²) for every input row, from its exported ONNX (what ships)."""
     encoder = make_encoder("onnxruntime", onnx, threads=2)
     parts = [encoder(to_float(inputs[i : i + batch_size])) for i in range(0, len(inputs), batch_size)]
-    return np.concatenate([m for m, _ in parts]), np.concatenate([v for _, v in parts])
+    return np.concatenate([p["mu"] for p in parts]), np.concatenate([p["logvar"] for p in parts])
 
 
 def new_student(config: VAEConfig, seed: int) -> Encoder:
