@@ -190,3 +190,20 @@ def test_recalibration_refits_a_bundle_on_other_data(tiny_run, tmp_path):
     assert pipeline_main(["--data", str(town), "--recalibrate", str(tail), "--out", str(again), "--no-extrapolate-tail"]) == 0
     assert not OODDetector.from_path(again).bundle.decision.extrapolate
     assert pipeline_main(["--data", str(root), "--recalibrate", str(tmp_path / "missing")]) == 1
+
+
+def test_a_recalibration_ships_under_a_name_and_can_become_the_default(tiny_run, tmp_path, monkeypatch, capsys):
+    import training.pipeline as pipeline
+
+    root, bundles, _, _ = tiny_run
+    monkeypatch.setattr(pipeline, "REPO_ROOT", tmp_path)  # ship into a scratch models/, not the repo's
+    (tmp_path / "models").mkdir()
+    argv = ["--data", str(root), "--recalibrate", str(bundles["bvae"]), "--out", str(tmp_path / "run")]
+    assert pipeline.main(argv + ["--ship-name", "bvae_town", "--make-default"]) == 0
+    shipped = OODDetector.from_path(tmp_path / "models" / "bvae_town").bundle
+    assert shipped.sha256 == OODDetector.from_path(tmp_path / "run").bundle.sha256
+    assert json.loads((tmp_path / "models" / "defaults.json").read_text()) == {"bvae": "bvae_town"}
+    for bad, message in ((["--data", str(root), "--ship-name", "x"], "--ship-name needs --recalibrate"), (argv + ["--make-default"], "--make-default needs --ship-name")):
+        with pytest.raises(SystemExit):
+            pipeline.main(bad)
+        assert message in capsys.readouterr().err

@@ -3,6 +3,8 @@
     python -m training.pipeline --data datasets/default --config default            # both detectors
     python -m training.pipeline --data /tmp/ds --config tiny --detectors bvae --out /tmp/run
     python -m training.pipeline --data my_town --recalibrate models/bvae_baseline --out models/bvae_my_town
+    python -m training.pipeline --data datasets/default_plus --recalibrate models/bvae_nearest --out runs/bvae_pooled \
+        --ship-name bvae_pooled --make-default                                        # ship a recalibration
 
 Per detector: train the VAE(s) on the train split (resumable checkpoints), export the encoders to
 ONNX, fit the latent score on the calibration split with ONNX Runtime (the onboard code path) and
@@ -230,6 +232,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--extrapolate-tail", action=argparse.BooleanOptionalAction,
                         help="with --recalibrate: p-values beyond the calibration maximum follow a Pareto tail — far-out frames (fog, a black camera) stop the robot sooner, at the price of more false alarms "
                              "(default: as the bundle's decision does)")
+    parser.add_argument("--ship-name", metavar="NAME", help="with --recalibrate: copy the recalibrated bundle to models/NAME")
+    parser.add_argument("--make-default", action="store_true",
+                        help="with --ship-name: make it the runtime default (models/defaults.json) — after checking it on the test split and the bench")
     parser.add_argument("--cross-fit", choices=CROSS_FITS,
                         help="with --recalibrate: hold calibration scores out on halves of the calibration episodes or one episode at a time — "
                              "'episodes' gives sharper p-values: faster stops, more false ones (default: as the bundle was, else halves)")
@@ -238,10 +243,17 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--extrapolate-tail / --no-extrapolate-tail need --recalibrate BUNDLE")
     if args.cross_fit is not None and not args.recalibrate:
         parser.error("--cross-fit needs --recalibrate BUNDLE")
+    if args.ship_name and not args.recalibrate:
+        parser.error("--ship-name needs --recalibrate BUNDLE (a trained bundle ships with --ship)")
+    if args.make_default and not args.ship_name:
+        parser.error("--make-default needs --ship-name NAME")
     out = args.out or REPO_ROOT / "runs" / args.config
     try:
         if args.recalibrate:
-            print(f"recalibrated {recalibrate(args.recalibrate, args.data, args.out or args.recalibrate, args.extrapolate_tail, args.cross_fit)}")
+            bundle = recalibrate(args.recalibrate, args.data, args.out or args.recalibrate, args.extrapolate_tail, args.cross_fit)
+            print(f"recalibrated {bundle}")
+            if args.ship_name:
+                print(f"shipped {ship_bundle(bundle, load_bundle(bundle).detector, args.ship_name, make_default=args.make_default)}")
             return 0
         for kind in args.detectors:
             bundle = fit_detector(CONFIGS[args.config][kind], args.data, out, args.workers)
