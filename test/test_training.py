@@ -13,6 +13,8 @@ import pytest
 from training.dataset import episodes
 from training.evaluate import evaluate
 from training.pipeline import CONFIGS, fit_detector
+from vae_ood_monitor.backends import make_encoder
+from vae_ood_monitor.bundle import load_bundle
 from vae_ood_monitor.cli import main as cli_main
 from vae_ood_monitor.detector import OODDetector
 
@@ -39,6 +41,14 @@ def test_learned_detector_separates_black_frames(tiny_run):
     of tiny-preset episodes) puts black frames far from normal driving."""
     _, _, rows, _ = tiny_run
     assert rows["black"]["auroc_bvae_raw"] > 0.9
+
+
+def test_trained_encoders_export_pooled_features_and_validation_weighs_that_score(tiny_run):
+    _, bundles, _, _ = tiny_run
+    for bundle in bundles.values():
+        loaded = load_bundle(bundle)
+        assert all("pooled" in make_encoder("onnxruntime", path).outputs for path in loaded.encoders.values())
+        assert set(loaded.provenance["score_selection"]["validation_auroc"]) == {"kl", "mahalanobis", "mahalanobis_diag", "mahalanobis_pooled"}
 
 
 def test_report_and_plots_are_written(tiny_run):
