@@ -15,6 +15,7 @@ import torch
 from onnx import TensorProto, helper
 
 from training.models import Encoder
+from vae_ood_monitor.backends import POOLED_OUTPUT
 from vae_ood_monitor.bundle import BUNDLE_FILE, FORMAT, write_sums
 from vae_ood_monitor.decision import DecisionParams
 from vae_ood_monitor.preprocessing import FlowPreprocessing, ImagePreprocessing
@@ -22,9 +23,6 @@ from vae_ood_monitor.scoring import LatentScore
 
 OPSET = 17
 MAX_CALIBRATION_SCORES = 4000  # enough for p-values down to 2.5e-4; keeps bundle.json small
-
-
-POOLED_OUTPUT = "pooled"
 
 
 def export_encoder(encoder: Encoder, input_shape: tuple[int, int, int], path: Path) -> Path:

@@ -23,6 +23,7 @@ class BackendError(RuntimeError):
 
 
 REQUIRED_OUTPUTS = ("mu", "logvar")
+POOLED_OUTPUT = "pooled"  # optional: what the mahalanobis_pooled score reads (training.export adds it)
 
 
 class EncoderRunner(Protocol):

@@ -10,7 +10,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from vae_ood_monitor.backends import EncoderRunner, make_encoder
+from vae_ood_monitor.backends import POOLED_OUTPUT, EncoderRunner, make_encoder
 from vae_ood_monitor.bundle import Bundle, BundleError, load_bundle
 from vae_ood_monitor.decision import ConformalDecider, Decision
 from vae_ood_monitor.preprocessing import FlowStacker, ImagePreprocessing
@@ -30,10 +30,11 @@ class OODDetector:
             name: make_encoder(backend, path, threads) for name, path in bundle.encoders.items()
         }
         if bundle.score.reads_pooled:
-            lacking = [name for name, encoder in self._encoders.items() if "pooled" not in encoder.outputs]
+            lacking = [name for name, encoder in self._encoders.items() if POOLED_OUTPUT not in encoder.outputs]
             if lacking:
-                raise BundleError(f"{bundle.path}: its {bundle.score.kind} score reads pooled features, but encoder {', '.join(lacking)} on {backend} has no 'pooled' output "
-                                  f"(a TensorRT engine built before the output was added? rebuild it with `python -m training.compress.tensorrt`)")
+                hint = " (an engine built from an older ONNX? rebuild it with `python -m training.compress.tensorrt`)" if backend == "tensorrt" else ""
+                raise BundleError(f"{bundle.path}: its {bundle.score.kind} score reads pooled features, but encoder {', '.join(lacking)} on {backend} "
+                                  f"has no '{POOLED_OUTPUT}' output{hint}")
         self._stacker = FlowStacker(bundle.preprocessing) if self.kind == "flow" else None  # type: ignore[arg-type]
         self.decider = ConformalDecider(bundle.calibration_scores, bundle.decision)
 
@@ -57,7 +58,7 @@ class OODDetector:
             outputs = self._encoders[name](batch)
             if not all(np.all(np.isfinite(values)) for values in outputs.values()):
                 raise ModelOutputError(f"encoder '{name}' of {self.bundle.path.name} produced non-finite output")
-            latents[name] = EncoderOutputs(outputs["mu"], outputs["logvar"], outputs.get("pooled"))
+            latents[name] = EncoderOutputs(outputs["mu"], outputs["logvar"], outputs.get(POOLED_OUTPUT))
         return latents
 
     def _score_latents(self, latents: Latents) -> np.ndarray:

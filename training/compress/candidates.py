@@ -16,7 +16,7 @@ import numpy as np
 from training.calibrate import fit_scores, select_score
 from training.compress.perturb import Perturbations
 from training.dataset import EpisodeInputs, episodes, load_inputs
-from vae_ood_monitor.backends import make_encoder
+from vae_ood_monitor.backends import POOLED_OUTPUT, make_encoder
 from vae_ood_monitor.bundle import DETECTOR_ENCODERS
 from vae_ood_monitor.preprocessing import FlowPreprocessing, ImagePreprocessing
 from vae_ood_monitor.scoring import EncoderOutputs, Latents, concatenate_outputs
@@ -64,7 +64,7 @@ def encode(onnx_files: dict[str, Path], item: EpisodeInputs, threads: int = 2, b
         encoder = make_encoder("onnxruntime", path, threads)
         rows = item.inputs[index]
         parts = [encoder(to_float(rows[i : i + batch_size])) for i in range(0, len(rows), batch_size)]
-        latents[name] = concatenate_outputs([EncoderOutputs(p["mu"], p["logvar"], p.get("pooled")) for p in parts])
+        latents[name] = concatenate_outputs([EncoderOutputs(p["mu"], p["logvar"], p.get(POOLED_OUTPUT)) for p in parts])
     return latents
 
 
