@@ -150,6 +150,8 @@ def test_mahalanobis_score_round_trips_through_json():
          "needs the pooled feature count of every encoder it reads"),
         ({"kind": "mahalanobis_pooled", "dims": {"image": [0]}, "pooled": {"image": 2}, "mean": [0.0, 0.0], "precision": [[1.0, 0.0], [0.0, 1.0]]},
          "needs a mean of 4 values"),
+        ({"kind": "mahalanobis", "dims": {"image": [0]}, "pooled": {"image": 2}, "mean": [0.0, 0.0], "precision": [[1.0, 0.0], [0.0, 1.0]]},
+         "a mahalanobis score reads no pooled features"),
     ],
 )
 def test_bad_scores_in_a_bundle_are_refused_with_a_reason(tmp_path, score, message):

@@ -1,6 +1,7 @@
-"""Latent-space OOD scores: how the encoders' posteriors (μ, logσ²) of a frame become one number.
+"""Latent-space OOD scores: how the encoders' posteriors (μ, logσ²) of a frame — and, for the
+last kind, their pooled conv features — become one number.
 
-Two kinds, both fitted on in-distribution calibration frames and stored in the bundle:
+Three kinds, all fitted on in-distribution calibration frames and stored in the bundle:
 
 - ``kl``: the papers' score, KL divergence of the posterior from the N(0, I) prior, summed over
   the active latent dimensions (an unfamiliar input pushes the posterior away from where the
@@ -97,8 +98,10 @@ class LatentScore:
     def __post_init__(self) -> None:
         if self.kind not in SCORE_KINDS:
             raise ValueError(f"unknown score kind {self.kind!r} (known: {', '.join(SCORE_KINDS)})")
-        if (self.kind == "mahalanobis_pooled") != bool(self.pooled) or (self.pooled and set(self.pooled) != set(self.dims)):
-            raise ValueError(f"a {self.kind} score needs {'the pooled feature count of every encoder it reads' if self.kind == 'mahalanobis_pooled' else 'no pooled features'}")
+        if self.reads_pooled and set(self.pooled) != set(self.dims):
+            raise ValueError("a mahalanobis_pooled score needs the pooled feature count of every encoder it reads")
+        if not self.reads_pooled and self.pooled:
+            raise ValueError(f"a {self.kind} score reads no pooled features")
         if self.kind in MAHALANOBIS_KINDS:
             size = 2 * sum(len(d) for d in self.dims.values()) + sum(self.pooled.values())
             if self.mean is None or self.precision is None or self.mean.shape != (size,) or self.precision.shape != (size, size):
