@@ -5,6 +5,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 import torch
 
@@ -36,19 +37,22 @@ def test_onnx_runtime_agrees_with_torch(tmp_path):
     np.testing.assert_allclose(outputs["pooled"], torch.cat(block_means, dim=1).numpy(), atol=1e-4, rtol=1e-4)
 
 
-def test_adding_the_pooled_output_keeps_the_encoder_and_is_done_once(tmp_path):
-    """Shipped encoders gain `pooled` at recalibration; their μ and logσ² must not move."""
-    import onnx
-
-    _, bundle_dir = build_image_bundle(tmp_path)
-    with_pooled = bundle_dir / "image.onnx"
-    model = onnx.load(str(with_pooled))
-    del model.graph.output[2:]  # as exported before the output existed
-    model.graph.node.pop()  # its Concat, then the per-block pooling nodes
+def _strip_pooled_output(model_path: Path, out: Path) -> Path:
+    """The encoder as exported before the `pooled` output existed (its nodes removed too)."""
+    model = onnx.load(str(model_path))
+    del model.graph.output[2:]
+    model.graph.node.pop()  # the Concat, then the per-block pooling nodes
     while model.graph.node[-1].output[0].startswith("/pooled/"):
         model.graph.node.pop()
-    before = tmp_path / "before.onnx"
-    onnx.save(model, str(before))
+    onnx.save(model, str(out))
+    return out
+
+
+def test_adding_the_pooled_output_keeps_the_encoder_and_is_done_once(tmp_path):
+    """Shipped encoders gain `pooled` at recalibration; their μ and logσ² must not move."""
+    _, bundle_dir = build_image_bundle(tmp_path)
+    with_pooled = bundle_dir / "image.onnx"
+    before = _strip_pooled_output(with_pooled, tmp_path / "before.onnx")
     assert make_encoder("onnxruntime", before).outputs == ("mu", "logvar")
     added = add_pooled_output(Path(shutil.copy(before, tmp_path / "added.onnx")))
     batch = np.random.default_rng(1).random((3, 3, 32, 32), dtype=np.float32)
@@ -61,12 +65,8 @@ def test_adding_the_pooled_output_keeps_the_encoder_and_is_done_once(tmp_path):
 
 
 def test_a_pooled_score_on_an_encoder_without_pooled_output_is_refused_at_load(tmp_path):
-    import onnx
-
     _, bundle_dir = build_image_bundle(tmp_path)
-    model = onnx.load(str(bundle_dir / "image.onnx"))
-    del model.graph.output[2:]
-    onnx.save(model, str(bundle_dir / "image.onnx"))
+    _strip_pooled_output(bundle_dir / "image.onnx", bundle_dir / "image.onnx")
     meta = json.loads((bundle_dir / "bundle.json").read_text())
     meta["score"] = {"kind": "mahalanobis_pooled", "dims": {"image": [0]}, "pooled": {"image": 16}, "mean": [0.0] * 18, "precision": np.eye(18).tolist()}
     (bundle_dir / "bundle.json").write_text(json.dumps(meta))
