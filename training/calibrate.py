@@ -91,7 +91,7 @@ def _fit(name: str, latents: Latents, min_mean_kl: float) -> LatentScore:
     return LatentScore("mahalanobis_pooled" if pooled else "mahalanobis", dims, mean, correlation_precision / np.outer(scale, scale), pooled)
 
 
-SCORE_CANDIDATES = ("kl", "mahalanobis", "mahalanobis_diag", "mahalanobis_pooled")  # the last where every encoder exports `pooled`
+SCORE_CANDIDATES = ("kl", "mahalanobis", "mahalanobis_diag", "mahalanobis_pooled")  # mahalanobis_pooled only where every encoder exports `pooled`
 CROSS_FITS = ("halves", "episodes")
 
 
@@ -114,7 +114,7 @@ def fit_scores(calibration: list[Latents], min_mean_kl: float = 0.05, cross_fit:
         rest = [_concat(calibration[:i] + calibration[i + 1 :]) for i in range(len(calibration))]
     has_pooled = all(out.pooled is not None for latents in calibration for out in latents.values())
     fitted = []
-    for name in SCORE_CANDIDATES if has_pooled else SCORE_CANDIDATES[:-1]:
+    for name in (n for n in SCORE_CANDIDATES if has_pooled or n != "mahalanobis_pooled"):
         held_out = [_fit(name, others, min_mean_kl)(fold) for fold, others in zip(folds, rest)]
         fitted.append(FittedScore(name, _fit(name, _concat(calibration), min_mean_kl), np.concatenate(held_out)))
     return fitted
