@@ -155,6 +155,42 @@ def test_more_maps_keep_the_held_out_maps_held_out():
     assert not {(p.map, p.seed) for p in more} & _drives_of_other_presets("more_maps")
 
 
+def test_traffic_light_drives_are_new_drives_off_the_held_out_maps():
+    """`traffic_lights` drives the intersection maps again with lights: new seeds, and none of the
+    default preset's validation or test maps (4way, the test map, has the only light of the set)."""
+    lights = plan_episodes(PRESETS["traffic_lights"])
+    assert all(p.traffic_lights and p.scenario == "id" for p in lights)
+    assert not {p.map for p in lights} & {p.map for p in plan_episodes(PRESETS["default"])}
+    assert not {(p.map, p.seed) for p in lights} & _drives_of_other_presets("traffic_lights")
+    assert not any(p.traffic_lights for preset in PRESETS if preset != "traffic_lights" for p in plan_episodes(PRESETS[preset]))
+
+
+@pytest.mark.parametrize(("map_name", "seed", "shows_lights"), [("TTIC_ripltown", 280000, True), ("4way", 3, False)])
+def test_traffic_lights_change_the_view_not_the_drive(map_name, seed, shows_lights):
+    """Lights at the intersections are scenery: the same drive (they do not collide), other pixels
+    where one is in view; a map with a light of its own (4way) gets no second one."""
+    if not DEFAULT_SIM_PYTHON.exists():
+        pytest.skip(f"simulator venv missing at {DEFAULT_SIM_PYTHON}: `make sim-venv` builds it")
+    spec = {"map": map_name, "seed": seed, "frames": 8, "width": 160, "height": 120, "fps": 30.0}
+    plain = list(SimulatorStream(spec, DEFAULT_SIM_PYTHON))
+    lit = list(SimulatorStream({**spec, "traffic_lights": True}, DEFAULT_SIM_PYTHON))
+    assert [(m["x"], m["z"], m["angle"]) for m, _ in lit] == [(m["x"], m["z"], m["angle"]) for m, _ in plain]
+    changed = [int(np.count_nonzero(a != b)) for (_, a), (_, b) in zip(plain, lit)]
+    assert all(changed) if shows_lights else not any(changed), changed
+
+
+def test_a_bad_traffic_lights_flag_is_a_clear_error():
+    if not DEFAULT_SIM_PYTHON.exists():
+        pytest.skip(f"simulator venv missing at {DEFAULT_SIM_PYTHON}: `make sim-venv` builds it")
+    spec = {"map": "loop_empty", "seed": 1, "frames": 2, "width": 160, "height": 120, "traffic_lights": 1}
+    stream = SimulatorStream(spec, DEFAULT_SIM_PYTHON)
+    try:
+        assert list(stream) == []
+        assert stream.finish() == "sim_worker: spec field 'traffic_lights' has the wrong type: 1"
+    finally:
+        stream.close()
+
+
 def test_missing_simulator_is_a_clear_error(tmp_path, capsys):
     assert main(["--preset", "small", "--out", str(tmp_path / "ds"), "--sim-python", str(tmp_path / "nope" / "python")]) == 1
     assert "run `make sim-venv` first" in capsys.readouterr().err

@@ -5,6 +5,7 @@
     python -m training.data.generate --preset intersections  # 6k ID frames on intersection maps, to merge
     python -m training.data.generate --preset intersections_more  # 10.8k more ID train frames there
     python -m training.data.generate --preset more_maps      # 14.4k ID train frames on 12 more maps
+    python -m training.data.generate --preset traffic_lights # 6k ID frames by traffic lights, to merge
 
 The simulator runs in its own venv (numpy 1.23, pyglet 1.5) as `training.data.sim_worker`
 subprocesses that stream raw frames; this process (main venv) applies camera-side corruptions,
@@ -137,7 +138,7 @@ def render_episode(
         map=plan.map,
         seed=plan.seed,
         intensity=plan.intensity,
-        extra={"split": plan.split, "scenario_revision": scenario.revision},
+        extra={"split": plan.split, "scenario_revision": scenario.revision, "traffic_lights": plan.traffic_lights},
     )
     path = out_dir / plan.split / plan.name
     shutil.rmtree(path, ignore_errors=True)  # a leftover of an interrupted run

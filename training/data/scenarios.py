@@ -61,6 +61,7 @@ class EpisodePlan:
     frames: int
     onset_frame: int | None  # None: in-distribution; 0: OOD from the first frame
     intensity: float
+    traffic_lights: bool = False
 
     def sim_spec(self, width: int, height: int, fps: float) -> dict[str, object]:
         scenario = SCENARIOS[self.scenario]
@@ -74,6 +75,7 @@ class EpisodePlan:
             "effect": scenario.sim_effect,
             "onset": self.onset_frame or 0,
             "intensity": self.intensity,
+            "traffic_lights": self.traffic_lights,
         }
 
 
@@ -95,6 +97,7 @@ class Preset:
     splits: dict[str, SplitPlan]
     scenarios: tuple[str, ...] = OOD_SCENARIOS
     seed_offset: int = 0  # added to every split's seed base (< 100 000, their spacing): a preset on another preset's maps draws new drives
+    traffic_lights: bool = False  # a traffic light at every intersection (sim_worker spec)
 
 
 # Train/calibration maps and held-out maps for validation and test: all from sim_worker.ID_MAPS,
@@ -168,6 +171,22 @@ PRESETS: dict[str, Preset] = {
         },
         scenarios=(),
     ),
+    # The intersections' drives again (new seeds) with a traffic light at every intersection, as
+    # Duckietown towns have them; no default, intersection or more_maps map has one. To merge
+    # after `intersections`.
+    "traffic_lights": Preset(
+        name="traffic_lights",
+        frames=300,
+        onset_range=(90, 180),
+        splits={
+            "train": SplitPlan(INTERSECTION_MAPS, id_episodes=12),
+            "calibration": SplitPlan(INTERSECTION_MAPS, id_episodes=4),
+            "validation": SplitPlan(INTERSECTION_VALIDATION_MAPS, id_episodes=4),
+        },
+        scenarios=(),
+        seed_offset=80_000,
+        traffic_lights=True,
+    ),
     # Three times the intersections' train drives, on the same maps with other seeds, to merge
     # after `intersections`: does more ID turning data help the flow detector? (Measured: no
     # further gain over `intersections` alone; README, Compression, `flow_plus_more`.)
@@ -235,6 +254,7 @@ def plan_episodes(preset: Preset) -> list[EpisodePlan]:
                     frames=preset.frames,
                     onset_frame=onset_frame,
                     intensity=round(rng.uniform(0.4, 1.0), 3) if scenario != "id" else 0.0,
+                    traffic_lights=preset.traffic_lights,
                 )
             )
             seed += 1

@@ -9,10 +9,12 @@ stdin holds one JSON episode spec::
 
     {"map": "loop_empty", "seed": 3, "frames": 300, "width": 640, "height": 480, "fps": 30,
      "effect": null | "fog" | "darkness" | "obstacles" | "spin" | "reverse" | "jitter" | "speedup",
-     "onset": 120, "intensity": 0.7}
+     "onset": 120, "intensity": 0.7, "traffic_lights": false}
 
-`map`, `seed` and `frames` are required; the others default to 640, 480, 30, null, 0 and 0.5.
-`onset` is the first frame index with the effect active; `intensity` (0..1) is its strength.
+`map`, `seed` and `frames` are required; the others default to 640, 480, 30, null, 0, 0.5 and
+false. `onset` is the first frame index with the effect active; `intensity` (0..1) is its strength.
+`traffic_lights` puts a traffic light on a corner of every intersection tile of a map that has
+none, as the simulator's `4way` map places its one (in-distribution scenery, not an effect).
 
 stdout carries, for each frame i in 0..frames-1 and flushed after each frame: a 4-byte
 little-endian unsigned length N, N bytes of UTF-8 JSON metadata, then height*width*3 bytes of RGB
@@ -88,8 +90,16 @@ BRAKE_RANGE_M = 0.3
 OBSTACLE_DISTANCE_M = (0.8, 1.6)
 OBSTACLE_PIXEL_DIFFERENCE = 8  # grey levels: more than JPEG-free rendering noise (there is none) and antialiasing
 LANE_PATH_STEP_M = 0.05
+# The simulator's `4way` map hangs its traffic light this high, at this offset from the tile centre
+# (metres, map frame) and heading; other corners are the same pose turned by multiples of 90 degrees.
+TRAFFIC_LIGHT_HEIGHT_M = 0.4
+TRAFFIC_LIGHT_CORNER_M = (-0.18, -0.18)
+TRAFFIC_LIGHT_HEADING_DEG = 135.0
+INTERSECTION_TILES = ("3way_left", "3way_right", "4way")
 
-_SPEC_DEFAULTS: dict[str, Any] = {"width": 640, "height": 480, "fps": 30.0, "effect": None, "onset": 0, "intensity": 0.5}
+_SPEC_DEFAULTS: dict[str, Any] = {
+    "width": 640, "height": 480, "fps": 30.0, "effect": None, "onset": 0, "intensity": 0.5, "traffic_lights": False,
+}
 _SPEC_REQUIRED = ("map", "seed", "frames")
 
 
@@ -108,6 +118,7 @@ class EpisodeSpec:
     effect: str | None
     onset: int
     intensity: float
+    traffic_lights: bool
 
     @classmethod
     def from_json(cls, text: str) -> EpisodeSpec:
@@ -135,6 +146,7 @@ class EpisodeSpec:
             effect=None if values["effect"] is None else _typed(values, "effect", str),
             onset=_typed(values, "onset", int),
             intensity=float(_typed(values, "intensity", (int, float))),
+            traffic_lights=_typed(values, "traffic_lights", bool),
         )
         spec._check_ranges()
         return spec
@@ -159,7 +171,7 @@ class EpisodeSpec:
 def _typed(values: dict[str, Any], key: str, kind: type | tuple[type, ...]) -> Any:
     value = values[key]
     # bool is an int subclass, and true/false where a number belongs is certainly a mistake.
-    if isinstance(value, bool) or not isinstance(value, kind):
+    if (isinstance(value, bool) and kind is not bool) or not isinstance(value, kind):
         raise SpecError(f"spec field {key!r} has the wrong type: {value!r}")
     return value
 
@@ -201,7 +213,46 @@ class Episode:
         self.jitter_hold = 0
         self.obstacle_kind = str(self.rng.choice(OBSTACLE_KINDS))
         self.base_objects = _object_list(self.env.map_data.get("objects"))
+        if spec.traffic_lights and not any(obj.get("kind") == "trafficlight" for obj in self.base_objects):
+            self.base_objects += self._traffic_lights()
+            self._load_objects(self.base_objects)
         self.obstacles: list[Any] = []
+
+    def _traffic_lights(self) -> list[dict[str, Any]]:
+        """A traffic light on one corner (drawn from the seed) of every intersection tile.
+
+        Traffic lights are not collidable in the simulator, so the drive is the same as without
+        them; only the view changes.
+        """
+        env = self.env
+        size = env.road_tile_size
+        lights = []
+        for tile in env.grid:
+            if tile is None or tile["kind"] not in INTERSECTION_TILES:
+                continue
+            i, j = tile["coords"]  # j counts rows from the top; map poses count from the bottom
+            turns = int(self.rng.integers(4))
+            angle = math.radians(90 * turns)
+            dx, dy = TRAFFIC_LIGHT_CORNER_M
+            lights.append({
+                "kind": "trafficlight",
+                "pose": {"~SE2Transform": {
+                    "p": [(i + 0.5) * size + dx * math.cos(angle) - dy * math.sin(angle),
+                          (env.grid_height - j - 0.5) * size + dx * math.sin(angle) + dy * math.cos(angle)],
+                    "theta_deg": TRAFFIC_LIGHT_HEADING_DEG + 90 * turns,
+                }},
+                "height": TRAFFIC_LIGHT_HEIGHT_M,
+                "static": True,
+            })
+        return lights
+
+    def _load_objects(self, objects: list[dict[str, Any]]) -> None:
+        """Replace the scene's objects without a reset (the robot keeps its pose), lit as reset()
+        lights them without domain randomisation (new objects start black)."""
+        self.env._load_objects({"objects": objects})
+        for obj in self.env.objects:
+            obj.color = [1.0, 1.0, 1.0, 1.0]
+            obj.visible = True
 
     def _spawn_in_lane(self) -> None:
         """Reset until the robot starts inside the right lane.
@@ -440,11 +491,7 @@ class Episode:
             }
             for k, px, pz, deg, h in placed
         ]
-        env._load_objects({"objects": self.base_objects + new})
-        for obj in env.objects:
-            # What reset() gives objects without domain randomisation; new objects start black.
-            obj.color = [1.0, 1.0, 1.0, 1.0]
-            obj.visible = True
+        self._load_objects(self.base_objects + new)
         # The new objects are the last ones loaded. Not every map object becomes one (the simulator
         # skips floor tags), so counting from the front would miss obstacles: they would never be
         # seen as in view (no OOD label) nor braked for.
