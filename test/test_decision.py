@@ -155,6 +155,26 @@ def test_decision_tuning_stops_the_most_onsets_within_the_bar_first():
     assert any(row["within_bar"] < tuned.within_bar and row["mean_delay"] <= tuned.mean_delay for row in tuned.table)
 
 
+def test_an_id_budget_keeps_one_odd_moment_from_setting_the_alarm_level():
+    """Eight ID frames far out (a robot put down facing the road's edge) lift every candidate's level
+    above an onset's evidence; a budget of 1 % of the ID frames leaves them (and the CUSUM's decay
+    after them) above the level, and the onset is stopped within the bar. A larger budget is refused."""
+    from training.calibrate import DELAY_BAR_FRAMES, cusum_trace, tune_decision
+
+    rng = np.random.default_rng(11)
+    validation = [_episode(f"id{i}", "id", None, 0.0, rng) for i in range(4)] + [_episode("rain", "appearance", 150, 3.0, rng)]
+    validation[0].scores[:8] += 8.0
+    strict = tune_decision(CALIBRATION, validation, ("upper",), ("appearance",))
+    budget = tune_decision(CALIBRATION, validation, ("upper",), ("appearance",), id_budget=0.01)
+    assert budget.params.threshold < strict.params.threshold
+    assert budget.mean_delay <= DELAY_BAR_FRAMES < strict.mean_delay  # measured: 3 and 19 frames
+    flagged = [cusum_trace(e.scores[: e.onset_frame], CALIBRATION, budget.params) >= budget.params.threshold for e in validation]
+    assert 0 < np.mean(np.concatenate(flagged)) <= 0.01
+    assert tune_decision(CALIBRATION, validation, ("upper",), ("appearance",), id_budget=0.0).params == strict.params
+    with pytest.raises(ValueError, match="id_budget"):
+        tune_decision(CALIBRATION, validation, ("upper",), ("appearance",), id_budget=0.05)
+
+
 def test_tuning_with_the_tail_catches_a_far_out_onset_sooner():
     from training.calibrate import tune_decision
 

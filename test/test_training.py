@@ -189,14 +189,17 @@ def test_recalibration_refits_a_bundle_on_other_data(tiny_run, tmp_path):
     assert (out / "horizontal.onnx").read_bytes() == (bundles["flow"] / "horizontal.onnx").read_bytes()
     assert not new.decision.extrapolate
     assert new.provenance["score_selection"]["cross_fit"] == "halves"
+    assert new.provenance["decision_tuning"]["id_budget"] == 0.0
     tail = tmp_path / "tail"
-    assert pipeline_main(["--data", str(town), "--recalibrate", str(bundles["bvae"]), "--out", str(tail), "--extrapolate-tail", "--cross-fit", "episodes"]) == 0
+    assert pipeline_main(["--data", str(town), "--recalibrate", str(bundles["bvae"]), "--out", str(tail), "--extrapolate-tail", "--cross-fit", "episodes",
+                          "--id-budget", "0.001"]) == 0
     assert OODDetector.from_path(tail).bundle.decision.extrapolate, "the bundle carries the tail setting to the runtime"
     again = tmp_path / "again"
     assert pipeline_main(["--data", str(town), "--recalibrate", str(tail), "--out", str(again)]) == 0
     kept = OODDetector.from_path(again).bundle
     assert kept.decision.extrapolate, "recalibrating keeps the bundle's tail setting"
     assert kept.provenance["score_selection"]["cross_fit"] == "episodes", "and its cross-fitting"
+    assert kept.provenance["decision_tuning"]["id_budget"] == 0.001, "and its ID budget"
     assert pipeline_main(["--data", str(town), "--recalibrate", str(tail), "--out", str(again), "--no-extrapolate-tail"]) == 0
     assert not OODDetector.from_path(again).bundle.decision.extrapolate
     assert pipeline_main(["--data", str(root), "--recalibrate", str(tmp_path / "missing")]) == 1
@@ -213,7 +216,8 @@ def test_a_recalibration_ships_under_a_name_and_can_become_the_default(tiny_run,
     shipped = OODDetector.from_path(tmp_path / "models" / "bvae_town").bundle
     assert shipped.sha256 == OODDetector.from_path(tmp_path / "run").bundle.sha256
     assert json.loads((tmp_path / "models" / "defaults.json").read_text()) == {"bvae": "bvae_town"}
-    for bad, message in ((["--data", str(root), "--ship-name", "x"], "--ship-name needs --recalibrate"), (argv + ["--make-default"], "--make-default needs --ship-name")):
+    for bad, message in ((["--data", str(root), "--ship-name", "x"], "--ship-name needs --recalibrate"), (argv + ["--make-default"], "--make-default needs --ship-name"),
+                         (["--data", str(root), "--id-budget", "0.001"], "--id-budget needs --recalibrate"), (argv + ["--id-budget", "0.5"], "--id-budget must be within 0..0.01")):
         with pytest.raises(SystemExit):
             pipeline.main(bad)
         assert message in capsys.readouterr().err

@@ -29,7 +29,17 @@ import onnx
 import torch
 from tqdm import tqdm
 
-from training.calibrate import CROSS_FITS, DELAY_BAR_FRAMES, DETECTOR_CATEGORIES, SCORE_TAILS, ScoredEpisode, fit_scores, select_score, tune_decision
+from training.calibrate import (
+    CROSS_FITS,
+    DELAY_BAR_FRAMES,
+    DETECTOR_CATEGORIES,
+    MAX_ID_BUDGET,
+    SCORE_TAILS,
+    ScoredEpisode,
+    fit_scores,
+    select_score,
+    tune_decision,
+)
 from training.dataset import DatasetError, Episode, check_calibration_splits, concatenate, episodes, iter_frames, load_inputs, load_manifest
 from training.export import add_pooled_output, export_encoder, write_bundle
 from training.models import VAEConfig
@@ -137,6 +147,7 @@ def calibrate_and_bundle(
     min_mean_kl: float = 0.05,
     extrapolate: bool = False,
     cross_fit: str = "halves",
+    id_budget: float = 0.0,
 ) -> CalibratedBundle:
     """Calibrate exported encoders and tune their decision; writes the bundle to `bundle_dir`.
 
@@ -163,9 +174,9 @@ def calibrate_and_bundle(
         scores = np.full(count, np.nan)
         scores[rows] = chosen.score(latents)
         validation.append(ScoredEpisode(episode.name, scores, episode.onset_frame, episode.category))
-    tuning = tune_decision(chosen.calibration_scores, validation, SCORE_TAILS[chosen.score.kind], DETECTOR_CATEGORIES[kind], extrapolate)
+    tuning = tune_decision(chosen.calibration_scores, validation, SCORE_TAILS[chosen.score.kind], DETECTOR_CATEGORIES[kind], extrapolate, id_budget)
     provenance["score_selection"] = {"chosen": chosen.name, "cross_fit": cross_fit, "validation_auroc": score_table}
-    provenance["decision_tuning"] = {"onset_categories": list(DETECTOR_CATEGORIES[kind]), "mean_delay_frames": tuning.mean_delay,
+    provenance["decision_tuning"] = {"onset_categories": list(DETECTOR_CATEGORIES[kind]), "id_budget": id_budget, "mean_delay_frames": tuning.mean_delay,
                                      "missed_onsets": tuning.missed, "onsets_within_bar": tuning.within_bar, "candidates": tuning.table}
     bundle(chosen.score, chosen.calibration_scores, tuning.params)
     auroc_text = ", ".join(f"{name} {value:.3f}" for name, value in score_table.items())
@@ -174,12 +185,15 @@ def calibrate_and_bundle(
     return CalibratedBundle(bundle_dir, validation)
 
 
-def recalibrate(bundle_dir: Path, data: Path, out: Path, extrapolate: bool | None = None, cross_fit: str | None = None) -> Path:
+def recalibrate(
+    bundle_dir: Path, data: Path, out: Path, extrapolate: bool | None = None, cross_fit: str | None = None, id_budget: float | None = None
+) -> Path:
     """Refit the score and retune the decision of an existing bundle's encoders on `data` (adding
     their `pooled` output where it is missing, training.export) — e.g.
     on calibration and validation recordings of the town the robot will drive in; `extrapolate`:
     tune a decision whose p-values go on beyond the calibration range, `cross_fit`: how the
-    calibration scores are held out (training.calibrate); None: as the bundle was."""
+    calibration scores are held out, `id_budget`: the share of validation ID frames the alarm level
+    may leave above it (training.calibrate); None: as the bundle was."""
     check_calibration_splits(data)
     bundle = load_bundle(bundle_dir)
     if extrapolate is None:
@@ -188,6 +202,10 @@ def recalibrate(bundle_dir: Path, data: Path, out: Path, extrapolate: bool | Non
         cross_fit = bundle.provenance.get("score_selection", {}).get("cross_fit", "halves")
         if cross_fit not in CROSS_FITS:
             raise BundleError(f"{bundle_dir}: provenance.score_selection.cross_fit must be one of {CROSS_FITS}, got {cross_fit!r}")
+    if id_budget is None:  # bundles from before the budget existed were tuned without one
+        id_budget = bundle.provenance.get("decision_tuning", {}).get("id_budget", 0.0)
+        if not isinstance(id_budget, (int, float)) or isinstance(id_budget, bool) or not 0.0 <= id_budget <= MAX_ID_BUDGET:
+            raise BundleError(f"{bundle_dir}: provenance.decision_tuning.id_budget must be a number within 0..{MAX_ID_BUDGET}, got {id_budget!r}")
     mu_output = onnx.load(str(next(iter(bundle.encoders.values())))).graph.output[0]  # (batch, latent)
     latent = mu_output.type.tensor_type.shape.dim[1].dim_value
     with tempfile.TemporaryDirectory() as staging:  # the encoders are read from the old bundle while the new one is written
@@ -199,7 +217,8 @@ def recalibrate(bundle_dir: Path, data: Path, out: Path, extrapolate: bool | Non
         old = bundle.provenance
         origin = {key: old[key] for key in ("dataset", "dataset_sha256", "command", "commit", "recalibrated_from") if key in old}
         provenance = {**old, "recalibrated_from": {"bundle": str(bundle_dir), "sha256": bundle.sha256, **origin}}
-        return calibrate_and_bundle(bundle.detector, bundle.preprocessing, files, latent, data, out, provenance, extrapolate=extrapolate, cross_fit=cross_fit).path
+        return calibrate_and_bundle(bundle.detector, bundle.preprocessing, files, latent, data, out, provenance, extrapolate=extrapolate, cross_fit=cross_fit,
+                                    id_budget=id_budget).path
 
 
 def ship_bundle(bundle: Path, detector: str, name: str, make_default: bool = True) -> Path:
@@ -238,7 +257,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cross-fit", choices=CROSS_FITS,
                         help="with --recalibrate: hold calibration scores out on halves of the calibration episodes or one episode at a time — "
                              "'episodes' gives sharper p-values: faster stops, more false ones (default: as the bundle was, else halves)")
+    parser.add_argument("--id-budget", type=float, metavar="SHARE",
+                        help=f"with --recalibrate: the share of validation ID frames (0..{MAX_ID_BUDGET}) the alarm level may leave above it — "
+                             "one odd moment of one drive then does not set the level for every onset (default: as the bundle was, else 0)")
     args = parser.parse_args(argv)
+    if args.id_budget is not None and not args.recalibrate:
+        parser.error("--id-budget needs --recalibrate BUNDLE")
+    if args.id_budget is not None and not 0.0 <= args.id_budget <= MAX_ID_BUDGET:
+        parser.error(f"--id-budget must be within 0..{MAX_ID_BUDGET}, got {args.id_budget}")
     if args.extrapolate_tail is not None and not args.recalibrate:
         parser.error("--extrapolate-tail / --no-extrapolate-tail need --recalibrate BUNDLE")
     if args.cross_fit is not None and not args.recalibrate:
@@ -250,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or REPO_ROOT / "runs" / args.config
     try:
         if args.recalibrate:
-            bundle = recalibrate(args.recalibrate, args.data, args.out or args.recalibrate, args.extrapolate_tail, args.cross_fit)
+            bundle = recalibrate(args.recalibrate, args.data, args.out or args.recalibrate, args.extrapolate_tail, args.cross_fit, args.id_budget)
             print(f"recalibrated {bundle}")
             if args.ship_name:
                 print(f"shipped {ship_bundle(bundle, load_bundle(bundle).detector, args.ship_name, make_default=args.make_default)}")
