@@ -6,6 +6,8 @@ the test split through ONNX Runtime and checks that learning happened.
 
 import csv
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,7 +16,7 @@ from training.dataset import episodes
 from training.evaluate import evaluate
 from training.pipeline import CONFIGS, fit_detector
 from vae_ood_monitor.backends import make_encoder
-from vae_ood_monitor.bundle import load_bundle
+from vae_ood_monitor.bundle import load_bundle, write_sums
 from vae_ood_monitor.cli import main as cli_main
 from vae_ood_monitor.detector import OODDetector
 
@@ -203,6 +205,23 @@ def test_recalibration_refits_a_bundle_on_other_data(tiny_run, tmp_path):
     assert pipeline_main(["--data", str(town), "--recalibrate", str(tail), "--out", str(again), "--no-extrapolate-tail"]) == 0
     assert not OODDetector.from_path(again).bundle.decision.extrapolate
     assert pipeline_main(["--data", str(root), "--recalibrate", str(tmp_path / "missing")]) == 1
+
+
+@pytest.mark.parametrize(("field", "value"), [("cross_fit", "thirds"), ("id_budget", 0.5)])
+def test_a_bundle_with_a_bad_tuning_record_is_refused_before_recalibrating(tiny_run, tmp_path, capsys, field, value):
+    """What a recalibration keeps from the bundle's provenance is checked, named, and refused up front."""
+    from training.pipeline import main as pipeline_main
+
+    root, bundles, _, _ = tiny_run
+    damaged = Path(shutil.copytree(bundles["bvae"], tmp_path / "damaged"))
+    info = json.loads((damaged / "bundle.json").read_text())
+    section = "score_selection" if field == "cross_fit" else "decision_tuning"
+    info["provenance"][section][field] = value
+    (damaged / "bundle.json").write_text(json.dumps(info))
+    write_sums(damaged)
+    assert pipeline_main(["--data", str(root), "--recalibrate", str(damaged), "--out", str(tmp_path / "out")]) == 1
+    assert f"provenance.{section}.{field} must be" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_recalibration_ships_under_a_name_and_can_become_the_default(tiny_run, tmp_path, monkeypatch, capsys):
