@@ -146,7 +146,7 @@ pooled: default-plus
 lights: default-plus
 	$(VENV)/bin/python -m training.data.generate --preset traffic_lights
 	$(VENV)/bin/python -m training.data.merge datasets/default datasets/intersections datasets/traffic_lights --out datasets/default_lights
-	$(VENV)/bin/python -m training.pipeline --recalibrate models/bvae_nearest --data datasets/default_lights --id-budget 0.001 \
+	$(VENV)/bin/python -m training.pipeline --recalibrate models/bvae_nearest --data datasets/default_lights --id-budget 0.001 --extrapolate-tail \
 	    --out runs/bvae_lights --ship-name bvae_lights --make-default
 
 # The default dataset plus in-distribution drives through intersections (which the default train
