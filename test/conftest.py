@@ -105,11 +105,16 @@ def build_flow_bundle(path: Path, decision: DecisionParams = DecisionParams()):
     return path / "bundle"
 
 
+def skip_without_simulator() -> None:
+    """Skip the calling test or fixture where the simulator venv is missing, saying how to build it."""
+    if not DEFAULT_SIM_PYTHON.exists():
+        pytest.skip(f"simulator venv missing at {DEFAULT_SIM_PYTHON}: `make sim-venv` builds it")
+
+
 @pytest.fixture(scope="session")
 def small_dataset(tmp_path_factory) -> tuple[Path, dict]:
     """The "small" preset rendered by the real simulator once per test session (~30 s)."""
-    if not DEFAULT_SIM_PYTHON.exists():
-        pytest.skip(f"simulator venv missing at {DEFAULT_SIM_PYTHON}: `make sim-venv` builds it")
+    skip_without_simulator()
     root = tmp_path_factory.mktemp("small")
     manifest_path = generate("small", root, progress=False)
     return root, json.loads(manifest_path.read_text())

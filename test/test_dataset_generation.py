@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 
+from conftest import skip_without_simulator
 from training.data.corruptions import MUD_RGB, PortableSunFlare, blend_table, lens_dirt_coverage, make_corruption
 from training.data.generate import BACKWARD_STEP_M, DEFAULT_SIM_PYTHON, EffectInView, GenerationError, SimulatorStream, _forward_step, generate, main
 from training.data.scenarios import PRESETS, SCENARIOS, TRAIN_MAPS, VALIDATION_MAPS, plan_episodes
@@ -169,8 +170,7 @@ def test_traffic_light_drives_are_new_drives_off_the_held_out_maps():
 def test_traffic_lights_change_the_view_not_the_drive(map_name, seed, shows_lights):
     """Lights at the intersections are scenery: the same drive (they do not collide), other pixels
     where one is in view; a map with a light of its own (4way) gets no second one."""
-    if not DEFAULT_SIM_PYTHON.exists():
-        pytest.skip(f"simulator venv missing at {DEFAULT_SIM_PYTHON}: `make sim-venv` builds it")
+    skip_without_simulator()
     spec = {"map": map_name, "seed": seed, "frames": 8, "width": 160, "height": 120, "fps": 30.0}
     plain = list(SimulatorStream(spec, DEFAULT_SIM_PYTHON))
     lit = list(SimulatorStream({**spec, "traffic_lights": True}, DEFAULT_SIM_PYTHON))
@@ -180,8 +180,7 @@ def test_traffic_lights_change_the_view_not_the_drive(map_name, seed, shows_ligh
 
 
 def test_a_bad_traffic_lights_flag_is_a_clear_error():
-    if not DEFAULT_SIM_PYTHON.exists():
-        pytest.skip(f"simulator venv missing at {DEFAULT_SIM_PYTHON}: `make sim-venv` builds it")
+    skip_without_simulator()
     spec = {"map": "loop_empty", "seed": 1, "frames": 2, "width": 160, "height": 120, "traffic_lights": 1}
     stream = SimulatorStream(spec, DEFAULT_SIM_PYTHON)
     try:
@@ -319,8 +318,7 @@ def test_recalibration_data_without_validation_onsets_is_refused_up_front(small_
 def test_obstacles_are_seen_on_a_map_with_floor_tags():
     """The simulator loads no object for a map's floor tags, so the placed obstacles must be found
     from the end of its object list: otherwise they are never labelled in view (TTIC_ripltown)."""
-    if not DEFAULT_SIM_PYTHON.exists():
-        pytest.skip(f"simulator venv missing at {DEFAULT_SIM_PYTHON}: `make sim-venv` builds it")
+    skip_without_simulator()
     spec = {"map": "TTIC_ripltown", "seed": 200002, "frames": 12, "width": 160, "height": 120, "fps": 30.0,
             "effect": "obstacles", "onset": 4, "intensity": 0.89}
     pixels = [meta["obstacle_pixels"] for meta, _ in SimulatorStream(spec, DEFAULT_SIM_PYTHON)]
@@ -386,8 +384,7 @@ def test_episodes_made_with_an_older_scenario_revision_are_rendered_again(small_
 def test_a_reversing_robot_is_labelled_ood_from_its_first_frame_backwards():
     """Commanded in reverse while driving forward, the simulated robot brakes first — slow forward
     motion, as at every drive's start — and the label waits for the first frame that moved backwards."""
-    if not DEFAULT_SIM_PYTHON.exists():
-        pytest.skip(f"simulator venv missing at {DEFAULT_SIM_PYTHON}: `make sim-venv` builds it")
+    skip_without_simulator()
     onset = 10
     spec = {"map": "loop_empty", "seed": 7, "frames": 40, "width": 160, "height": 120, "fps": 30.0,
             "effect": "reverse", "onset": onset, "intensity": 0.5}

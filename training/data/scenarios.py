@@ -9,7 +9,7 @@ ID and OOD episodes on maps and seeds that training never saw.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from training.data.corruptions import CORRUPTIONS
 
@@ -134,6 +134,18 @@ def _more_train_drives(name: str, maps: tuple[str, ...], episodes: int, seed_off
                   scenarios=(), seed_offset=seed_offset)
 
 
+_INTERSECTIONS = Preset(
+    name="intersections",
+    frames=300,
+    onset_range=(90, 180),
+    splits={
+        "train": SplitPlan(INTERSECTION_MAPS, id_episodes=12),
+        "calibration": SplitPlan(INTERSECTION_MAPS, id_episodes=4),
+        "validation": SplitPlan(INTERSECTION_VALIDATION_MAPS, id_episodes=4),
+    },
+    scenarios=(),
+)
+
 PRESETS: dict[str, Preset] = {
     "default": Preset(
         name="default",
@@ -160,33 +172,11 @@ PRESETS: dict[str, Preset] = {
         scenarios=("fog", "frozen", "black", "spin", "obstacles"),
     ),
     # In-distribution driving through intersections: more maps for calibration and validation.
-    "intersections": Preset(
-        name="intersections",
-        frames=300,
-        onset_range=(90, 180),
-        splits={
-            "train": SplitPlan(INTERSECTION_MAPS, id_episodes=12),
-            "calibration": SplitPlan(INTERSECTION_MAPS, id_episodes=4),
-            "validation": SplitPlan(INTERSECTION_VALIDATION_MAPS, id_episodes=4),
-        },
-        scenarios=(),
-    ),
+    "intersections": _INTERSECTIONS,
     # The intersections' drives again (new seeds) with a traffic light at every intersection, as
     # Duckietown towns have them; no default, intersection or more_maps map has one. To merge
     # after `intersections`.
-    "traffic_lights": Preset(
-        name="traffic_lights",
-        frames=300,
-        onset_range=(90, 180),
-        splits={
-            "train": SplitPlan(INTERSECTION_MAPS, id_episodes=12),
-            "calibration": SplitPlan(INTERSECTION_MAPS, id_episodes=4),
-            "validation": SplitPlan(INTERSECTION_VALIDATION_MAPS, id_episodes=4),
-        },
-        scenarios=(),
-        seed_offset=80_000,
-        traffic_lights=True,
-    ),
+    "traffic_lights": replace(_INTERSECTIONS, name="traffic_lights", seed_offset=80_000, traffic_lights=True),
     # Three times the intersections' train drives, on the same maps with other seeds, to merge
     # after `intersections`: does more ID turning data help the flow detector? (Measured: no
     # further gain over `intersections` alone; README, Compression, `flow_plus_more`.)
