@@ -108,6 +108,7 @@ def metrics_table(results: list[EpisodeResult]) -> list[dict[str, object]]:
             groups.setdefault(r.episode.scenario, []).append(r)
             groups.setdefault(f"[{r.episode.category}]", []).append(r)
             groups.setdefault("[all OOD]", []).append(r)
+    delays_of = {r.episode.name: _onset_delays(r) for r in results if r.episode.onset_frame}
     rows = []
     for group, members in groups.items():
         row: dict[str, object] = {"scenario": group, "ood_frames": int(sum(r.ood.sum() for r in members))}
@@ -127,7 +128,7 @@ def metrics_table(results: list[EpisodeResult]) -> list[dict[str, object]]:
         row["learned_minus_baseline"] = max(row[f"auroc_{name}"] for name in learned) - row["auroc_baseline"]  # type: ignore[type-var,operator]
         onsets = [r for r in members if r.episode.onset_frame]
         if onsets:
-            delays = [_onset_delays(r) for r in onsets]
+            delays = [delays_of[r.episode.name] for r in onsets]
             row["onsets"] = len(onsets)
             row["median_delay_fused"] = _median_delay([d["delay_fused"] for d in delays])
             row[f"detected_within_{DELAY_BAR_FRAMES}"] = sum(_within_bar(d["delay_fused"]) for d in delays) / len(delays)
