@@ -1,4 +1,4 @@
-"""Latent scores (KL, Mahalanobis, Mahalanobis with pooled conv features): fitting on calibration latents, selection on validation, storage."""
+"""Latent scores (KL, Mahalanobis, Mahalanobis and Gaussian mixture with pooled conv features): fitting on calibration latents, selection on validation, storage."""
 
 import json
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from conftest import build_image_bundle
-from training.calibrate import CROSS_FITS, fit_scores, select_score
+from training.calibrate import CROSS_FITS, MIXTURE_COMPONENTS, fit_scores, select_score
 from vae_ood_monitor.bundle import BundleError, load_bundle, write_sums
 from vae_ood_monitor.scoring import EncoderOutputs, LatentScore, kl_per_dimension
 
@@ -100,19 +100,65 @@ def _with_pooled(latents: dict[str, EncoderOutputs], rng: np.random.Generator, s
 def test_pooled_features_catch_what_the_latent_code_misses():
     rng = np.random.default_rng(7)
     candidates = fit_scores([_with_pooled(_id_latents(rng, 300), rng) for _ in range(2)])
-    assert [c.name for c in candidates] == ["kl", "mahalanobis", "mahalanobis_diag", "mahalanobis_pooled"]
+    assert [c.name for c in candidates] == ["kl", "mahalanobis", "mahalanobis_diag", "mahalanobis_pooled", "mixture_pooled"]
     validation = [(_with_pooled(_id_latents(rng, 200), rng), np.zeros(200, bool)), (_with_pooled(_id_latents(rng, 200), rng, shift=3.0), np.ones(200, bool))]
     chosen, tail, table = select_score(candidates, validation)
-    assert chosen.name == "mahalanobis_pooled" and tail == "upper" and table["mahalanobis_pooled"] > 0.99
+    assert chosen.name in ("mahalanobis_pooled", "mixture_pooled") and tail == "upper"
+    assert table["mahalanobis_pooled"] > 0.99 and table["mixture_pooled"] > 0.99
     assert table["mahalanobis"] < 0.7 and chosen.score.pooled == {"image": 5}
     restored = LatentScore.from_dict(json.loads(json.dumps(chosen.score.to_dict())))
     np.testing.assert_allclose(restored(validation[1][0]), chosen.score(validation[1][0]), rtol=1e-5)
 
 
-def test_the_pooled_score_is_a_candidate_only_where_every_encoder_exports_pooled_features():
+def test_the_pooled_scores_are_candidates_only_where_every_encoder_exports_pooled_features():
     rng = np.random.default_rng(8)
     calibration = [_with_pooled(_id_latents(rng, 100), rng), _id_latents(rng, 100)]
-    assert "mahalanobis_pooled" not in [c.name for c in fit_scores(calibration)]
+    names = [c.name for c in fit_scores(calibration)]
+    assert "mahalanobis_pooled" not in names and "mixture_pooled" not in names
+
+
+def test_the_mixture_is_a_candidate_only_where_each_fit_has_enough_frames():
+    """13 features × 8 components: a half of 100 frames cannot pin a full covariance per component."""
+    rng = np.random.default_rng(10)
+    assert MIXTURE_COMPONENTS * 13 > 100
+    names = [c.name for c in fit_scores([_with_pooled(_id_latents(rng, 100), rng) for _ in range(2)])]
+    assert "mahalanobis_pooled" in names and "mixture_pooled" not in names
+
+
+def _two_kinds_of_driving(rng: np.random.Generator, frames: int, between: bool = False) -> dict[str, EncoderOutputs]:
+    """Normal driving of two kinds (unlit streets, a traffic light in view) that lie apart in
+    the pooled features; `between`: frames halfway between them, which neither kind shows."""
+    latents = _with_pooled(_id_latents(rng, frames), rng)
+    pooled = latents["image"].pooled
+    pooled[:, 2] += 3.0 if between else np.where(np.arange(frames) % 2 == 0, 0.0, 6.0)
+    return latents
+
+
+def test_a_mixture_sees_what_lies_between_two_kinds_of_normal_driving():
+    """One Gaussian stretched over both kinds puts its mean where no normal frame is: the frames
+    in between look more normal to it than normal frames do. The mixture keeps the kinds apart."""
+    rng = np.random.default_rng(11)
+    candidates = fit_scores([_two_kinds_of_driving(rng, 300) for _ in range(2)])
+    validation = [(_two_kinds_of_driving(rng, 200), np.zeros(200, bool)), (_two_kinds_of_driving(rng, 200, between=True), np.ones(200, bool))]
+    chosen, tail, table = select_score(candidates, validation)
+    assert chosen.name == "mixture_pooled" and tail == "upper" and table["mixture_pooled"] > 0.99
+    assert table["mahalanobis_pooled"] < 0.6
+    restored = LatentScore.from_dict(json.loads(json.dumps(chosen.score.to_dict())))
+    np.testing.assert_allclose(restored(validation[1][0]), chosen.score(validation[1][0]), rtol=1e-5)
+
+
+def test_a_one_component_mixture_is_the_mahalanobis_distance_and_more_never_score_below_the_nearest():
+    rng = np.random.default_rng(12)
+    latents = _with_pooled(_id_latents(rng, 50), rng)
+    size = 13
+    mean, precision = rng.normal(0.0, 1.0, size), np.eye(size) * rng.uniform(0.5, 2.0, size)
+    mahalanobis = LatentScore("mahalanobis_pooled", {"image": [0, 1, 2, 3]}, mean, precision, {"image": 5})
+    single = LatentScore("mixture_pooled", {"image": [0, 1, 2, 3]}, mean[None], precision[None], {"image": 5}, np.ones(1))
+    np.testing.assert_allclose(single(latents), mahalanobis(latents), rtol=1e-9)
+    means, precisions = np.stack([mean, mean + 1.0]), np.stack([precision, 2.0 * precision])
+    pair = LatentScore("mixture_pooled", {"image": [0, 1, 2, 3]}, means, precisions, {"image": 5}, np.array([0.3, 0.7]))
+    nearest = np.min([LatentScore("mahalanobis_pooled", {"image": [0, 1, 2, 3]}, m, p, {"image": 5})(latents) for m, p in zip(means, precisions)], axis=0)
+    assert np.all(pair(latents) >= nearest - 1e-9)
 
 
 def test_a_pooled_score_names_missing_or_mismatched_pooled_features():
@@ -152,6 +198,16 @@ def test_mahalanobis_score_round_trips_through_json():
          "needs a mean of 4 values"),
         ({"kind": "mahalanobis", "dims": {"image": [0]}, "pooled": {"image": 2}, "mean": [0.0, 0.0], "precision": [[1.0, 0.0], [0.0, 1.0]]},
          "a mahalanobis score reads no pooled features"),
+        ({"kind": "mixture_pooled", "dims": {"image": [0]}, "pooled": {"image": 1}, "mean": [[0.0] * 3], "precision": [np.eye(3).tolist()]},
+         "needs positive, finite weights"),
+        ({"kind": "mixture_pooled", "dims": {"image": [0]}, "pooled": {"image": 1}, "mean": [[0.0] * 3], "precision": [np.eye(3).tolist()], "weights": [-1.0]},
+         "needs positive, finite weights"),
+        ({"kind": "mixture_pooled", "dims": {"image": [0]}, "pooled": {"image": 1}, "mean": [[0.0] * 3], "precision": [np.eye(3).tolist()], "weights": [0.5, 0.5]},
+         "with 2 components needs 2 means of 3 values"),
+        ({"kind": "mixture_pooled", "dims": {"image": [0]}, "pooled": {"image": 1}, "mean": [[0.0] * 3], "precision": [(-np.eye(3)).tolist()], "weights": [1.0]},
+         "component 0: the precision matrix is not positive definite"),
+        ({"kind": "mahalanobis", "dims": {"image": [0]}, "mean": [0.0, 0.0], "precision": [[1.0, 0.0], [0.0, 1.0]], "weights": [1.0]},
+         "a mahalanobis score has no mixture weights"),
     ],
 )
 def test_bad_scores_in_a_bundle_are_refused_with_a_reason(tmp_path, score, message):

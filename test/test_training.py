@@ -50,7 +50,8 @@ def test_trained_encoders_export_pooled_features_and_validation_weighs_that_scor
     for bundle in bundles.values():
         loaded = load_bundle(bundle)
         assert all("pooled" in make_encoder("onnxruntime", path).outputs for path in loaded.encoders.values())
-        assert set(loaded.provenance["score_selection"]["validation_auroc"]) == {"kl", "mahalanobis", "mahalanobis_diag", "mahalanobis_pooled"}
+        # (mixture_pooled joins only where the calibration halves have enough frames for it)
+        assert {"kl", "mahalanobis", "mahalanobis_diag", "mahalanobis_pooled"} <= set(loaded.provenance["score_selection"]["validation_auroc"])
 
 
 def test_report_and_plots_are_written(tiny_run):

@@ -3,7 +3,8 @@ validation (ID + OOD) data only.
 
 Score: every candidate (KL of the active dimensions; Mahalanobis distance of [μ, logσ²] with a
 Ledoit-Wolf or a diagonal covariance, and of [μ, logσ², pooled conv features] with a Ledoit-Wolf
-covariance where the encoders export them) is fitted on the calibration frames; its calibration scores
+covariance or under a Gaussian mixture where the encoders export them) is fitted on the
+calibration frames; its calibration scores
 are cross-fitted, so the conformal p-values see held-out scores as the robot will: by default on
 halves (fitted on every other calibration episode, scored on the rest, and vice versa), or leaving
 one episode out (`cross_fit="episodes"`: each episode scored by the candidate fitted on all the
@@ -39,10 +40,19 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 from sklearn.covariance import LedoitWolf
+from sklearn.mixture import GaussianMixture
 
 from vae_ood_monitor.decision import ConformalDecider, DecisionParams, conformal_p_values
 from vae_ood_monitor.metrics import auroc
-from vae_ood_monitor.scoring import EncoderOutputs, Latents, LatentScore, concatenate_outputs, posterior_features, select_active_dimensions
+from vae_ood_monitor.scoring import (
+    POOLED_KINDS,
+    EncoderOutputs,
+    Latents,
+    LatentScore,
+    concatenate_outputs,
+    posterior_features,
+    select_active_dimensions,
+)
 
 # The delay bar: an onset should be flagged within 15 frames (0.5 s at 30 fps).
 DELAY_BAR_FRAMES = 15
@@ -50,7 +60,7 @@ DELAY_BAR_FRAMES = 15
 TAILS = ("both", "upper")
 # A Mahalanobis distance already grows in every direction away from normal driving; only the KL
 # needs the lower tail too (an input the encoder maps onto the prior has a *small* KL).
-SCORE_TAILS = {"kl": TAILS, "mahalanobis": ("upper",), "mahalanobis_pooled": ("upper",)}
+SCORE_TAILS = {"kl": TAILS, "mahalanobis": ("upper",), "mahalanobis_pooled": ("upper",), "mixture_pooled": ("upper",)}
 EPSILONS = (0.04, 0.1, 0.2)
 WINDOWS = (5, 10, 20)
 # CUSUM decay per frame: absorbs mildly unusual stretches of normal driving (a new map, a new
@@ -63,11 +73,22 @@ MIN_THRESHOLD = 5.0
 # The largest ID budget tune_decision takes: the bar for flagged ID test frames (1 %).
 MAX_ID_BUDGET = 0.01
 VARIANCE_FLOOR = 1e-6  # keeps the precision finite for latent dimensions that never move
+# The mixture_pooled score (vae_ood_monitor.scoring): components, fitted on standardised features
+# with this much added to each component's covariance diagonal (keeps a small component's
+# precision bounded), best of several seeded starts. 8 components: the smallest count of the
+# plateau on the lit validation split (mean β-VAE delay 39 / 32 / 21 / 22 / 21 frames for 2 / 4 /
+# 8 / 12 / 16 components, README).
+MIXTURE_COMPONENTS = 8
+MIXTURE_REGULARISATION = 1e-2
+MIXTURE_STARTS = 4
+# A mixture is a candidate only where every fit sees this many frames per component and feature
+# (fewer cannot pin down a full covariance per component).
+MIXTURE_FRAMES_PER_PARAMETER = 1
 
 
 @dataclass(frozen=True)
 class FittedScore:
-    name: str  # kl, mahalanobis (Ledoit-Wolf covariance), mahalanobis_diag or mahalanobis_pooled (Ledoit-Wolf)
+    name: str  # kl, mahalanobis (Ledoit-Wolf covariance), mahalanobis_diag, mahalanobis_pooled (Ledoit-Wolf) or mixture_pooled
     score: LatentScore
     calibration_scores: np.ndarray  # held-out score of every calibration frame
 
@@ -84,11 +105,15 @@ def _fit(name: str, latents: Latents, min_mean_kl: float) -> LatentScore:
     if name == "kl":
         return LatentScore("kl", {encoder: select_active_dimensions(out.mu, out.logvar, min_mean_kl) for encoder, out in latents.items()})
     dims = {encoder: list(range(out.mu.shape[1])) for encoder, out in latents.items()}
-    pooled = {encoder: out.pooled.shape[1] for encoder, out in latents.items() if out.pooled is not None} if name == "mahalanobis_pooled" else {}
+    pooled = {encoder: out.pooled.shape[1] for encoder, out in latents.items() if out.pooled is not None} if name in POOLED_KINDS else {}
     features = posterior_features(latents, dims, bool(pooled))
     mean, scale = features.mean(axis=0), np.sqrt(features.var(axis=0) + VARIANCE_FLOOR)
     if name == "mahalanobis_diag":
         return LatentScore("mahalanobis", dims, mean, np.diag(1.0 / scale**2))
+    if name == "mixture_pooled":
+        mixture = GaussianMixture(MIXTURE_COMPONENTS, covariance_type="full", reg_covar=MIXTURE_REGULARISATION, n_init=MIXTURE_STARTS, random_state=0)
+        mixture.fit((features - mean) / scale)
+        return LatentScore(name, dims, mean + scale * mixture.means_, mixture.precisions_ / np.outer(scale, scale), pooled, mixture.weights_)
     # Shrink the correlation, not the covariance: features differ in scale by orders of magnitude
     # (switched-off dimensions barely move), and shrinking towards one common variance would
     # silence exactly those dimensions.
@@ -96,8 +121,18 @@ def _fit(name: str, latents: Latents, min_mean_kl: float) -> LatentScore:
     return LatentScore("mahalanobis_pooled" if pooled else "mahalanobis", dims, mean, correlation_precision / np.outer(scale, scale), pooled)
 
 
-SCORE_CANDIDATES = ("kl", "mahalanobis", "mahalanobis_diag", "mahalanobis_pooled")  # mahalanobis_pooled only where every encoder exports `pooled`
+# mahalanobis_pooled and mixture_pooled only where every encoder exports `pooled`, the mixture
+# only where every fit has enough frames (MIXTURE_FRAMES_PER_PARAMETER)
+SCORE_CANDIDATES = ("kl", "mahalanobis", "mahalanobis_diag", "mahalanobis_pooled", "mixture_pooled")
 CROSS_FITS = ("halves", "episodes")
+
+
+def _frames(latents: Latents) -> int:
+    return len(next(iter(latents.values())).mu)
+
+
+def _feature_count(latents: Latents) -> int:
+    return sum(2 * out.mu.shape[1] + (0 if out.pooled is None else out.pooled.shape[1]) for out in latents.values())
 
 
 def fit_scores(calibration: list[Latents], min_mean_kl: float = 0.05, cross_fit: str = "halves") -> list[FittedScore]:
@@ -118,8 +153,10 @@ def fit_scores(calibration: list[Latents], min_mean_kl: float = 0.05, cross_fit:
         folds = calibration
         rest = [_concat(calibration[:i] + calibration[i + 1 :]) for i in range(len(calibration))]
     has_pooled = all(out.pooled is not None for latents in calibration for out in latents.values())
+    mixture_fits = min(_frames(others) for others in rest) >= MIXTURE_FRAMES_PER_PARAMETER * MIXTURE_COMPONENTS * _feature_count(calibration[0])
+    names = [n for n in SCORE_CANDIDATES if (has_pooled or n not in POOLED_KINDS) and (mixture_fits or n != "mixture_pooled")]
     fitted = []
-    for name in (n for n in SCORE_CANDIDATES if has_pooled or n != "mahalanobis_pooled"):
+    for name in names:
         held_out = [_fit(name, others, min_mean_kl)(fold) for fold, others in zip(folds, rest)]
         fitted.append(FittedScore(name, _fit(name, _concat(calibration), min_mean_kl), np.concatenate(held_out)))
     return fitted

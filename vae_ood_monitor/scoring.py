@@ -15,6 +15,13 @@ Three kinds, all fitted on in-distribution calibration frames and stored in the 
   code keeps what reconstructs the whole scene and drops what it cannot: a bus filling a quarter
   of the view or mud on the lens hardly moves it, but they change how strongly the early filters
   respond (Lee et al., NeurIPS 2018, score intermediate features the same way).
+- ``mixture_pooled``: the same features under a Gaussian mixture instead of one Gaussian. Normal
+  driving is not one cloud: a drive under a traffic light or on a town with other tiles sits
+  apart from the rest, and one covariance wide enough for all of them lets lens dirt or a bus
+  hide in directions only those drives needed. The score is −2 log Σ_k π_k exp(−d_k / 2), d_k the
+  Mahalanobis distance to component k and π_k its weight times √det(precision_k), normalised: the
+  mixture's negative log-likelihood up to a constant, never below the nearest component's d_k,
+  and with one component exactly the Mahalanobis distance.
 
 The training pipeline picks the kind per detector on the validation split.
 """
@@ -26,8 +33,9 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-SCORE_KINDS = ("kl", "mahalanobis", "mahalanobis_pooled")
+SCORE_KINDS = ("kl", "mahalanobis", "mahalanobis_pooled", "mixture_pooled")
 MAHALANOBIS_KINDS = ("mahalanobis", "mahalanobis_pooled")
+POOLED_KINDS = ("mahalanobis_pooled", "mixture_pooled")
 
 
 class EncoderOutputs(NamedTuple):
@@ -86,30 +94,54 @@ def posterior_features(latents: Latents, dims: dict[str, list[int]], pooled: boo
 @dataclass(frozen=True)
 class LatentScore:
     """A fitted score: its kind, the latent dimensions it reads per encoder and, for the
-    Mahalanobis kinds, the ID mean and precision (inverse covariance) of the feature vector
-    (``mahalanobis_pooled``: and how many pooled features each encoder adds to it)."""
+    Mahalanobis kinds, the ID mean and precision (inverse covariance) of the feature vector; for
+    ``mixture_pooled`` one mean and precision per component (stacked) and the components'
+    weights. The pooled kinds also say how many pooled features each encoder adds."""
 
     kind: str
     dims: dict[str, list[int]]
     mean: np.ndarray | None = field(default=None, compare=False)
     precision: np.ndarray | None = field(default=None, compare=False)
     pooled: dict[str, int] = field(default_factory=dict)
+    weights: np.ndarray | None = field(default=None, compare=False)
+    _log_prior: np.ndarray | None = field(default=None, init=False, repr=False, compare=False)  # log π_k (module docstring)
 
     def __post_init__(self) -> None:
         if self.kind not in SCORE_KINDS:
             raise ValueError(f"unknown score kind {self.kind!r} (known: {', '.join(SCORE_KINDS)})")
         if self.reads_pooled and set(self.pooled) != set(self.dims):
-            raise ValueError("a mahalanobis_pooled score needs the pooled feature count of every encoder it reads")
+            raise ValueError(f"a {self.kind} score needs the pooled feature count of every encoder it reads")
         if not self.reads_pooled and self.pooled:
             raise ValueError(f"a {self.kind} score reads no pooled features")
+        size = 2 * sum(len(d) for d in self.dims.values()) + sum(self.pooled.values())
         if self.kind in MAHALANOBIS_KINDS:
-            size = 2 * sum(len(d) for d in self.dims.values()) + sum(self.pooled.values())
             if self.mean is None or self.precision is None or self.mean.shape != (size,) or self.precision.shape != (size, size):
                 raise ValueError(f"{self.kind} score needs a mean of {size} values and a {size}×{size} precision matrix")
+        if self.kind == "mixture_pooled":
+            object.__setattr__(self, "_log_prior", self._mixture_log_prior(size))
+        elif self.weights is not None:
+            raise ValueError(f"a {self.kind} score has no mixture weights")
+
+    def _mixture_log_prior(self, size: int) -> np.ndarray:
+        """log π_k, checking the components on the way (a hand-edited bundle must fail here, by name)."""
+        weights = self.weights
+        if weights is None or weights.ndim != 1 or weights.size == 0 or not np.all(np.isfinite(weights)) or np.any(weights <= 0.0):
+            raise ValueError("mixture_pooled score needs positive, finite weights, one per component")
+        count = weights.size
+        if self.mean is None or self.precision is None or self.mean.shape != (count, size) or self.precision.shape != (count, size, size):
+            raise ValueError(f"mixture_pooled score with {count} components needs {count} means of {size} values and {count} {size}×{size} precision matrices")
+        log_det = np.empty(count)
+        for k, precision in enumerate(self.precision):
+            try:
+                log_det[k] = 2.0 * np.log(np.diag(np.linalg.cholesky(precision))).sum()
+            except np.linalg.LinAlgError:
+                raise ValueError(f"mixture_pooled component {k}: the precision matrix is not positive definite") from None
+        log_prior = np.log(weights) + 0.5 * log_det
+        return log_prior - (log_prior.max() + np.log(np.exp(log_prior - log_prior.max()).sum()))
 
     @property
     def reads_pooled(self) -> bool:
-        return self.kind == "mahalanobis_pooled"
+        return self.kind in POOLED_KINDS
 
     def __call__(self, latents: Latents) -> np.ndarray:
         if self.kind == "kl":
@@ -118,22 +150,32 @@ class LatentScore:
             found = latents[name].pooled
             if found is not None and found.shape[1] != width:
                 raise ValueError(f"score expects {width} pooled features from encoder '{name}', its model gives {found.shape[1]}")
-        centred = posterior_features(latents, self.dims, self.reads_pooled) - self.mean
-        return np.einsum("ij,jk,ik->i", centred, self.precision, centred)
+        features = posterior_features(latents, self.dims, self.reads_pooled)
+        if self.kind in MAHALANOBIS_KINDS:
+            centred = features - self.mean
+            return np.einsum("ij,jk,ik->i", centred, self.precision, centred)
+        centred = features[:, None, :] - self.mean[None]  # frame, component, feature
+        distances = (np.einsum("nkd,kde->nke", centred, self.precision) * centred).sum(axis=2)
+        exponents = self._log_prior - 0.5 * distances  # type: ignore[operator]
+        top = exponents.max(axis=1)
+        return -2.0 * (top + np.log(np.exp(exponents - top[:, None]).sum(axis=1)))
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {"kind": self.kind, "dims": self.dims}
         if self.pooled:
             data["pooled"] = self.pooled
-        if self.kind in MAHALANOBIS_KINDS:
-            data["mean"] = [round(float(v), 7) for v in self.mean]  # type: ignore[union-attr]
-            data["precision"] = [[round(float(v), 7) for v in row] for row in self.precision]  # type: ignore[union-attr]
+        if self.mean is not None and self.precision is not None:
+            data["mean"] = np.round(self.mean, 7).tolist()
+            data["precision"] = np.round(self.precision, 7).tolist()
+        if self.weights is not None:
+            data["weights"] = np.round(self.weights, 9).tolist()
         return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LatentScore:
         dims = {str(name): [int(d) for d in values] for name, values in data["dims"].items()}
         pooled = {str(name): int(width) for name, width in data.get("pooled", {}).items()}
-        if data["kind"] in MAHALANOBIS_KINDS:
-            return cls(data["kind"], dims, np.asarray(data["mean"], dtype=np.float64), np.asarray(data["precision"], dtype=np.float64), pooled)
+        if data["kind"] in MAHALANOBIS_KINDS or data["kind"] == "mixture_pooled":
+            weights = np.asarray(data["weights"], dtype=np.float64) if "weights" in data else None
+            return cls(data["kind"], dims, np.asarray(data["mean"], dtype=np.float64), np.asarray(data["precision"], dtype=np.float64), pooled, weights)
         return cls(data["kind"], dims, pooled=pooled)
