@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from conftest import build_image_bundle
-from training.calibrate import CROSS_FITS, MIXTURE_COMPONENTS, fit_scores, select_score
+from training.calibrate import CROSS_FITS, MIXTURE_COMPONENTS, SCORE_CANDIDATES, fit_scores, select_score
 from vae_ood_monitor.bundle import BundleError, load_bundle, write_sums
 from vae_ood_monitor.scoring import EncoderOutputs, LatentScore, kl_per_dimension
 
@@ -100,11 +100,10 @@ def _with_pooled(latents: dict[str, EncoderOutputs], rng: np.random.Generator, s
 def test_pooled_features_catch_what_the_latent_code_misses():
     rng = np.random.default_rng(7)
     candidates = fit_scores([_with_pooled(_id_latents(rng, 300), rng) for _ in range(2)])
-    assert [c.name for c in candidates] == ["kl", "mahalanobis", "mahalanobis_diag", "mahalanobis_pooled", "mixture_pooled"]
+    assert [c.name for c in candidates] == ["kl", "mahalanobis", "mahalanobis_diag", "mahalanobis_pooled"], "the mixture only when asked for"
     validation = [(_with_pooled(_id_latents(rng, 200), rng), np.zeros(200, bool)), (_with_pooled(_id_latents(rng, 200), rng, shift=3.0), np.ones(200, bool))]
     chosen, tail, table = select_score(candidates, validation)
-    assert chosen.name in ("mahalanobis_pooled", "mixture_pooled") and tail == "upper"
-    assert table["mahalanobis_pooled"] > 0.99 and table["mixture_pooled"] > 0.99
+    assert chosen.name == "mahalanobis_pooled" and tail == "upper" and table["mahalanobis_pooled"] > 0.99
     assert table["mahalanobis"] < 0.7 and chosen.score.pooled == {"image": 5}
     restored = LatentScore.from_dict(json.loads(json.dumps(chosen.score.to_dict())))
     np.testing.assert_allclose(restored(validation[1][0]), chosen.score(validation[1][0]), rtol=1e-5)
@@ -113,16 +112,22 @@ def test_pooled_features_catch_what_the_latent_code_misses():
 def test_the_pooled_scores_are_candidates_only_where_every_encoder_exports_pooled_features():
     rng = np.random.default_rng(8)
     calibration = [_with_pooled(_id_latents(rng, 100), rng), _id_latents(rng, 100)]
-    names = [c.name for c in fit_scores(calibration)]
-    assert "mahalanobis_pooled" not in names and "mixture_pooled" not in names
+    assert [c.name for c in fit_scores(calibration, candidates=SCORE_CANDIDATES)] == ["kl", "mahalanobis", "mahalanobis_diag"]
 
 
 def test_the_mixture_is_a_candidate_only_where_each_fit_has_enough_frames():
     """13 features × 8 components: a half of 100 frames cannot pin a full covariance per component."""
     rng = np.random.default_rng(10)
     assert MIXTURE_COMPONENTS * 13 > 100
-    names = [c.name for c in fit_scores([_with_pooled(_id_latents(rng, 100), rng) for _ in range(2)])]
-    assert "mahalanobis_pooled" in names and "mixture_pooled" not in names
+    calibration = [_with_pooled(_id_latents(rng, 100), rng) for _ in range(2)]
+    assert [c.name for c in fit_scores(calibration, candidates=SCORE_CANDIDATES)] == ["kl", "mahalanobis", "mahalanobis_diag", "mahalanobis_pooled"]
+    with pytest.raises(ValueError, match="none of the score candidates mixture_pooled fits these encoders and frames"):
+        fit_scores(calibration, candidates=("mixture_pooled",))
+
+
+def test_unknown_score_candidates_are_a_clear_error():
+    with pytest.raises(ValueError, match="score candidates must be among kl, .*, got energy"):
+        fit_scores([_id_latents(np.random.default_rng(13), 50)], candidates=("energy",))
 
 
 def _two_kinds_of_driving(rng: np.random.Generator, frames: int, between: bool = False) -> dict[str, EncoderOutputs]:
@@ -138,7 +143,7 @@ def test_a_mixture_sees_what_lies_between_two_kinds_of_normal_driving():
     """One Gaussian stretched over both kinds puts its mean where no normal frame is: the frames
     in between look more normal to it than normal frames do. The mixture keeps the kinds apart."""
     rng = np.random.default_rng(11)
-    candidates = fit_scores([_two_kinds_of_driving(rng, 300) for _ in range(2)])
+    candidates = fit_scores([_two_kinds_of_driving(rng, 300) for _ in range(2)], candidates=SCORE_CANDIDATES)
     validation = [(_two_kinds_of_driving(rng, 200), np.zeros(200, bool)), (_two_kinds_of_driving(rng, 200, between=True), np.ones(200, bool))]
     chosen, tail, table = select_score(candidates, validation)
     assert chosen.name == "mixture_pooled" and tail == "upper" and table["mixture_pooled"] > 0.99

@@ -50,8 +50,7 @@ def test_trained_encoders_export_pooled_features_and_validation_weighs_that_scor
     for bundle in bundles.values():
         loaded = load_bundle(bundle)
         assert all("pooled" in make_encoder("onnxruntime", path).outputs for path in loaded.encoders.values())
-        # (mixture_pooled joins only where the calibration halves have enough frames for it)
-        assert {"kl", "mahalanobis", "mahalanobis_diag", "mahalanobis_pooled"} <= set(loaded.provenance["score_selection"]["validation_auroc"])
+        assert set(loaded.provenance["score_selection"]["validation_auroc"]) == {"kl", "mahalanobis", "mahalanobis_diag", "mahalanobis_pooled"}
 
 
 def test_report_and_plots_are_written(tiny_run):
@@ -193,9 +192,10 @@ def test_recalibration_refits_a_bundle_on_other_data(tiny_run, tmp_path):
     assert not new.decision.extrapolate
     assert new.provenance["score_selection"]["cross_fit"] == "halves"
     assert new.provenance["decision_tuning"]["id_budget"] == 0.0
+    assert new.provenance["score_selection"]["candidates"] == ["kl", "mahalanobis", "mahalanobis_diag", "mahalanobis_pooled"]
     tail = tmp_path / "tail"
     assert pipeline_main(["--data", str(town), "--recalibrate", str(bundles["bvae"]), "--out", str(tail), "--extrapolate-tail", "--cross-fit", "episodes",
-                          "--id-budget", "0.001"]) == 0
+                          "--id-budget", "0.001", "--scores", "kl,mahalanobis"]) == 0
     assert OODDetector.from_path(tail).bundle.decision.extrapolate, "the bundle carries the tail setting to the runtime"
     again = tmp_path / "again"
     assert pipeline_main(["--data", str(town), "--recalibrate", str(tail), "--out", str(again)]) == 0
@@ -203,12 +203,13 @@ def test_recalibration_refits_a_bundle_on_other_data(tiny_run, tmp_path):
     assert kept.decision.extrapolate, "recalibrating keeps the bundle's tail setting"
     assert kept.provenance["score_selection"]["cross_fit"] == "episodes", "and its cross-fitting"
     assert kept.provenance["decision_tuning"]["id_budget"] == 0.001, "and its ID budget"
+    assert set(kept.provenance["score_selection"]["validation_auroc"]) == {"kl", "mahalanobis"}, "and its score candidates"
     assert pipeline_main(["--data", str(town), "--recalibrate", str(tail), "--out", str(again), "--no-extrapolate-tail"]) == 0
     assert not OODDetector.from_path(again).bundle.decision.extrapolate
     assert pipeline_main(["--data", str(root), "--recalibrate", str(tmp_path / "missing")]) == 1
 
 
-@pytest.mark.parametrize(("field", "value"), [("cross_fit", "thirds"), ("id_budget", 0.5)])
+@pytest.mark.parametrize(("field", "value"), [("cross_fit", "thirds"), ("id_budget", 0.5), ("candidates", ["energy"])])
 def test_a_bundle_with_a_bad_tuning_record_is_refused_before_recalibrating(tiny_run, tmp_path, capsys, field, value):
     """What a recalibration keeps from the bundle's provenance is checked, named, and refused up front."""
     from training.pipeline import main as pipeline_main
@@ -216,7 +217,7 @@ def test_a_bundle_with_a_bad_tuning_record_is_refused_before_recalibrating(tiny_
     root, bundles, _, _ = tiny_run
     damaged = Path(shutil.copytree(bundles["bvae"], tmp_path / "damaged"))
     info = json.loads((damaged / "bundle.json").read_text())
-    section = "score_selection" if field == "cross_fit" else "decision_tuning"
+    section = "decision_tuning" if field == "id_budget" else "score_selection"
     info["provenance"][section][field] = value
     (damaged / "bundle.json").write_text(json.dumps(info))
     write_sums(damaged)
@@ -237,7 +238,8 @@ def test_a_recalibration_ships_under_a_name_and_can_become_the_default(tiny_run,
     assert shipped.sha256 == OODDetector.from_path(tmp_path / "run").bundle.sha256
     assert json.loads((tmp_path / "models" / "defaults.json").read_text()) == {"bvae": "bvae_town"}
     for bad, message in ((["--data", str(root), "--ship-name", "x"], "--ship-name needs --recalibrate"), (argv + ["--make-default"], "--make-default needs --ship-name"),
-                         (["--data", str(root), "--id-budget", "0.001"], "--id-budget needs --recalibrate"), (argv + ["--id-budget", "0.5"], "--id-budget must be within 0..0.01")):
+                         (["--data", str(root), "--id-budget", "0.001"], "--id-budget needs --recalibrate"), (argv + ["--id-budget", "0.5"], "--id-budget must be within 0..0.01"),
+                         (["--data", str(root), "--scores", "kl"], "--scores needs --recalibrate"), (argv + ["--scores", "kl,energy"], "score kinds are among kl,")):
         with pytest.raises(SystemExit):
             pipeline.main(bad)
         assert message in capsys.readouterr().err

@@ -31,9 +31,11 @@ from tqdm import tqdm
 
 from training.calibrate import (
     CROSS_FITS,
+    DEFAULT_SCORE_CANDIDATES,
     DELAY_BAR_FRAMES,
     DETECTOR_CATEGORIES,
     MAX_ID_BUDGET,
+    SCORE_CANDIDATES,
     SCORE_TAILS,
     ScoredEpisode,
     fit_scores,
@@ -148,6 +150,7 @@ def calibrate_and_bundle(
     extrapolate: bool = False,
     cross_fit: str = "halves",
     id_budget: float = 0.0,
+    score_kinds: tuple[str, ...] = DEFAULT_SCORE_CANDIDATES,
 ) -> CalibratedBundle:
     """Calibrate exported encoders and tune their decision; writes the bundle to `bundle_dir`.
 
@@ -168,14 +171,18 @@ def calibrate_and_bundle(
         frames, labels = zip(*iter_frames(episode))
         count, rows, latents = detector.encode_stream(frames)
         validation_latents.append((episode, count, rows, latents, np.asarray(labels, dtype=bool)[rows]))
-    chosen, _, score_table = select_score(fit_scores(calibration, min_mean_kl, cross_fit), [(latents, ood) for _, _, _, latents, ood in validation_latents])
+    try:
+        fitted = fit_scores(calibration, min_mean_kl, cross_fit, score_kinds)
+    except ValueError as err:  # e.g. only the mixture asked for, on too few calibration frames
+        raise DatasetError(f"{data}: {err}") from None
+    chosen, _, score_table = select_score(fitted, [(latents, ood) for _, _, _, latents, ood in validation_latents])
     validation = []
     for episode, count, rows, latents, _ in validation_latents:
         scores = np.full(count, np.nan)
         scores[rows] = chosen.score(latents)
         validation.append(ScoredEpisode(episode.name, scores, episode.onset_frame, episode.category))
     tuning = tune_decision(chosen.calibration_scores, validation, SCORE_TAILS[chosen.score.kind], DETECTOR_CATEGORIES[kind], extrapolate, id_budget)
-    provenance["score_selection"] = {"chosen": chosen.name, "cross_fit": cross_fit, "validation_auroc": score_table}
+    provenance["score_selection"] = {"chosen": chosen.name, "candidates": list(score_kinds), "cross_fit": cross_fit, "validation_auroc": score_table}
     provenance["decision_tuning"] = {"onset_categories": list(DETECTOR_CATEGORIES[kind]), "id_budget": id_budget, "mean_delay_frames": tuning.mean_delay,
                                      "missed_onsets": tuning.missed, "onsets_within_bar": tuning.within_bar, "candidates": tuning.table}
     bundle(chosen.score, chosen.calibration_scores, tuning.params)
@@ -186,14 +193,21 @@ def calibrate_and_bundle(
 
 
 def recalibrate(
-    bundle_dir: Path, data: Path, out: Path, extrapolate: bool | None = None, cross_fit: str | None = None, id_budget: float | None = None
+    bundle_dir: Path,
+    data: Path,
+    out: Path,
+    extrapolate: bool | None = None,
+    cross_fit: str | None = None,
+    id_budget: float | None = None,
+    score_kinds: tuple[str, ...] | None = None,
 ) -> Path:
     """Refit the score and retune the decision of an existing bundle's encoders on `data` (adding
     their `pooled` output where it is missing, training.export) — e.g.
     on calibration and validation recordings of the town the robot will drive in; `extrapolate`:
     tune a decision whose p-values go on beyond the calibration range, `cross_fit`: how the
     calibration scores are held out, `id_budget`: the share of validation ID frames the alarm level
-    may leave above it (training.calibrate); None: as the bundle was."""
+    may leave above it, `score_kinds`: the score kinds validation chooses among (training.calibrate);
+    None: as the bundle was."""
     check_calibration_splits(data)
     bundle = load_bundle(bundle_dir)
     if extrapolate is None:
@@ -206,6 +220,12 @@ def recalibrate(
         id_budget = bundle.provenance.get("decision_tuning", {}).get("id_budget", 0.0)
         if not isinstance(id_budget, (int, float)) or isinstance(id_budget, bool) or not 0.0 <= id_budget <= MAX_ID_BUDGET:
             raise BundleError(f"{bundle_dir}: provenance.decision_tuning.id_budget must be a number within 0..{MAX_ID_BUDGET}, got {id_budget!r}")
+    if score_kinds is None:  # bundles from before the record: the candidates their validation table lists
+        selection = bundle.provenance.get("score_selection", {})
+        recorded = selection.get("candidates", list(selection.get("validation_auroc", DEFAULT_SCORE_CANDIDATES)))
+        if not isinstance(recorded, list) or not recorded or any(name not in SCORE_CANDIDATES for name in recorded):
+            raise BundleError(f"{bundle_dir}: provenance.score_selection.candidates must be a list of score kinds among {', '.join(SCORE_CANDIDATES)}, got {recorded!r}")
+        score_kinds = tuple(recorded)
     mu_output = onnx.load(str(next(iter(bundle.encoders.values())))).graph.output[0]  # (batch, latent)
     latent = mu_output.type.tensor_type.shape.dim[1].dim_value
     with tempfile.TemporaryDirectory() as staging:  # the encoders are read from the old bundle while the new one is written
@@ -218,7 +238,7 @@ def recalibrate(
         origin = {key: old[key] for key in ("dataset", "dataset_sha256", "command", "commit", "recalibrated_from") if key in old}
         provenance = {**old, "recalibrated_from": {"bundle": str(bundle_dir), "sha256": bundle.sha256, **origin}}
         return calibrate_and_bundle(bundle.detector, bundle.preprocessing, files, latent, data, out, provenance, extrapolate=extrapolate, cross_fit=cross_fit,
-                                    id_budget=id_budget).path
+                                    id_budget=id_budget, score_kinds=score_kinds).path
 
 
 def ship_bundle(bundle: Path, detector: str, name: str, make_default: bool = True) -> Path:
@@ -237,6 +257,14 @@ def ship_bundle(bundle: Path, detector: str, name: str, make_default: bool = Tru
 
 def _progress(items: list[Episode], desc: str) -> Iterator[Episode]:
     return iter(tqdm(items, desc=desc, unit="episode"))
+
+
+def _score_candidates(text: str) -> tuple[str, ...]:
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    unknown = [name for name in names if name not in SCORE_CANDIDATES]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"score kinds are among {', '.join(SCORE_CANDIDATES)}, got '{text}'")
+    return names
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -260,7 +288,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--id-budget", type=float, metavar="SHARE",
                         help=f"with --recalibrate: the share of validation ID frames (0..{MAX_ID_BUDGET}) the alarm level may leave above it — "
                              "one odd moment of one drive then does not set the level for every onset (default: as the bundle was, else 0)")
+    parser.add_argument("--scores", type=_score_candidates, metavar="KIND,...",
+                        help=f"with --recalibrate: the score kinds validation chooses among, of {', '.join(SCORE_CANDIDATES)} "
+                             "(default: those the bundle was chosen among; mixture_pooled only by name — README, Training step 3)")
     args = parser.parse_args(argv)
+    if args.scores is not None and not args.recalibrate:
+        parser.error("--scores needs --recalibrate BUNDLE")
     if args.id_budget is not None and not args.recalibrate:
         parser.error("--id-budget needs --recalibrate BUNDLE")
     if args.id_budget is not None and not 0.0 <= args.id_budget <= MAX_ID_BUDGET:
@@ -276,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or REPO_ROOT / "runs" / args.config
     try:
         if args.recalibrate:
-            bundle = recalibrate(args.recalibrate, args.data, args.out or args.recalibrate, args.extrapolate_tail, args.cross_fit, args.id_budget)
+            bundle = recalibrate(args.recalibrate, args.data, args.out or args.recalibrate, args.extrapolate_tail, args.cross_fit, args.id_budget, args.scores)
             print(f"recalibrated {bundle}")
             if args.ship_name:
                 print(f"shipped {ship_bundle(bundle, load_bundle(bundle).detector, args.ship_name, make_default=args.make_default)}")
