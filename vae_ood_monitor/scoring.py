@@ -1,7 +1,7 @@
 """Latent-space OOD scores: how the encoders' posteriors (μ, logσ²) of a frame — and, for the
-last kind, their pooled conv features — become one number.
+last two kinds, their pooled conv features — become one number.
 
-Three kinds, all fitted on in-distribution calibration frames and stored in the bundle:
+Four kinds, all fitted on in-distribution calibration frames and stored in the bundle:
 
 - ``kl``: the papers' score, KL divergence of the posterior from the N(0, I) prior, summed over
   the active latent dimensions (an unfamiliar input pushes the posterior away from where the
