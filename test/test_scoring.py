@@ -166,6 +166,17 @@ def test_a_one_component_mixture_is_the_mahalanobis_distance_and_more_never_scor
     assert np.all(pair(latents) >= nearest - 1e-9)
 
 
+def test_a_frame_far_from_every_component_keeps_a_finite_score():
+    """exp(−d/2) underflows to 0 for d beyond ~1500; the score must still grow with the distance
+    (a black frame lies that far out) rather than turn infinite, which the decision refuses."""
+    size = 13
+    means, precisions = np.stack([np.zeros(size), np.ones(size)]), np.stack([np.eye(size), np.eye(size)])
+    mixture = LatentScore("mixture_pooled", {"image": [0, 1, 2, 3]}, means, precisions, {"image": 5}, np.array([0.5, 0.5]))
+    far = {"image": EncoderOutputs(np.full((2, 4), 0.0), np.full((2, 4), 0.0), np.array([[1e3] * 5, [1e4] * 5]))}
+    scores = mixture(far)
+    assert np.all(np.isfinite(scores)) and scores[1] > scores[0] > 1e6
+
+
 def test_a_pooled_score_names_missing_or_mismatched_pooled_features():
     rng = np.random.default_rng(9)
     fitted = next(f for f in fit_scores([_with_pooled(_id_latents(rng, 100), rng) for _ in range(2)]) if f.name == "mahalanobis_pooled")
