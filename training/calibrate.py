@@ -149,7 +149,7 @@ def fit_scores(
         raise ValueError(f"score candidates must be among {', '.join(SCORE_CANDIDATES)}, got {', '.join(candidates) or 'none'}")
     if len(calibration) == 1:
         whole = calibration[0]
-        half = len(next(iter(whole.values())).mu) // 2
+        half = _frames(whole) // 2
         folds = [_rows(whole, slice(None, half)), _rows(whole, slice(half, None))]
         rest = folds[::-1]
     elif cross_fit == "halves":
