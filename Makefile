@@ -98,7 +98,7 @@ compress-fast: default-plus
 # Needs `make dataset` (builds default-plus): a flow teacher trained on the default dataset plus the intersection
 # drives (runs/flow_plus, ~25 min on 2 cores), its student distilled, calibrated and tuned on the
 # same data, shipped as models/flow_plus_fast and made the runtime default flow detector until
-# `make compress-window` replaces it (README, Results: with bvae_nearest, motion stops within
+# `make compress-window` replaces it (README, Compression: with bvae_nearest, motion stops within
 # 8.5-15.5 frames at 0.7 % of ID frames flagged).
 compress-plus: default-plus
 	$(VENV)/bin/python -m training.pipeline --data datasets/default_plus --detectors flow --out runs/flow_plus
@@ -107,7 +107,7 @@ compress-plus: default-plus
 
 # Needs `make compress-plus` (its flow teacher, runs/flow_plus): the flow_plus_fast student on an
 # 11-pixel Farneback window instead of 15 (~12 min), shipped as models/flow_window and made the
-# runtime default flow detector (README, Results and Compression: sees sensor noise and rain, half
+# runtime default flow detector (reports/HISTORY.md and README, Compression: sees sensor noise and rain, half
 # the false alarms), then recalibrated with its calibration scores cross-fitted one episode at a
 # time (README, Training step 3: on validation it stops every flow onset sooner, 0 % ID frames).
 compress-window: default-plus
@@ -119,7 +119,7 @@ compress-window: default-plus
 # distilled from models/bvae_baseline on 132 ID drives over 17 maps (the default, intersection and
 # `more_maps` drives; ~12 min of rendering, ~17 min of search on 2 cores) and calibrated and tuned
 # on the default_plus splits like bvae_fast, shipped as models/bvae_nearest and made the runtime
-# default β-VAE (README, Results: sensor faults stopped within 15 frames, placed obstacles late or not at all).
+# default β-VAE (reports/HISTORY.md: sensor faults stopped within 15 frames, placed obstacles late or not at all).
 compress-nearest: default-plus
 	$(VENV)/bin/python -m training.data.generate --preset intersections_more
 	$(VENV)/bin/python -m training.data.generate --preset more_maps
@@ -131,7 +131,7 @@ compress-nearest: default-plus
 # Needs `make dataset` (builds default-plus): models/bvae_nearest's encoder, unchanged but for the
 # `pooled` output (spatial means of its conv blocks' outputs), recalibrated on the default_plus
 # splits, where validation chooses the mahalanobis_pooled score; shipped as models/bvae_pooled and
-# the runtime default β-VAE until `make lights` (README, Results: bus, lens dirt and noise stopped
+# the runtime default β-VAE until `make lights` (reports/HISTORY.md: bus, lens dirt and noise stopped
 # within 4 frames; more false alarms on the test map with traffic lights).
 pooled: default-plus
 	$(VENV)/bin/python -m training.pipeline --recalibrate models/bvae_nearest --data datasets/default_plus --out runs/bvae_pooled \
