@@ -15,7 +15,7 @@ from vae_ood_monitor.bundle import BundleError, load_bundle, write_sums
 from vae_ood_monitor.decision import DecisionParams
 from vae_ood_monitor.detector import OODDetector
 from vae_ood_monitor.preprocessing import ImagePreprocessing
-from training.export import add_pooled_output, write_bundle
+from training.export import BandMax, add_pooled_output, remove_pooled_output, write_bundle
 from vae_ood_monitor.scoring import LatentScore
 
 def test_onnx_runtime_agrees_with_torch(tmp_path):
@@ -40,10 +40,7 @@ def test_onnx_runtime_agrees_with_torch(tmp_path):
 def _strip_pooled_output(model_path: Path, out: Path) -> Path:
     """The encoder as exported before the `pooled` output existed (its nodes removed too)."""
     model = onnx.load(str(model_path))
-    del model.graph.output[2:]
-    model.graph.node.pop()  # the Concat, then the per-block pooling nodes
-    while model.graph.node[-1].output[0].startswith("/pooled/"):
-        model.graph.node.pop()
+    remove_pooled_output(model)
     onnx.save(model, str(out))
     return out
 
@@ -62,6 +59,38 @@ def test_adding_the_pooled_output_keeps_the_encoder_and_is_done_once(tmp_path):
     size = added.stat().st_size
     add_pooled_output(added)
     assert added.stat().st_size == size
+
+
+def test_band_maxima_join_the_pooled_features_and_agree_with_torch(tmp_path):
+    """`pooled` rebuilt with BandMax(0, 2, 4): the block means as before, then per channel the max of
+    block 0's output over each of its top two of four horizontal bands; μ and logσ² do not move."""
+    model, bundle_dir = build_image_bundle(tmp_path)
+    banded = add_pooled_output(Path(shutil.copy(bundle_dir / "image.onnx", tmp_path / "banded.onnx")), BandMax(0, 2, 4))
+    batch = np.random.default_rng(2).random((3, 3, 32, 32), dtype=np.float32)
+    plain, outputs = make_encoder("onnxruntime", bundle_dir / "image.onnx")(batch), make_encoder("onnxruntime", banded)(batch)
+    for name in ("mu", "logvar"):
+        np.testing.assert_array_equal(outputs[name], plain[name])
+    means = plain["pooled"].shape[1]
+    np.testing.assert_array_equal(outputs["pooled"][:, :means], plain["pooled"])
+    with torch.no_grad():
+        block = model.encoder.features[0](torch.from_numpy(batch)).numpy()  # (3, C, 16, 16): bands of 4 rows
+    count, channels, height, width = block.shape
+    expected = block.reshape(count, channels, 4, height // 4, width)[:, :, :2].max(axis=(3, 4)).reshape(count, -1)
+    np.testing.assert_allclose(outputs["pooled"][:, means:], expected, atol=1e-5)
+
+
+@pytest.mark.parametrize(("bands", "message"), [(BandMax(2, 1, 2), "band max on conv block 2, but the encoder has 2"),
+                                                (BandMax(0, 1, 3), "conv block 0 has 16 rows, which 3 equal bands do not divide")])
+def test_band_maxima_the_encoder_cannot_give_are_refused_with_the_reason(tmp_path, bands, message):
+    _, bundle_dir = build_image_bundle(tmp_path)
+    with pytest.raises(ValueError, match=message):
+        add_pooled_output(Path(shutil.copy(bundle_dir / "image.onnx", tmp_path / "banded.onnx")), bands)
+
+
+@pytest.mark.parametrize("text", ["1/3", "a/b/c", "1/5/4", "-1/1/2"])
+def test_a_bad_band_max_spec_says_what_it_should_be(text):
+    with pytest.raises(ValueError, match="band max"):
+        BandMax.parse(text)
 
 
 def test_a_pooled_score_on_an_encoder_without_pooled_output_is_refused_at_load(tmp_path):

@@ -209,6 +209,26 @@ def test_recalibration_refits_a_bundle_on_other_data(tiny_run, tmp_path):
     assert pipeline_main(["--data", str(root), "--recalibrate", str(tmp_path / "missing")]) == 1
 
 
+def test_recalibrating_with_band_maxima_widens_the_pooled_features_and_records_them(tiny_run, tmp_path, capsys):
+    from training.pipeline import main as pipeline_main
+
+    root, bundles, _, _ = tiny_run
+    plain, banded = tmp_path / "plain", tmp_path / "banded"
+    argv = ["--data", str(root), "--recalibrate", str(bundles["bvae"]), "--scores", "mahalanobis_pooled"]
+    assert pipeline_main(argv + ["--out", str(plain)]) == 0
+    assert pipeline_main(argv + ["--out", str(banded), "--band-max", "0/1/2"]) == 0
+    before, after = OODDetector.from_path(plain).bundle, OODDetector.from_path(banded).bundle
+    assert after.provenance["pooled_band_max"] == "0/1/2"
+    channels = after.score.pooled["image"] - before.score.pooled["image"]
+    assert channels > 0, "block 0's channels, one max each over the top band of two"
+    again = tmp_path / "again"
+    assert pipeline_main(["--data", str(root), "--recalibrate", str(banded), "--out", str(again)]) == 0
+    assert OODDetector.from_path(again).bundle.score.pooled == after.score.pooled, "recalibrating keeps the bands"
+    assert pipeline_main(argv + ["--out", str(tmp_path / "bad"), "--band-max", "9/1/2"]) == 1
+    assert "band max on conv block 9" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+
+
 @pytest.mark.parametrize(("field", "value"), [("cross_fit", "thirds"), ("id_budget", 0.5), ("candidates", ["energy"])])
 def test_a_bundle_with_a_bad_tuning_record_is_refused_before_recalibrating(tiny_run, tmp_path, capsys, field, value):
     """What a recalibration keeps from the bundle's provenance is checked, named, and refused up front."""
@@ -239,7 +259,8 @@ def test_a_recalibration_ships_under_a_name_and_can_become_the_default(tiny_run,
     assert json.loads((tmp_path / "models" / "defaults.json").read_text()) == {"bvae": "bvae_town"}
     for bad, message in ((["--data", str(root), "--ship-name", "x"], "--ship-name needs --recalibrate"), (argv + ["--make-default"], "--make-default needs --ship-name"),
                          (["--data", str(root), "--id-budget", "0.001"], "--id-budget needs --recalibrate"), (argv + ["--id-budget", "0.5"], "--id-budget must be within 0..0.01"),
-                         (["--data", str(root), "--scores", "kl"], "--scores needs --recalibrate"), (argv + ["--scores", "kl,energy"], "score kinds are among kl,")):
+                         (["--data", str(root), "--scores", "kl"], "--scores needs --recalibrate"), (argv + ["--scores", "kl,energy"], "score kinds are among kl,"),
+                         (["--data", str(root), "--band-max", "1/3/8"], "--band-max needs --recalibrate"), (argv + ["--band-max", "1/3"], "band max is BLOCK/TOP/COUNT")):
         with pytest.raises(SystemExit):
             pipeline.main(bad)
         assert message in capsys.readouterr().err

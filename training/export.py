@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,15 +41,83 @@ def export_encoder(encoder: Encoder, input_shape: tuple[int, int, int], path: Pa
     return add_pooled_output(path)
 
 
-def add_pooled_output(path: Path) -> Path:
-    """Give an exported encoder the output `pooled` (batch, Σ channels): the spatial mean of every
-    conv block's output (each block ends in a MaxPool), for the ``mahalanobis_pooled`` score
-    (vae_ood_monitor.scoring). Works on encoders exported before the output existed, so shipped
-    models gain it without retraining; an encoder that has it already is left as it is."""
+@dataclass(frozen=True)
+class BandMax:
+    """Extra pooled features: the per-channel max of conv block `block`'s output over each of the
+    `top` highest of `count` equal horizontal bands. A forward camera with a fixed pitch first sees
+    an obstacle on the road ahead as a small blob near the horizon, which the spatial means dilute
+    into the whole frame; the maxima of the top bands keep it. Written `BLOCK/TOP/COUNT`."""
+
+    block: int
+    top: int
+    count: int
+
+    def __post_init__(self) -> None:
+        if self.block < 0 or not 1 <= self.top <= self.count:
+            raise ValueError(f"band max {self}: needs block >= 0 and 1 <= top <= count")
+
+    @classmethod
+    def parse(cls, text: str) -> BandMax:
+        try:
+            block, top, count = (int(part) for part in text.split("/"))
+        except ValueError:
+            raise ValueError(f"band max is BLOCK/TOP/COUNT, three whole numbers (e.g. 1/3/8), got '{text}'") from None
+        return cls(block, top, count)
+
+    def __str__(self) -> str:
+        return f"{self.block}/{self.top}/{self.count}"
+
+
+def remove_pooled_output(model: onnx.ModelProto) -> None:
+    """Drop the `pooled` output and the nodes that compute it (all named /pooled/..., then the Concat)."""
+    outputs = [o for o in model.graph.output if o.name != POOLED_OUTPUT]
+    del model.graph.output[:]
+    model.graph.output.extend(outputs)
+    nodes = [n for n in model.graph.node if n.output[0] != POOLED_OUTPUT and not n.output[0].startswith("/pooled/")]
+    initializers = [i for i in model.graph.initializer if not i.name.startswith("/pooled/")]
+    del model.graph.node[:], model.graph.initializer[:]
+    model.graph.node.extend(nodes)
+    model.graph.initializer.extend(initializers)
+
+
+def _band_max_nodes(model: onnx.ModelProto, path: Path, block_ends: list[str], bands: BandMax) -> str:
+    """Nodes that compute `bands` from the block outputs; returns the name of their (batch, C·top) result."""
+    if bands.block >= len(block_ends):
+        raise ValueError(f"{path}: band max on conv block {bands.block}, but the encoder has {len(block_ends)} (0..{len(block_ends) - 1})")
+    tensor = block_ends[bands.block]
+    shapes = {v.name: v.type.tensor_type.shape for v in onnx.shape_inference.infer_shapes(model).graph.value_info}
+    channels, height = (shapes[tensor].dim[axis].dim_value for axis in (1, 2))
+    if not channels or not height or height % bands.count:
+        raise ValueError(f"{path}: conv block {bands.block} has {height} rows, which {bands.count} equal bands do not divide")
+    rows = bands.top * height // bands.count
+    graph = model.graph
+    graph.initializer.extend([
+        helper.make_tensor("/pooled/band_starts", TensorProto.INT64, [1], [0]),
+        helper.make_tensor("/pooled/band_ends", TensorProto.INT64, [1], [rows]),
+        helper.make_tensor("/pooled/band_axes", TensorProto.INT64, [1], [2]),
+        helper.make_tensor("/pooled/band_shape", TensorProto.INT64, [4], [0, channels, bands.top, -1]),
+    ])
+    graph.node.extend([
+        helper.make_node("Slice", [tensor, "/pooled/band_starts", "/pooled/band_ends", "/pooled/band_axes"], ["/pooled/band_rows"]),
+        helper.make_node("Reshape", ["/pooled/band_rows", "/pooled/band_shape"], ["/pooled/band_split"]),
+        helper.make_node("ReduceMax", ["/pooled/band_split"], ["/pooled/band_max"], axes=[3], keepdims=0),
+        helper.make_node("Flatten", ["/pooled/band_max"], ["/pooled/band_flat"], axis=1),
+    ])
+    return "/pooled/band_flat"
+
+
+def add_pooled_output(path: Path, bands: BandMax | None = None) -> Path:
+    """Give an exported encoder the output `pooled` (batch, features): the spatial mean of every
+    conv block's output (each block ends in a MaxPool), then, with `bands`, their maxima (BandMax),
+    for the pooled scores (vae_ood_monitor.scoring). Works on encoders exported before the output
+    existed, so shipped models gain it without retraining. An encoder that has it already is left
+    as it is, unless `bands` are asked for: then its `pooled` is built again with them."""
     model = onnx.load(str(path))
     graph = model.graph
     if any(o.name == POOLED_OUTPUT for o in graph.output):
-        return path
+        if bands is None:
+            return path
+        remove_pooled_output(model)
     block_ends = [node.output[0] for node in graph.node if node.op_type == "MaxPool"]
     if not block_ends:
         raise ValueError(f"{path}: no MaxPool node, so no conv block outputs to pool")
@@ -59,6 +128,8 @@ def add_pooled_output(path: Path) -> Path:
             helper.make_node("Flatten", [f"/pooled/mean_{index}"], [f"/pooled/flat_{index}"], axis=1),
         ])
         pooled.append(f"/pooled/flat_{index}")
+    if bands is not None:
+        pooled.append(_band_max_nodes(model, path, block_ends, bands))
     graph.node.append(helper.make_node("Concat", pooled, [POOLED_OUTPUT], axis=1))
     graph.output.append(helper.make_tensor_value_info(POOLED_OUTPUT, TensorProto.FLOAT, ["batch", None]))
     onnx.checker.check_model(model)

@@ -43,7 +43,7 @@ from training.calibrate import (
     tune_decision,
 )
 from training.dataset import DatasetError, Episode, check_calibration_splits, concatenate, episodes, iter_frames, load_inputs, load_manifest
-from training.export import add_pooled_output, export_encoder, write_bundle
+from training.export import BandMax, add_pooled_output, export_encoder, write_bundle
 from training.models import VAEConfig
 from training.trainer import TrainConfig, train_vae
 from vae_ood_monitor.bundle import DETECTOR_ENCODERS, BundleError, load_bundle
@@ -200,14 +200,16 @@ def recalibrate(
     cross_fit: str | None = None,
     id_budget: float | None = None,
     score_kinds: tuple[str, ...] | None = None,
+    band_max: BandMax | None = None,
 ) -> Path:
     """Refit the score and retune the decision of an existing bundle's encoders on `data` (adding
     their `pooled` output where it is missing, training.export) — e.g.
     on calibration and validation recordings of the town the robot will drive in; `extrapolate`:
     tune a decision whose p-values go on beyond the calibration range, `cross_fit`: how the
     calibration scores are held out, `id_budget`: the share of validation ID frames the alarm level
-    may leave above it, `score_kinds`: the score kinds validation chooses among (training.calibrate);
-    None: as the bundle was."""
+    may leave above it, `score_kinds`: the score kinds validation chooses among (training.calibrate),
+    `band_max`: pooled features gain these band maxima (training.export.BandMax); None: as the
+    bundle was."""
     check_calibration_splits(data)
     bundle = load_bundle(bundle_dir)
     if extrapolate is None:
@@ -231,12 +233,17 @@ def recalibrate(
     with tempfile.TemporaryDirectory() as staging:  # the encoders are read from the old bundle while the new one is written
         # Encoders exported before the `pooled` output existed gain it (same weights), so the
         # mahalanobis_pooled score is a candidate for them too.
-        files = {name: add_pooled_output(Path(shutil.copy(path, Path(staging) / path.name))) for name, path in bundle.encoders.items()}
+        try:
+            files = {name: add_pooled_output(Path(shutil.copy(path, Path(staging) / path.name)), band_max) for name, path in bundle.encoders.items()}
+        except ValueError as err:
+            raise BundleError(f"{bundle_dir}: {err}") from None
         # Training facts (config, history) carry over; where the old calibration came from is kept
         # under recalibrated_from, since dataset, command and commit now describe this one.
         old = bundle.provenance
         origin = {key: old[key] for key in ("dataset", "dataset_sha256", "command", "commit", "recalibrated_from") if key in old}
         provenance = {**old, "recalibrated_from": {"bundle": str(bundle_dir), "sha256": bundle.sha256, **origin}}
+        if band_max is not None:
+            provenance["pooled_band_max"] = str(band_max)
         return calibrate_and_bundle(bundle.detector, bundle.preprocessing, files, latent, data, out, provenance, extrapolate=extrapolate, cross_fit=cross_fit,
                                     id_budget=id_budget, score_kinds=score_kinds).path
 
@@ -267,6 +274,13 @@ def _score_candidates(text: str) -> tuple[str, ...]:
     return names
 
 
+def _band_max(text: str) -> BandMax:
+    try:
+        return BandMax.parse(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=REPO_ROOT / "datasets" / "default")
@@ -291,7 +305,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scores", type=_score_candidates, metavar="KIND,...",
                         help=f"with --recalibrate: the score kinds validation chooses among, of {', '.join(SCORE_CANDIDATES)} "
                              "(default: those the bundle was chosen among; mixture_pooled only by name — README, Training step 3)")
+    parser.add_argument("--band-max", type=_band_max, metavar="BLOCK/TOP/COUNT",
+                        help="with --recalibrate: the pooled features also hold the per-channel max of conv block BLOCK over each of the TOP highest "
+                             "of COUNT horizontal bands, where obstacles ahead first show (e.g. 1/3/8; README, Training step 3; default: as the bundle was)")
     args = parser.parse_args(argv)
+    if args.band_max is not None and not args.recalibrate:
+        parser.error("--band-max needs --recalibrate BUNDLE")
     if args.scores is not None and not args.recalibrate:
         parser.error("--scores needs --recalibrate BUNDLE")
     if args.id_budget is not None and not args.recalibrate:
@@ -309,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or REPO_ROOT / "runs" / args.config
     try:
         if args.recalibrate:
-            bundle = recalibrate(args.recalibrate, args.data, args.out or args.recalibrate, args.extrapolate_tail, args.cross_fit, args.id_budget, args.scores)
+            bundle = recalibrate(args.recalibrate, args.data, args.out or args.recalibrate, args.extrapolate_tail, args.cross_fit, args.id_budget, args.scores, args.band_max)
             print(f"recalibrated {bundle}")
             if args.ship_name:
                 print(f"shipped {ship_bundle(bundle, load_bundle(bundle).detector, args.ship_name, make_default=args.make_default)}")
