@@ -201,6 +201,16 @@ PRESETS: dict[str, Preset] = {
         splits={"validation": SplitPlan(VALIDATION_MAPS, id_episodes=0, ood_onset_episodes=1)},
         seed_offset=70_000,
     ),
+    # 24 placed-obstacle onsets on the validation maps (new drives): the scenario the β-VAE stops
+    # latest has one or two onsets in the other validation presets, too few to choose features on.
+    "validation_obstacles": Preset(
+        name="validation_obstacles",
+        frames=300,
+        onset_range=(90, 180),
+        splits={"validation": SplitPlan(VALIDATION_MAPS + INTERSECTION_VALIDATION_MAPS, id_episodes=0, ood_onset_episodes=24)},
+        scenarios=("obstacles",),
+        seed_offset=90_000,
+    ),
     # One in-distribution drive that turns foggy: the shipped demo bag (demo/demo_fog_onset).
     "demo": Preset(
         name="demo",
