@@ -8,7 +8,7 @@ import pytest
 from conftest import skip_without_simulator
 from training.data.corruptions import MUD_RGB, PortableSunFlare, blend_table, lens_dirt_coverage, make_corruption
 from training.data.generate import BACKWARD_STEP_M, DEFAULT_SIM_PYTHON, EffectInView, GenerationError, SimulatorStream, _forward_step, generate, main
-from training.data.scenarios import PRESETS, SCENARIOS, TRAIN_MAPS, VALIDATION_MAPS, plan_episodes
+from training.data.scenarios import INTERSECTION_VALIDATION_MAPS, PRESETS, SCENARIOS, TRAIN_MAPS, VALIDATION_MAPS, plan_episodes
 from vae_ood_monitor.bags import DEFAULT_CAMERA_TOPIC, image_topics, read_camera_messages
 from vae_ood_monitor.ground_truth import read_ground_truth
 from vae_ood_monitor.images import decode_message
@@ -133,6 +133,15 @@ def test_the_third_validation_onsets_are_new_drives_on_the_validation_map():
     assert sorted(p.scenario for p in third) == sorted(set(SCENARIOS) - {"id"})
     assert {p.split for p in third} == {"validation"} and {p.map for p in third} == set(VALIDATION_MAPS)
     assert not {(p.map, p.seed) for p in third} & _drives_of_other_presets("validation_onsets_loop")
+
+
+def test_the_obstacle_validation_drives_are_new_drives_on_the_validation_maps():
+    """`validation_obstacles`: 24 placed-obstacle onsets on the validation maps, none a drive of
+    another preset, none on a test map."""
+    drives = plan_episodes(PRESETS["validation_obstacles"])
+    assert len(drives) == 24 and {p.scenario for p in drives} == {"obstacles"} and {p.split for p in drives} == {"validation"}
+    assert {p.map for p in drives} == set(VALIDATION_MAPS + INTERSECTION_VALIDATION_MAPS)
+    assert not {(p.map, p.seed) for p in drives} & _drives_of_other_presets("validation_obstacles")
 
 
 def test_more_intersection_drives_are_new_drives():
