@@ -209,6 +209,18 @@ def test_recalibration_refits_a_bundle_on_other_data(tiny_run, tmp_path):
     assert pipeline_main(["--data", str(root), "--recalibrate", str(tmp_path / "missing")]) == 1
 
 
+def test_evaluate_names_a_missing_split_or_bundle_instead_of_a_traceback(tiny_run, tmp_path, capsys):
+    from training.evaluate import main as evaluate_main
+
+    root, bundles, _, _ = tiny_run
+    argv = ["--data", str(root), "--bvae", str(bundles["bvae"]), "--flow", str(bundles["flow"]), "--out", str(tmp_path / "report")]
+    assert evaluate_main(argv + ["--split", "holdout"]) == 1
+    assert "no split 'holdout'" in capsys.readouterr().err
+    assert evaluate_main(argv[:3] + [str(tmp_path / "missing")] + argv[4:]) == 1
+    assert "evaluate: " in capsys.readouterr().err
+    assert not (tmp_path / "report").exists()
+
+
 def test_recalibrating_with_band_maxima_widens_the_pooled_features_and_records_them(tiny_run, tmp_path, capsys):
     from training.pipeline import main as pipeline_main
 

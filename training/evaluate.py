@@ -22,9 +22,9 @@ import numpy as np
 from tqdm import tqdm
 
 from training.calibrate import DELAY_BAR_FRAMES
-from training.dataset import Episode, episodes, iter_frames
+from training.dataset import DatasetError, Episode, episodes, iter_frames
 from training.tradeoff import ID_BAR, OperatingPoint, alarm_statistic, best_within_id_bar, sweep, write_tradeoff
-from vae_ood_monitor.bundle import load_bundle
+from vae_ood_monitor.bundle import BundleError, load_bundle
 from vae_ood_monitor.cli import non_negative_seconds
 from vae_ood_monitor.detector import OODDetector
 from vae_ood_monitor.metrics import auroc, detection_delay, fpr_at_tpr, rising_edges
@@ -381,8 +381,9 @@ def _plots(results: list[EpisodeResult], rows: list[dict[str, object]], out: Pat
 def evaluate(
     data: Path, bundles: dict[str, Path], out: Path, split: str = "test", workers: int = 2, frozen_s: float = SafetyConfig.frozen_s
 ) -> tuple[Path, list[dict[str, object]], dict[str, float]]:
+    calibration_episodes = episodes(data, "calibration")  # the baseline's reference; missing: say so before minutes of scoring
     results = score_split(data, split, bundles, workers, frozen_s)
-    calibration = [_score_calibration_features(e) for e in episodes(data, "calibration")]
+    calibration = [_score_calibration_features(e) for e in calibration_episodes]
     _baseline_scores(results, calibration)
     rows = metrics_table(results)
     alarms = id_alarm_summary(results)
@@ -406,7 +407,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frozen-s", type=non_negative_seconds, default=SafetyConfig.frozen_s,
                         help="the safety stop's frozen-camera limit [s], part of the fused decision (0: detectors only)")
     args = parser.parse_args(argv)
-    report, _, _ = evaluate(args.data, {"bvae": args.bvae, "flow": args.flow}, args.out, args.split, args.workers, args.frozen_s)
+    try:
+        for bundle in (args.bvae, args.flow):  # here, not first in a worker process
+            load_bundle(bundle)
+        report, _, _ = evaluate(args.data, {"bvae": args.bvae, "flow": args.flow}, args.out, args.split, args.workers, args.frozen_s)
+    except (DatasetError, BundleError) as err:
+        print(f"evaluate: {err}", file=sys.stderr)
+        return 1
     print(report.read_text())
     return 0
 
