@@ -1,5 +1,6 @@
 """Inference backends behind one call: float32 input batch → the encoder's outputs by name
-(`mu`, `logvar` and, where exported, `pooled`: the spatial means of its conv blocks' outputs).
+(`mu`, `logvar` and, where exported, `pooled`: the spatial means of its conv blocks' outputs, and
+maybe one block's maxima over the top horizontal bands).
 
 `onnxruntime` (default) runs the bundle's ONNX on the CPU; `onnxruntime-gpu` adds the CUDA / TensorRT execution
 providers where the installed ONNX Runtime has them. `tensorrt` deserializes a prebuilt engine
@@ -23,7 +24,7 @@ class BackendError(RuntimeError):
 
 
 REQUIRED_OUTPUTS = ("mu", "logvar")
-POOLED_OUTPUT = "pooled"  # optional: what the mahalanobis_pooled score reads (training.export adds it)
+POOLED_OUTPUT = "pooled"  # optional: what the pooled scores read (training.export adds it)
 
 
 class EncoderRunner(Protocol):

@@ -11,7 +11,8 @@ Four kinds, all fitted on in-distribution calibration frames and stored in the b
   encoder maps *closer* to the prior than usual (fog, frozen flow — the KL then falls) and uses
   how the latent dimensions co-vary on normal driving.
 - ``mahalanobis_pooled``: the same over [μ, logσ², pooled], where pooled holds the spatial mean of
-  every conv block's output (the encoder's ONNX output ``pooled``, training.export). The latent
+  every conv block's output and, where exported with them, one block's maxima over the top
+  horizontal bands (the encoder's ONNX output ``pooled``, training.export.BandMax). The latent
   code keeps what reconstructs the whole scene and drops what it cannot: a bus filling a quarter
   of the view or mud on the lens hardly moves it, but they change how strongly the early filters
   respond (Lee et al., NeurIPS 2018, score intermediate features the same way).
@@ -43,7 +44,7 @@ class EncoderOutputs(NamedTuple):
 
     mu: np.ndarray
     logvar: np.ndarray
-    pooled: np.ndarray | None = None  # spatial means of the conv blocks' outputs, where the ONNX has them
+    pooled: np.ndarray | None = None  # pooled conv features (block means, maybe band maxima), where the ONNX has them
 
 
 Latents = dict[str, EncoderOutputs]  # encoder name → its outputs
