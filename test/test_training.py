@@ -222,7 +222,7 @@ def test_evaluate_names_a_missing_split_or_bundle_instead_of_a_traceback(tiny_ru
 
 
 def test_recalibrating_with_band_maxima_widens_the_pooled_features_and_records_them(tiny_run, tmp_path, capsys):
-    from training.pipeline import main as pipeline_main
+    from training.pipeline import CONFIGS, main as pipeline_main
 
     root, bundles, _, _ = tiny_run
     plain, banded = tmp_path / "plain", tmp_path / "banded"
@@ -231,8 +231,8 @@ def test_recalibrating_with_band_maxima_widens_the_pooled_features_and_records_t
     assert pipeline_main(argv + ["--out", str(banded), "--band-max", "0/1/2"]) == 0
     before, after = OODDetector.from_path(plain).bundle, OODDetector.from_path(banded).bundle
     assert after.provenance["pooled_band_max"] == "0/1/2"
-    channels = after.score.pooled["image"] - before.score.pooled["image"]
-    assert channels > 0, "block 0's channels, one max each over the top band of two"
+    added = after.score.pooled["image"] - before.score.pooled["image"]
+    assert added == CONFIGS["tiny"]["bvae"].vae.conv_channels[0], "block 0's channels, one max each over the top band of two"
     again = tmp_path / "again"
     assert pipeline_main(["--data", str(root), "--recalibrate", str(banded), "--out", str(again)]) == 0
     assert OODDetector.from_path(again).bundle.score.pooled == after.score.pooled, "recalibrating keeps the bands"
