@@ -15,7 +15,7 @@ from vae_ood_monitor.bundle import BundleError, load_bundle, write_sums
 from vae_ood_monitor.decision import DecisionParams
 from vae_ood_monitor.detector import OODDetector
 from vae_ood_monitor.preprocessing import ImagePreprocessing
-from training.export import BandMax, add_pooled_output, remove_pooled_output, write_bundle
+from training.export import BandMax, add_pooled_output, band_count, remove_pooled_output, write_bundle
 from vae_ood_monitor.scoring import LatentScore
 
 def test_onnx_runtime_agrees_with_torch(tmp_path):
@@ -77,6 +77,8 @@ def test_band_maxima_join_the_pooled_features_and_agree_with_torch(tmp_path):
     count, channels, height, width = block.shape
     expected = block.reshape(count, channels, 4, height // 4, width)[:, :, :2].max(axis=(3, 4)).reshape(count, -1)
     np.testing.assert_allclose(outputs["pooled"][:, means:], expected, atol=1e-5)
+    assert band_count(banded) == channels * 2 == outputs["pooled"].shape[1] - means, "the score's band mixture reads this many"
+    assert band_count(bundle_dir / "image.onnx") == 0
 
 
 @pytest.mark.parametrize(("bands", "message"), [(BandMax(2, 1, 2), "band max on conv block 2, but the encoder has 2"),

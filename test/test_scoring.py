@@ -8,7 +8,7 @@ import pytest
 from conftest import build_image_bundle
 from training.calibrate import CROSS_FITS, MIXTURE_COMPONENTS, SCORE_CANDIDATES, fit_scores, select_score
 from vae_ood_monitor.bundle import BundleError, load_bundle, write_sums
-from vae_ood_monitor.scoring import EncoderOutputs, LatentScore, kl_per_dimension
+from vae_ood_monitor.scoring import EncoderOutputs, LatentScore, Mixture, kl_per_dimension
 
 
 def _id_latents(rng: np.random.Generator, frames: int) -> dict[str, EncoderOutputs]:
@@ -177,6 +177,40 @@ def test_a_frame_far_from_every_component_keeps_a_finite_score():
     assert np.all(np.isfinite(scores)) and scores[1] > scores[0] > 1e6
 
 
+def _random_mixture(rng: np.random.Generator, components: int, size: int) -> Mixture:
+    precisions = np.stack([np.eye(size) * rng.uniform(0.5, 2.0, size) for _ in range(components)])
+    return Mixture(rng.normal(0.0, 1.0, (components, size)), precisions, rng.dirichlet(np.ones(components)))
+
+
+def test_the_band_mixture_score_adds_a_mixture_over_the_band_maxima_to_one_over_the_rest():
+    """Pooled features 0..2 are block means, 3..4 band maxima: the score is the rest's mixture
+    score plus the band maxima's, each as a mixture_pooled score over just those features would give."""
+    rng = np.random.default_rng(14)
+    latents = _with_pooled(_id_latents(rng, 50), rng)
+    rest, band = _random_mixture(rng, 3, 11), _random_mixture(rng, 2, 2)
+    score = LatentScore("mixture_bands", {"image": [0, 1, 2, 3]}, rest.mean, rest.precision, {"image": 5}, rest.weights, {"image": 2}, band)
+    outputs = latents["image"]
+    rest_only = LatentScore("mixture_pooled", {"image": [0, 1, 2, 3]}, rest.mean, rest.precision, {"image": 3}, rest.weights)
+    band_only = LatentScore("mixture_pooled", {"image": []}, band.mean, band.precision, {"image": 2}, band.weights)
+    expected = rest_only({"image": outputs._replace(pooled=outputs.pooled[:, :3])}) + band_only({"image": outputs._replace(pooled=outputs.pooled[:, 3:])})
+    np.testing.assert_allclose(score(latents), expected, rtol=1e-12)
+    restored = LatentScore.from_dict(json.loads(json.dumps(score.to_dict())))
+    np.testing.assert_allclose(restored(latents), score(latents), rtol=1e-5)
+
+
+def test_the_band_mixture_is_a_candidate_only_where_the_pooled_features_end_in_band_maxima():
+    rng = np.random.default_rng(15)
+    calibration = [_with_pooled(_id_latents(rng, 300), rng) for _ in range(2)]
+    assert "mixture_bands" not in [c.name for c in fit_scores(calibration, candidates=SCORE_CANDIDATES)]
+    with pytest.raises(ValueError, match="mixture_bands band maxima in it"):
+        fit_scores(calibration, candidates=("mixture_bands",))
+    (fitted,) = fit_scores(calibration, candidates=("mixture_bands",), bands={"image": 2})
+    assert fitted.score.bands == {"image": 2} and fitted.calibration_scores.shape == (600,)
+    assert fitted.score.mean.shape == (MIXTURE_COMPONENTS, 11) and fitted.score.band_mixture.mean.shape == (MIXTURE_COMPONENTS, 2)
+    in_sample = fitted.score(calibration[0])
+    assert np.median(fitted.calibration_scores[:300]) > np.median(in_sample), "each half scored by the fit on the other half"
+
+
 def test_a_pooled_score_names_missing_or_mismatched_pooled_features():
     rng = np.random.default_rng(9)
     fitted = next(f for f in fit_scores([_with_pooled(_id_latents(rng, 100), rng) for _ in range(2)]) if f.name == "mahalanobis_pooled")
@@ -224,6 +258,16 @@ def test_mahalanobis_score_round_trips_through_json():
          "component 0: the precision matrix is not positive definite"),
         ({"kind": "mahalanobis", "dims": {"image": [0]}, "mean": [0.0, 0.0], "precision": [[1.0, 0.0], [0.0, 1.0]], "weights": [1.0]},
          "a mahalanobis score has no mixture weights"),
+        ({"kind": "mixture_bands", "dims": {"image": [0]}, "pooled": {"image": 2}, "bands": {"image": 1}, "mean": [[0.0] * 3], "precision": [np.eye(3).tolist()],
+          "weights": [1.0]}, "a mixture_bands score needs its band_mixture"),
+        ({"kind": "mixture_bands", "dims": {"image": [0]}, "pooled": {"image": 2}, "mean": [[0.0] * 3], "precision": [np.eye(3).tolist()], "weights": [1.0],
+          "band_mixture": {"mean": [[0.0]], "precision": [[[1.0]]], "weights": [1.0]}}, "needs the band maxima count of every encoder it reads"),
+        ({"kind": "mixture_bands", "dims": {"image": [0]}, "pooled": {"image": 2}, "bands": {"image": 3}, "mean": [[0.0] * 3], "precision": [np.eye(3).tolist()],
+          "weights": [1.0], "band_mixture": {"mean": [[0.0]], "precision": [[[1.0]]], "weights": [1.0]}}, "has 2 pooled features, so 3 band maxima cannot end them"),
+        ({"kind": "mixture_bands", "dims": {"image": [0]}, "pooled": {"image": 2}, "bands": {"image": 1}, "mean": [[0.0] * 3], "precision": [np.eye(3).tolist()],
+          "weights": [1.0], "band_mixture": {"mean": [[0.0]], "precision": [[[1.0]]], "weights": [0.0]}}, "mixture_bands band score needs positive, finite weights"),
+        ({"kind": "mixture_pooled", "dims": {"image": [0]}, "pooled": {"image": 1}, "mean": [[0.0] * 3], "precision": [np.eye(3).tolist()], "weights": [1.0],
+          "bands": {"image": 1}}, "a mixture_pooled score has no band mixture"),
     ],
 )
 def test_bad_scores_in_a_bundle_are_refused_with_a_reason(tmp_path, score, message):

@@ -3,8 +3,9 @@ validation (ID + OOD) data only.
 
 Score: every candidate (KL of the active dimensions; Mahalanobis distance of [μ, logσ²] with a
 Ledoit-Wolf or a diagonal covariance, and of [μ, logσ², pooled conv features] with a Ledoit-Wolf
-covariance or under a Gaussian mixture where the encoders export them) is fitted on the
-calibration frames; its calibration scores
+covariance or under a Gaussian mixture where the encoders export them, and under two mixtures,
+one for the band maxima and one for the rest, where the pooled features end in band maxima) is
+fitted on the calibration frames; its calibration scores
 are cross-fitted, so the conformal p-values see held-out scores as the robot will: by default on
 halves (fitted on every other calibration episode, scored on the rest, and vice versa), or leaving
 one episode out (`cross_fit="episodes"`: each episode scored by the candidate fitted on all the
@@ -45,10 +46,13 @@ from sklearn.mixture import GaussianMixture
 from vae_ood_monitor.decision import ConformalDecider, DecisionParams, conformal_p_values
 from vae_ood_monitor.metrics import auroc
 from vae_ood_monitor.scoring import (
+    MIXTURE_KINDS,
     POOLED_KINDS,
     EncoderOutputs,
     Latents,
     LatentScore,
+    Mixture,
+    band_mask,
     concatenate_outputs,
     posterior_features,
     select_active_dimensions,
@@ -60,7 +64,7 @@ DELAY_BAR_FRAMES = 15
 TAILS = ("both", "upper")
 # A Mahalanobis distance already grows in every direction away from normal driving; only the KL
 # needs the lower tail too (an input the encoder maps onto the prior has a *small* KL).
-SCORE_TAILS = {"kl": TAILS, "mahalanobis": ("upper",), "mahalanobis_pooled": ("upper",), "mixture_pooled": ("upper",)}
+SCORE_TAILS = {"kl": TAILS, "mahalanobis": ("upper",), "mahalanobis_pooled": ("upper",), "mixture_pooled": ("upper",), "mixture_bands": ("upper",)}
 EPSILONS = (0.04, 0.1, 0.2)
 WINDOWS = (5, 10, 20)
 # CUSUM decay per frame: absorbs mildly unusual stretches of normal driving (a new map, a new
@@ -85,7 +89,7 @@ MIXTURE_STARTS = 4
 
 @dataclass(frozen=True)
 class FittedScore:
-    name: str  # kl, mahalanobis (Ledoit-Wolf covariance), mahalanobis_diag, mahalanobis_pooled (Ledoit-Wolf) or mixture_pooled
+    name: str  # kl, mahalanobis (Ledoit-Wolf covariance), mahalanobis_diag, mahalanobis_pooled (Ledoit-Wolf), mixture_pooled or mixture_bands
     score: LatentScore
     calibration_scores: np.ndarray  # held-out score of every calibration frame
 
@@ -98,7 +102,15 @@ def _rows(latents: Latents, rows: slice) -> Latents:
     return {name: EncoderOutputs(*(None if part is None else part[rows] for part in out)) for name, out in latents.items()}
 
 
-def _fit(name: str, latents: Latents, min_mean_kl: float) -> LatentScore:
+def _fit_mixture(features: np.ndarray) -> Mixture:
+    """A Gaussian mixture fitted on standardised features, in the features' own units."""
+    mean, scale = features.mean(axis=0), np.sqrt(features.var(axis=0) + VARIANCE_FLOOR)
+    mixture = GaussianMixture(MIXTURE_COMPONENTS, covariance_type="full", reg_covar=MIXTURE_REGULARISATION, n_init=MIXTURE_STARTS, random_state=0)
+    mixture.fit((features - mean) / scale)
+    return Mixture(mean + scale * mixture.means_, mixture.precisions_ / np.outer(scale, scale), mixture.weights_)
+
+
+def _fit(name: str, latents: Latents, min_mean_kl: float, bands: dict[str, int] | None = None) -> LatentScore:
     if name == "kl":
         return LatentScore("kl", {encoder: select_active_dimensions(out.mu, out.logvar, min_mean_kl) for encoder, out in latents.items()})
     dims = {encoder: list(range(out.mu.shape[1])) for encoder, out in latents.items()}
@@ -108,9 +120,12 @@ def _fit(name: str, latents: Latents, min_mean_kl: float) -> LatentScore:
     if name == "mahalanobis_diag":
         return LatentScore("mahalanobis", dims, mean, np.diag(1.0 / scale**2))
     if name == "mixture_pooled":
-        mixture = GaussianMixture(MIXTURE_COMPONENTS, covariance_type="full", reg_covar=MIXTURE_REGULARISATION, n_init=MIXTURE_STARTS, random_state=0)
-        mixture.fit((features - mean) / scale)
-        return LatentScore(name, dims, mean + scale * mixture.means_, mixture.precisions_ / np.outer(scale, scale), pooled, mixture.weights_)
+        mixture = _fit_mixture(features)
+        return LatentScore(name, dims, mixture.mean, mixture.precision, pooled, mixture.weights)
+    if name == "mixture_bands":
+        in_bands = band_mask(dims, pooled, bands or {})
+        rest, band = _fit_mixture(features[:, ~in_bands]), _fit_mixture(features[:, in_bands])
+        return LatentScore(name, dims, rest.mean, rest.precision, pooled, rest.weights, bands or {}, band)
     # Shrink the correlation, not the covariance: features differ in scale by orders of magnitude
     # (switched-off dimensions barely move), and shrinking towards one common variance would
     # silence exactly those dimensions.
@@ -118,12 +133,13 @@ def _fit(name: str, latents: Latents, min_mean_kl: float) -> LatentScore:
     return LatentScore("mahalanobis_pooled" if pooled else "mahalanobis", dims, mean, correlation_precision / np.outer(scale, scale), pooled)
 
 
-# mahalanobis_pooled and mixture_pooled only where every encoder exports `pooled`, the mixture
+# mahalanobis_pooled and the mixtures only where every encoder exports `pooled`, the mixtures
 # only where every fit sees at least one frame per component and feature (864 for the 64×64
-# students' 108 features; fewer cannot pin down a full covariance per component). The mixture is asked for
-# by name (DEFAULT_SCORE_CANDIDATES leaves it out): its EM fit takes half a minute where the
-# others take a second, and every bundle shipped before it was chosen without it.
-SCORE_CANDIDATES = ("kl", "mahalanobis", "mahalanobis_diag", "mahalanobis_pooled", "mixture_pooled")
+# students' 108 features; fewer cannot pin down a full covariance per component), mixture_bands
+# only where every encoder's pooled features end in band maxima. The mixtures are asked for
+# by name (DEFAULT_SCORE_CANDIDATES leaves them out): their EM fit takes half a minute where the
+# others take a second, and every bundle shipped before them was chosen without them.
+SCORE_CANDIDATES = ("kl", "mahalanobis", "mahalanobis_diag", "mahalanobis_pooled", "mixture_pooled", "mixture_bands")
 DEFAULT_SCORE_CANDIDATES = SCORE_CANDIDATES[:4]
 CROSS_FITS = ("halves", "episodes")
 
@@ -137,11 +153,17 @@ def _feature_count(latents: Latents) -> int:
 
 
 def fit_scores(
-    calibration: list[Latents], min_mean_kl: float = 0.05, cross_fit: str = "halves", candidates: tuple[str, ...] = DEFAULT_SCORE_CANDIDATES
+    calibration: list[Latents],
+    min_mean_kl: float = 0.05,
+    cross_fit: str = "halves",
+    candidates: tuple[str, ...] = DEFAULT_SCORE_CANDIDATES,
+    bands: dict[str, int] | None = None,
 ) -> list[FittedScore]:
     """The score `candidates` (those the encoders and frames allow) fitted on all calibration
     episodes, with calibration scores cross-fitted on halves of the episodes or leaving one
-    episode out (module docstring); a single episode is cross-fitted on its two halves either way."""
+    episode out (module docstring); a single episode is cross-fitted on its two halves either way.
+    `bands`: how many band maxima end each encoder's pooled features (training.export.band_count),
+    where they do."""
     if cross_fit not in CROSS_FITS:
         raise ValueError(f"cross_fit must be one of {CROSS_FITS}, got '{cross_fit}'")
     unknown = [name for name in candidates if name not in SCORE_CANDIDATES]
@@ -160,13 +182,16 @@ def fit_scores(
         rest = [_concat(calibration[:i] + calibration[i + 1 :]) for i in range(len(calibration))]
     has_pooled = all(out.pooled is not None for latents in calibration for out in latents.values())
     mixture_fits = min(_frames(others) for others in rest) >= MIXTURE_COMPONENTS * _feature_count(calibration[0])
-    names = [n for n in SCORE_CANDIDATES if n in candidates and (has_pooled or n not in POOLED_KINDS) and (mixture_fits or n != "mixture_pooled")]
+    has_bands = bool(bands) and set(bands) == set(calibration[0])  # type: ignore[arg-type]
+    names = [n for n in SCORE_CANDIDATES if n in candidates and (has_pooled or n not in POOLED_KINDS) and (mixture_fits or n not in MIXTURE_KINDS)
+             and (has_bands or n != "mixture_bands")]
     if not names:
-        raise ValueError(f"none of the score candidates {', '.join(candidates)} fits these encoders and frames (the pooled kinds need a 'pooled' output)")
+        raise ValueError(f"none of the score candidates {', '.join(candidates)} fits these encoders and frames "
+                         "(the pooled kinds need a 'pooled' output, mixture_bands band maxima in it)")
     fitted = []
     for name in names:
-        held_out = [_fit(name, others, min_mean_kl)(fold) for fold, others in zip(folds, rest)]
-        fitted.append(FittedScore(name, _fit(name, _concat(calibration), min_mean_kl), np.concatenate(held_out)))
+        held_out = [_fit(name, others, min_mean_kl, bands)(fold) for fold, others in zip(folds, rest)]
+        fitted.append(FittedScore(name, _fit(name, _concat(calibration), min_mean_kl, bands), np.concatenate(held_out)))
     return fitted
 
 

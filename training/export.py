@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import onnx
 import torch
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 from training.models import Encoder
 from vae_ood_monitor.backends import POOLED_OUTPUT
@@ -23,6 +23,7 @@ from vae_ood_monitor.preprocessing import FlowPreprocessing, ImagePreprocessing
 from vae_ood_monitor.scoring import LatentScore
 
 OPSET = 17
+BAND_SHAPE = "/pooled/band_shape"  # (batch, channels, top bands, rest) of the band maxima's Reshape
 MAX_CALIBRATION_SCORES = 4000  # enough for p-values down to 2.5e-4; keeps bundle.json small
 
 
@@ -68,6 +69,16 @@ class BandMax:
         return f"{self.block}/{self.top}/{self.count}"
 
 
+def band_count(path: Path) -> int:
+    """How many band maxima end an encoder's `pooled` output (channels × top bands; 0: none), read
+    from the shape its band nodes reshape to (_band_max_nodes)."""
+    for initializer in onnx.load(str(path)).graph.initializer:
+        if initializer.name == BAND_SHAPE:
+            _, channels, top, _ = numpy_helper.to_array(initializer)
+            return int(channels * top)
+    return 0
+
+
 def remove_pooled_output(model: onnx.ModelProto) -> None:
     """Drop the `pooled` output and the nodes that compute it (all named /pooled/..., then the Concat)."""
     outputs = [o for o in model.graph.output if o.name != POOLED_OUTPUT]
@@ -95,11 +106,11 @@ def _band_max_nodes(model: onnx.ModelProto, path: Path, block_ends: list[str], b
         helper.make_tensor("/pooled/band_starts", TensorProto.INT64, [1], [0]),
         helper.make_tensor("/pooled/band_ends", TensorProto.INT64, [1], [rows]),
         helper.make_tensor("/pooled/band_axes", TensorProto.INT64, [1], [2]),
-        helper.make_tensor("/pooled/band_shape", TensorProto.INT64, [4], [0, channels, bands.top, -1]),
+        helper.make_tensor(BAND_SHAPE, TensorProto.INT64, [4], [0, channels, bands.top, -1]),
     ])
     graph.node.extend([
         helper.make_node("Slice", [tensor, "/pooled/band_starts", "/pooled/band_ends", "/pooled/band_axes"], ["/pooled/band_rows"]),
-        helper.make_node("Reshape", ["/pooled/band_rows", "/pooled/band_shape"], ["/pooled/band_split"]),
+        helper.make_node("Reshape", ["/pooled/band_rows", BAND_SHAPE], ["/pooled/band_split"]),
         helper.make_node("ReduceMax", ["/pooled/band_split"], ["/pooled/band_max"], axes=[3], keepdims=0),
         helper.make_node("Flatten", ["/pooled/band_max"], ["/pooled/band_flat"], axis=1),
     ])

@@ -43,7 +43,7 @@ from training.calibrate import (
     tune_decision,
 )
 from training.dataset import DatasetError, Episode, check_calibration_splits, concatenate, episodes, iter_frames, load_inputs, load_manifest
-from training.export import BandMax, add_pooled_output, export_encoder, write_bundle
+from training.export import BandMax, add_pooled_output, band_count, export_encoder, write_bundle
 from training.models import VAEConfig
 from training.trainer import TrainConfig, train_vae
 from vae_ood_monitor.bundle import DETECTOR_ENCODERS, BundleError, load_bundle
@@ -171,8 +171,9 @@ def calibrate_and_bundle(
         frames, labels = zip(*iter_frames(episode))
         count, rows, latents = detector.encode_stream(frames)
         validation_latents.append((episode, count, rows, latents, np.asarray(labels, dtype=bool)[rows]))
+    bands = {name: width for name, path in onnx_files.items() if (width := band_count(path))}  # the mixture_bands score's
     try:
-        fitted = fit_scores(calibration, min_mean_kl, cross_fit, score_kinds)
+        fitted = fit_scores(calibration, min_mean_kl, cross_fit, score_kinds, bands)
     except ValueError as err:  # e.g. only the mixture asked for, on too few calibration frames
         raise DatasetError(f"{data}: {err}") from None
     chosen, _, score_table = select_score(fitted, [(latents, ood) for _, _, _, latents, ood in validation_latents])

@@ -1,7 +1,7 @@
 """Latent-space OOD scores: how the encoders' posteriors (μ, logσ²) of a frame — and, for the
-last two kinds, their pooled conv features — become one number.
+pooled kinds, their pooled conv features — become one number.
 
-Four kinds, all fitted on in-distribution calibration frames and stored in the bundle:
+Five kinds, all fitted on in-distribution calibration frames and stored in the bundle:
 
 - ``kl``: the papers' score, KL divergence of the posterior from the N(0, I) prior, summed over
   the active latent dimensions (an unfamiliar input pushes the posterior away from where the
@@ -23,6 +23,11 @@ Four kinds, all fitted on in-distribution calibration frames and stored in the b
   Mahalanobis distance to component k and π_k its weight times √det(precision_k), normalised: the
   mixture's negative log-likelihood up to a constant, never below the nearest component's d_k,
   and with one component exactly the Mahalanobis distance.
+- ``mixture_bands``: where the pooled features end in band maxima, those maxima under a mixture of
+  their own and the rest under another, the score the sum of the two. One mixture over all of them
+  must spend its components on the whole scene; a crowd of duckies at the horizon moves only a few
+  band maxima, and under their own mixture it is not outweighed by the hundred features it does not
+  move (README, Training step 3).
 
 The training pipeline picks the kind per detector on the validation split.
 """
@@ -34,9 +39,10 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-SCORE_KINDS = ("kl", "mahalanobis", "mahalanobis_pooled", "mixture_pooled")
+SCORE_KINDS = ("kl", "mahalanobis", "mahalanobis_pooled", "mixture_pooled", "mixture_bands")
 MAHALANOBIS_KINDS = ("mahalanobis", "mahalanobis_pooled")
-POOLED_KINDS = ("mahalanobis_pooled", "mixture_pooled")
+MIXTURE_KINDS = ("mixture_pooled", "mixture_bands")
+POOLED_KINDS = ("mahalanobis_pooled", *MIXTURE_KINDS)
 
 
 class EncoderOutputs(NamedTuple):
@@ -92,12 +98,63 @@ def posterior_features(latents: Latents, dims: dict[str, list[int]], pooled: boo
     return np.concatenate(parts, axis=1).astype(np.float64)
 
 
+def _mixture_log_prior(kind: str, weights: np.ndarray | None, mean: np.ndarray | None, precision: np.ndarray | None, size: int) -> np.ndarray:
+    """log π_k of a mixture over `size` features, checking its components on the way (a
+    hand-edited bundle must fail here, by name)."""
+    if weights is None or weights.ndim != 1 or weights.size == 0 or not np.all(np.isfinite(weights)) or np.any(weights <= 0.0):
+        raise ValueError(f"{kind} score needs positive, finite weights, one per component")
+    count = weights.size
+    if mean is None or precision is None or mean.shape != (count, size) or precision.shape != (count, size, size):
+        raise ValueError(f"{kind} score with {count} components needs {count} means of {size} values and {count} {size}×{size} precision matrices")
+    log_det = np.empty(count)
+    for k, component in enumerate(precision):
+        try:
+            log_det[k] = 2.0 * np.log(np.diag(np.linalg.cholesky(component))).sum()
+        except np.linalg.LinAlgError:
+            raise ValueError(f"{kind} component {k}: the precision matrix is not positive definite") from None
+    log_prior = np.log(weights) + 0.5 * log_det
+    return log_prior - (log_prior.max() + np.log(np.exp(log_prior - log_prior.max()).sum()))
+
+
+def _mixture_score(features: np.ndarray, mean: np.ndarray, precision: np.ndarray, log_prior: np.ndarray) -> np.ndarray:
+    """−2 log Σ_k π_k exp(−d_k / 2) (module docstring), finite however far out a frame lies."""
+    centred = features[:, None, :] - mean[None]  # frame, component, feature
+    distances = (np.einsum("nkd,kde->nke", centred, precision) * centred).sum(axis=2)
+    exponents = log_prior - 0.5 * distances
+    top = exponents.max(axis=1)
+    return -2.0 * (top + np.log(np.exp(exponents - top[:, None]).sum(axis=1)))
+
+
+def band_mask(dims: dict[str, list[int]], pooled: dict[str, int], bands: dict[str, int]) -> np.ndarray:
+    """Which of posterior_features' columns are band maxima: the last `bands[name]` of each
+    encoder's pooled features (training.export.BandMax)."""
+    if set(bands) != set(dims):
+        raise ValueError(f"a mixture_bands score needs the band maxima count of every encoder it reads ({', '.join(dims)}), got {sorted(bands)}")
+    mask = []
+    for name, chosen in dims.items():
+        if not 0 < bands[name] <= pooled[name]:
+            raise ValueError(f"mixture_bands score: encoder '{name}' has {pooled[name]} pooled features, so {bands[name]} band maxima cannot end them")
+        mask += [False] * (2 * len(chosen) + pooled[name] - bands[name]) + [True] * bands[name]
+    return np.asarray(mask, dtype=bool)
+
+
+@dataclass(frozen=True)
+class Mixture:
+    """One Gaussian mixture's parameters: means (K, D), precisions (K, D, D), weights (K)."""
+
+    mean: np.ndarray
+    precision: np.ndarray
+    weights: np.ndarray
+
+
 @dataclass(frozen=True)
 class LatentScore:
     """A fitted score: its kind, the latent dimensions it reads per encoder and, for the
     Mahalanobis kinds, the ID mean and precision (inverse covariance) of the feature vector; for
     ``mixture_pooled`` one mean and precision per component (stacked) and the components'
-    weights. The pooled kinds also say how many pooled features each encoder adds."""
+    weights; for ``mixture_bands`` those of the mixture over all but the band maxima, how many
+    band maxima end each encoder's pooled features (`bands`) and their own mixture
+    (`band_mixture`). The pooled kinds also say how many pooled features each encoder adds."""
 
     kind: str
     dims: dict[str, list[int]]
@@ -105,7 +162,11 @@ class LatentScore:
     precision: np.ndarray | None = field(default=None, compare=False)
     pooled: dict[str, int] = field(default_factory=dict)
     weights: np.ndarray | None = field(default=None, compare=False)
+    bands: dict[str, int] = field(default_factory=dict)
+    band_mixture: Mixture | None = field(default=None, compare=False)
     _log_prior: np.ndarray | None = field(default=None, init=False, repr=False, compare=False)  # log π_k (module docstring)
+    _band_log_prior: np.ndarray | None = field(default=None, init=False, repr=False, compare=False)
+    _in_bands: np.ndarray | None = field(default=None, init=False, repr=False, compare=False)  # which features are band maxima
 
     def __post_init__(self) -> None:
         if self.kind not in SCORE_KINDS:
@@ -118,27 +179,20 @@ class LatentScore:
         if self.kind in MAHALANOBIS_KINDS:
             if self.mean is None or self.precision is None or self.mean.shape != (size,) or self.precision.shape != (size, size):
                 raise ValueError(f"{self.kind} score needs a mean of {size} values and a {size}×{size} precision matrix")
-        if self.kind == "mixture_pooled":
-            object.__setattr__(self, "_log_prior", self._mixture_log_prior(size))
+        if self.kind == "mixture_bands":
+            if self.band_mixture is None:
+                raise ValueError(f"a {self.kind} score needs its band_mixture")
+            in_bands = band_mask(self.dims, self.pooled, self.bands)
+            object.__setattr__(self, "_in_bands", in_bands)
+            band = self.band_mixture
+            object.__setattr__(self, "_band_log_prior", _mixture_log_prior(f"{self.kind} band", band.weights, band.mean, band.precision, int(in_bands.sum())))
+            size -= int(in_bands.sum())
+        elif self.bands or self.band_mixture is not None:
+            raise ValueError(f"a {self.kind} score has no band mixture")
+        if self.kind in MIXTURE_KINDS:
+            object.__setattr__(self, "_log_prior", _mixture_log_prior(self.kind, self.weights, self.mean, self.precision, size))
         elif self.weights is not None:
             raise ValueError(f"a {self.kind} score has no mixture weights")
-
-    def _mixture_log_prior(self, size: int) -> np.ndarray:
-        """log π_k, checking the components on the way (a hand-edited bundle must fail here, by name)."""
-        weights = self.weights
-        if weights is None or weights.ndim != 1 or weights.size == 0 or not np.all(np.isfinite(weights)) or np.any(weights <= 0.0):
-            raise ValueError("mixture_pooled score needs positive, finite weights, one per component")
-        count = weights.size
-        if self.mean is None or self.precision is None or self.mean.shape != (count, size) or self.precision.shape != (count, size, size):
-            raise ValueError(f"mixture_pooled score with {count} components needs {count} means of {size} values and {count} {size}×{size} precision matrices")
-        log_det = np.empty(count)
-        for k, precision in enumerate(self.precision):
-            try:
-                log_det[k] = 2.0 * np.log(np.diag(np.linalg.cholesky(precision))).sum()
-            except np.linalg.LinAlgError:
-                raise ValueError(f"mixture_pooled component {k}: the precision matrix is not positive definite") from None
-        log_prior = np.log(weights) + 0.5 * log_det
-        return log_prior - (log_prior.max() + np.log(np.exp(log_prior - log_prior.max()).sum()))
 
     @property
     def reads_pooled(self) -> bool:
@@ -155,11 +209,11 @@ class LatentScore:
         if self.kind in MAHALANOBIS_KINDS:
             centred = features - self.mean
             return np.einsum("ij,jk,ik->i", centred, self.precision, centred)
-        centred = features[:, None, :] - self.mean[None]  # frame, component, feature
-        distances = (np.einsum("nkd,kde->nke", centred, self.precision) * centred).sum(axis=2)
-        exponents = self._log_prior - 0.5 * distances  # type: ignore[operator]
-        top = exponents.max(axis=1)
-        return -2.0 * (top + np.log(np.exp(exponents - top[:, None]).sum(axis=1)))
+        if self.kind == "mixture_pooled":
+            return _mixture_score(features, self.mean, self.precision, self._log_prior)  # type: ignore[arg-type]
+        in_bands, band = self._in_bands, self.band_mixture
+        return (_mixture_score(features[:, ~in_bands], self.mean, self.precision, self._log_prior)  # type: ignore[arg-type]
+                + _mixture_score(features[:, in_bands], band.mean, band.precision, self._band_log_prior))  # type: ignore[union-attr, arg-type]
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {"kind": self.kind, "dims": self.dims}
@@ -170,13 +224,20 @@ class LatentScore:
             data["precision"] = np.round(self.precision, 7).tolist()
         if self.weights is not None:
             data["weights"] = np.round(self.weights, 9).tolist()
+        if self.band_mixture is not None:
+            band = self.band_mixture
+            data["bands"] = self.bands
+            data["band_mixture"] = {"mean": np.round(band.mean, 7).tolist(), "precision": np.round(band.precision, 7).tolist(), "weights": np.round(band.weights, 9).tolist()}
         return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LatentScore:
         dims = {str(name): [int(d) for d in values] for name, values in data["dims"].items()}
         pooled = {str(name): int(width) for name, width in data.get("pooled", {}).items()}
-        if data["kind"] in MAHALANOBIS_KINDS or data["kind"] == "mixture_pooled":
+        if data["kind"] in MAHALANOBIS_KINDS or data["kind"] in MIXTURE_KINDS:
             weights = np.asarray(data["weights"], dtype=np.float64) if "weights" in data else None
-            return cls(data["kind"], dims, np.asarray(data["mean"], dtype=np.float64), np.asarray(data["precision"], dtype=np.float64), pooled, weights)
+            bands = {str(name): int(count) for name, count in data.get("bands", {}).items()}
+            band = data.get("band_mixture")
+            band_mixture = None if band is None else Mixture(*(np.asarray(band[key], dtype=np.float64) for key in ("mean", "precision", "weights")))
+            return cls(data["kind"], dims, np.asarray(data["mean"], dtype=np.float64), np.asarray(data["precision"], dtype=np.float64), pooled, weights, bands, band_mixture)
         return cls(data["kind"], dims, pooled=pooled)
