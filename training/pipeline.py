@@ -305,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
                              "one odd moment of one drive then does not set the level for every onset (default: as the bundle was, else 0)")
     parser.add_argument("--scores", type=_score_candidates, metavar="KIND,...",
                         help=f"with --recalibrate: the score kinds validation chooses among, of {', '.join(SCORE_CANDIDATES)} "
-                             "(default: those the bundle was chosen among; mixture_pooled only by name — README, Training step 3)")
+                             "(default: those the bundle was chosen among; the mixtures only by name — README, Training step 3)")
     parser.add_argument("--band-max", type=_band_max, metavar="BLOCK/TOP/COUNT",
                         help="with --recalibrate: the pooled features also hold the per-channel max of conv block BLOCK over each of the TOP highest "
                              "of COUNT horizontal bands, where obstacles ahead first show (e.g. 1/3/8; README, Training step 3; default: as the bundle was)")
