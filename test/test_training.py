@@ -191,11 +191,12 @@ def test_recalibration_refits_a_bundle_on_other_data(tiny_run, tmp_path):
     assert (out / "horizontal.onnx").read_bytes() == (bundles["flow"] / "horizontal.onnx").read_bytes()
     assert not new.decision.extrapolate
     assert new.provenance["score_selection"]["cross_fit"] == "halves"
+    assert new.provenance["score_selection"]["mixture_seed"] == 0
     assert new.provenance["decision_tuning"]["id_budget"] == 0.0
     assert new.provenance["score_selection"]["candidates"] == ["kl", "mahalanobis", "mahalanobis_diag", "mahalanobis_pooled"]
     tail = tmp_path / "tail"
     assert pipeline_main(["--data", str(town), "--recalibrate", str(bundles["bvae"]), "--out", str(tail), "--extrapolate-tail", "--cross-fit", "episodes",
-                          "--id-budget", "0.001", "--scores", "kl,mahalanobis"]) == 0
+                          "--id-budget", "0.001", "--scores", "kl,mahalanobis", "--mixture-seed", "3"]) == 0
     assert OODDetector.from_path(tail).bundle.decision.extrapolate, "the bundle carries the tail setting to the runtime"
     again = tmp_path / "again"
     assert pipeline_main(["--data", str(town), "--recalibrate", str(tail), "--out", str(again)]) == 0
@@ -203,6 +204,7 @@ def test_recalibration_refits_a_bundle_on_other_data(tiny_run, tmp_path):
     assert kept.decision.extrapolate, "recalibrating keeps the bundle's tail setting"
     assert kept.provenance["score_selection"]["cross_fit"] == "episodes", "and its cross-fitting"
     assert kept.provenance["decision_tuning"]["id_budget"] == 0.001, "and its ID budget"
+    assert kept.provenance["score_selection"]["mixture_seed"] == 3, "and its mixture seed"
     assert set(kept.provenance["score_selection"]["validation_auroc"]) == {"kl", "mahalanobis"}, "and its score candidates"
     assert pipeline_main(["--data", str(town), "--recalibrate", str(tail), "--out", str(again), "--no-extrapolate-tail"]) == 0
     assert not OODDetector.from_path(again).bundle.decision.extrapolate
@@ -275,7 +277,9 @@ def test_a_recalibration_ships_under_a_name_and_can_become_the_default(tiny_run,
     for bad, message in ((["--data", str(root), "--ship-name", "x"], "--ship-name needs --recalibrate"), (argv + ["--make-default"], "--make-default needs --ship-name"),
                          (["--data", str(root), "--id-budget", "0.001"], "--id-budget needs --recalibrate"), (argv + ["--id-budget", "0.5"], "--id-budget must be within 0..0.01"),
                          (["--data", str(root), "--scores", "kl"], "--scores needs --recalibrate"), (argv + ["--scores", "kl,energy"], "score kinds are among kl,"),
-                         (["--data", str(root), "--band-max", "1/3/8"], "--band-max needs --recalibrate"), (argv + ["--band-max", "1/3"], "band max is BLOCK/TOP/COUNT")):
+                         (["--data", str(root), "--band-max", "1/3/8"], "--band-max needs --recalibrate"), (argv + ["--band-max", "1/3"], "band max is BLOCK/TOP/COUNT"),
+                         (["--data", str(root), "--mixture-seed", "1"], "--mixture-seed needs --recalibrate"),
+                         (argv + ["--mixture-seed", "-1"], "--mixture-seed must be a whole number >= 0")):
         with pytest.raises(SystemExit):
             pipeline.main(bad)
         assert message in capsys.readouterr().err

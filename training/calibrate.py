@@ -102,15 +102,16 @@ def _rows(latents: Latents, rows: slice) -> Latents:
     return {name: EncoderOutputs(*(None if part is None else part[rows] for part in out)) for name, out in latents.items()}
 
 
-def _fit_mixture(features: np.ndarray) -> Mixture:
-    """A Gaussian mixture fitted on standardised features, in the features' own units."""
+def _fit_mixture(features: np.ndarray, seed: int = 0) -> Mixture:
+    """A Gaussian mixture fitted on standardised features, in the features' own units; `seed`
+    seeds its EM starts."""
     mean, scale = features.mean(axis=0), np.sqrt(features.var(axis=0) + VARIANCE_FLOOR)
-    mixture = GaussianMixture(MIXTURE_COMPONENTS, covariance_type="full", reg_covar=MIXTURE_REGULARISATION, n_init=MIXTURE_STARTS, random_state=0)
+    mixture = GaussianMixture(MIXTURE_COMPONENTS, covariance_type="full", reg_covar=MIXTURE_REGULARISATION, n_init=MIXTURE_STARTS, random_state=seed)
     mixture.fit((features - mean) / scale)
     return Mixture(mean + scale * mixture.means_, mixture.precisions_ / np.outer(scale, scale), mixture.weights_)
 
 
-def _fit(name: str, latents: Latents, min_mean_kl: float, bands: dict[str, int] | None = None) -> LatentScore:
+def _fit(name: str, latents: Latents, min_mean_kl: float, bands: dict[str, int] | None = None, seed: int = 0) -> LatentScore:
     if name == "kl":
         return LatentScore("kl", {encoder: select_active_dimensions(out.mu, out.logvar, min_mean_kl) for encoder, out in latents.items()})
     dims = {encoder: list(range(out.mu.shape[1])) for encoder, out in latents.items()}
@@ -120,11 +121,11 @@ def _fit(name: str, latents: Latents, min_mean_kl: float, bands: dict[str, int] 
     if name == "mahalanobis_diag":
         return LatentScore("mahalanobis", dims, mean, np.diag(1.0 / scale**2))
     if name == "mixture_pooled":
-        mixture = _fit_mixture(features)
+        mixture = _fit_mixture(features, seed)
         return LatentScore(name, dims, mixture.mean, mixture.precision, pooled, mixture.weights)
     if name == "mixture_bands":
         in_bands = band_mask(dims, pooled, bands or {})
-        rest, band = _fit_mixture(features[:, ~in_bands]), _fit_mixture(features[:, in_bands])
+        rest, band = _fit_mixture(features[:, ~in_bands], seed), _fit_mixture(features[:, in_bands], seed)
         return LatentScore(name, dims, rest.mean, rest.precision, pooled, rest.weights, bands or {}, band)
     # Shrink the correlation, not the covariance: features differ in scale by orders of magnitude
     # (switched-off dimensions barely move), and shrinking towards one common variance would
@@ -158,12 +159,14 @@ def fit_scores(
     cross_fit: str = "halves",
     candidates: tuple[str, ...] = DEFAULT_SCORE_CANDIDATES,
     bands: dict[str, int] | None = None,
+    mixture_seed: int = 0,
 ) -> list[FittedScore]:
     """The score `candidates` (those the encoders and frames allow) fitted on all calibration
     episodes, with calibration scores cross-fitted on halves of the episodes or leaving one
     episode out (module docstring); a single episode is cross-fitted on its two halves either way.
     `bands`: how many band maxima end each encoder's pooled features (training.export.band_count),
-    where they do."""
+    where they do; `mixture_seed` seeds the mixtures' EM starts (on the shipped β-VAE it decides
+    whether the test's crowd of duckies is stopped within the bar: README, Results)."""
     if cross_fit not in CROSS_FITS:
         raise ValueError(f"cross_fit must be one of {CROSS_FITS}, got '{cross_fit}'")
     unknown = [name for name in candidates if name not in SCORE_CANDIDATES]
@@ -190,8 +193,8 @@ def fit_scores(
                          "(the pooled kinds need a 'pooled' output, mixture_bands band maxima in it)")
     fitted = []
     for name in names:
-        held_out = [_fit(name, others, min_mean_kl, bands)(fold) for fold, others in zip(folds, rest)]
-        fitted.append(FittedScore(name, _fit(name, _concat(calibration), min_mean_kl, bands), np.concatenate(held_out)))
+        held_out = [_fit(name, others, min_mean_kl, bands, mixture_seed)(fold) for fold, others in zip(folds, rest)]
+        fitted.append(FittedScore(name, _fit(name, _concat(calibration), min_mean_kl, bands, mixture_seed), np.concatenate(held_out)))
     return fitted
 
 

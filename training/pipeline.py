@@ -151,6 +151,7 @@ def calibrate_and_bundle(
     cross_fit: str = "halves",
     id_budget: float = 0.0,
     score_kinds: tuple[str, ...] = DEFAULT_SCORE_CANDIDATES,
+    mixture_seed: int = 0,
 ) -> CalibratedBundle:
     """Calibrate exported encoders and tune their decision; writes the bundle to `bundle_dir`.
 
@@ -173,7 +174,7 @@ def calibrate_and_bundle(
         validation_latents.append((episode, count, rows, latents, np.asarray(labels, dtype=bool)[rows]))
     bands = {name: width for name, path in onnx_files.items() if (width := band_count(path))}  # the mixture_bands score's
     try:
-        fitted = fit_scores(calibration, min_mean_kl, cross_fit, score_kinds, bands)
+        fitted = fit_scores(calibration, min_mean_kl, cross_fit, score_kinds, bands, mixture_seed)
     except ValueError as err:  # e.g. only the mixture asked for, on too few calibration frames
         raise DatasetError(f"{data}: {err}") from None
     chosen, _, score_table = select_score(fitted, [(latents, ood) for _, _, _, latents, ood in validation_latents])
@@ -183,7 +184,8 @@ def calibrate_and_bundle(
         scores[rows] = chosen.score(latents)
         validation.append(ScoredEpisode(episode.name, scores, episode.onset_frame, episode.category))
     tuning = tune_decision(chosen.calibration_scores, validation, SCORE_TAILS[chosen.score.kind], DETECTOR_CATEGORIES[kind], extrapolate, id_budget)
-    provenance["score_selection"] = {"chosen": chosen.name, "candidates": list(score_kinds), "cross_fit": cross_fit, "validation_auroc": score_table}
+    provenance["score_selection"] = {"chosen": chosen.name, "candidates": list(score_kinds), "cross_fit": cross_fit, "mixture_seed": mixture_seed,
+                                     "validation_auroc": score_table}
     provenance["decision_tuning"] = {"onset_categories": list(DETECTOR_CATEGORIES[kind]), "id_budget": id_budget, "mean_delay_frames": tuning.mean_delay,
                                      "missed_onsets": tuning.missed, "onsets_within_bar": tuning.within_bar, "candidates": tuning.table}
     bundle(chosen.score, chosen.calibration_scores, tuning.params)
@@ -202,6 +204,7 @@ def recalibrate(
     id_budget: float | None = None,
     score_kinds: tuple[str, ...] | None = None,
     band_max: BandMax | None = None,
+    mixture_seed: int | None = None,
 ) -> Path:
     """Refit the score and retune the decision of an existing bundle's encoders on `data` (adding
     their `pooled` output where it is missing, training.export) — e.g.
@@ -210,7 +213,7 @@ def recalibrate(
     calibration scores are held out, `id_budget`: the share of validation ID frames the alarm level
     may leave above it, `score_kinds`: the score kinds validation chooses among (training.calibrate),
     `band_max`: pooled features gain these band maxima (training.export.BandMax); None: as the
-    bundle was."""
+    bundle was; `mixture_seed`: seeds the mixture scores' EM starts (None: as the bundle was, else 0)."""
     check_calibration_splits(data)
     bundle = load_bundle(bundle_dir)
     if extrapolate is None:
@@ -223,6 +226,10 @@ def recalibrate(
         id_budget = bundle.provenance.get("decision_tuning", {}).get("id_budget", 0.0)
         if not isinstance(id_budget, (int, float)) or isinstance(id_budget, bool) or not 0.0 <= id_budget <= MAX_ID_BUDGET:
             raise BundleError(f"{bundle_dir}: provenance.decision_tuning.id_budget must be a number within 0..{MAX_ID_BUDGET}, got {id_budget!r}")
+    if mixture_seed is None:  # bundles from before the record were fitted with seed 0
+        mixture_seed = bundle.provenance.get("score_selection", {}).get("mixture_seed", 0)
+        if not isinstance(mixture_seed, int) or isinstance(mixture_seed, bool) or mixture_seed < 0:
+            raise BundleError(f"{bundle_dir}: provenance.score_selection.mixture_seed must be a whole number >= 0, got {mixture_seed!r}")
     if score_kinds is None:  # bundles from before the record: the candidates their validation table lists
         selection = bundle.provenance.get("score_selection", {})
         recorded = selection.get("candidates", list(selection.get("validation_auroc", DEFAULT_SCORE_CANDIDATES)))
@@ -246,7 +253,7 @@ def recalibrate(
         if band_max is not None:
             provenance["pooled_band_max"] = str(band_max)
         return calibrate_and_bundle(bundle.detector, bundle.preprocessing, files, latent, data, out, provenance, extrapolate=extrapolate, cross_fit=cross_fit,
-                                    id_budget=id_budget, score_kinds=score_kinds).path
+                                    id_budget=id_budget, score_kinds=score_kinds, mixture_seed=mixture_seed).path
 
 
 def ship_bundle(bundle: Path, detector: str, name: str, make_default: bool = True) -> Path:
@@ -309,7 +316,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--band-max", type=_band_max, metavar="BLOCK/TOP/COUNT",
                         help="with --recalibrate: the pooled features also hold the per-channel max of conv block BLOCK over each of the TOP highest "
                              "of COUNT horizontal bands, where obstacles ahead first show (e.g. 1/3/8; README, Training step 3; default: as the bundle was)")
+    parser.add_argument("--mixture-seed", type=int, metavar="N",
+                        help="with --recalibrate: seed of the mixture scores' EM starts — how much a result rests on one fit "
+                             "(README, Results; default: as the bundle was, else 0)")
     args = parser.parse_args(argv)
+    if args.mixture_seed is not None and not args.recalibrate:
+        parser.error("--mixture-seed needs --recalibrate BUNDLE")
+    if args.mixture_seed is not None and args.mixture_seed < 0:
+        parser.error(f"--mixture-seed must be a whole number >= 0, got {args.mixture_seed}")
     if args.band_max is not None and not args.recalibrate:
         parser.error("--band-max needs --recalibrate BUNDLE")
     if args.scores is not None and not args.recalibrate:
@@ -329,7 +343,8 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or REPO_ROOT / "runs" / args.config
     try:
         if args.recalibrate:
-            bundle = recalibrate(args.recalibrate, args.data, args.out or args.recalibrate, args.extrapolate_tail, args.cross_fit, args.id_budget, args.scores, args.band_max)
+            bundle = recalibrate(args.recalibrate, args.data, args.out or args.recalibrate, args.extrapolate_tail, args.cross_fit, args.id_budget, args.scores, args.band_max,
+                                 args.mixture_seed)
             print(f"recalibrated {bundle}")
             if args.ship_name:
                 print(f"shipped {ship_bundle(bundle, load_bundle(bundle).detector, args.ship_name, make_default=args.make_default)}")
