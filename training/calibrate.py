@@ -117,16 +117,17 @@ def _fit(name: str, latents: Latents, min_mean_kl: float, bands: dict[str, int] 
     dims = {encoder: list(range(out.mu.shape[1])) for encoder, out in latents.items()}
     pooled = {encoder: out.pooled.shape[1] for encoder, out in latents.items() if out.pooled is not None} if name in POOLED_KINDS else {}
     features = posterior_features(latents, dims, bool(pooled))
-    mean, scale = features.mean(axis=0), np.sqrt(features.var(axis=0) + VARIANCE_FLOOR)
-    if name == "mahalanobis_diag":
-        return LatentScore("mahalanobis", dims, mean, np.diag(1.0 / scale**2))
-    if name == "mixture_pooled":
+    if name == "mixture_pooled":  # _fit_mixture standardises the features itself
         mixture = _fit_mixture(features, seed)
         return LatentScore(name, dims, mixture.mean, mixture.precision, pooled, mixture.weights)
     if name == "mixture_bands":
-        in_bands = band_mask(dims, pooled, bands or {})
+        bands = bands or {}
+        in_bands = band_mask(dims, pooled, bands)
         rest, band = _fit_mixture(features[:, ~in_bands], seed), _fit_mixture(features[:, in_bands], seed)
-        return LatentScore(name, dims, rest.mean, rest.precision, pooled, rest.weights, bands or {}, band)
+        return LatentScore(name, dims, rest.mean, rest.precision, pooled, rest.weights, bands, band)
+    mean, scale = features.mean(axis=0), np.sqrt(features.var(axis=0) + VARIANCE_FLOOR)
+    if name == "mahalanobis_diag":
+        return LatentScore("mahalanobis", dims, mean, np.diag(1.0 / scale**2))
     # Shrink the correlation, not the covariance: features differ in scale by orders of magnitude
     # (switched-off dimensions barely move), and shrinking towards one common variance would
     # silence exactly those dimensions.
