@@ -8,7 +8,7 @@ import pytest
 from conftest import build_image_bundle
 from training.calibrate import CROSS_FITS, MIXTURE_COMPONENTS, SCORE_CANDIDATES, fit_scores, select_score
 from vae_ood_monitor.bundle import BundleError, load_bundle, write_sums
-from vae_ood_monitor.scoring import EncoderOutputs, LatentScore, Mixture, kl_per_dimension
+from vae_ood_monitor.scoring import BandPeak, EncoderOutputs, LatentScore, Mixture, kl_per_dimension
 
 
 def _id_latents(rng: np.random.Generator, frames: int) -> dict[str, EncoderOutputs]:
@@ -212,13 +212,52 @@ def test_the_band_mixture_is_a_candidate_only_where_the_pooled_features_end_in_b
     rng = np.random.default_rng(15)
     calibration = [_with_pooled(_id_latents(rng, 300), rng) for _ in range(2)]
     assert "mixture_bands" not in [c.name for c in fit_scores(calibration, candidates=SCORE_CANDIDATES)]
-    with pytest.raises(ValueError, match="mixture_bands band maxima in it"):
+    with pytest.raises(ValueError, match="the band kinds band maxima in it"):
         fit_scores(calibration, candidates=("mixture_bands",))
     (fitted,) = fit_scores(calibration, candidates=("mixture_bands",), bands={"image": 2})
     assert fitted.score.bands == {"image": 2} and fitted.calibration_scores.shape == (600,)
     assert fitted.score.mean.shape == (MIXTURE_COMPONENTS, 11) and fitted.score.band_mixture.mean.shape == (MIXTURE_COMPONENTS, 2)
     in_sample = fitted.score(calibration[0])
     assert np.median(fitted.calibration_scores[:300]) > np.median(in_sample), "each half scored by the fit on the other half"
+
+
+def test_the_band_peak_score_adds_the_most_raised_band_maximum_to_the_rest_s_mixture():
+    """Pooled features 3..4 are band maxima: the score is the rest's mixture score plus the largest
+    squared rise of a band maximum above its mean, in its standard deviations; falls count nothing."""
+    rng = np.random.default_rng(16)
+    latents = _with_pooled(_id_latents(rng, 50), rng)
+    rest = _random_mixture(rng, 3, 11)
+    peak = BandPeak(np.array([1.0, -2.0]), np.array([0.5, 4.0]))
+    score = LatentScore("mixture_band_peak", {"image": [0, 1, 2, 3]}, rest.mean, rest.precision, {"image": 5}, rest.weights, {"image": 2}, band_peak=peak)
+    outputs = latents["image"]
+    rest_only = LatentScore("mixture_pooled", {"image": [0, 1, 2, 3]}, rest.mean, rest.precision, {"image": 3}, rest.weights)(
+        {"image": outputs._replace(pooled=outputs.pooled[:, :3])})
+    rises = np.maximum(0.0, np.stack([(outputs.pooled[:, 3] - 1.0) / 0.5, (outputs.pooled[:, 4] + 2.0) / 4.0], axis=1))
+    np.testing.assert_allclose(score(latents), rest_only + (rises**2).max(axis=1), rtol=1e-12)
+    raised = outputs.pooled.copy()
+    raised[:, 3] = 1.0 + 0.5 * 10.0  # ten standard deviations up in one band maximum
+    lowered = outputs.pooled.copy()
+    lowered[:, 3:] = [1.0 - 0.5 * 10.0, -2.0 - 4.0 * 10.0]  # ten down in both: no rise
+    np.testing.assert_allclose(score({"image": outputs._replace(pooled=raised)}) - rest_only, 100.0, rtol=1e-12)
+    np.testing.assert_allclose(score({"image": outputs._replace(pooled=lowered)}), rest_only, rtol=1e-12)
+    restored = LatentScore.from_dict(json.loads(json.dumps(score.to_dict())))
+    np.testing.assert_allclose(restored(latents), score(latents), rtol=1e-5)
+
+
+def test_the_band_peak_fit_needs_no_seed_and_scores_an_object_at_the_horizon_above_calibration():
+    rng = np.random.default_rng(17)
+    calibration = [_with_pooled(_id_latents(rng, 300), rng) for _ in range(2)]
+    fits = [fit_scores(calibration, candidates=("mixture_band_peak",), bands={"image": 2}, mixture_seed=seed)[0] for seed in (0, 1)]
+    for fitted in fits:
+        assert fitted.score.bands == {"image": 2} and fitted.score.band_mixture is None and fitted.calibration_scores.shape == (600,)
+        np.testing.assert_allclose(fitted.score.band_peak.mean, np.concatenate([c["image"].pooled for c in calibration])[:, 3:].mean(axis=0), rtol=1e-12)
+    np.testing.assert_array_equal(fits[0].score.band_peak.scale, fits[1].score.band_peak.scale)
+    ahead = _with_pooled(_id_latents(rng, 50), rng)
+    outputs = ahead["image"]
+    obstacle = outputs.pooled.copy()
+    obstacle[:, 4] += 8.0 * fits[0].score.band_peak.scale[1]  # one band maximum far up, everything else as usual
+    normal, flagged = fits[0].score(ahead), fits[0].score({"image": outputs._replace(pooled=obstacle)})
+    assert np.all(flagged > normal) and np.median(flagged) > np.quantile(fits[0].calibration_scores, 0.99)
 
 
 def test_a_pooled_score_names_missing_or_mismatched_pooled_features():
@@ -269,7 +308,7 @@ def test_mahalanobis_score_round_trips_through_json():
         ({"kind": "mahalanobis", "dims": {"image": [0]}, "mean": [0.0, 0.0], "precision": [[1.0, 0.0], [0.0, 1.0]], "weights": [1.0]},
          "a mahalanobis score has no mixture weights"),
         ({"kind": "mixture_bands", "dims": {"image": [0]}, "pooled": {"image": 2}, "bands": {"image": 1}, "mean": [[0.0] * 3], "precision": [np.eye(3).tolist()],
-          "weights": [1.0]}, "a mixture_bands score needs its band_mixture"),
+          "weights": [1.0]}, "a mixture_bands score needs its band_mixture, and no band_peak"),
         ({"kind": "mixture_bands", "dims": {"image": [0]}, "pooled": {"image": 2}, "mean": [[0.0] * 3], "precision": [np.eye(3).tolist()], "weights": [1.0],
           "band_mixture": {"mean": [[0.0]], "precision": [[[1.0]]], "weights": [1.0]}}, "needs the band maxima count of every encoder it reads"),
         ({"kind": "mixture_bands", "dims": {"image": [0]}, "pooled": {"image": 2}, "bands": {"image": 3}, "mean": [[0.0] * 3], "precision": [np.eye(3).tolist()],
@@ -277,7 +316,15 @@ def test_mahalanobis_score_round_trips_through_json():
         ({"kind": "mixture_bands", "dims": {"image": [0]}, "pooled": {"image": 2}, "bands": {"image": 1}, "mean": [[0.0] * 3], "precision": [np.eye(3).tolist()],
           "weights": [1.0], "band_mixture": {"mean": [[0.0]], "precision": [[[1.0]]], "weights": [0.0]}}, "mixture_bands band score needs positive, finite weights"),
         ({"kind": "mixture_pooled", "dims": {"image": [0]}, "pooled": {"image": 1}, "mean": [[0.0] * 3], "precision": [np.eye(3).tolist()], "weights": [1.0],
-          "bands": {"image": 1}}, "a mixture_pooled score has no band mixture"),
+          "bands": {"image": 1}}, "a mixture_pooled score has no band maxima terms"),
+        ({"kind": "mixture_band_peak", "dims": {"image": [0]}, "pooled": {"image": 2}, "bands": {"image": 1}, "mean": [[0.0] * 3], "precision": [np.eye(3).tolist()],
+          "weights": [1.0]}, "a mixture_band_peak score needs its band_peak, and no band_mixture"),
+        ({"kind": "mixture_band_peak", "dims": {"image": [0]}, "pooled": {"image": 2}, "bands": {"image": 1}, "mean": [[0.0] * 3], "precision": [np.eye(3).tolist()],
+          "weights": [1.0], "band_peak": {"mean": [0.0, 1.0], "scale": [1.0, 1.0]}}, "needs a band_peak mean and scale of 1 values each"),
+        ({"kind": "mixture_band_peak", "dims": {"image": [0]}, "pooled": {"image": 2}, "bands": {"image": 1}, "mean": [[0.0] * 3], "precision": [np.eye(3).tolist()],
+          "weights": [1.0], "band_peak": {"mean": [0.0], "scale": [0.0]}}, "a positive, finite scale"),
+        ({"kind": "mixture_band_peak", "dims": {"image": [0]}, "pooled": {"image": 2}, "bands": {"image": 1}, "mean": [[0.0] * 3], "precision": [np.eye(3).tolist()],
+          "weights": [1.0], "band_peak": {"mean": [0.0]}}, "scale"),
     ],
 )
 def test_bad_scores_in_a_bundle_are_refused_with_a_reason(tmp_path, score, message):

@@ -243,7 +243,7 @@ def test_recalibrating_with_band_maxima_widens_the_pooled_features_and_records_t
     assert not (tmp_path / "bad").exists()
     no_bands = ["--data", str(root), "--recalibrate", str(plain), "--out", str(tmp_path / "no_bands"), "--scores", "mixture_bands"]
     assert pipeline_main(no_bands) == 1
-    assert "mixture_bands band maxima in it" in capsys.readouterr().err
+    assert "the band kinds band maxima in it" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(("field", "value"), [("cross_fit", "thirds"), ("id_budget", 0.5), ("candidates", ["energy"])])

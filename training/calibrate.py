@@ -3,9 +3,9 @@ validation (ID + OOD) data only.
 
 Score: every candidate (KL of the active dimensions; Mahalanobis distance of [μ, logσ²] with a
 Ledoit-Wolf or a diagonal covariance, and of [μ, logσ², pooled conv features] with a Ledoit-Wolf
-covariance or under a Gaussian mixture where the encoders export them, and under two mixtures,
-one for the band maxima and one for the rest, where the pooled features end in band maxima) is
-fitted on the calibration frames; its calibration scores
+covariance or under a Gaussian mixture where the encoders export them, and, where the pooled
+features end in band maxima, under two mixtures, one for the band maxima and one for the rest, or
+under the rest's mixture plus the most raised band maximum) is fitted on the calibration frames; its calibration scores
 are cross-fitted, so the conformal p-values see held-out scores as the robot will: by default on
 halves (fitted on every other calibration episode, scored on the rest, and vice versa), or leaving
 one episode out (`cross_fit="episodes"`: each episode scored by the candidate fitted on all the
@@ -46,10 +46,12 @@ from sklearn.mixture import GaussianMixture
 from vae_ood_monitor.decision import ConformalDecider, DecisionParams, conformal_p_values
 from vae_ood_monitor.metrics import auroc
 from vae_ood_monitor.scoring import (
+    BAND_KINDS,
     MIXTURE_KINDS,
     POOLED_KINDS,
     EncoderOutputs,
     Latents,
+    BandPeak,
     LatentScore,
     Mixture,
     band_mask,
@@ -64,7 +66,8 @@ DELAY_BAR_FRAMES = 15
 TAILS = ("both", "upper")
 # A Mahalanobis distance already grows in every direction away from normal driving; only the KL
 # needs the lower tail too (an input the encoder maps onto the prior has a *small* KL).
-SCORE_TAILS = {"kl": TAILS, "mahalanobis": ("upper",), "mahalanobis_pooled": ("upper",), "mixture_pooled": ("upper",), "mixture_bands": ("upper",)}
+SCORE_TAILS = {"kl": TAILS, "mahalanobis": ("upper",), "mahalanobis_pooled": ("upper",), "mixture_pooled": ("upper",), "mixture_bands": ("upper",),
+               "mixture_band_peak": ("upper",)}
 EPSILONS = (0.04, 0.1, 0.2)
 WINDOWS = (5, 10, 20)
 # CUSUM decay per frame: absorbs mildly unusual stretches of normal driving (a new map, a new
@@ -89,7 +92,7 @@ MIXTURE_STARTS = 4
 
 @dataclass(frozen=True)
 class FittedScore:
-    name: str  # kl, mahalanobis (Ledoit-Wolf covariance), mahalanobis_diag, mahalanobis_pooled (Ledoit-Wolf), mixture_pooled or mixture_bands
+    name: str  # kl, mahalanobis (Ledoit-Wolf covariance), mahalanobis_diag, mahalanobis_pooled (Ledoit-Wolf), mixture_pooled, mixture_bands or mixture_band_peak
     score: LatentScore
     calibration_scores: np.ndarray  # held-out score of every calibration frame
 
@@ -120,11 +123,14 @@ def _fit(name: str, latents: Latents, min_mean_kl: float, bands: dict[str, int] 
     if name == "mixture_pooled":  # _fit_mixture standardises the features itself
         mixture = _fit_mixture(features, seed)
         return LatentScore(name, dims, mixture.mean, mixture.precision, pooled, mixture.weights)
-    if name == "mixture_bands":
+    if name in BAND_KINDS:
         bands = bands or {}
-        in_bands = band_mask(dims, pooled, bands)
-        rest, band = _fit_mixture(features[:, ~in_bands], seed), _fit_mixture(features[:, in_bands], seed)
-        return LatentScore(name, dims, rest.mean, rest.precision, pooled, rest.weights, bands, band)
+        in_bands = band_mask(dims, pooled, bands, name)
+        rest, band_maxima = _fit_mixture(features[:, ~in_bands], seed), features[:, in_bands]
+        if name == "mixture_bands":
+            return LatentScore(name, dims, rest.mean, rest.precision, pooled, rest.weights, bands, _fit_mixture(band_maxima, seed))
+        peak = BandPeak(band_maxima.mean(axis=0), np.sqrt(band_maxima.var(axis=0) + VARIANCE_FLOOR))
+        return LatentScore(name, dims, rest.mean, rest.precision, pooled, rest.weights, bands, band_peak=peak)
     mean, scale = features.mean(axis=0), np.sqrt(features.var(axis=0) + VARIANCE_FLOOR)
     if name == "mahalanobis_diag":
         return LatentScore("mahalanobis", dims, mean, np.diag(1.0 / scale**2))
@@ -138,10 +144,10 @@ def _fit(name: str, latents: Latents, min_mean_kl: float, bands: dict[str, int] 
 # mahalanobis_pooled and the mixtures only where every encoder exports `pooled`, the mixtures
 # only where every fit sees at least one frame per component and feature (864 for the 64×64
 # students' 108 features; fewer cannot pin down a full covariance per component), mixture_bands
-# only where every encoder's pooled features end in band maxima. The mixtures are asked for
+# and mixture_band_peak only where every encoder's pooled features end in band maxima. The mixtures are asked for
 # by name (DEFAULT_SCORE_CANDIDATES leaves them out): their EM fit takes half a minute where the
 # others take a second, and every bundle shipped before them was chosen without them.
-SCORE_CANDIDATES = ("kl", "mahalanobis", "mahalanobis_diag", "mahalanobis_pooled", "mixture_pooled", "mixture_bands")
+SCORE_CANDIDATES = ("kl", "mahalanobis", "mahalanobis_diag", "mahalanobis_pooled", "mixture_pooled", "mixture_bands", "mixture_band_peak")
 DEFAULT_SCORE_CANDIDATES = SCORE_CANDIDATES[:4]
 CROSS_FITS = ("halves", "episodes")
 
@@ -188,10 +194,10 @@ def fit_scores(
     mixture_fits = min(_frames(others) for others in rest) >= MIXTURE_COMPONENTS * _feature_count(calibration[0])
     has_bands = bool(bands) and set(bands) == set(calibration[0])  # type: ignore[arg-type]
     names = [n for n in SCORE_CANDIDATES if n in candidates and (has_pooled or n not in POOLED_KINDS) and (mixture_fits or n not in MIXTURE_KINDS)
-             and (has_bands or n != "mixture_bands")]
+             and (has_bands or n not in BAND_KINDS)]
     if not names:
         raise ValueError(f"none of the score candidates {', '.join(candidates)} fits these encoders and frames "
-                         "(the pooled kinds need a 'pooled' output, mixture_bands band maxima in it)")
+                         "(the pooled kinds need a 'pooled' output, the band kinds band maxima in it)")
     fitted = []
     for name in names:
         held_out = [_fit(name, others, min_mean_kl, bands, mixture_seed)(fold) for fold, others in zip(folds, rest)]

@@ -172,7 +172,7 @@ def calibrate_and_bundle(
         frames, labels = zip(*iter_frames(episode))
         count, rows, latents = detector.encode_stream(frames)
         validation_latents.append((episode, count, rows, latents, np.asarray(labels, dtype=bool)[rows]))
-    bands = {name: width for name, path in onnx_files.items() if (width := band_count(path))}  # the mixture_bands score's
+    bands = {name: width for name, path in onnx_files.items() if (width := band_count(path))}  # the band scores'
     try:
         fitted = fit_scores(calibration, min_mean_kl, cross_fit, score_kinds, bands, mixture_seed)
     except ValueError as err:  # e.g. only the mixture asked for, on too few calibration frames

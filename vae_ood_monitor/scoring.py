@@ -1,7 +1,7 @@
 """Latent-space OOD scores: how the encoders' posteriors (μ, logσ²) of a frame — and, for the
 pooled kinds, their pooled conv features — become one number.
 
-Five kinds, all fitted on in-distribution calibration frames and stored in the bundle:
+Six kinds, all fitted on in-distribution calibration frames and stored in the bundle:
 
 - ``kl``: the papers' score, KL divergence of the posterior from the N(0, I) prior, summed over
   the active latent dimensions (an unfamiliar input pushes the posterior away from where the
@@ -28,6 +28,12 @@ Five kinds, all fitted on in-distribution calibration frames and stored in the b
   must spend its components on the whole scene; a crowd of duckies at the horizon moves only a few
   band maxima, and under their own mixture it is not outweighed by the hundred features it does not
   move (README, Training step 3).
+- ``mixture_band_peak``: the same mixture over all but the band maxima, plus the squared largest
+  rise of any band maximum above its ID mean, in ID standard deviations (max_j max(z_j, 0)²: the
+  most raised band maximum's Gaussian term, on the mixture's −2 log-likelihood scale). A small
+  object at the horizon raises a few maxima; a max notices one raised feature however many stay
+  put, and unlike a second mixture it needs no EM fit, so refitting with another seed does not
+  move it (README, Results).
 
 The training pipeline picks the kind per detector on the validation split.
 """
@@ -39,9 +45,10 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-SCORE_KINDS = ("kl", "mahalanobis", "mahalanobis_pooled", "mixture_pooled", "mixture_bands")
+SCORE_KINDS = ("kl", "mahalanobis", "mahalanobis_pooled", "mixture_pooled", "mixture_bands", "mixture_band_peak")
 MAHALANOBIS_KINDS = ("mahalanobis", "mahalanobis_pooled")
-MIXTURE_KINDS = ("mixture_pooled", "mixture_bands")
+MIXTURE_KINDS = ("mixture_pooled", "mixture_bands", "mixture_band_peak")
+BAND_KINDS = ("mixture_bands", "mixture_band_peak")  # scores that treat the band maxima apart
 POOLED_KINDS = ("mahalanobis_pooled", *MIXTURE_KINDS)
 
 
@@ -125,15 +132,15 @@ def _mixture_score(features: np.ndarray, mean: np.ndarray, precision: np.ndarray
     return -2.0 * (top + np.log(np.exp(exponents - top[:, None]).sum(axis=1)))
 
 
-def band_mask(dims: dict[str, list[int]], pooled: dict[str, int], bands: dict[str, int]) -> np.ndarray:
+def band_mask(dims: dict[str, list[int]], pooled: dict[str, int], bands: dict[str, int], kind: str = "mixture_bands") -> np.ndarray:
     """Which of posterior_features' columns are band maxima: the last `bands[name]` of each
     encoder's pooled features (training.export.BandMax)."""
     if set(bands) != set(dims):
-        raise ValueError(f"a mixture_bands score needs the band maxima count of every encoder it reads ({', '.join(dims)}), got {sorted(bands)}")
+        raise ValueError(f"a {kind} score needs the band maxima count of every encoder it reads ({', '.join(dims)}), got {sorted(bands)}")
     mask = []
     for name, chosen in dims.items():
         if not 0 < bands[name] <= pooled[name]:
-            raise ValueError(f"mixture_bands score: encoder '{name}' has {pooled[name]} pooled features, so {bands[name]} band maxima cannot end them")
+            raise ValueError(f"{kind} score: encoder '{name}' has {pooled[name]} pooled features, so {bands[name]} band maxima cannot end them")
         mask += [False] * (2 * len(chosen) + pooled[name] - bands[name]) + [True] * bands[name]
     return np.asarray(mask, dtype=bool)
 
@@ -148,13 +155,34 @@ class Mixture:
 
 
 @dataclass(frozen=True)
+class BandPeak:
+    """The band maxima's ID mean and standard deviation (D each), which their rises are measured in."""
+
+    mean: np.ndarray
+    scale: np.ndarray
+
+    def check(self, size: int) -> None:
+        """A hand-edited bundle fails here, by name."""
+        if self.mean.shape != (size,) or self.scale.shape != (size,):
+            raise ValueError(f"mixture_band_peak score needs a band_peak mean and scale of {size} values each")
+        if not (np.all(np.isfinite(self.mean)) and np.all(np.isfinite(self.scale)) and np.all(self.scale > 0.0)):
+            raise ValueError("mixture_band_peak score needs a finite band_peak mean and a positive, finite scale")
+
+    def __call__(self, bands: np.ndarray) -> np.ndarray:
+        """max_j max(z_j, 0)² per frame (module docstring)."""
+        return (np.maximum((bands - self.mean) / self.scale, 0.0) ** 2).max(axis=1)
+
+
+@dataclass(frozen=True)
 class LatentScore:
     """A fitted score: its kind, the latent dimensions it reads per encoder and, for the
     Mahalanobis kinds, the ID mean and precision (inverse covariance) of the feature vector; for
     ``mixture_pooled`` one mean and precision per component (stacked) and the components'
     weights; for ``mixture_bands`` those of the mixture over all but the band maxima, how many
     band maxima end each encoder's pooled features (`bands`) and their own mixture
-    (`band_mixture`). The pooled kinds also say how many pooled features each encoder adds."""
+    (`band_mixture`); for ``mixture_band_peak`` the same but, instead of the band mixture, the
+    band maxima's ID mean and scale (`band_peak`). The pooled kinds also say how many pooled
+    features each encoder adds."""
 
     kind: str
     dims: dict[str, list[int]]
@@ -164,6 +192,7 @@ class LatentScore:
     weights: np.ndarray | None = field(default=None, compare=False)
     bands: dict[str, int] = field(default_factory=dict)
     band_mixture: Mixture | None = field(default=None, compare=False)
+    band_peak: BandPeak | None = field(default=None, compare=False)
     _log_prior: np.ndarray | None = field(default=None, init=False, repr=False, compare=False)  # log π_k (module docstring)
     _band_log_prior: np.ndarray | None = field(default=None, init=False, repr=False, compare=False)
     _in_bands: np.ndarray | None = field(default=None, init=False, repr=False, compare=False)  # which features are band maxima
@@ -179,16 +208,22 @@ class LatentScore:
         if self.kind in MAHALANOBIS_KINDS:
             if self.mean is None or self.precision is None or self.mean.shape != (size,) or self.precision.shape != (size, size):
                 raise ValueError(f"{self.kind} score needs a mean of {size} values and a {size}×{size} precision matrix")
-        if self.kind == "mixture_bands":
-            if self.band_mixture is None:
-                raise ValueError(f"a {self.kind} score needs its band_mixture")
-            in_bands = band_mask(self.dims, self.pooled, self.bands)
+        if self.kind in BAND_KINDS:
+            in_bands = band_mask(self.dims, self.pooled, self.bands, self.kind)
             object.__setattr__(self, "_in_bands", in_bands)
-            band = self.band_mixture
-            object.__setattr__(self, "_band_log_prior", _mixture_log_prior(f"{self.kind} band", band.weights, band.mean, band.precision, int(in_bands.sum())))
-            size -= int(in_bands.sum())
-        elif self.bands or self.band_mixture is not None:
-            raise ValueError(f"a {self.kind} score has no band mixture")
+            band_size = int(in_bands.sum())
+            if self.kind == "mixture_bands":
+                band = self.band_mixture
+                if band is None or self.band_peak is not None:
+                    raise ValueError(f"a {self.kind} score needs its band_mixture, and no band_peak")
+                object.__setattr__(self, "_band_log_prior", _mixture_log_prior(f"{self.kind} band", band.weights, band.mean, band.precision, band_size))
+            else:
+                if self.band_peak is None or self.band_mixture is not None:
+                    raise ValueError(f"a {self.kind} score needs its band_peak, and no band_mixture")
+                self.band_peak.check(band_size)
+            size -= band_size
+        elif self.bands or self.band_mixture is not None or self.band_peak is not None:
+            raise ValueError(f"a {self.kind} score has no band maxima terms")
         if self.kind in MIXTURE_KINDS:
             object.__setattr__(self, "_log_prior", _mixture_log_prior(self.kind, self.weights, self.mean, self.precision, size))
         elif self.weights is not None:
@@ -211,9 +246,12 @@ class LatentScore:
             return np.einsum("ij,jk,ik->i", centred, self.precision, centred)
         if self.kind == "mixture_pooled":
             return _mixture_score(features, self.mean, self.precision, self._log_prior)  # type: ignore[arg-type]
-        in_bands, band = self._in_bands, self.band_mixture
-        return (_mixture_score(features[:, ~in_bands], self.mean, self.precision, self._log_prior)  # type: ignore[arg-type]
-                + _mixture_score(features[:, in_bands], band.mean, band.precision, self._band_log_prior))  # type: ignore[union-attr, arg-type]
+        in_bands = self._in_bands
+        rest = _mixture_score(features[:, ~in_bands], self.mean, self.precision, self._log_prior)  # type: ignore[arg-type]
+        if self.band_peak is not None:
+            return rest + self.band_peak(features[:, in_bands])
+        band = self.band_mixture
+        return rest + _mixture_score(features[:, in_bands], band.mean, band.precision, self._band_log_prior)  # type: ignore[union-attr, arg-type]
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {"kind": self.kind, "dims": self.dims}
@@ -228,6 +266,9 @@ class LatentScore:
             band = self.band_mixture
             data["bands"] = self.bands
             data["band_mixture"] = {"mean": np.round(band.mean, 7).tolist(), "precision": np.round(band.precision, 7).tolist(), "weights": np.round(band.weights, 9).tolist()}
+        if self.band_peak is not None:
+            data["bands"] = self.bands
+            data["band_peak"] = {"mean": np.round(self.band_peak.mean, 7).tolist(), "scale": np.round(self.band_peak.scale, 7).tolist()}
         return data
 
     @classmethod
@@ -239,5 +280,8 @@ class LatentScore:
             bands = {str(name): int(count) for name, count in data.get("bands", {}).items()}
             band = data.get("band_mixture")
             band_mixture = None if band is None else Mixture(*(np.asarray(band[key], dtype=np.float64) for key in ("mean", "precision", "weights")))
-            return cls(data["kind"], dims, np.asarray(data["mean"], dtype=np.float64), np.asarray(data["precision"], dtype=np.float64), pooled, weights, bands, band_mixture)
+            peak = data.get("band_peak")
+            band_peak = None if peak is None else BandPeak(*(np.asarray(peak[key], dtype=np.float64) for key in ("mean", "scale")))
+            return cls(data["kind"], dims, np.asarray(data["mean"], dtype=np.float64), np.asarray(data["precision"], dtype=np.float64), pooled, weights, bands,
+                       band_mixture, band_peak)
         return cls(data["kind"], dims, pooled=pooled)
