@@ -143,8 +143,9 @@ pooled: default-plus
 # leave 0.1 % of the validation ID frames above it (a tenth of the bar) and the Gaussian-mixture
 # score among the candidates (validation chooses a mixture for both). The β-VAE: bvae_nearest's encoder
 # (as `make pooled`) with the maxima of its second conv block over the top 3 of 8 horizontal bands
-# among the pooled features, under a mixture of their own (mixture_bands, validation's choice),
-# p-values that go on past the calibration range -> models/bvae_lights. The flow
+# among the pooled features, scored by their largest rise above normal on top of a mixture over the
+# rest (mixture_band_peak, validation's choice), p-values that go on past the calibration range
+# -> models/bvae_lights. The flow
 # detector: flow_window's encoders, calibration scores cross-fitted one episode at a time (as
 # `make compress-window`; ~10 min) -> models/flow_lights. Both made the runtime defaults (README,
 # Results: all 29 test onsets stopped within 15 frames, 0.1 % of ID test frames flagged).
@@ -152,7 +153,8 @@ lights: default-plus
 	$(VENV)/bin/python -m training.data.generate --preset traffic_lights
 	$(VENV)/bin/python -m training.data.merge datasets/default datasets/intersections datasets/traffic_lights --out datasets/default_lights
 	$(VENV)/bin/python -m training.pipeline --recalibrate models/bvae_nearest --data datasets/default_lights --id-budget 0.001 --extrapolate-tail \
-	    --scores kl,mahalanobis,mahalanobis_diag,mahalanobis_pooled,mixture_pooled,mixture_bands --band-max 1/3/8 --out runs/bvae_lights --ship-name bvae_lights --make-default
+	    --scores kl,mahalanobis,mahalanobis_diag,mahalanobis_pooled,mixture_pooled,mixture_bands,mixture_band_peak \
+	    --band-max 1/3/8 --out runs/bvae_lights --ship-name bvae_lights --make-default
 	$(VENV)/bin/python -m training.pipeline --recalibrate models/flow_window --data datasets/default_lights --cross-fit episodes --id-budget 0.001 \
 	    --scores kl,mahalanobis,mahalanobis_diag,mahalanobis_pooled,mixture_pooled --out runs/flow_lights --ship-name flow_lights --make-default
 
