@@ -148,7 +148,7 @@ pooled: default-plus
 # -> models/bvae_lights. The flow
 # detector: flow_window's encoders, calibration scores cross-fitted one episode at a time (as
 # `make compress-window`; ~10 min) -> models/flow_lights. Both made the runtime defaults (README,
-# Results: all 29 test onsets stopped within 15 frames, 0.1 % of ID test frames flagged).
+# Results: all 29 test onsets stopped within 15 frames, 0.3 % of ID test frames flagged).
 lights: default-plus
 	$(VENV)/bin/python -m training.data.generate --preset traffic_lights
 	$(VENV)/bin/python -m training.data.merge datasets/default datasets/intersections datasets/traffic_lights --out datasets/default_lights

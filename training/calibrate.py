@@ -5,10 +5,10 @@ Score: every candidate (KL of the active dimensions; Mahalanobis distance of [μ
 Ledoit-Wolf or a diagonal covariance, and of [μ, logσ², pooled conv features] with a Ledoit-Wolf
 covariance or under a Gaussian mixture where the encoders export them, and, where the pooled
 features end in band maxima, under two mixtures, one for the band maxima and one for the rest, or
-under the rest's mixture plus the most raised band maximum) is fitted on the calibration frames; its calibration scores
-are cross-fitted, so the conformal p-values see held-out scores as the robot will: by default on
-halves (fitted on every other calibration episode, scored on the rest, and vice versa), or leaving
-one episode out (`cross_fit="episodes"`: each episode scored by the candidate fitted on all the
+under the rest's mixture plus the most raised band maximum) is fitted on the calibration frames;
+its calibration scores are cross-fitted, so the conformal p-values see held-out scores as the
+robot will: by default on halves (fitted on every other calibration episode, scored on the rest,
+and vice versa), or leaving one episode out (`cross_fit="episodes"`: each episode scored by the candidate fitted on all the
 others). Fitted on half the driving, a rare manoeuvre of one half (a sharp recovery turn) scores
 far beyond most OOD frames at test time, which then look as ordinary as the top few per cent of
 the calibration frames: p-values stay coarse and decisions slow. Leaving one episode out keeps
@@ -49,9 +49,9 @@ from vae_ood_monitor.scoring import (
     BAND_KINDS,
     MIXTURE_KINDS,
     POOLED_KINDS,
+    BandPeak,
     EncoderOutputs,
     Latents,
-    BandPeak,
     LatentScore,
     Mixture,
     band_mask,
@@ -144,8 +144,8 @@ def _fit(name: str, latents: Latents, min_mean_kl: float, bands: dict[str, int] 
 # mahalanobis_pooled and the mixtures only where every encoder exports `pooled`, the mixtures
 # only where every fit sees at least one frame per component and feature (864 for the 64×64
 # students' 108 features; fewer cannot pin down a full covariance per component), mixture_bands
-# and mixture_band_peak only where every encoder's pooled features end in band maxima. The mixtures are asked for
-# by name (DEFAULT_SCORE_CANDIDATES leaves them out): their EM fit takes half a minute where the
+# and mixture_band_peak only where every encoder's pooled features end in band maxima. The
+# mixtures are asked for by name (DEFAULT_SCORE_CANDIDATES leaves them out): their EM fit takes half a minute where the
 # others take a second, and every bundle shipped before them was chosen without them.
 SCORE_CANDIDATES = ("kl", "mahalanobis", "mahalanobis_diag", "mahalanobis_pooled", "mixture_pooled", "mixture_bands", "mixture_band_peak")
 DEFAULT_SCORE_CANDIDATES = SCORE_CANDIDATES[:4]
