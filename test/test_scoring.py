@@ -324,7 +324,7 @@ def test_mahalanobis_score_round_trips_through_json():
         ({"kind": "mixture_band_peak", "dims": {"image": [0]}, "pooled": {"image": 2}, "bands": {"image": 1}, "mean": [[0.0] * 3], "precision": [np.eye(3).tolist()],
           "weights": [1.0], "band_peak": {"mean": [0.0], "scale": [0.0]}}, "a positive, finite scale"),
         ({"kind": "mixture_band_peak", "dims": {"image": [0]}, "pooled": {"image": 2}, "bands": {"image": 1}, "mean": [[0.0] * 3], "precision": [np.eye(3).tolist()],
-          "weights": [1.0], "band_peak": {"mean": [0.0]}}, "scale"),
+          "weights": [1.0], "band_peak": {"mean": [0.0]}}, "invalid \\(KeyError: 'scale'\\)"),
     ],
 )
 def test_bad_scores_in_a_bundle_are_refused_with_a_reason(tmp_path, score, message):
