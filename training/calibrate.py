@@ -8,8 +8,8 @@ features end in band maxima, under two mixtures, one for the band maxima and one
 under the rest's mixture plus the most raised band maximum) is fitted on the calibration frames;
 its calibration scores are cross-fitted, so the conformal p-values see held-out scores as the
 robot will: by default on halves (fitted on every other calibration episode, scored on the rest,
-and vice versa), or leaving one episode out (`cross_fit="episodes"`: each episode scored by the candidate fitted on all the
-others). Fitted on half the driving, a rare manoeuvre of one half (a sharp recovery turn) scores
+and vice versa), or leaving one episode out (`cross_fit="episodes"`: each episode scored by the
+candidate fitted on all the others). Fitted on half the driving, a rare manoeuvre of one half (a sharp recovery turn) scores
 far beyond most OOD frames at test time, which then look as ordinary as the top few per cent of
 the calibration frames: p-values stay coarse and decisions slow. Leaving one episode out keeps
 the tail near the deployed fit's: sharper p-values, faster stops, and on the shipped detectors more
@@ -105,10 +105,15 @@ def _rows(latents: Latents, rows: slice) -> Latents:
     return {name: EncoderOutputs(*(None if part is None else part[rows] for part in out)) for name, out in latents.items()}
 
 
+def _mean_and_scale(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature ID mean and standard deviation, floored so no feature's scale is zero."""
+    return features.mean(axis=0), np.sqrt(features.var(axis=0) + VARIANCE_FLOOR)
+
+
 def _fit_mixture(features: np.ndarray, seed: int = 0) -> Mixture:
     """A Gaussian mixture fitted on standardised features, in the features' own units; `seed`
     seeds its EM starts."""
-    mean, scale = features.mean(axis=0), np.sqrt(features.var(axis=0) + VARIANCE_FLOOR)
+    mean, scale = _mean_and_scale(features)
     mixture = GaussianMixture(MIXTURE_COMPONENTS, covariance_type="full", reg_covar=MIXTURE_REGULARISATION, n_init=MIXTURE_STARTS, random_state=seed)
     mixture.fit((features - mean) / scale)
     return Mixture(mean + scale * mixture.means_, mixture.precisions_ / np.outer(scale, scale), mixture.weights_)
@@ -129,9 +134,8 @@ def _fit(name: str, latents: Latents, min_mean_kl: float, bands: dict[str, int] 
         rest, band_maxima = _fit_mixture(features[:, ~in_bands], seed), features[:, in_bands]
         if name == "mixture_bands":
             return LatentScore(name, dims, rest.mean, rest.precision, pooled, rest.weights, bands, _fit_mixture(band_maxima, seed))
-        peak = BandPeak(band_maxima.mean(axis=0), np.sqrt(band_maxima.var(axis=0) + VARIANCE_FLOOR))
-        return LatentScore(name, dims, rest.mean, rest.precision, pooled, rest.weights, bands, band_peak=peak)
-    mean, scale = features.mean(axis=0), np.sqrt(features.var(axis=0) + VARIANCE_FLOOR)
+        return LatentScore(name, dims, rest.mean, rest.precision, pooled, rest.weights, bands, band_peak=BandPeak(*_mean_and_scale(band_maxima)))
+    mean, scale = _mean_and_scale(features)
     if name == "mahalanobis_diag":
         return LatentScore("mahalanobis", dims, mean, np.diag(1.0 / scale**2))
     # Shrink the correlation, not the covariance: features differ in scale by orders of magnitude
@@ -145,8 +149,9 @@ def _fit(name: str, latents: Latents, min_mean_kl: float, bands: dict[str, int] 
 # only where every fit sees at least one frame per component and feature (864 for the 64×64
 # students' 108 features; fewer cannot pin down a full covariance per component), mixture_bands
 # and mixture_band_peak only where every encoder's pooled features end in band maxima. The
-# mixtures are asked for by name (DEFAULT_SCORE_CANDIDATES leaves them out): their EM fit takes half a minute where the
-# others take a second, and every bundle shipped before them was chosen without them.
+# mixtures are asked for by name (DEFAULT_SCORE_CANDIDATES leaves them out): their EM fit takes
+# half a minute where the others take a second, and every bundle shipped before them was chosen
+# without them.
 SCORE_CANDIDATES = ("kl", "mahalanobis", "mahalanobis_diag", "mahalanobis_pooled", "mixture_pooled", "mixture_bands", "mixture_band_peak")
 DEFAULT_SCORE_CANDIDATES = SCORE_CANDIDATES[:4]
 CROSS_FITS = ("halves", "episodes")
@@ -172,8 +177,9 @@ def fit_scores(
     episodes, with calibration scores cross-fitted on halves of the episodes or leaving one
     episode out (module docstring); a single episode is cross-fitted on its two halves either way.
     `bands`: how many band maxima end each encoder's pooled features (training.export.band_count),
-    where they do; `mixture_seed` seeds the mixtures' EM starts (on the shipped β-VAE it decides
-    whether the test's crowd of duckies is stopped within the bar: README, Results)."""
+    where they do; `mixture_seed` seeds the mixtures' EM starts (with the band mixture it decided
+    whether the test's crowd of duckies was stopped within the bar, with the band peak it does
+    not: README, Results)."""
     if cross_fit not in CROSS_FITS:
         raise ValueError(f"cross_fit must be one of {CROSS_FITS}, got '{cross_fit}'")
     unknown = [name for name in candidates if name not in SCORE_CANDIDATES]

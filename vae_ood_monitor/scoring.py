@@ -132,7 +132,7 @@ def _mixture_score(features: np.ndarray, mean: np.ndarray, precision: np.ndarray
     return -2.0 * (top + np.log(np.exp(exponents - top[:, None]).sum(axis=1)))
 
 
-def band_mask(dims: dict[str, list[int]], pooled: dict[str, int], bands: dict[str, int], kind: str = "mixture_bands") -> np.ndarray:
+def band_mask(dims: dict[str, list[int]], pooled: dict[str, int], bands: dict[str, int], kind: str) -> np.ndarray:
     """Which of posterior_features' columns are band maxima: the last `bands[name]` of each
     encoder's pooled features (training.export.BandMax)."""
     if set(bands) != set(dims):
@@ -262,12 +262,12 @@ class LatentScore:
             data["precision"] = np.round(self.precision, 7).tolist()
         if self.weights is not None:
             data["weights"] = np.round(self.weights, 9).tolist()
+        if self.bands:
+            data["bands"] = self.bands
         if self.band_mixture is not None:
             band = self.band_mixture
-            data["bands"] = self.bands
             data["band_mixture"] = {"mean": np.round(band.mean, 7).tolist(), "precision": np.round(band.precision, 7).tolist(), "weights": np.round(band.weights, 9).tolist()}
         if self.band_peak is not None:
-            data["bands"] = self.bands
             data["band_peak"] = {"mean": np.round(self.band_peak.mean, 7).tolist(), "scale": np.round(self.band_peak.scale, 7).tolist()}
         return data
 
