@@ -3,11 +3,10 @@
 import numpy as np
 import pytest
 from conftest import FPS, START_NS, write_ros1_bag, write_ros2_bag
-
 from rosbags import rosbag2
 from rosbags.typesys import Stores, get_typestore
 
-from vae_ood_monitor.bags import BagError, DEFAULT_CAMERA_TOPIC, image_topics, read_camera_messages
+from vae_ood_monitor.bags import DEFAULT_CAMERA_TOPIC, BagError, image_topics, read_camera_messages
 from vae_ood_monitor.images import decode_message
 
 
@@ -43,10 +42,14 @@ def test_unknown_topic_lists_the_image_topics(tmp_path, frames):
 
 def test_several_image_topics_need_a_choice(tmp_path):
     typestore = get_typestore(Stores.ROS2_KILTED)
-    with rosbag2.Writer(tmp_path / "stereo", version=9, storage_plugin=rosbag2.StoragePlugin.MCAP) as writer:
+    with rosbag2.Writer(
+        tmp_path / "stereo", version=9, storage_plugin=rosbag2.StoragePlugin.MCAP
+    ) as writer:
         for topic in ("/left/image", "/right/image"):
             writer.add_connection(topic, "sensor_msgs/msg/Image", typestore=typestore)
-    with pytest.raises(BagError, match="several image topics, choose one with --topic: /left/image, /right/image"):
+    with pytest.raises(
+        BagError, match="several image topics, choose one with --topic: /left/image, /right/image"
+    ):
         list(read_camera_messages(tmp_path / "stereo"))
     assert list(read_camera_messages(tmp_path / "stereo", "/left/image")) == []
 

@@ -8,15 +8,22 @@ import numpy as np
 import onnx
 import pytest
 import torch
-
 from conftest import FLOW_PREP, build_flow_bundle, build_image_bundle
+
+from training.export import (
+    BandMax,
+    add_pooled_output,
+    band_count,
+    remove_pooled_output,
+    write_bundle,
+)
 from vae_ood_monitor.backends import BackendError, make_encoder
 from vae_ood_monitor.bundle import BundleError, load_bundle, write_sums
 from vae_ood_monitor.decision import DecisionParams
 from vae_ood_monitor.detector import OODDetector
 from vae_ood_monitor.preprocessing import ImagePreprocessing
-from training.export import BandMax, add_pooled_output, band_count, remove_pooled_output, write_bundle
 from vae_ood_monitor.scoring import LatentScore
+
 
 def test_onnx_runtime_agrees_with_torch(tmp_path):
     model, bundle_dir = build_image_bundle(tmp_path)
@@ -34,7 +41,9 @@ def test_onnx_runtime_agrees_with_torch(tmp_path):
         for block in model.encoder.features[:-1]:  # the conv blocks, before the flatten
             x = block(x)
             block_means.append(x.mean(dim=(2, 3)))
-    np.testing.assert_allclose(outputs["pooled"], torch.cat(block_means, dim=1).numpy(), atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(
+        outputs["pooled"], torch.cat(block_means, dim=1).numpy(), atol=1e-4, rtol=1e-4
+    )
 
 
 def _strip_pooled_output(model_path: Path, out: Path) -> Path:
@@ -53,7 +62,10 @@ def test_adding_the_pooled_output_keeps_the_encoder_and_is_done_once(tmp_path):
     assert make_encoder("onnxruntime", before).outputs == ("mu", "logvar")
     added = add_pooled_output(Path(shutil.copy(before, tmp_path / "added.onnx")))
     batch = np.random.default_rng(1).random((3, 3, 32, 32), dtype=np.float32)
-    reference, again = make_encoder("onnxruntime", with_pooled)(batch), make_encoder("onnxruntime", added)(batch)
+    reference, again = (
+        make_encoder("onnxruntime", with_pooled)(batch),
+        make_encoder("onnxruntime", added)(batch),
+    )
     for name in ("mu", "logvar", "pooled"):
         np.testing.assert_array_equal(again[name], reference[name])
     size = added.stat().st_size
@@ -65,28 +77,48 @@ def test_band_maxima_join_the_pooled_features_and_agree_with_torch(tmp_path):
     """`pooled` rebuilt with BandMax(0, 2, 4): the block means as before, then per channel the max of
     block 0's output over each of its top two of four horizontal bands; μ and logσ² do not move."""
     model, bundle_dir = build_image_bundle(tmp_path)
-    banded = add_pooled_output(Path(shutil.copy(bundle_dir / "image.onnx", tmp_path / "banded.onnx")), BandMax(0, 2, 4))
+    banded = add_pooled_output(
+        Path(shutil.copy(bundle_dir / "image.onnx", tmp_path / "banded.onnx")), BandMax(0, 2, 4)
+    )
     batch = np.random.default_rng(2).random((3, 3, 32, 32), dtype=np.float32)
-    plain, outputs = make_encoder("onnxruntime", bundle_dir / "image.onnx")(batch), make_encoder("onnxruntime", banded)(batch)
+    plain, outputs = (
+        make_encoder("onnxruntime", bundle_dir / "image.onnx")(batch),
+        make_encoder("onnxruntime", banded)(batch),
+    )
     for name in ("mu", "logvar"):
         np.testing.assert_array_equal(outputs[name], plain[name])
     means = plain["pooled"].shape[1]
     np.testing.assert_array_equal(outputs["pooled"][:, :means], plain["pooled"])
     with torch.no_grad():
-        block = model.encoder.features[0](torch.from_numpy(batch)).numpy()  # (3, C, 16, 16): bands of 4 rows
+        block = model.encoder.features[0](
+            torch.from_numpy(batch)
+        ).numpy()  # (3, C, 16, 16): bands of 4 rows
     count, channels, height, width = block.shape
-    expected = block.reshape(count, channels, 4, height // 4, width)[:, :, :2].max(axis=(3, 4)).reshape(count, -1)
+    expected = (
+        block.reshape(count, channels, 4, height // 4, width)[:, :, :2]
+        .max(axis=(3, 4))
+        .reshape(count, -1)
+    )
     np.testing.assert_allclose(outputs["pooled"][:, means:], expected, atol=1e-5)
-    assert band_count(banded) == channels * 2 == outputs["pooled"].shape[1] - means, "the score's band mixture reads this many"
+    assert band_count(banded) == channels * 2 == outputs["pooled"].shape[1] - means, (
+        "the score's band mixture reads this many"
+    )
     assert band_count(bundle_dir / "image.onnx") == 0
 
 
-@pytest.mark.parametrize(("bands", "message"), [(BandMax(2, 1, 2), "band max on conv block 2, but the encoder has 2"),
-                                                (BandMax(0, 1, 3), "conv block 0 has 16 rows, which 3 equal bands do not divide")])
+@pytest.mark.parametrize(
+    ("bands", "message"),
+    [
+        (BandMax(2, 1, 2), "band max on conv block 2, but the encoder has 2"),
+        (BandMax(0, 1, 3), "conv block 0 has 16 rows, which 3 equal bands do not divide"),
+    ],
+)
 def test_band_maxima_the_encoder_cannot_give_are_refused_with_the_reason(tmp_path, bands, message):
     _, bundle_dir = build_image_bundle(tmp_path)
     with pytest.raises(ValueError, match=message):
-        add_pooled_output(Path(shutil.copy(bundle_dir / "image.onnx", tmp_path / "banded.onnx")), bands)
+        add_pooled_output(
+            Path(shutil.copy(bundle_dir / "image.onnx", tmp_path / "banded.onnx")), bands
+        )
 
 
 @pytest.mark.parametrize("text", ["1/3", "a/b/c", "1/5/4", "-1/1/2"])
@@ -99,10 +131,19 @@ def test_a_pooled_score_on_an_encoder_without_pooled_output_is_refused_at_load(t
     _, bundle_dir = build_image_bundle(tmp_path)
     _strip_pooled_output(bundle_dir / "image.onnx", bundle_dir / "image.onnx")
     meta = json.loads((bundle_dir / "bundle.json").read_text())
-    meta["score"] = {"kind": "mahalanobis_pooled", "dims": {"image": [0]}, "pooled": {"image": 16}, "mean": [0.0] * 18, "precision": np.eye(18).tolist()}
+    meta["score"] = {
+        "kind": "mahalanobis_pooled",
+        "dims": {"image": [0]},
+        "pooled": {"image": 16},
+        "mean": [0.0] * 18,
+        "precision": np.eye(18).tolist(),
+    }
     (bundle_dir / "bundle.json").write_text(json.dumps(meta))
     write_sums(bundle_dir)
-    with pytest.raises(BundleError, match="reads pooled features, but encoder image on onnxruntime has no 'pooled' output"):
+    with pytest.raises(
+        BundleError,
+        match="reads pooled features, but encoder image on onnxruntime has no 'pooled' output",
+    ):
         OODDetector.from_path(str(bundle_dir))
 
 
@@ -120,7 +161,16 @@ def test_image_interpolation_travels_in_the_bundle_and_older_bundles_keep_area(t
     model, _ = build_image_bundle(tmp_path / "area")
     onnx = tmp_path / "area" / "work" / "image.onnx"
     nearest = ImagePreprocessing(32, 32, interpolation="nearest")
-    write_bundle(tmp_path / "nearest", "bvae", nearest, {"image": onnx}, LatentScore("kl", {"image": [0]}), np.linspace(0.0, 5.0, 50), DecisionParams(), {})
+    write_bundle(
+        tmp_path / "nearest",
+        "bvae",
+        nearest,
+        {"image": onnx},
+        LatentScore("kl", {"image": [0]}),
+        np.linspace(0.0, 5.0, 50),
+        DecisionParams(),
+        {},
+    )
     assert load_bundle(tmp_path / "nearest").preprocessing == nearest
     meta = json.loads((tmp_path / "area" / "bundle" / "bundle.json").read_text())
     del meta["preprocessing"]["interpolation"]  # as written before the option existed
@@ -141,7 +191,9 @@ def test_detector_scores_frames_and_batches_alike(tmp_path, frames):
 def test_flow_detector_needs_a_full_stack(tmp_path, frames):
     detector = OODDetector.from_path(build_flow_bundle(tmp_path))
     scores = detector.score_stream(frames)
-    assert np.isnan(scores[: FLOW_PREP.stack]).all() and np.isfinite(scores[FLOW_PREP.stack :]).all()
+    assert (
+        np.isnan(scores[: FLOW_PREP.stack]).all() and np.isfinite(scores[FLOW_PREP.stack :]).all()
+    )
 
 
 def test_warm_up_leaves_a_fresh_stream(tmp_path, frames):
@@ -150,7 +202,9 @@ def test_warm_up_leaves_a_fresh_stream(tmp_path, frames):
     assert warmed.decider.cusum == 0.0
     scores = warmed.score_stream(frames, reset=False)
     fresh = OODDetector.from_path(build_flow_bundle(tmp_path / "fresh")).score_stream(frames)
-    np.testing.assert_allclose(scores, fresh, rtol=1e-5)  # NaN where the stack is still filling, in both
+    np.testing.assert_allclose(
+        scores, fresh, rtol=1e-5
+    )  # NaN where the stack is still filling, in both
 
 
 def test_changed_encoder_fails_the_checksum(tmp_path):
@@ -177,7 +231,13 @@ def test_corrupt_onnx_with_valid_sums_is_refused_by_the_backend(tmp_path):
         (lambda b: (b / "SHA256SUMS").unlink(), "no SHA256SUMS"),
         (lambda b: (b / "image.onnx").unlink(), "image.onnx is listed in SHA256SUMS but missing"),
         (lambda b: ((b / "bundle.json").write_text("{"), write_sums(b)), r"bundle.json: invalid"),
-        (lambda b: ((b / "bundle.json").write_text(json.dumps({"format": "other"})), write_sums(b)), "unsupported bundle format"),
+        (
+            lambda b: (
+                (b / "bundle.json").write_text(json.dumps({"format": "other"})),
+                write_sums(b),
+            ),
+            "unsupported bundle format",
+        ),
     ],
 )
 def test_damaged_bundles_are_refused_with_a_reason(tmp_path, damage, message):
@@ -197,7 +257,10 @@ def test_a_flow_bundle_with_a_bad_farneback_window_is_refused_with_the_field(tmp
     meta["preprocessing"]["winsize"] = 1
     (bundle_dir / "bundle.json").write_text(json.dumps(meta))
     write_sums(bundle_dir)
-    with pytest.raises(BundleError, match="bundle.json: invalid .*winsize must be an integer of at least 3 pixels, got 1"):
+    with pytest.raises(
+        BundleError,
+        match="bundle.json: invalid .*winsize must be an integer of at least 3 pixels, got 1",
+    ):
         load_bundle(bundle_dir)
 
 
@@ -214,10 +277,14 @@ def test_tensorrt_backend_is_a_clear_error_without_tensorrt(tmp_path):
         with pytest.raises(BackendError, match="backend 'tensorrt' is unavailable here"):
             OODDetector.from_path(bundle_dir, backend="tensorrt")
     else:
-        pytest.skip("TensorRT is installed here; its engine path is exercised by the Jetson benchmark")
+        pytest.skip(
+            "TensorRT is installed here; its engine path is exercised by the Jetson benchmark"
+        )
 
 
-SHIPPED_BUNDLES = sorted(p.parent for p in (Path(__file__).resolve().parents[1] / "models").glob("*/bundle.json"))
+SHIPPED_BUNDLES = sorted(
+    p.parent for p in (Path(__file__).resolve().parents[1] / "models").glob("*/bundle.json")
+)
 
 
 @pytest.mark.parametrize("bundle_dir", SHIPPED_BUNDLES, ids=[p.name for p in SHIPPED_BUNDLES])

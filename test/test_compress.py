@@ -35,7 +35,9 @@ def test_int8_and_fp16_encoders_track_fp32(tmp_path):
 def test_latency_is_reported_relative_to_the_first_model(tmp_path):
     _, bundle = build_image_bundle(tmp_path)
     model = bundle / "image.onnx"
-    results = measure_latency({"baseline": (model, (3, 32, 32)), "same": (model, (3, 32, 32))}, runs=30, warmup=5)
+    results = measure_latency(
+        {"baseline": (model, (3, 32, 32)), "same": (model, (3, 32, 32))}, runs=30, warmup=5
+    )
     assert [r.name for r in results] == ["baseline", "same"]
     assert results[0].ratio == 1.0 and results[0].median_ms > 0
     assert 0.2 < results[1].ratio < 5.0
@@ -46,7 +48,9 @@ def test_preprocessing_is_timed_per_frame_and_optical_flow_costs_more_than_a_res
 
     rng = np.random.default_rng(0)
     frames = [rng.integers(0, 255, (480, 640, 3), dtype=np.uint8) for _ in range(40)]
-    timed = measure_preprocessing({"image": ImagePreprocessing(64, 64), "flow": FlowPreprocessing()}, frames)
+    timed = measure_preprocessing(
+        {"image": ImagePreprocessing(64, 64), "flow": FlowPreprocessing()}, frames
+    )
     assert set(timed) == {"image", "flow"} and all(t > 0 for t in timed.values())
     assert timed["flow"] > timed["image"]
     with pytest.raises(ValueError, match="more than 10 frames"):
@@ -60,8 +64,18 @@ def test_pruned_student_is_smaller_and_learns_the_teachers_latents(tmp_path):
     student = prune_encoder(teacher.encoder, (3, 32, 32), ratio=0.5)
     assert parameter_count(student) < 0.5 * parameter_count(teacher.encoder)
     with torch.no_grad():
-        before = float(torch.nn.functional.mse_loss(student(torch.from_numpy(inputs))[0], torch.from_numpy(targets[0])))
-    student, history = distill(student, inputs, torch.from_numpy, targets, TrainConfig(epochs=30, batch_size=16, learning_rate=3e-3, threads=1))
+        before = float(
+            torch.nn.functional.mse_loss(
+                student(torch.from_numpy(inputs))[0], torch.from_numpy(targets[0])
+            )
+        )
+    student, history = distill(
+        student,
+        inputs,
+        torch.from_numpy,
+        targets,
+        TrainConfig(epochs=30, batch_size=16, learning_rate=3e-3, threads=1),
+    )
     assert history[-1] < 0.5 * history[0] and history[-1] < before
     onnx = export_encoder(student, (IMAGE_VAE.in_channels, 32, 32), tmp_path / "student.onnx")
     assert onnx.stat().st_size < (bundle / "image.onnx").stat().st_size
@@ -79,7 +93,9 @@ def test_tensorrt_engine_builds_or_says_why_not(tmp_path):
         return
     engine = build_engine(bundle / "image.onnx", "fp16")  # on a Jetson / GPU machine with TensorRT
     mu = make_encoder("tensorrt", bundle / "image.onnx")(np.zeros((1, 3, 32, 32), np.float32))["mu"]
-    reference = make_encoder("onnxruntime", bundle / "image.onnx")(np.zeros((1, 3, 32, 32), np.float32))["mu"]
+    reference = make_encoder("onnxruntime", bundle / "image.onnx")(
+        np.zeros((1, 3, 32, 32), np.float32)
+    )["mu"]
     assert engine.exists() and np.allclose(mu, reference, atol=1e-2)
 
 
@@ -106,7 +122,9 @@ def test_batchnorm_folding_keeps_the_encoders_outputs():
         assert torch.allclose(folded(x)[0], encoder(x)[0], atol=1e-5)
 
 
-def test_quantization_aware_finetuning_learns_on_the_int8_grid_and_exports_a_plain_encoder(tmp_path):
+def test_quantization_aware_finetuning_learns_on_the_int8_grid_and_exports_a_plain_encoder(
+    tmp_path,
+):
     from training.compress.qat import FakeQuantized, qat_finetune, quantization_aware
 
     torch.manual_seed(0)
@@ -120,13 +138,23 @@ def test_quantization_aware_finetuning_learns_on_the_int8_grid_and_exports_a_pla
     with torch.no_grad():
         rounded = aware(torch.from_numpy(inputs))[0]
     float_mu = torch.from_numpy(targets[0])
-    assert 0 < float(torch.abs(rounded - float_mu).max()) < 0.1 * float(float_mu.abs().max()), "INT8 rounding: close, not equal"
+    assert 0 < float(torch.abs(rounded - float_mu).max()) < 0.1 * float(float_mu.abs().max()), (
+        "INT8 rounding: close, not equal"
+    )
 
-    student, history = qat_finetune(teacher, inputs, torch.from_numpy, targets, TrainConfig(epochs=5, batch_size=16, learning_rate=1e-3, threads=1))
+    student, history = qat_finetune(
+        teacher,
+        inputs,
+        torch.from_numpy,
+        targets,
+        TrainConfig(epochs=5, batch_size=16, learning_rate=1e-3, threads=1),
+    )
     assert history[-1] < history[0]
     assert not any(isinstance(m, FakeQuantized) for m in student.modules())
     onnx = export_encoder(student, (3, 32, 32), tmp_path / "qat.onnx")
-    int8 = quantize_int8(onnx, tmp_path / "qat_int8.onnx", [inputs[i : i + 16] for i in range(0, 64, 16)])
+    int8 = quantize_int8(
+        onnx, tmp_path / "qat_int8.onnx", [inputs[i : i + 16] for i in range(0, 64, 16)]
+    )
     mu = make_encoder("onnxruntime", int8)(inputs)["mu"]
     assert np.corrcoef(mu.ravel(), targets[0].ravel())[0, 1] > 0.98
 
@@ -140,8 +168,14 @@ def test_perturbed_copies_are_the_same_image_at_the_teachers_and_the_students_si
     rng = np.random.default_rng(1)
     frames = rng.integers(0, 256, (6, 96, 128, 3), dtype=np.uint8)
     perturbations = Perturbations.draw(len(frames), copies_per_frame=3, seed=0)
-    assert len(perturbations.source) == 18 and (perturbations.partner == UNIFORM_COLOUR).any() and (perturbations.partner >= 0).any()
-    assert (perturbations.partner != perturbations.source).all(), "a frame is never mixed with itself"
+    assert (
+        len(perturbations.source) == 18
+        and (perturbations.partner == UNIFORM_COLOUR).any()
+        and (perturbations.partner >= 0).any()
+    )
+    assert (perturbations.partner != perturbations.source).all(), (
+        "a frame is never mixed with itself"
+    )
 
     def rows(images, prep):
         return np.stack([prep.resize(image).transpose(2, 0, 1) for image in images])
@@ -152,8 +186,17 @@ def test_perturbed_copies_are_the_same_image_at_the_teachers_and_the_students_si
         perturbed_then_resized = rows(np.ascontiguousarray(full), prep).astype(int)
         assert np.abs(resized_then_perturbed - perturbed_then_resized).max() <= 1, "rounding only"
     uniform = perturbations.partner == UNIFORM_COLOUR
-    assert np.abs(full[uniform].astype(float).std(axis=(1, 2)) - frames[perturbations.source[uniform]].astype(float).std(axis=(1, 2)) * perturbations.weight[uniform, None]).max() < 1.0
-    flows = rng.uniform(-1, 1, (6, 6, 16, 16)).astype(np.float16)  # normalised flow stacks: blends stay in [-1, 1]
+    assert (
+        np.abs(
+            full[uniform].astype(float).std(axis=(1, 2))
+            - frames[perturbations.source[uniform]].astype(float).std(axis=(1, 2))
+            * perturbations.weight[uniform, None]
+        ).max()
+        < 1.0
+    )
+    flows = rng.uniform(-1, 1, (6, 6, 16, 16)).astype(
+        np.float16
+    )  # normalised flow stacks: blends stay in [-1, 1]
     perturbed_flows = perturbations.apply(flows)
     assert perturbed_flows.dtype == np.float16 and np.abs(perturbed_flows).max() <= 1.0
     with pytest.raises(ValueError, match="channels, H, W"):
@@ -168,13 +211,20 @@ def test_a_new_student_starts_from_its_seed_whatever_ran_before():
     from training.compress.distill import new_student
     from training.models import VAEConfig
 
-    config = VAEConfig(in_channels=3, height=32, width=32, conv_channels=(8, 8, 4, 4), dense=(32,), latent=4)
+    config = VAEConfig(
+        in_channels=3, height=32, width=32, conv_channels=(8, 8, 4, 4), dense=(32,), latent=4
+    )
     first = new_student(config, seed=3)
     torch.rand(100)  # whatever else drew random numbers in between
     second, other = new_student(config, seed=3), new_student(config, seed=4)
-    for a, b, c in zip(first.state_dict().values(), second.state_dict().values(), other.state_dict().values()):
+    for a, b, c in zip(
+        first.state_dict().values(), second.state_dict().values(), other.state_dict().values()
+    ):
         assert torch.equal(a, b)
-    assert any(not torch.equal(a, c) for a, c in zip(first.state_dict().values(), other.state_dict().values()))
+    assert any(
+        not torch.equal(a, c)
+        for a, c in zip(first.state_dict().values(), other.state_dict().values())
+    )
 
 
 def test_a_search_space_without_the_detector_is_refused_by_name(capsys):
@@ -182,4 +232,7 @@ def test_a_search_space_without_the_detector_is_refused_by_name(capsys):
 
     with pytest.raises(SystemExit):
         search_main(["--detector", "flow", "--space", "students_nearest"])
-    assert "search space 'students_nearest' has no flow detector (it has: bvae)" in capsys.readouterr().err
+    assert (
+        "search space 'students_nearest' has no flow detector (it has: bvae)"
+        in capsys.readouterr().err
+    )

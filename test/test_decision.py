@@ -129,11 +129,17 @@ def test_decision_is_tuned_on_the_onsets_of_the_detector_s_own_categories():
     from training.calibrate import tune_decision
 
     rng = np.random.default_rng(3)
-    validation = [_episode("id", "id", None, 0.0, rng), _episode("spin", "motion", 100, 3.0, rng), _episode("fog", "appearance", 120, 0.0, rng)]
+    validation = [
+        _episode("id", "id", None, 0.0, rng),
+        _episode("spin", "motion", 100, 3.0, rng),
+        _episode("fog", "appearance", 120, 0.0, rng),
+    ]
     own = tune_decision(CALIBRATION, validation, ("upper",), ("motion", "sensor"))
     every = tune_decision(CALIBRATION, validation, ("upper",))
     assert own.missed == 0 and own.mean_delay < 15
-    assert every.missed == 1 and every.mean_delay > 80, "the invisible fog onset counts as its 180 frames left"
+    assert every.missed == 1 and every.mean_delay > 80, (
+        "the invisible fog onset counts as its 180 frames left"
+    )
     fallback = tune_decision(CALIBRATION, validation, ("upper",), ("sensor",))
     assert fallback.missed == 1 and fallback.mean_delay == every.mean_delay
     with pytest.raises(ValueError, match="onset episodes"):
@@ -147,12 +153,19 @@ def test_decision_tuning_stops_the_most_onsets_within_the_bar_first():
 
     rng = np.random.default_rng(33)
     validation = [_episode("id", "id", None, 0.0, rng), _episode("id2", "id", None, 0.0, rng)]
-    validation += [_episode(f"spin{i}", "motion", 100, 3.0, rng) for i in range(3)] + [_episode("slow", "motion", 100, 1.2, rng)]
+    validation += [_episode(f"spin{i}", "motion", 100, 3.0, rng) for i in range(3)] + [
+        _episode("slow", "motion", 100, 1.2, rng)
+    ]
     tuned = tune_decision(CALIBRATION, validation, ("upper",), ("motion",))
     assert DELAY_BAR_FRAMES == 15
     assert tuned.within_bar == max(row["within_bar"] for row in tuned.table) == 4
-    assert tuned.mean_delay == min(row["mean_delay"] for row in tuned.table if row["within_bar"] == tuned.within_bar)
-    assert any(row["within_bar"] < tuned.within_bar and row["mean_delay"] <= tuned.mean_delay for row in tuned.table)
+    assert tuned.mean_delay == min(
+        row["mean_delay"] for row in tuned.table if row["within_bar"] == tuned.within_bar
+    )
+    assert any(
+        row["within_bar"] < tuned.within_bar and row["mean_delay"] <= tuned.mean_delay
+        for row in tuned.table
+    )
 
 
 def test_an_id_budget_keeps_one_odd_moment_from_setting_the_alarm_level():
@@ -162,15 +175,24 @@ def test_an_id_budget_keeps_one_odd_moment_from_setting_the_alarm_level():
     from training.calibrate import DELAY_BAR_FRAMES, cusum_trace, tune_decision
 
     rng = np.random.default_rng(11)
-    validation = [_episode(f"id{i}", "id", None, 0.0, rng) for i in range(4)] + [_episode("rain", "appearance", 150, 3.0, rng)]
+    validation = [_episode(f"id{i}", "id", None, 0.0, rng) for i in range(4)] + [
+        _episode("rain", "appearance", 150, 3.0, rng)
+    ]
     validation[0].scores[:8] += 8.0
     strict = tune_decision(CALIBRATION, validation, ("upper",), ("appearance",))
     budget = tune_decision(CALIBRATION, validation, ("upper",), ("appearance",), id_budget=0.01)
     assert budget.params.threshold < strict.params.threshold
     assert budget.mean_delay <= DELAY_BAR_FRAMES < strict.mean_delay  # measured: 3 and 19 frames
-    flagged = [cusum_trace(e.scores[: e.onset_frame], CALIBRATION, budget.params) >= budget.params.threshold for e in validation]
+    flagged = [
+        cusum_trace(e.scores[: e.onset_frame], CALIBRATION, budget.params)
+        >= budget.params.threshold
+        for e in validation
+    ]
     assert 0 < np.mean(np.concatenate(flagged)) <= 0.01
-    assert tune_decision(CALIBRATION, validation, ("upper",), ("appearance",), id_budget=0.0).params == strict.params
+    assert (
+        tune_decision(CALIBRATION, validation, ("upper",), ("appearance",), id_budget=0.0).params
+        == strict.params
+    )
     with pytest.raises(ValueError, match="id_budget"):
         tune_decision(CALIBRATION, validation, ("upper",), ("appearance",), id_budget=0.05)
 
@@ -179,7 +201,10 @@ def test_tuning_with_the_tail_catches_a_far_out_onset_sooner():
     from training.calibrate import tune_decision
 
     rng = np.random.default_rng(5)
-    validation = [_episode("id", "id", None, 0.0, rng), _episode("fog", "appearance", 100, 0.0, rng)]
+    validation = [
+        _episode("id", "id", None, 0.0, rng),
+        _episode("fog", "appearance", 100, 0.0, rng),
+    ]
     validation[1].scores[100:] *= 50.0  # far beyond every calibration score
     plain = tune_decision(CALIBRATION, validation, ("upper",), ("appearance",))
     tail = tune_decision(CALIBRATION, validation, ("upper",), ("appearance",), extrapolate=True)
@@ -195,8 +220,13 @@ def test_the_swept_decision_at_its_own_level_is_the_onboard_decision():
     rng = np.random.default_rng(7)
     params = DecisionParams(tail="upper", epsilon=0.1, window=5, threshold=20.0)
     episodes, statistics, delays, id_flags = [], [], {"[motion]": [], "[sensor]": []}, []
-    for scenario, category, onset, shift in (("id", "id", None, 0.0), ("spin", "motion", 150, 2.5), ("speedup", "motion", 200, 4.0),
-                                             ("noise", "sensor", 120, 1.5), ("id", "id", None, 0.0)):
+    for scenario, category, onset, shift in (
+        ("id", "id", None, 0.0),
+        ("spin", "motion", 150, 2.5),
+        ("speedup", "motion", 200, 4.0),
+        ("noise", "sensor", 120, 1.5),
+        ("id", "id", None, 0.0),
+    ):
         scores = rng.normal(10.0, 1.0, 300)
         if onset is not None:
             scores[onset:] += shift
@@ -215,10 +245,16 @@ def test_the_swept_decision_at_its_own_level_is_the_onboard_decision():
     shipped = [p for p in points if p.shipped]
     assert len(shipped) == 1
     assert shipped[0].id_flagged == pytest.approx(np.concatenate(id_flags).mean())
-    assert shipped[0].median_delay == {c: pytest.approx(float(np.median(d))) for c, d in delays.items()}
+    assert shipped[0].median_delay == {
+        c: pytest.approx(float(np.median(d))) for c, d in delays.items()
+    }
     by_level = sorted(points, key=lambda p: p.level)
-    assert [p.id_flagged for p in by_level] == sorted((p.id_flagged for p in by_level), reverse=True)
-    assert by_level[0].level < params.threshold < by_level[-1].level and by_level[-1].id_flagged == 0.0, "levels on both sides, up to flagging nothing"
+    assert [p.id_flagged for p in by_level] == sorted(
+        (p.id_flagged for p in by_level), reverse=True
+    )
+    assert (
+        by_level[0].level < params.threshold < by_level[-1].level and by_level[-1].id_flagged == 0.0
+    ), "levels on both sides, up to flagging nothing"
     assert by_level[0].within_bar > shipped[0].within_bar, "a lower level is sooner"
     best = best_within_id_bar(points)
     assert best is not None and best.id_flagged <= ID_BAR

@@ -19,12 +19,17 @@ def test_raw_rgb_with_row_padding_round_trips(frames):
     assert np.array_equal(out, rgb)
 
 
-@pytest.mark.parametrize(("encoding", "convert"), [("bgr8", cv2.COLOR_RGB2BGR), ("rgba8", cv2.COLOR_RGB2RGBA), ("bgra8", cv2.COLOR_RGB2BGRA)])
+@pytest.mark.parametrize(
+    ("encoding", "convert"),
+    [("bgr8", cv2.COLOR_RGB2BGR), ("rgba8", cv2.COLOR_RGB2RGBA), ("bgra8", cv2.COLOR_RGB2BGRA)],
+)
 def test_raw_colour_orders_come_back_as_rgb(frames, encoding, convert):
     rgb = frames[1]
     native = cv2.cvtColor(rgb, convert)
     height, width, channels = native.shape
-    assert np.array_equal(decode_raw(encoding, height, width, width * channels, native.tobytes()), rgb)
+    assert np.array_equal(
+        decode_raw(encoding, height, width, width * channels, native.tobytes()), rgb
+    )
 
 
 def test_mono_becomes_three_channels():
@@ -35,7 +40,9 @@ def test_mono_becomes_three_channels():
 
 def test_compressed_jpeg_decodes_to_rgb(frames):
     rgb = frames[0]
-    _, jpeg = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])
+    _, jpeg = cv2.imencode(
+        ".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95]
+    )
     out = decode_message(SimpleNamespace(format="jpeg", data=jpeg.tobytes()))
     assert out.shape == rgb.shape
     assert np.abs(out.astype(int) - rgb).mean() < 3

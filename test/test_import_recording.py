@@ -39,7 +39,14 @@ def test_ros1_raw_bag_round_trips_with_stamps(tmp_path, frames):
 
 def test_ros2_compressed_bag_labelled_ood_from_onset(tmp_path, frames):
     source = write_ros2_bag(tmp_path / "bag", frames, topic="/robot/camera/compressed")
-    import_recording(source, tmp_path / "episode", label="ood", onset_frame=5, scenario="snowstorm", progress=False)
+    import_recording(
+        source,
+        tmp_path / "episode",
+        label="ood",
+        onset_frame=5,
+        scenario="snowstorm",
+        progress=False,
+    )
     labels = read_ground_truth(tmp_path / "episode")
     assert [label.ood for label in labels] == [False] * 5 + [True] * (len(frames) - 5)
     assert {label.scenario for label in labels} == {"snowstorm"}
@@ -96,12 +103,16 @@ def test_unreadable_jpeg_in_bag_names_bag_and_frame(tmp_path, frames):
     typestore = get_typestore(Stores.ROS2_KILTED)
     broken = tmp_path / "broken"
     with rosbag2.Writer(broken, version=9, storage_plugin=rosbag2.StoragePlugin.MCAP) as writer:
-        connection = writer.add_connection(DEFAULT_CAMERA_TOPIC, "sensor_msgs/msg/CompressedImage", typestore=typestore)
+        connection = writer.add_connection(
+            DEFAULT_CAMERA_TOPIC, "sensor_msgs/msg/CompressedImage", typestore=typestore
+        )
         for message in read_camera_messages(source):
             msg = message.msg
             if message.index == 4:
                 msg.data = np.frombuffer(b"\xff\xd8 truncated", np.uint8)
-            writer.write(connection, message.log_time_ns, typestore.serialize_cdr(msg, message.msgtype))
+            writer.write(
+                connection, message.log_time_ns, typestore.serialize_cdr(msg, message.msgtype)
+            )
     with pytest.raises(RecordingError, match=r"broken: frame 4 .*unreadable compressed image"):
         import_recording(broken, tmp_path / "episode", progress=False)
     assert not (tmp_path / "episode").exists()

@@ -8,19 +8,25 @@ LAUNCH = Path(__file__).resolve().parents[1] / "launch"
 
 
 launch_pytest = pytest.importorskip(
-    "launch_pytest", reason="launch_pytest/launch_ros are not installable from PyPI (see ENVIRONMENT.md); this runs on robots with full ROS 2"
+    "launch_pytest",
+    reason="launch_pytest/launch_ros are not installable from PyPI (see ENVIRONMENT.md); this runs on robots with full ROS 2",
 )
-from launch import LaunchDescription  # noqa: E402
-from launch.actions import IncludeLaunchDescription  # noqa: E402
-from launch.launch_description_sources import PythonLaunchDescriptionSource  # noqa: E402
+from launch.actions import IncludeLaunchDescription
+from launch.launch_description_sources import PythonLaunchDescriptionSource
+
+from launch import LaunchDescription
 
 
 @launch_pytest.fixture
 def monitor_launch():
-    return LaunchDescription([
-        IncludeLaunchDescription(PythonLaunchDescriptionSource(str(LAUNCH / "monitor.launch.py"))),
-        launch_pytest.actions.ReadyToTest(),
-    ])
+    return LaunchDescription(
+        [
+            IncludeLaunchDescription(
+                PythonLaunchDescriptionSource(str(LAUNCH / "monitor.launch.py"))
+            ),
+            launch_pytest.actions.ReadyToTest(),
+        ]
+    )
 
 
 @pytest.mark.launch(fixture=monitor_launch)

@@ -2,8 +2,8 @@
 
 import numpy as np
 import pytest
-
 from conftest import FPS, build_flow_bundle, build_image_bundle, synthetic_frames, write_ros2_bag
+
 from vae_ood_monitor.decision import DecisionParams
 from vae_ood_monitor.detector import OODDetector
 from vae_ood_monitor.offline import score_bag, score_frames
@@ -11,14 +11,19 @@ from vae_ood_monitor.safety import FrozenCameraWatch
 
 LIVE, HELD = 20, 20  # live frames, then the driver repeats the last one
 LIMIT_S = 0.31  # off the 30 fps frame grid, so the expected frame does not hinge on rounding
-NEVER = DecisionParams(threshold=1e9)  # detectors that never flag: every stop below is the camera check's
+NEVER = DecisionParams(
+    threshold=1e9
+)  # detectors that never flag: every stop below is the camera check's
 
 
 @pytest.fixture(scope="module")
 def detectors(tmp_path_factory) -> dict[str, OODDetector]:
     root = tmp_path_factory.mktemp("offline")
     _, image = build_image_bundle(root / "image", NEVER)
-    return {"bvae": OODDetector.from_path(image), "flow": OODDetector.from_path(build_flow_bundle(root / "flow", NEVER))}
+    return {
+        "bvae": OODDetector.from_path(image),
+        "flow": OODDetector.from_path(build_flow_bundle(root / "flow", NEVER)),
+    }
 
 
 def _frozen_stream() -> list[np.ndarray]:
@@ -34,7 +39,9 @@ def _first_frozen_frame(limit_s: float) -> int:
 def test_repeated_frames_stop_after_the_limit_not_before(detectors):
     frames = _frozen_stream()
     times = np.arange(len(frames)) / FPS
-    results = score_frames(frames, detectors, times_s=times, frozen_watch=FrozenCameraWatch(LIMIT_S))
+    results = score_frames(
+        frames, detectors, times_s=times, frozen_watch=FrozenCameraWatch(LIMIT_S)
+    )
     first = _first_frozen_frame(LIMIT_S)
     assert not any(flags.any() for flags in results.flags.values())
     assert np.flatnonzero(results.frozen).tolist() == list(range(first, len(frames)))
@@ -47,16 +54,25 @@ def test_a_chunked_replay_keeps_counting_across_chunks(detectors):
     times = np.arange(len(frames)) / FPS
     watch, cut = FrozenCameraWatch(LIMIT_S), LIVE + 3
     head = score_frames(frames[:cut], detectors, times_s=times[:cut], frozen_watch=watch)
-    tail = score_frames(frames[cut:], detectors, reset=False, times_s=times[cut:], frozen_watch=watch)
+    tail = score_frames(
+        frames[cut:], detectors, reset=False, times_s=times[cut:], frozen_watch=watch
+    )
     whole = score_frames(frames, detectors, times_s=times, frozen_watch=FrozenCameraWatch(LIMIT_S))
     assert np.array_equal(np.concatenate([head.frozen, tail.frozen]), whole.frozen)
 
 
 def test_a_bag_replay_checks_repeats_by_arrival_time(detectors, tmp_path):
     bag = write_ros2_bag(tmp_path / "frozen", _frozen_stream(), compressed=False)
-    fused = np.concatenate([results.fused_flags for _, results in score_bag(bag, detectors, chunk=16, frozen_s=LIMIT_S)])
+    fused = np.concatenate(
+        [
+            results.fused_flags
+            for _, results in score_bag(bag, detectors, chunk=16, frozen_s=LIMIT_S)
+        ]
+    )
     assert np.flatnonzero(fused).tolist() == list(range(_first_frozen_frame(LIMIT_S), LIVE + HELD))
-    off = np.concatenate([results.fused_flags for _, results in score_bag(bag, detectors, chunk=16)])
+    off = np.concatenate(
+        [results.fused_flags for _, results in score_bag(bag, detectors, chunk=16)]
+    )
     assert not off.any(), "frozen_s=0: the check is off"
 
 

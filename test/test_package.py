@@ -20,9 +20,22 @@ def installed_prefix(tmp_path_factory) -> Path:
     """
     wheels = tmp_path_factory.mktemp("wheels")
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--quiet", "--disable-pip-version-check", "--no-deps",
-         "--no-build-isolation", "--wheel-dir", str(wheels), str(REPO)],
-        check=True, cwd=wheels, capture_output=True,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--no-deps",
+            "--no-build-isolation",
+            "--wheel-dir",
+            str(wheels),
+            str(REPO),
+        ],
+        check=True,
+        cwd=wheels,
+        capture_output=True,
     )
     prefix = tmp_path_factory.mktemp("prefix")
     with zipfile.ZipFile(next(wheels.glob("vae_ood_monitor-*.whl"))) as wheel:
@@ -38,14 +51,25 @@ def test_share_folders_are_installed(installed_prefix):
     share = installed_prefix / "share" / "vae_ood_monitor"
     assert (share / "package.xml").read_bytes() == (REPO / "package.xml").read_bytes()
     for folder in SHARE_FOLDERS:
-        sources = sorted(p.relative_to(REPO) for p in (REPO / folder).rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+        sources = sorted(
+            p.relative_to(REPO)
+            for p in (REPO / folder).rglob("*")
+            if p.is_file() and "__pycache__" not in p.parts
+        )
         assert sources, f"{folder}/ is empty"
         for source in sources:
             assert (share / source).read_bytes() == (REPO / source).read_bytes(), source
 
 
 def test_ament_index_marker_is_installed(installed_prefix):
-    assert (installed_prefix / "share" / "ament_index" / "resource_index" / "packages" / "vae_ood_monitor").is_file()
+    assert (
+        installed_prefix
+        / "share"
+        / "ament_index"
+        / "resource_index"
+        / "packages"
+        / "vae_ood_monitor"
+    ).is_file()
 
 
 def test_share_directory_is_found_by_ament_index():
@@ -60,12 +84,23 @@ def test_onboard_runtime_never_imports_torch_or_sklearn():
     for source in (REPO / "vae_ood_monitor").rglob("*.py"):
         tree = ast.parse(source.read_text(), filename=str(source))
         for node in ast.walk(tree):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
             for name in names:
-                assert name.split(".")[0] not in forbidden, f"{source.relative_to(REPO)} imports {name}"
+                assert name.split(".")[0] not in forbidden, (
+                    f"{source.relative_to(REPO)} imports {name}"
+                )
 
 
 @pytest.mark.parametrize("name", ["monitor.launch.py", "replay.launch.py"])
 def test_launch_files_define_a_launch_description(name):
     tree = ast.parse((REPO / "launch" / name).read_text())
-    assert any(isinstance(n, ast.FunctionDef) and n.name == "generate_launch_description" for n in tree.body)
+    assert any(
+        isinstance(n, ast.FunctionDef) and n.name == "generate_launch_description"
+        for n in tree.body
+    )

@@ -51,7 +51,9 @@ def ros_domain():
     rclpy.shutdown()
 
 
-def start_node(name: str, params: dict[str, object] | None = None, log: Path | None = None) -> subprocess.Popen:
+def start_node(
+    name: str, params: dict[str, object] | None = None, log: Path | None = None
+) -> subprocess.Popen:
     """A node in its own process, from this checkout's code."""
     return demo.start_node(name, params or {}, log, cwd=REPO)
 
@@ -77,7 +79,9 @@ class Robot(Node):
         super().__init__(f"robot_{os.getpid()}_{time.monotonic_ns()}")
         self.frames = [jpeg(rgb) for rgb in synthetic_frames(30, 160, 120)]
         self.camera_on = True
-        self.frame_payload: Callable[[int], bytes | list[bytes]] | None = None  # a list: published back to back
+        self.frame_payload: Callable[[int], bytes | list[bytes]] | None = (
+            None  # a list: published back to back
+        )
         self.fake_decisions: dict[str, bool] = {}
         self.estop: list[bool] = []
         self.cmd_out: list[float] = []
@@ -85,13 +89,25 @@ class Robot(Node):
         self.diagnostics: dict[str, DiagnosticStatus] = {}
         self._tick = 0
         self._camera = self.create_publisher(CompressedImage, CAMERA, RELIABLE_QOS)
-        self._decisions = {n: self.create_publisher(Bool, f"/ood_monitor/{n}/ood", RELIABLE_QOS) for n in ("bvae", "flow")}
+        self._decisions = {
+            n: self.create_publisher(Bool, f"/ood_monitor/{n}/ood", RELIABLE_QOS)
+            for n in ("bvae", "flow")
+        }
         self._cmd = self.create_publisher(Twist, "cmd_vel_in", RELIABLE_QOS)
         self.create_subscription(Bool, ESTOP, lambda m: self.estop.append(m.data), LATCHED_QOS)
-        self.create_subscription(Twist, "cmd_vel_out", lambda m: self.cmd_out.append(m.linear.x), RELIABLE_QOS)
+        self.create_subscription(
+            Twist, "cmd_vel_out", lambda m: self.cmd_out.append(m.linear.x), RELIABLE_QOS
+        )
         for name in self.scores:
-            self.create_subscription(Float32, f"/ood_monitor/{name}/score", lambda m, n=name: self.scores[n].append(m.data), RELIABLE_QOS)
-        self.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, RELIABLE_QOS)
+            self.create_subscription(
+                Float32,
+                f"/ood_monitor/{name}/score",
+                lambda m, n=name: self.scores[n].append(m.data),
+                RELIABLE_QOS,
+            )
+        self.create_subscription(
+            DiagnosticArray, "/diagnostics", self._on_diagnostics, RELIABLE_QOS
+        )
         self.reset_client = self.create_client(Trigger, "/ood_monitor/safety_stop/reset")
         self.create_timer(1 / 30, self._publish)
 
@@ -102,7 +118,11 @@ class Robot(Node):
     def _publish(self) -> None:
         self._tick += 1
         if self.camera_on:
-            data = self.frame_payload(self._tick) if self.frame_payload else self.frames[self._tick % len(self.frames)]
+            data = (
+                self.frame_payload(self._tick)
+                if self.frame_payload
+                else self.frames[self._tick % len(self.frames)]
+            )
             for payload in data if isinstance(data, list) else [data]:
                 msg = CompressedImage(format="jpeg", data=payload)
                 msg.header.stamp = self.get_clock().now().to_msg()
@@ -112,7 +132,9 @@ class Robot(Node):
         self._cmd.publish(Twist(linear=Vector3(x=0.3)))
 
     def reset(self, timeout: float = 10.0) -> Trigger.Response:
-        assert self.reset_client.wait_for_service(timeout_sec=timeout), "reset service never appeared"
+        assert self.reset_client.wait_for_service(timeout_sec=timeout), (
+            "reset service never appeared"
+        )
         future = self.reset_client.call_async(Trigger.Request())
         deadline = time.monotonic() + timeout
         while not future.done() and time.monotonic() < deadline:
@@ -133,17 +155,27 @@ def robot() -> Iterator[Robot]:
     node.destroy_node()
 
 
-def wait_for(condition: Callable[[], bool], timeout: float, what: str, context: Callable[[], str] | None = None) -> float:
+def wait_for(
+    condition: Callable[[], bool],
+    timeout: float,
+    what: str,
+    context: Callable[[], str] | None = None,
+) -> float:
     """Seconds until `condition` held; fails the test with `what` (and `context()`, e.g. a node's log) after `timeout`."""
     start = time.monotonic()
     while not condition():
         if time.monotonic() - start > timeout:
-            pytest.fail(f"timed out after {timeout} s waiting for {what}" + (f"\n{context()}" if context else ""))
+            pytest.fail(
+                f"timed out after {timeout} s waiting for {what}"
+                + (f"\n{context()}" if context else "")
+            )
         time.sleep(0.02)
     return time.monotonic() - start
 
 
-def wait_until_driving(robot: Robot, timeout: float, real: tuple[str, ...] = ("bvae", "flow")) -> None:
+def wait_until_driving(
+    robot: Robot, timeout: float, real: tuple[str, ...] = ("bvae", "flow")
+) -> None:
     """Until the safety stop lets the robot drive with the `real` detector nodes. Detectors warm up
     before they subscribe, but a CI machine running several node processes on 2 cores can still
     starve one past the 0.5 s silence timeout at start-up, which latches the stop as designed; once
@@ -151,7 +183,9 @@ def wait_until_driving(robot: Robot, timeout: float, real: tuple[str, ...] = ("b
     deadline = time.monotonic() + timeout
     while not (robot.estop and robot.estop[-1] is False):
         if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for the robot to drive with the {', '.join(real)} detector nodes")
+            pytest.fail(
+                f"timed out after {timeout} s waiting for the robot to drive with the {', '.join(real)} detector nodes"
+            )
         if robot.estop and all(robot.scores[name] for name in real):
             robot.reset()
         time.sleep(0.2)
@@ -160,7 +194,9 @@ def wait_until_driving(robot: Robot, timeout: float, real: tuple[str, ...] = ("b
 @pytest.fixture
 def safety_stop(request, tmp_path) -> Iterator[subprocess.Popen]:
     """The safety stop node with its defaults, or with the parameters a test passes indirectly."""
-    process = start_node("safety_stop", getattr(request, "param", {}), log=tmp_path / "safety_stop.log")
+    process = start_node(
+        "safety_stop", getattr(request, "param", {}), log=tmp_path / "safety_stop.log"
+    )
     yield process
     stop_process(process)
 
@@ -171,10 +207,20 @@ TOLERATES_STARVATION = pytest.mark.parametrize("safety_stop", [{"timeout_s": 2.0
 
 
 @TOLERATES_STARVATION
-def test_stop_latches_on_ood_and_reset_is_refused_until_back_in_distribution(robot, safety_stop, tmp_path):
+def test_stop_latches_on_ood_and_reset_is_refused_until_back_in_distribution(
+    robot, safety_stop, tmp_path
+):
     robot.fake_decisions = {"bvae": False, "flow": False}
-    wait_for(lambda: robot.estop and robot.estop[-1] is False, 20, "the stop to release once everything is live")
-    wait_for(lambda: robot.cmd_out and robot.cmd_out[-1] == pytest.approx(0.3), 5, "cmd_vel to pass through")
+    wait_for(
+        lambda: robot.estop and robot.estop[-1] is False,
+        20,
+        "the stop to release once everything is live",
+    )
+    wait_for(
+        lambda: robot.cmd_out and robot.cmd_out[-1] == pytest.approx(0.3),
+        5,
+        "cmd_vel to pass through",
+    )
 
     robot.fake_decisions["bvae"] = True
     wait_for(lambda: robot.estop[-1] is True, 2, "emergency_stop after an OOD decision")
@@ -190,7 +236,12 @@ def test_stop_latches_on_ood_and_reset_is_refused_until_back_in_distribution(rob
     assert accepted.success, accepted.message
     wait_for(lambda: robot.estop[-1] is False, 2, "the stop to release after reset")
     log = tmp_path / "safety_stop.log"
-    wait_for(lambda: robot.cmd_out[-1] == pytest.approx(0.3), 2, "cmd_vel to pass through again", lambda: log.read_text()[-2000:])
+    wait_for(
+        lambda: robot.cmd_out[-1] == pytest.approx(0.3),
+        2,
+        "cmd_vel to pass through again",
+        lambda: log.read_text()[-2000:],
+    )
 
 
 def test_camera_silence_stops(robot, safety_stop):
@@ -208,8 +259,12 @@ def test_frozen_camera_stops(robot, safety_stop):
     robot.fake_decisions = {"bvae": False, "flow": False}
     wait_for(lambda: robot.estop and robot.estop[-1] is False, 20, "running")
     robot.frame_payload = lambda _: robot.frames[0]  # the driver keeps sending its last buffer
-    took = wait_for(lambda: robot.estop[-1] is True, 3, "emergency_stop after frames stopped changing")
-    assert took >= SafetyConfig.frozen_s - 0.05, f"not before frozen_s ({SafetyConfig.frozen_s} s) of identical frames"
+    took = wait_for(
+        lambda: robot.estop[-1] is True, 3, "emergency_stop after frames stopped changing"
+    )
+    assert took >= SafetyConfig.frozen_s - 0.05, (
+        f"not before frozen_s ({SafetyConfig.frozen_s} s) of identical frames"
+    )
     refused = robot.reset()
     assert not refused.success and "camera: frozen" in refused.message
     robot.frame_payload = None
@@ -238,12 +293,17 @@ def untrained_bundles(tmp_path) -> dict[str, Path]:
 
 def test_killed_detector_stops_the_robot(robot, safety_stop, untrained_bundles, tmp_path):
     detectors = {
-        name: start_node(f"{name}_detector", {"bundle": path}, tmp_path / f"{name}.log") for name, path in untrained_bundles.items()
+        name: start_node(f"{name}_detector", {"bundle": path}, tmp_path / f"{name}.log")
+        for name, path in untrained_bundles.items()
     }
     try:
         wait_until_driving(robot, 40)
         # The safety stop can hear both detectors' decisions before this node has discovered their score topics.
-        wait_for(lambda: len(robot.scores["bvae"]) > 0 and len(robot.scores["flow"]) > 0, 5, "scores from both detector nodes")
+        wait_for(
+            lambda: len(robot.scores["bvae"]) > 0 and len(robot.scores["flow"]) > 0,
+            5,
+            "scores from both detector nodes",
+        )
         detectors["flow"].kill()
         # Within timeout_s (0.5 s) of its last decision; the safety stop may still be working off
         # a backlog of frames on a starved 2-core CI machine (once 1.5 s), so the wait is generous
@@ -257,8 +317,14 @@ def test_killed_detector_stops_the_robot(robot, safety_stop, untrained_bundles, 
 
 
 @TOLERATES_STARVATION
-def test_bad_frames_are_survived_and_a_bad_stream_stops(robot, safety_stop, untrained_bundles, tmp_path):
-    detector = start_node("bvae_detector", {"bundle": untrained_bundles["bvae"], "max_bad_frames": 10}, tmp_path / "bvae.log")
+def test_bad_frames_are_survived_and_a_bad_stream_stops(
+    robot, safety_stop, untrained_bundles, tmp_path
+):
+    detector = start_node(
+        "bvae_detector",
+        {"bundle": untrained_bundles["bvae"], "max_bad_frames": 10},
+        tmp_path / "bvae.log",
+    )
     robot.fake_decisions = {"flow": False}
     try:
         wait_until_driving(robot, 40, real=("bvae",))
@@ -286,16 +352,23 @@ def test_bad_frames_are_survived_and_a_bad_stream_stops(robot, safety_stop, untr
         stop_process(detector)
 
 
-def test_corrupt_bundle_refuses_to_start_and_the_robot_stays_stopped(robot, safety_stop, untrained_bundles, tmp_path):
+def test_corrupt_bundle_refuses_to_start_and_the_robot_stays_stopped(
+    robot, safety_stop, untrained_bundles, tmp_path
+):
     onnx = untrained_bundles["bvae"] / "image.onnx"
     onnx.write_bytes(onnx.read_bytes()[:-20])
     log = tmp_path / "bvae.log"
     detector = start_node("bvae_detector", {"bundle": untrained_bundles["bvae"]}, log)
     assert detector.wait(timeout=60) == 2
-    assert "refusing to start" in log.read_text() and "SHA-256 mismatch for image.onnx" in log.read_text()
+    assert (
+        "refusing to start" in log.read_text()
+        and "SHA-256 mismatch for image.onnx" in log.read_text()
+    )
     robot.fake_decisions = {"flow": False}
     time.sleep(2.0)
-    assert not robot.estop or robot.estop[-1] is True, "without its bvae detector the robot never drives"
+    assert not robot.estop or robot.estop[-1] is True, (
+        "without its bvae detector the robot never drives"
+    )
 
 
 def test_bag_player_replays_at_the_recorded_rate(robot, tmp_path):
@@ -304,11 +377,20 @@ def test_bag_player_replays_at_the_recorded_rate(robot, tmp_path):
     bag = write_ros2_bag(tmp_path / "bag", frames)
     received: list[tuple[float, bytes]] = []
     listener = rclpy.create_node(f"listener_{os.getpid()}")
-    listener.create_subscription(CompressedImage, CAMERA, lambda m: received.append((time.monotonic(), bytes(m.data))), RELIABLE_QOS)
-    player = start_node("bag_player", {"bag": bag, "wait_for_subscribers": 1}, tmp_path / "player.log")
+    listener.create_subscription(
+        CompressedImage,
+        CAMERA,
+        lambda m: received.append((time.monotonic(), bytes(m.data))),
+        RELIABLE_QOS,
+    )
+    player = start_node(
+        "bag_player", {"bag": bag, "wait_for_subscribers": 1}, tmp_path / "player.log"
+    )
     try:
         deadline = time.monotonic() + 30
-        while (player.poll() is None or len(received) < len(frames)) and time.monotonic() < deadline:
+        while (
+            player.poll() is None or len(received) < len(frames)
+        ) and time.monotonic() < deadline:
             rclpy.spin_once(listener, timeout_sec=0.05)
     finally:
         stop_process(player)
@@ -337,13 +419,19 @@ def test_monitor_runs_the_whole_graph_in_one_process(robot, untrained_bundles, t
     bag = write_ros2_bag(tmp_path / "bag", synthetic_frames(240, 160, 120))
     params = tmp_path / "params.yaml"
     params.write_text(
-        "".join(f"{name}_detector:\n  ros__parameters:\n    bundle: {path}\n" for name, path in untrained_bundles.items())
+        "".join(
+            f"{name}_detector:\n  ros__parameters:\n    bundle: {path}\n"
+            for name, path in untrained_bundles.items()
+        )
     )
     log = tmp_path / "monitor.log"
     code = "import sys; from vae_ood_monitor.cli import main; sys.exit(main(sys.argv[1:]))"
     monitor = subprocess.Popen(
         [sys.executable, "-c", code, "monitor", "--params-file", str(params), "--bag", str(bag)],
-        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=log.open("w"), stderr=subprocess.STDOUT,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
     )
     try:
         assert monitor.wait(timeout=90) == 0, log.read_text()
@@ -352,7 +440,9 @@ def test_monitor_runs_the_whole_graph_in_one_process(robot, untrained_bundles, t
     # How many frames get scored depends on the machine's load (the detectors skip stale frames);
     # that the graph keeps up is the benchmark's business (`vae-ood-monitor bench`).
     assert len(robot.scores["bvae"]) >= 5, "the β-VAE detector scored replayed frames"
-    assert len(robot.scores["flow"]) >= 5, "the flow detector scored replayed frames after filling its stack"
+    assert len(robot.scores["flow"]) >= 5, (
+        "the flow detector scored replayed frames after filling its stack"
+    )
     assert robot.estop, "the safety stop published its state"
 
 
@@ -360,7 +450,10 @@ SHIPPED = REPO / "models" / "defaults.json"
 DEMO_BAG = REPO / "demo" / "demo_fog_onset"
 
 
-@pytest.mark.skipif(not SHIPPED.exists(), reason="no shipped model bundles in models/ (train them with `make models`)")
+@pytest.mark.skipif(
+    not SHIPPED.exists(),
+    reason="no shipped model bundles in models/ (train them with `make models`)",
+)
 def test_shipped_models_drive_through_id_and_stop_after_the_onset(tmp_path):
     """The real graph with the shipped bundles on the demo bag: no stop in the in-distribution
     part, a stop once the fog sets in. (How fast is the benchmark's business: `vae-ood-monitor bench`.)"""
@@ -368,7 +461,9 @@ def test_shipped_models_drive_through_id_and_stop_after_the_onset(tmp_path):
     from vae_ood_monitor.bench import frames_published
     from vae_ood_monitor.demo import GraphRun, onset_stamp, stop_events
 
-    run = GraphRun(tmp_path, safety_params={"timeout_s": 2.0})  # decisions under test, not silence: see TOLERATES_STARVATION
+    run = GraphRun(
+        tmp_path, safety_params={"timeout_s": 2.0}
+    )  # decisions under test, not silence: see TOLERATES_STARVATION
     try:
         assert run.wait_ready() is None
         run.replay(DEMO_BAG, rate=1.0)
@@ -378,12 +473,16 @@ def test_shipped_models_drive_through_id_and_stop_after_the_onset(tmp_path):
     assert onset_stamp(DEMO_BAG) in recording.frames, "the recorder received the onset frame"
     onset = recording.frames[onset_stamp(DEMO_BAG)]
     released, stops = stop_events(recording)
-    assert released is not None and released < onset, "the robot was released to drive before the onset"
+    assert released is not None and released < onset, (
+        "the robot was released to drive before the onset"
+    )
     assert not [t for t in stops if t < onset], "no stop while the replay is in distribution"
     assert stops, "the fog stops the robot before the bag ends"
     topics = image_topics(DEMO_BAG)
     in_bag = sum(1 for _ in read_raw_messages(DEMO_BAG, choose_topic(DEMO_BAG, topics, None)))
-    assert int(recording.diagnostics["ood_monitor/bag_player"]["published"]) == in_bag, "the player's final report counts every frame it sent"
+    assert int(recording.diagnostics["ood_monitor/bag_player"]["published"]) == in_bag, (
+        "the player's final report counts every frame it sent"
+    )
     assert frames_published(recording) == in_bag
     for name in ("bvae", "flow"):  # each detector ran its models before it subscribed
         assert float(recording.diagnostics[f"ood_monitor/{name}_detector"]["warm_up_ms"]) > 0

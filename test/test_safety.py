@@ -58,13 +58,16 @@ def test_detector_error_stops():
     assert stop.update(0.1) and "flow: error: 15 bad frames in a row" in stop.stop_reasons
 
 
-@pytest.mark.parametrize(("fusion", "k", "votes", "stops"), [
-    ("any", 1, (True, False), True),
-    ("all", 1, (True, False), False),
-    ("all", 1, (True, True), True),
-    ("k_of_n", 2, (False, True), False),
-    ("k_of_n", 1, (False, True), True),
-])
+@pytest.mark.parametrize(
+    ("fusion", "k", "votes", "stops"),
+    [
+        ("any", 1, (True, False), True),
+        ("all", 1, (True, False), False),
+        ("all", 1, (True, True), True),
+        ("k_of_n", 2, (False, True), False),
+        ("k_of_n", 1, (False, True), True),
+    ],
+)
 def test_fusion_rules(fusion, k, votes, stops):
     stop = SafetyStop(SafetyConfig(fusion=fusion, k=k))
     _live(stop, 0.0)
@@ -82,10 +85,16 @@ def test_reset_when_running_is_a_no_op():
     assert stop.request_reset(0.0) == (True, "not stopped (running)")
 
 
-@pytest.mark.parametrize(("kwargs", "message"), [
-    ({"fusion": "majority"}, "fusion"), ({"detectors": ()}, "at least one"), ({"fusion": "k_of_n", "k": 3}, "k must"), ({"timeout_s": 0}, "timeout"),
-    ({"frozen_s": -1.0}, "frozen_s"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"fusion": "majority"}, "fusion"),
+        ({"detectors": ()}, "at least one"),
+        ({"fusion": "k_of_n", "k": 3}, "k must"),
+        ({"timeout_s": 0}, "timeout"),
+        ({"frozen_s": -1.0}, "frozen_s"),
+    ],
+)
 def test_bad_configuration(kwargs, message):
     with pytest.raises(ValueError, match=message):
         SafetyConfig(**kwargs)

@@ -4,9 +4,15 @@ import json
 
 import numpy as np
 import pytest
-
 from conftest import build_image_bundle
-from training.calibrate import CROSS_FITS, MIXTURE_COMPONENTS, SCORE_CANDIDATES, fit_scores, select_score
+
+from training.calibrate import (
+    CROSS_FITS,
+    MIXTURE_COMPONENTS,
+    SCORE_CANDIDATES,
+    fit_scores,
+    select_score,
+)
 from vae_ood_monitor.bundle import BundleError, load_bundle, write_sums
 from vae_ood_monitor.scoring import BandPeak, EncoderOutputs, LatentScore, Mixture, kl_per_dimension
 
@@ -14,8 +20,12 @@ from vae_ood_monitor.scoring import BandPeak, EncoderOutputs, LatentScore, Mixtu
 def _id_latents(rng: np.random.Generator, frames: int) -> dict[str, EncoderOutputs]:
     """Posteriors of a trained β-VAE on normal frames: informative dims far from the prior
     (confident, spread-out μ), one switched-off dim at the prior."""
-    mu = np.concatenate([rng.normal(0.0, 2.0, (frames, 3)), rng.normal(0.0, 0.01, (frames, 1))], axis=1)
-    logvar = np.concatenate([rng.normal(-3.0, 0.2, (frames, 3)), rng.normal(0.0, 0.01, (frames, 1))], axis=1)
+    mu = np.concatenate(
+        [rng.normal(0.0, 2.0, (frames, 3)), rng.normal(0.0, 0.01, (frames, 1))], axis=1
+    )
+    logvar = np.concatenate(
+        [rng.normal(-3.0, 0.2, (frames, 3)), rng.normal(0.0, 0.01, (frames, 1))], axis=1
+    )
     return {"image": EncoderOutputs(mu, logvar)}
 
 
@@ -37,7 +47,9 @@ def test_fitted_scores_keep_only_informative_dims_and_cross_fit_the_calibration(
     fitted = {f.name: f for f in fit_scores(calibration)}
     assert fitted["kl"].score.dims == {"image": [0, 1, 2]}
     for candidate in fitted.values():
-        assert candidate.calibration_scores.shape == (800,) and np.all(np.isfinite(candidate.calibration_scores))
+        assert candidate.calibration_scores.shape == (800,) and np.all(
+            np.isfinite(candidate.calibration_scores)
+        )
     # held-out Mahalanobis scores of 8 Gaussian features average about 8 (χ² with 8 dof)
     assert 6.0 < fitted["mahalanobis"].calibration_scores.mean() < 10.0
 
@@ -53,8 +65,12 @@ def test_leaving_one_episode_out_keeps_a_manoeuvre_two_episodes_share():
         mu[:20, :3] += 20.0  # ten standard deviations
     held_out = {}
     for cross_fit in CROSS_FITS:
-        mahalanobis = next(f for f in fit_scores(calibration, cross_fit=cross_fit) if f.name == "mahalanobis")
-        held_out[cross_fit] = np.median(mahalanobis.calibration_scores[:20]) / np.median(mahalanobis.score(calibration[0])[:20])
+        mahalanobis = next(
+            f for f in fit_scores(calibration, cross_fit=cross_fit) if f.name == "mahalanobis"
+        )
+        held_out[cross_fit] = np.median(mahalanobis.calibration_scores[:20]) / np.median(
+            mahalanobis.score(calibration[0])[:20]
+        )
     assert held_out["halves"] > 5.0 and held_out["episodes"] < 2.0  # measured: 8.9 and 1.5
 
 
@@ -63,7 +79,10 @@ def test_the_mixture_seed_reaches_the_mixture_fits():
     gives the same fit, another seed another (the shipped β-VAE's ducks depend on it: README, Results)."""
     rng = np.random.default_rng(16)
     calibration = [_two_kinds_of_driving(rng, 300) for _ in range(2)]
-    fits = [next(f for f in fit_scores(calibration, candidates=("mixture_pooled",), mixture_seed=seed)) for seed in (0, 0, 1)]
+    fits = [
+        next(f for f in fit_scores(calibration, candidates=("mixture_pooled",), mixture_seed=seed))
+        for seed in (0, 0, 1)
+    ]
     np.testing.assert_array_equal(fits[0].calibration_scores, fits[1].calibration_scores)
     assert not np.allclose(fits[0].score.mean, fits[2].score.mean), "another seed, another fit"
 
@@ -73,31 +92,48 @@ def test_unknown_cross_fitting_is_a_clear_error():
         fit_scores([_id_latents(np.random.default_rng(6), 50)], cross_fit="thirds")
 
 
-def _correlated_latents(rng: np.random.Generator, frames: int, sign: float) -> dict[str, EncoderOutputs]:
+def _correlated_latents(
+    rng: np.random.Generator, frames: int, sign: float
+) -> dict[str, EncoderOutputs]:
     """Two dimensions that move together on normal frames (sign +1) or against each other (-1):
     the same marginals and the same KL, only the joint is unusual."""
     base = rng.normal(0.0, 2.0, frames)
     mu = np.stack([base, sign * base + rng.normal(0.0, 0.1, frames)], axis=1)
-    return {"image": EncoderOutputs(mu, np.full((frames, 2), -3.0) + rng.normal(0.0, 0.1, (frames, 2)))}
+    return {
+        "image": EncoderOutputs(mu, np.full((frames, 2), -3.0) + rng.normal(0.0, 0.1, (frames, 2)))
+    }
 
 
 def test_validation_picks_the_score_that_sees_the_unusual_joint():
     rng = np.random.default_rng(1)
     candidates = fit_scores([_correlated_latents(rng, 300, 1.0) for _ in range(2)])
-    validation = [(_correlated_latents(rng, 200, 1.0), np.zeros(200, bool)), (_correlated_latents(rng, 200, -1.0), np.ones(200, bool))]
+    validation = [
+        (_correlated_latents(rng, 200, 1.0), np.zeros(200, bool)),
+        (_correlated_latents(rng, 200, -1.0), np.ones(200, bool)),
+    ]
     chosen, _, table = select_score(candidates, validation)
     assert table["kl"] < 0.7 and table["mahalanobis_diag"] < 0.7
-    assert chosen.name == "mahalanobis" and table["mahalanobis"] > 0.85  # frames near the origin look alike either way
+    assert (
+        chosen.name == "mahalanobis" and table["mahalanobis"] > 0.85
+    )  # frames near the origin look alike either way
 
 
 def test_two_sided_kl_catches_posteriors_collapsed_onto_the_prior():
     rng = np.random.default_rng(4)
     candidates = fit_scores([_id_latents(rng, 300) for _ in range(2)])
-    _, tail, table = select_score(candidates, [(_id_latents(rng, 200), np.zeros(200, bool)), (_collapsed_latents(100), np.ones(100, bool))])
+    _, tail, table = select_score(
+        candidates,
+        [
+            (_id_latents(rng, 200), np.zeros(200, bool)),
+            (_collapsed_latents(100), np.ones(100, bool)),
+        ],
+    )
     assert table["kl"] > 0.99 and tail == "both"
 
 
-def _with_pooled(latents: dict[str, EncoderOutputs], rng: np.random.Generator, shift: float = 0.0) -> dict[str, EncoderOutputs]:
+def _with_pooled(
+    latents: dict[str, EncoderOutputs], rng: np.random.Generator, shift: float = 0.0
+) -> dict[str, EncoderOutputs]:
     """The same posteriors plus 5 pooled conv features (two that co-vary), `shift` standard
     deviations off on the first: a local change (a bus in view) that leaves the latent code alone."""
     frames = len(latents["image"].mu)
@@ -110,19 +146,37 @@ def _with_pooled(latents: dict[str, EncoderOutputs], rng: np.random.Generator, s
 def test_pooled_features_catch_what_the_latent_code_misses():
     rng = np.random.default_rng(7)
     candidates = fit_scores([_with_pooled(_id_latents(rng, 300), rng) for _ in range(2)])
-    assert [c.name for c in candidates] == ["kl", "mahalanobis", "mahalanobis_diag", "mahalanobis_pooled"], "the mixture only when asked for"
-    validation = [(_with_pooled(_id_latents(rng, 200), rng), np.zeros(200, bool)), (_with_pooled(_id_latents(rng, 200), rng, shift=3.0), np.ones(200, bool))]
+    assert [c.name for c in candidates] == [
+        "kl",
+        "mahalanobis",
+        "mahalanobis_diag",
+        "mahalanobis_pooled",
+    ], "the mixture only when asked for"
+    validation = [
+        (_with_pooled(_id_latents(rng, 200), rng), np.zeros(200, bool)),
+        (_with_pooled(_id_latents(rng, 200), rng, shift=3.0), np.ones(200, bool)),
+    ]
     chosen, tail, table = select_score(candidates, validation)
-    assert chosen.name == "mahalanobis_pooled" and tail == "upper" and table["mahalanobis_pooled"] > 0.99
+    assert (
+        chosen.name == "mahalanobis_pooled"
+        and tail == "upper"
+        and table["mahalanobis_pooled"] > 0.99
+    )
     assert table["mahalanobis"] < 0.7 and chosen.score.pooled == {"image": 5}
     restored = LatentScore.from_dict(json.loads(json.dumps(chosen.score.to_dict())))
-    np.testing.assert_allclose(restored(validation[1][0]), chosen.score(validation[1][0]), rtol=1e-5)
+    np.testing.assert_allclose(
+        restored(validation[1][0]), chosen.score(validation[1][0]), rtol=1e-5
+    )
 
 
 def test_the_pooled_scores_are_candidates_only_where_every_encoder_exports_pooled_features():
     rng = np.random.default_rng(8)
     calibration = [_with_pooled(_id_latents(rng, 100), rng), _id_latents(rng, 100)]
-    assert [c.name for c in fit_scores(calibration, candidates=SCORE_CANDIDATES)] == ["kl", "mahalanobis", "mahalanobis_diag"]
+    assert [c.name for c in fit_scores(calibration, candidates=SCORE_CANDIDATES)] == [
+        "kl",
+        "mahalanobis",
+        "mahalanobis_diag",
+    ]
 
 
 def test_the_mixture_is_a_candidate_only_where_each_fit_has_enough_frames():
@@ -130,8 +184,16 @@ def test_the_mixture_is_a_candidate_only_where_each_fit_has_enough_frames():
     rng = np.random.default_rng(10)
     assert MIXTURE_COMPONENTS * 13 > 100
     calibration = [_with_pooled(_id_latents(rng, 100), rng) for _ in range(2)]
-    assert [c.name for c in fit_scores(calibration, candidates=SCORE_CANDIDATES)] == ["kl", "mahalanobis", "mahalanobis_diag", "mahalanobis_pooled"]
-    with pytest.raises(ValueError, match="none of the score candidates mixture_pooled fits these encoders and frames"):
+    assert [c.name for c in fit_scores(calibration, candidates=SCORE_CANDIDATES)] == [
+        "kl",
+        "mahalanobis",
+        "mahalanobis_diag",
+        "mahalanobis_pooled",
+    ]
+    with pytest.raises(
+        ValueError,
+        match="none of the score candidates mixture_pooled fits these encoders and frames",
+    ):
         fit_scores(calibration, candidates=("mixture_pooled",))
 
 
@@ -140,7 +202,9 @@ def test_unknown_score_candidates_are_a_clear_error():
         fit_scores([_id_latents(np.random.default_rng(13), 50)], candidates=("energy",))
 
 
-def _two_kinds_of_driving(rng: np.random.Generator, frames: int, between: bool = False) -> dict[str, EncoderOutputs]:
+def _two_kinds_of_driving(
+    rng: np.random.Generator, frames: int, between: bool = False
+) -> dict[str, EncoderOutputs]:
     """Normal driving of two kinds (unlit streets, a traffic light in view) that lie apart in
     the pooled features; `between`: frames halfway between them, which neither kind shows."""
     latents = _with_pooled(_id_latents(rng, frames), rng)
@@ -153,13 +217,20 @@ def test_a_mixture_sees_what_lies_between_two_kinds_of_normal_driving():
     """One Gaussian stretched over both kinds puts its mean where no normal frame is: the frames
     in between look more normal to it than normal frames do. The mixture keeps the kinds apart."""
     rng = np.random.default_rng(11)
-    candidates = fit_scores([_two_kinds_of_driving(rng, 300) for _ in range(2)], candidates=SCORE_CANDIDATES)
-    validation = [(_two_kinds_of_driving(rng, 200), np.zeros(200, bool)), (_two_kinds_of_driving(rng, 200, between=True), np.ones(200, bool))]
+    candidates = fit_scores(
+        [_two_kinds_of_driving(rng, 300) for _ in range(2)], candidates=SCORE_CANDIDATES
+    )
+    validation = [
+        (_two_kinds_of_driving(rng, 200), np.zeros(200, bool)),
+        (_two_kinds_of_driving(rng, 200, between=True), np.ones(200, bool)),
+    ]
     chosen, tail, table = select_score(candidates, validation)
     assert chosen.name == "mixture_pooled" and tail == "upper" and table["mixture_pooled"] > 0.99
     assert table["mahalanobis_pooled"] < 0.6
     restored = LatentScore.from_dict(json.loads(json.dumps(chosen.score.to_dict())))
-    np.testing.assert_allclose(restored(validation[1][0]), chosen.score(validation[1][0]), rtol=1e-5)
+    np.testing.assert_allclose(
+        restored(validation[1][0]), chosen.score(validation[1][0]), rtol=1e-5
+    )
 
 
 def test_a_one_component_mixture_is_the_mahalanobis_distance_and_more_never_score_below_the_nearest():
@@ -167,12 +238,34 @@ def test_a_one_component_mixture_is_the_mahalanobis_distance_and_more_never_scor
     latents = _with_pooled(_id_latents(rng, 50), rng)
     size = 13
     mean, precision = rng.normal(0.0, 1.0, size), np.eye(size) * rng.uniform(0.5, 2.0, size)
-    mahalanobis = LatentScore("mahalanobis_pooled", {"image": [0, 1, 2, 3]}, mean, precision, {"image": 5})
-    single = LatentScore("mixture_pooled", {"image": [0, 1, 2, 3]}, mean[None], precision[None], {"image": 5}, np.ones(1))
+    mahalanobis = LatentScore(
+        "mahalanobis_pooled", {"image": [0, 1, 2, 3]}, mean, precision, {"image": 5}
+    )
+    single = LatentScore(
+        "mixture_pooled",
+        {"image": [0, 1, 2, 3]},
+        mean[None],
+        precision[None],
+        {"image": 5},
+        np.ones(1),
+    )
     np.testing.assert_allclose(single(latents), mahalanobis(latents), rtol=1e-9)
     means, precisions = np.stack([mean, mean + 1.0]), np.stack([precision, 2.0 * precision])
-    pair = LatentScore("mixture_pooled", {"image": [0, 1, 2, 3]}, means, precisions, {"image": 5}, np.array([0.3, 0.7]))
-    nearest = np.min([LatentScore("mahalanobis_pooled", {"image": [0, 1, 2, 3]}, m, p, {"image": 5})(latents) for m, p in zip(means, precisions)], axis=0)
+    pair = LatentScore(
+        "mixture_pooled",
+        {"image": [0, 1, 2, 3]},
+        means,
+        precisions,
+        {"image": 5},
+        np.array([0.3, 0.7]),
+    )
+    nearest = np.min(
+        [
+            LatentScore("mahalanobis_pooled", {"image": [0, 1, 2, 3]}, m, p, {"image": 5})(latents)
+            for m, p in zip(means, precisions)
+        ],
+        axis=0,
+    )
     assert np.all(pair(latents) >= nearest - 1e-9)
 
 
@@ -180,16 +273,32 @@ def test_a_frame_far_from_every_component_keeps_a_finite_score():
     """exp(−d/2) underflows to 0 for d beyond ~1500; the score must still grow with the distance
     (a black frame lies that far out) rather than turn infinite, which the decision refuses."""
     size = 13
-    means, precisions = np.stack([np.zeros(size), np.ones(size)]), np.stack([np.eye(size), np.eye(size)])
-    mixture = LatentScore("mixture_pooled", {"image": [0, 1, 2, 3]}, means, precisions, {"image": 5}, np.array([0.5, 0.5]))
-    far = {"image": EncoderOutputs(np.full((2, 4), 0.0), np.full((2, 4), 0.0), np.array([[1e3] * 5, [1e4] * 5]))}
+    means, precisions = (
+        np.stack([np.zeros(size), np.ones(size)]),
+        np.stack([np.eye(size), np.eye(size)]),
+    )
+    mixture = LatentScore(
+        "mixture_pooled",
+        {"image": [0, 1, 2, 3]},
+        means,
+        precisions,
+        {"image": 5},
+        np.array([0.5, 0.5]),
+    )
+    far = {
+        "image": EncoderOutputs(
+            np.full((2, 4), 0.0), np.full((2, 4), 0.0), np.array([[1e3] * 5, [1e4] * 5])
+        )
+    }
     scores = mixture(far)
     assert np.all(np.isfinite(scores)) and scores[1] > scores[0] > 1e6
 
 
 def _random_mixture(rng: np.random.Generator, components: int, size: int) -> Mixture:
     precisions = np.stack([np.eye(size) * rng.uniform(0.5, 2.0, size) for _ in range(components)])
-    return Mixture(rng.normal(0.0, 1.0, (components, size)), precisions, rng.dirichlet(np.ones(components)))
+    return Mixture(
+        rng.normal(0.0, 1.0, (components, size)), precisions, rng.dirichlet(np.ones(components))
+    )
 
 
 def test_the_band_mixture_score_adds_a_mixture_over_the_band_maxima_to_one_over_the_rest():
@@ -198,11 +307,31 @@ def test_the_band_mixture_score_adds_a_mixture_over_the_band_maxima_to_one_over_
     rng = np.random.default_rng(14)
     latents = _with_pooled(_id_latents(rng, 50), rng)
     rest, band = _random_mixture(rng, 3, 11), _random_mixture(rng, 2, 2)
-    score = LatentScore("mixture_bands", {"image": [0, 1, 2, 3]}, rest.mean, rest.precision, {"image": 5}, rest.weights, {"image": 2}, band)
+    score = LatentScore(
+        "mixture_bands",
+        {"image": [0, 1, 2, 3]},
+        rest.mean,
+        rest.precision,
+        {"image": 5},
+        rest.weights,
+        {"image": 2},
+        band,
+    )
     outputs = latents["image"]
-    rest_only = LatentScore("mixture_pooled", {"image": [0, 1, 2, 3]}, rest.mean, rest.precision, {"image": 3}, rest.weights)
-    band_only = LatentScore("mixture_pooled", {"image": []}, band.mean, band.precision, {"image": 2}, band.weights)
-    expected = rest_only({"image": outputs._replace(pooled=outputs.pooled[:, :3])}) + band_only({"image": outputs._replace(pooled=outputs.pooled[:, 3:])})
+    rest_only = LatentScore(
+        "mixture_pooled",
+        {"image": [0, 1, 2, 3]},
+        rest.mean,
+        rest.precision,
+        {"image": 3},
+        rest.weights,
+    )
+    band_only = LatentScore(
+        "mixture_pooled", {"image": []}, band.mean, band.precision, {"image": 2}, band.weights
+    )
+    expected = rest_only({"image": outputs._replace(pooled=outputs.pooled[:, :3])}) + band_only(
+        {"image": outputs._replace(pooled=outputs.pooled[:, 3:])}
+    )
     np.testing.assert_allclose(score(latents), expected, rtol=1e-12)
     restored = LatentScore.from_dict(json.loads(json.dumps(score.to_dict())))
     np.testing.assert_allclose(restored(latents), score(latents), rtol=1e-5)
@@ -211,14 +340,21 @@ def test_the_band_mixture_score_adds_a_mixture_over_the_band_maxima_to_one_over_
 def test_the_band_mixture_is_a_candidate_only_where_the_pooled_features_end_in_band_maxima():
     rng = np.random.default_rng(15)
     calibration = [_with_pooled(_id_latents(rng, 300), rng) for _ in range(2)]
-    assert "mixture_bands" not in [c.name for c in fit_scores(calibration, candidates=SCORE_CANDIDATES)]
+    assert "mixture_bands" not in [
+        c.name for c in fit_scores(calibration, candidates=SCORE_CANDIDATES)
+    ]
     with pytest.raises(ValueError, match="the band kinds band maxima in it"):
         fit_scores(calibration, candidates=("mixture_bands",))
     (fitted,) = fit_scores(calibration, candidates=("mixture_bands",), bands={"image": 2})
     assert fitted.score.bands == {"image": 2} and fitted.calibration_scores.shape == (600,)
-    assert fitted.score.mean.shape == (MIXTURE_COMPONENTS, 11) and fitted.score.band_mixture.mean.shape == (MIXTURE_COMPONENTS, 2)
+    assert fitted.score.mean.shape == (
+        MIXTURE_COMPONENTS,
+        11,
+    ) and fitted.score.band_mixture.mean.shape == (MIXTURE_COMPONENTS, 2)
     in_sample = fitted.score(calibration[0])
-    assert np.median(fitted.calibration_scores[:300]) > np.median(in_sample), "each half scored by the fit on the other half"
+    assert np.median(fitted.calibration_scores[:300]) > np.median(in_sample), (
+        "each half scored by the fit on the other half"
+    )
 
 
 def test_the_band_peak_score_adds_the_most_raised_band_maximum_to_the_rest_s_mixture():
@@ -228,18 +364,40 @@ def test_the_band_peak_score_adds_the_most_raised_band_maximum_to_the_rest_s_mix
     latents = _with_pooled(_id_latents(rng, 50), rng)
     rest = _random_mixture(rng, 3, 11)
     peak = BandPeak(np.array([1.0, -2.0]), np.array([0.5, 4.0]))
-    score = LatentScore("mixture_band_peak", {"image": [0, 1, 2, 3]}, rest.mean, rest.precision, {"image": 5}, rest.weights, {"image": 2}, band_peak=peak)
+    score = LatentScore(
+        "mixture_band_peak",
+        {"image": [0, 1, 2, 3]},
+        rest.mean,
+        rest.precision,
+        {"image": 5},
+        rest.weights,
+        {"image": 2},
+        band_peak=peak,
+    )
     outputs = latents["image"]
-    rest_only = LatentScore("mixture_pooled", {"image": [0, 1, 2, 3]}, rest.mean, rest.precision, {"image": 3}, rest.weights)(
-        {"image": outputs._replace(pooled=outputs.pooled[:, :3])})
-    rises = np.maximum(0.0, np.stack([(outputs.pooled[:, 3] - 1.0) / 0.5, (outputs.pooled[:, 4] + 2.0) / 4.0], axis=1))
+    rest_only = LatentScore(
+        "mixture_pooled",
+        {"image": [0, 1, 2, 3]},
+        rest.mean,
+        rest.precision,
+        {"image": 3},
+        rest.weights,
+    )({"image": outputs._replace(pooled=outputs.pooled[:, :3])})
+    rises = np.maximum(
+        0.0,
+        np.stack([(outputs.pooled[:, 3] - 1.0) / 0.5, (outputs.pooled[:, 4] + 2.0) / 4.0], axis=1),
+    )
     np.testing.assert_allclose(score(latents), rest_only + (rises**2).max(axis=1), rtol=1e-12)
     raised = outputs.pooled.copy()
     raised[:, 3] = 1.0 + 0.5 * 10.0  # ten standard deviations up in one band maximum
     lowered = outputs.pooled.copy()
     lowered[:, 3:] = [1.0 - 0.5 * 10.0, -2.0 - 4.0 * 10.0]  # ten down in both: no rise
-    np.testing.assert_allclose(score({"image": outputs._replace(pooled=raised)}) - rest_only, 100.0, rtol=1e-12)
-    np.testing.assert_allclose(score({"image": outputs._replace(pooled=lowered)}), rest_only, rtol=1e-12)
+    np.testing.assert_allclose(
+        score({"image": outputs._replace(pooled=raised)}) - rest_only, 100.0, rtol=1e-12
+    )
+    np.testing.assert_allclose(
+        score({"image": outputs._replace(pooled=lowered)}), rest_only, rtol=1e-12
+    )
     restored = LatentScore.from_dict(json.loads(json.dumps(score.to_dict())))
     np.testing.assert_allclose(restored(latents), score(latents), rtol=1e-5)
 
@@ -247,26 +405,55 @@ def test_the_band_peak_score_adds_the_most_raised_band_maximum_to_the_rest_s_mix
 def test_the_band_peak_fit_needs_no_seed_and_scores_an_object_at_the_horizon_above_calibration():
     rng = np.random.default_rng(17)
     calibration = [_with_pooled(_id_latents(rng, 300), rng) for _ in range(2)]
-    fits = [fit_scores(calibration, candidates=("mixture_band_peak",), bands={"image": 2}, mixture_seed=seed)[0] for seed in (0, 1)]
+    fits = [
+        fit_scores(
+            calibration, candidates=("mixture_band_peak",), bands={"image": 2}, mixture_seed=seed
+        )[0]
+        for seed in (0, 1)
+    ]
     for fitted in fits:
-        assert fitted.score.bands == {"image": 2} and fitted.score.band_mixture is None and fitted.calibration_scores.shape == (600,)
-        np.testing.assert_allclose(fitted.score.band_peak.mean, np.concatenate([c["image"].pooled for c in calibration])[:, 3:].mean(axis=0), rtol=1e-12)
+        assert (
+            fitted.score.bands == {"image": 2}
+            and fitted.score.band_mixture is None
+            and fitted.calibration_scores.shape == (600,)
+        )
+        np.testing.assert_allclose(
+            fitted.score.band_peak.mean,
+            np.concatenate([c["image"].pooled for c in calibration])[:, 3:].mean(axis=0),
+            rtol=1e-12,
+        )
     np.testing.assert_array_equal(fits[0].score.band_peak.scale, fits[1].score.band_peak.scale)
     ahead = _with_pooled(_id_latents(rng, 50), rng)
     outputs = ahead["image"]
     obstacle = outputs.pooled.copy()
-    obstacle[:, 4] += 8.0 * fits[0].score.band_peak.scale[1]  # one band maximum far up, everything else as usual
-    normal, flagged = fits[0].score(ahead), fits[0].score({"image": outputs._replace(pooled=obstacle)})
-    assert np.all(flagged > normal) and np.median(flagged) > np.quantile(fits[0].calibration_scores, 0.99)
+    obstacle[:, 4] += (
+        8.0 * fits[0].score.band_peak.scale[1]
+    )  # one band maximum far up, everything else as usual
+    normal, flagged = (
+        fits[0].score(ahead),
+        fits[0].score({"image": outputs._replace(pooled=obstacle)}),
+    )
+    assert np.all(flagged > normal) and np.median(flagged) > np.quantile(
+        fits[0].calibration_scores, 0.99
+    )
 
 
 def test_a_pooled_score_names_missing_or_mismatched_pooled_features():
     rng = np.random.default_rng(9)
-    fitted = next(f for f in fit_scores([_with_pooled(_id_latents(rng, 100), rng) for _ in range(2)]) if f.name == "mahalanobis_pooled")
-    with pytest.raises(ValueError, match="needs encoder 'image's pooled features, but its model has no 'pooled' output"):
+    fitted = next(
+        f
+        for f in fit_scores([_with_pooled(_id_latents(rng, 100), rng) for _ in range(2)])
+        if f.name == "mahalanobis_pooled"
+    )
+    with pytest.raises(
+        ValueError,
+        match="needs encoder 'image's pooled features, but its model has no 'pooled' output",
+    ):
         fitted.score(_id_latents(rng, 5))
     wider = _id_latents(rng, 5)["image"]._replace(pooled=np.zeros((5, 7)))
-    with pytest.raises(ValueError, match="expects 5 pooled features from encoder 'image', its model gives 7"):
+    with pytest.raises(
+        ValueError, match="expects 5 pooled features from encoder 'image', its model gives 7"
+    ):
         fitted.score({"image": wider})
 
 
@@ -279,7 +466,9 @@ def test_selection_needs_both_classes():
 
 def test_mahalanobis_score_round_trips_through_json():
     rng = np.random.default_rng(3)
-    fitted = next(f for f in fit_scores([_id_latents(rng, 100) for _ in range(2)]) if f.name == "mahalanobis")
+    fitted = next(
+        f for f in fit_scores([_id_latents(rng, 100) for _ in range(2)]) if f.name == "mahalanobis"
+    )
     restored = LatentScore.from_dict(json.loads(json.dumps(fitted.score.to_dict())))
     latents = _id_latents(rng, 20)
     np.testing.assert_allclose(restored(latents), fitted.score(latents), rtol=1e-5)
@@ -289,42 +478,214 @@ def test_mahalanobis_score_round_trips_through_json():
     ("score", "message"),
     [
         ({"kind": "energy", "dims": {"image": [0]}}, "unknown score kind 'energy'"),
-        ({"kind": "mahalanobis", "dims": {"image": [0, 1]}, "mean": [0.0, 0.0], "precision": [[1.0]]}, "needs a mean of 4 values"),
-        ({"kind": "kl", "dims": {"horizontal": [0]}}, r"score reads encoders \['horizontal'\], expected \['image'\]"),
-        ({"kind": "mahalanobis_pooled", "dims": {"image": [0]}, "mean": [0.0, 0.0], "precision": [[1.0, 0.0], [0.0, 1.0]]},
-         "needs the pooled feature count of every encoder it reads"),
-        ({"kind": "mahalanobis_pooled", "dims": {"image": [0]}, "pooled": {"image": 2}, "mean": [0.0, 0.0], "precision": [[1.0, 0.0], [0.0, 1.0]]},
-         "needs a mean of 4 values"),
-        ({"kind": "mahalanobis", "dims": {"image": [0]}, "pooled": {"image": 2}, "mean": [0.0, 0.0], "precision": [[1.0, 0.0], [0.0, 1.0]]},
-         "a mahalanobis score reads no pooled features"),
-        ({"kind": "mixture_pooled", "dims": {"image": [0]}, "pooled": {"image": 1}, "mean": [[0.0] * 3], "precision": [np.eye(3).tolist()]},
-         "needs positive, finite weights"),
-        ({"kind": "mixture_pooled", "dims": {"image": [0]}, "pooled": {"image": 1}, "mean": [[0.0] * 3], "precision": [np.eye(3).tolist()], "weights": [-1.0]},
-         "needs positive, finite weights"),
-        ({"kind": "mixture_pooled", "dims": {"image": [0]}, "pooled": {"image": 1}, "mean": [[0.0] * 3], "precision": [np.eye(3).tolist()], "weights": [0.5, 0.5]},
-         "with 2 components needs 2 means of 3 values"),
-        ({"kind": "mixture_pooled", "dims": {"image": [0]}, "pooled": {"image": 1}, "mean": [[0.0] * 3], "precision": [(-np.eye(3)).tolist()], "weights": [1.0]},
-         "component 0: the precision matrix is not positive definite"),
-        ({"kind": "mahalanobis", "dims": {"image": [0]}, "mean": [0.0, 0.0], "precision": [[1.0, 0.0], [0.0, 1.0]], "weights": [1.0]},
-         "a mahalanobis score has no mixture weights"),
-        ({"kind": "mixture_bands", "dims": {"image": [0]}, "pooled": {"image": 2}, "bands": {"image": 1}, "mean": [[0.0] * 3], "precision": [np.eye(3).tolist()],
-          "weights": [1.0]}, "a mixture_bands score needs its band_mixture, and no band_peak"),
-        ({"kind": "mixture_bands", "dims": {"image": [0]}, "pooled": {"image": 2}, "mean": [[0.0] * 3], "precision": [np.eye(3).tolist()], "weights": [1.0],
-          "band_mixture": {"mean": [[0.0]], "precision": [[[1.0]]], "weights": [1.0]}}, "needs the band maxima count of every encoder it reads"),
-        ({"kind": "mixture_bands", "dims": {"image": [0]}, "pooled": {"image": 2}, "bands": {"image": 3}, "mean": [[0.0] * 3], "precision": [np.eye(3).tolist()],
-          "weights": [1.0], "band_mixture": {"mean": [[0.0]], "precision": [[[1.0]]], "weights": [1.0]}}, "has 2 pooled features, so 3 band maxima cannot end them"),
-        ({"kind": "mixture_bands", "dims": {"image": [0]}, "pooled": {"image": 2}, "bands": {"image": 1}, "mean": [[0.0] * 3], "precision": [np.eye(3).tolist()],
-          "weights": [1.0], "band_mixture": {"mean": [[0.0]], "precision": [[[1.0]]], "weights": [0.0]}}, "mixture_bands band score needs positive, finite weights"),
-        ({"kind": "mixture_pooled", "dims": {"image": [0]}, "pooled": {"image": 1}, "mean": [[0.0] * 3], "precision": [np.eye(3).tolist()], "weights": [1.0],
-          "bands": {"image": 1}}, "a mixture_pooled score has no band maxima terms"),
-        ({"kind": "mixture_band_peak", "dims": {"image": [0]}, "pooled": {"image": 2}, "bands": {"image": 1}, "mean": [[0.0] * 3], "precision": [np.eye(3).tolist()],
-          "weights": [1.0]}, "a mixture_band_peak score needs its band_peak, and no band_mixture"),
-        ({"kind": "mixture_band_peak", "dims": {"image": [0]}, "pooled": {"image": 2}, "bands": {"image": 1}, "mean": [[0.0] * 3], "precision": [np.eye(3).tolist()],
-          "weights": [1.0], "band_peak": {"mean": [0.0, 1.0], "scale": [1.0, 1.0]}}, "needs a band_peak mean and scale of 1 values each"),
-        ({"kind": "mixture_band_peak", "dims": {"image": [0]}, "pooled": {"image": 2}, "bands": {"image": 1}, "mean": [[0.0] * 3], "precision": [np.eye(3).tolist()],
-          "weights": [1.0], "band_peak": {"mean": [0.0], "scale": [0.0]}}, "a positive, finite scale"),
-        ({"kind": "mixture_band_peak", "dims": {"image": [0]}, "pooled": {"image": 2}, "bands": {"image": 1}, "mean": [[0.0] * 3], "precision": [np.eye(3).tolist()],
-          "weights": [1.0], "band_peak": {"mean": [0.0]}}, "invalid \\(KeyError: 'scale'\\)"),
+        (
+            {
+                "kind": "mahalanobis",
+                "dims": {"image": [0, 1]},
+                "mean": [0.0, 0.0],
+                "precision": [[1.0]],
+            },
+            "needs a mean of 4 values",
+        ),
+        (
+            {"kind": "kl", "dims": {"horizontal": [0]}},
+            r"score reads encoders \['horizontal'\], expected \['image'\]",
+        ),
+        (
+            {
+                "kind": "mahalanobis_pooled",
+                "dims": {"image": [0]},
+                "mean": [0.0, 0.0],
+                "precision": [[1.0, 0.0], [0.0, 1.0]],
+            },
+            "needs the pooled feature count of every encoder it reads",
+        ),
+        (
+            {
+                "kind": "mahalanobis_pooled",
+                "dims": {"image": [0]},
+                "pooled": {"image": 2},
+                "mean": [0.0, 0.0],
+                "precision": [[1.0, 0.0], [0.0, 1.0]],
+            },
+            "needs a mean of 4 values",
+        ),
+        (
+            {
+                "kind": "mahalanobis",
+                "dims": {"image": [0]},
+                "pooled": {"image": 2},
+                "mean": [0.0, 0.0],
+                "precision": [[1.0, 0.0], [0.0, 1.0]],
+            },
+            "a mahalanobis score reads no pooled features",
+        ),
+        (
+            {
+                "kind": "mixture_pooled",
+                "dims": {"image": [0]},
+                "pooled": {"image": 1},
+                "mean": [[0.0] * 3],
+                "precision": [np.eye(3).tolist()],
+            },
+            "needs positive, finite weights",
+        ),
+        (
+            {
+                "kind": "mixture_pooled",
+                "dims": {"image": [0]},
+                "pooled": {"image": 1},
+                "mean": [[0.0] * 3],
+                "precision": [np.eye(3).tolist()],
+                "weights": [-1.0],
+            },
+            "needs positive, finite weights",
+        ),
+        (
+            {
+                "kind": "mixture_pooled",
+                "dims": {"image": [0]},
+                "pooled": {"image": 1},
+                "mean": [[0.0] * 3],
+                "precision": [np.eye(3).tolist()],
+                "weights": [0.5, 0.5],
+            },
+            "with 2 components needs 2 means of 3 values",
+        ),
+        (
+            {
+                "kind": "mixture_pooled",
+                "dims": {"image": [0]},
+                "pooled": {"image": 1},
+                "mean": [[0.0] * 3],
+                "precision": [(-np.eye(3)).tolist()],
+                "weights": [1.0],
+            },
+            "component 0: the precision matrix is not positive definite",
+        ),
+        (
+            {
+                "kind": "mahalanobis",
+                "dims": {"image": [0]},
+                "mean": [0.0, 0.0],
+                "precision": [[1.0, 0.0], [0.0, 1.0]],
+                "weights": [1.0],
+            },
+            "a mahalanobis score has no mixture weights",
+        ),
+        (
+            {
+                "kind": "mixture_bands",
+                "dims": {"image": [0]},
+                "pooled": {"image": 2},
+                "bands": {"image": 1},
+                "mean": [[0.0] * 3],
+                "precision": [np.eye(3).tolist()],
+                "weights": [1.0],
+            },
+            "a mixture_bands score needs its band_mixture, and no band_peak",
+        ),
+        (
+            {
+                "kind": "mixture_bands",
+                "dims": {"image": [0]},
+                "pooled": {"image": 2},
+                "mean": [[0.0] * 3],
+                "precision": [np.eye(3).tolist()],
+                "weights": [1.0],
+                "band_mixture": {"mean": [[0.0]], "precision": [[[1.0]]], "weights": [1.0]},
+            },
+            "needs the band maxima count of every encoder it reads",
+        ),
+        (
+            {
+                "kind": "mixture_bands",
+                "dims": {"image": [0]},
+                "pooled": {"image": 2},
+                "bands": {"image": 3},
+                "mean": [[0.0] * 3],
+                "precision": [np.eye(3).tolist()],
+                "weights": [1.0],
+                "band_mixture": {"mean": [[0.0]], "precision": [[[1.0]]], "weights": [1.0]},
+            },
+            "has 2 pooled features, so 3 band maxima cannot end them",
+        ),
+        (
+            {
+                "kind": "mixture_bands",
+                "dims": {"image": [0]},
+                "pooled": {"image": 2},
+                "bands": {"image": 1},
+                "mean": [[0.0] * 3],
+                "precision": [np.eye(3).tolist()],
+                "weights": [1.0],
+                "band_mixture": {"mean": [[0.0]], "precision": [[[1.0]]], "weights": [0.0]},
+            },
+            "mixture_bands band score needs positive, finite weights",
+        ),
+        (
+            {
+                "kind": "mixture_pooled",
+                "dims": {"image": [0]},
+                "pooled": {"image": 1},
+                "mean": [[0.0] * 3],
+                "precision": [np.eye(3).tolist()],
+                "weights": [1.0],
+                "bands": {"image": 1},
+            },
+            "a mixture_pooled score has no band maxima terms",
+        ),
+        (
+            {
+                "kind": "mixture_band_peak",
+                "dims": {"image": [0]},
+                "pooled": {"image": 2},
+                "bands": {"image": 1},
+                "mean": [[0.0] * 3],
+                "precision": [np.eye(3).tolist()],
+                "weights": [1.0],
+            },
+            "a mixture_band_peak score needs its band_peak, and no band_mixture",
+        ),
+        (
+            {
+                "kind": "mixture_band_peak",
+                "dims": {"image": [0]},
+                "pooled": {"image": 2},
+                "bands": {"image": 1},
+                "mean": [[0.0] * 3],
+                "precision": [np.eye(3).tolist()],
+                "weights": [1.0],
+                "band_peak": {"mean": [0.0, 1.0], "scale": [1.0, 1.0]},
+            },
+            "needs a band_peak mean and scale of 1 values each",
+        ),
+        (
+            {
+                "kind": "mixture_band_peak",
+                "dims": {"image": [0]},
+                "pooled": {"image": 2},
+                "bands": {"image": 1},
+                "mean": [[0.0] * 3],
+                "precision": [np.eye(3).tolist()],
+                "weights": [1.0],
+                "band_peak": {"mean": [0.0], "scale": [0.0]},
+            },
+            "a positive, finite scale",
+        ),
+        (
+            {
+                "kind": "mixture_band_peak",
+                "dims": {"image": [0]},
+                "pooled": {"image": 2},
+                "bands": {"image": 1},
+                "mean": [[0.0] * 3],
+                "precision": [np.eye(3).tolist()],
+                "weights": [1.0],
+                "band_peak": {"mean": [0.0]},
+            },
+            "invalid \\(KeyError: 'scale'\\)",
+        ),
     ],
 )
 def test_bad_scores_in_a_bundle_are_refused_with_a_reason(tmp_path, score, message):

@@ -66,8 +66,14 @@ DELAY_BAR_FRAMES = 15
 TAILS = ("both", "upper")
 # A Mahalanobis distance already grows in every direction away from normal driving; only the KL
 # needs the lower tail too (an input the encoder maps onto the prior has a *small* KL).
-SCORE_TAILS = {"kl": TAILS, "mahalanobis": ("upper",), "mahalanobis_pooled": ("upper",), "mixture_pooled": ("upper",), "mixture_bands": ("upper",),
-               "mixture_band_peak": ("upper",)}
+SCORE_TAILS = {
+    "kl": TAILS,
+    "mahalanobis": ("upper",),
+    "mahalanobis_pooled": ("upper",),
+    "mixture_pooled": ("upper",),
+    "mixture_bands": ("upper",),
+    "mixture_band_peak": ("upper",),
+}
 EPSILONS = (0.04, 0.1, 0.2)
 WINDOWS = (5, 10, 20)
 # CUSUM decay per frame: absorbs mildly unusual stretches of normal driving (a new map, a new
@@ -102,7 +108,10 @@ def _concat(latents: list[Latents]) -> Latents:
 
 
 def _rows(latents: Latents, rows: slice) -> Latents:
-    return {name: EncoderOutputs(*(None if part is None else part[rows] for part in out)) for name, out in latents.items()}
+    return {
+        name: EncoderOutputs(*(None if part is None else part[rows] for part in out))
+        for name, out in latents.items()
+    }
 
 
 def _mean_and_scale(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -114,16 +123,42 @@ def _fit_mixture(features: np.ndarray, seed: int = 0) -> Mixture:
     """A Gaussian mixture fitted on standardised features, in the features' own units; `seed`
     seeds its EM starts."""
     mean, scale = _mean_and_scale(features)
-    mixture = GaussianMixture(MIXTURE_COMPONENTS, covariance_type="full", reg_covar=MIXTURE_REGULARISATION, n_init=MIXTURE_STARTS, random_state=seed)
+    mixture = GaussianMixture(
+        MIXTURE_COMPONENTS,
+        covariance_type="full",
+        reg_covar=MIXTURE_REGULARISATION,
+        n_init=MIXTURE_STARTS,
+        random_state=seed,
+    )
     mixture.fit((features - mean) / scale)
-    return Mixture(mean + scale * mixture.means_, mixture.precisions_ / np.outer(scale, scale), mixture.weights_)
+    return Mixture(
+        mean + scale * mixture.means_,
+        mixture.precisions_ / np.outer(scale, scale),
+        mixture.weights_,
+    )
 
 
-def _fit(name: str, latents: Latents, min_mean_kl: float, bands: dict[str, int] | None = None, seed: int = 0) -> LatentScore:
+def _fit(
+    name: str,
+    latents: Latents,
+    min_mean_kl: float,
+    bands: dict[str, int] | None = None,
+    seed: int = 0,
+) -> LatentScore:
     if name == "kl":
-        return LatentScore("kl", {encoder: select_active_dimensions(out.mu, out.logvar, min_mean_kl) for encoder, out in latents.items()})
+        return LatentScore(
+            "kl",
+            {
+                encoder: select_active_dimensions(out.mu, out.logvar, min_mean_kl)
+                for encoder, out in latents.items()
+            },
+        )
     dims = {encoder: list(range(out.mu.shape[1])) for encoder, out in latents.items()}
-    pooled = {encoder: out.pooled.shape[1] for encoder, out in latents.items() if out.pooled is not None} if name in POOLED_KINDS else {}
+    pooled = (
+        {encoder: out.pooled.shape[1] for encoder, out in latents.items() if out.pooled is not None}
+        if name in POOLED_KINDS
+        else {}
+    )
     features = posterior_features(latents, dims, bool(pooled))
     if name == "mixture_pooled":  # _fit_mixture standardises the features itself
         mixture = _fit_mixture(features, seed)
@@ -133,8 +168,26 @@ def _fit(name: str, latents: Latents, min_mean_kl: float, bands: dict[str, int] 
         in_bands = band_mask(dims, pooled, bands, name)
         rest, band_maxima = _fit_mixture(features[:, ~in_bands], seed), features[:, in_bands]
         if name == "mixture_bands":
-            return LatentScore(name, dims, rest.mean, rest.precision, pooled, rest.weights, bands, _fit_mixture(band_maxima, seed))
-        return LatentScore(name, dims, rest.mean, rest.precision, pooled, rest.weights, bands, band_peak=BandPeak(*_mean_and_scale(band_maxima)))
+            return LatentScore(
+                name,
+                dims,
+                rest.mean,
+                rest.precision,
+                pooled,
+                rest.weights,
+                bands,
+                _fit_mixture(band_maxima, seed),
+            )
+        return LatentScore(
+            name,
+            dims,
+            rest.mean,
+            rest.precision,
+            pooled,
+            rest.weights,
+            bands,
+            band_peak=BandPeak(*_mean_and_scale(band_maxima)),
+        )
     mean, scale = _mean_and_scale(features)
     if name == "mahalanobis_diag":
         return LatentScore("mahalanobis", dims, mean, np.diag(1.0 / scale**2))
@@ -142,7 +195,13 @@ def _fit(name: str, latents: Latents, min_mean_kl: float, bands: dict[str, int] 
     # (switched-off dimensions barely move), and shrinking towards one common variance would
     # silence exactly those dimensions.
     correlation_precision = LedoitWolf().fit((features - mean) / scale).precision_
-    return LatentScore("mahalanobis_pooled" if pooled else "mahalanobis", dims, mean, correlation_precision / np.outer(scale, scale), pooled)
+    return LatentScore(
+        "mahalanobis_pooled" if pooled else "mahalanobis",
+        dims,
+        mean,
+        correlation_precision / np.outer(scale, scale),
+        pooled,
+    )
 
 
 # mahalanobis_pooled and the mixtures only where every encoder exports `pooled`, the mixtures
@@ -152,7 +211,15 @@ def _fit(name: str, latents: Latents, min_mean_kl: float, bands: dict[str, int] 
 # mixtures are asked for by name (DEFAULT_SCORE_CANDIDATES leaves them out): their EM fit takes
 # half a minute where the others take a second, and every bundle shipped before them was chosen
 # without them.
-SCORE_CANDIDATES = ("kl", "mahalanobis", "mahalanobis_diag", "mahalanobis_pooled", "mixture_pooled", "mixture_bands", "mixture_band_peak")
+SCORE_CANDIDATES = (
+    "kl",
+    "mahalanobis",
+    "mahalanobis_diag",
+    "mahalanobis_pooled",
+    "mixture_pooled",
+    "mixture_bands",
+    "mixture_band_peak",
+)
 DEFAULT_SCORE_CANDIDATES = SCORE_CANDIDATES[:4]
 CROSS_FITS = ("halves", "episodes")
 
@@ -162,7 +229,10 @@ def _frames(latents: Latents) -> int:
 
 
 def _feature_count(latents: Latents) -> int:
-    return sum(2 * out.mu.shape[1] + (0 if out.pooled is None else out.pooled.shape[1]) for out in latents.values())
+    return sum(
+        2 * out.mu.shape[1] + (0 if out.pooled is None else out.pooled.shape[1])
+        for out in latents.values()
+    )
 
 
 def fit_scores(
@@ -184,7 +254,9 @@ def fit_scores(
         raise ValueError(f"cross_fit must be one of {CROSS_FITS}, got '{cross_fit}'")
     unknown = [name for name in candidates if name not in SCORE_CANDIDATES]
     if unknown or not candidates:
-        raise ValueError(f"score candidates must be among {', '.join(SCORE_CANDIDATES)}, got {', '.join(candidates) or 'none'}")
+        raise ValueError(
+            f"score candidates must be among {', '.join(SCORE_CANDIDATES)}, got {', '.join(candidates) or 'none'}"
+        )
     if len(calibration) == 1:
         whole = calibration[0]
         half = _frames(whole) // 2
@@ -197,21 +269,42 @@ def fit_scores(
         folds = calibration
         rest = [_concat(calibration[:i] + calibration[i + 1 :]) for i in range(len(calibration))]
     has_pooled = all(out.pooled is not None for latents in calibration for out in latents.values())
-    mixture_fits = min(_frames(others) for others in rest) >= MIXTURE_COMPONENTS * _feature_count(calibration[0])
+    mixture_fits = min(_frames(others) for others in rest) >= MIXTURE_COMPONENTS * _feature_count(
+        calibration[0]
+    )
     has_bands = bool(bands) and set(bands) == set(calibration[0])  # type: ignore[arg-type]
-    names = [n for n in SCORE_CANDIDATES if n in candidates and (has_pooled or n not in POOLED_KINDS) and (mixture_fits or n not in MIXTURE_KINDS)
-             and (has_bands or n not in BAND_KINDS)]
+    names = [
+        n
+        for n in SCORE_CANDIDATES
+        if n in candidates
+        and (has_pooled or n not in POOLED_KINDS)
+        and (mixture_fits or n not in MIXTURE_KINDS)
+        and (has_bands or n not in BAND_KINDS)
+    ]
     if not names:
-        raise ValueError(f"none of the score candidates {', '.join(candidates)} fits these encoders and frames "
-                         "(the pooled kinds need a 'pooled' output, the band kinds band maxima in it)")
+        raise ValueError(
+            f"none of the score candidates {', '.join(candidates)} fits these encoders and frames "
+            "(the pooled kinds need a 'pooled' output, the band kinds band maxima in it)"
+        )
     fitted = []
     for name in names:
-        held_out = [_fit(name, others, min_mean_kl, bands, mixture_seed)(fold) for fold, others in zip(folds, rest)]
-        fitted.append(FittedScore(name, _fit(name, _concat(calibration), min_mean_kl, bands, mixture_seed), np.concatenate(held_out)))
+        held_out = [
+            _fit(name, others, min_mean_kl, bands, mixture_seed)(fold)
+            for fold, others in zip(folds, rest)
+        ]
+        fitted.append(
+            FittedScore(
+                name,
+                _fit(name, _concat(calibration), min_mean_kl, bands, mixture_seed),
+                np.concatenate(held_out),
+            )
+        )
     return fitted
 
 
-def select_score(candidates: list[FittedScore], validation: list[tuple[Latents, np.ndarray]]) -> tuple[FittedScore, str, dict[str, float]]:
+def select_score(
+    candidates: list[FittedScore], validation: list[tuple[Latents, np.ndarray]]
+) -> tuple[FittedScore, str, dict[str, float]]:
     """The candidate whose conformal surprise (-log p) has the best validation AUROC, OOD-labelled
     frames against ID-labelled ones, with the p-value tail that achieved it; `validation` holds
     (latents, per-row OOD label) per episode. Returns (candidate, tail, AUROC per candidate)."""
@@ -223,7 +316,10 @@ def select_score(candidates: list[FittedScore], validation: list[tuple[Latents, 
     for candidate in candidates:
         scores = np.concatenate([candidate.score(latents) for latents, _ in validation])
         calibration = np.sort(candidate.calibration_scores)
-        by_tail = {tail: auroc(labels, -np.log(conformal_p_values(calibration, scores, tail))) for tail in SCORE_TAILS[candidate.score.kind]}
+        by_tail = {
+            tail: auroc(labels, -np.log(conformal_p_values(calibration, scores, tail)))
+            for tail in SCORE_TAILS[candidate.score.kind]
+        }
         tails[candidate.name] = max(by_tail, key=lambda t: by_tail[t])
         table[candidate.name] = by_tail[tails[candidate.name]]
     best = max(candidates, key=lambda c: table[c.name])
@@ -284,16 +380,28 @@ def tune_decision(
     if not onsets:
         raise ValueError("validation needs onset episodes to tune the decision delay")
     if not 0.0 <= id_budget <= MAX_ID_BUDGET:
-        raise ValueError(f"id_budget must be within 0..{MAX_ID_BUDGET} (a share of the validation ID frames), got {id_budget}")
+        raise ValueError(
+            f"id_budget must be within 0..{MAX_ID_BUDGET} (a share of the validation ID frames), got {id_budget}"
+        )
     # Data with none of the detector's own categories (e.g. imported recordings of other faults): all onsets.
     timed = [e for e in onsets if categories is None or e.category in categories] or onsets
     rows: list[dict[str, float]] = []
-    best: tuple[tuple[int, float], DecisionParams, int] | None = None  # ((-within_bar, mean_delay), params, missed)
+    best: tuple[tuple[int, float], DecisionParams, int] | None = (
+        None  # ((-within_bar, mean_delay), params, missed)
+    )
     for tail, epsilon, window, drift in itertools.product(tails, EPSILONS, WINDOWS, DRIFTS):
-        probe = DecisionParams(tail=tail, epsilon=epsilon, window=window, drift=drift, threshold=np.inf, extrapolate=extrapolate)
+        probe = DecisionParams(
+            tail=tail,
+            epsilon=epsilon,
+            window=window,
+            drift=drift,
+            threshold=np.inf,
+            extrapolate=extrapolate,
+        )
         traces = {e.name: cusum_trace(e.scores, calibration, probe) for e in validation}
         id_values = np.concatenate(
-            [traces[e.name] for e in validation if e.onset_frame is None] + [traces[e.name][: e.onset_frame] for e in validation if e.onset_frame]
+            [traces[e.name] for e in validation if e.onset_frame is None]
+            + [traces[e.name][: e.onset_frame] for e in validation if e.onset_frame]
         )
         # "higher": a value the traces took, so at most the budget's share of ID frames lies above it.
         id_level = float(np.quantile(id_values, 1.0 - id_budget, method="higher"))
@@ -306,8 +414,18 @@ def tune_decision(
             delays.append((alarm if alarm is not None else len(e.scores)) - e.onset_frame)
         mean_delay = float(np.mean(delays))
         params = replace(probe, threshold=round(float(threshold), 4))
-        rows.append({"tail": tail, "epsilon": epsilon, "window": window, "drift": drift, "threshold": params.threshold, "mean_delay": mean_delay,
-                     "missed": missed, "within_bar": within_bar})
+        rows.append(
+            {
+                "tail": tail,
+                "epsilon": epsilon,
+                "window": window,
+                "drift": drift,
+                "threshold": params.threshold,
+                "mean_delay": mean_delay,
+                "missed": missed,
+                "within_bar": within_bar,
+            }
+        )
         rank = (-within_bar, mean_delay)
         if best is None or rank < best[0]:
             best = (rank, params, missed)

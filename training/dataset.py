@@ -40,7 +40,9 @@ class Episode:
 def load_manifest(root: Path) -> dict:
     path = root / MANIFEST_FILE
     if not path.exists():
-        raise DatasetError(f"{root}: no {MANIFEST_FILE}; build it with `python -m training.data.generate`")
+        raise DatasetError(
+            f"{root}: no {MANIFEST_FILE}; build it with `python -m training.data.generate`"
+        )
     return json.loads(path.read_text())
 
 
@@ -49,8 +51,24 @@ def episodes(root: Path, split: str) -> list[Episode]:
     if split not in manifest["splits"]:
         raise DatasetError(f"{root}: no split '{split}' (splits: {', '.join(manifest['splits'])})")
     return [
-        Episode(root / e["path"], e["name"], e["split"], e["scenario"], e["category"], e["onset_frame"], e["fps"], e.get("map"),
-                next((e["extra"][key] for key in EFFECT_START_KEYS.values() if key in e.get("extra", {})), None))
+        Episode(
+            root / e["path"],
+            e["name"],
+            e["split"],
+            e["scenario"],
+            e["category"],
+            e["onset_frame"],
+            e["fps"],
+            e.get("map"),
+            next(
+                (
+                    e["extra"][key]
+                    for key in EFFECT_START_KEYS.values()
+                    if key in e.get("extra", {})
+                ),
+                None,
+            ),
+        )
         for e in manifest["episodes"]
         if e["split"] == split
     ]
@@ -60,14 +78,23 @@ def check_calibration_splits(root: Path) -> None:
     """Calibration needs ID driving; validation needs ID driving and onset episodes (the score is
     chosen and the decision delay tuned on them) — checked before any frame is encoded."""
     calibration, validation = episodes(root, "calibration"), episodes(root, "validation")
-    missing = [what for what, present in (
-        ("calibration episodes", calibration),
-        ("in-distribution validation episodes", any(e.onset_frame is None for e in validation)),
-        ("validation episodes with an OOD onset after frame 0", any(e.onset_frame for e in validation)),
-    ) if not present]
+    missing = [
+        what
+        for what, present in (
+            ("calibration episodes", calibration),
+            ("in-distribution validation episodes", any(e.onset_frame is None for e in validation)),
+            (
+                "validation episodes with an OOD onset after frame 0",
+                any(e.onset_frame for e in validation),
+            ),
+        )
+        if not present
+    ]
     if missing:
-        raise DatasetError(f"{root}: no {', no '.join(missing)}; merge your episodes into a generated dataset, e.g. "
-                           f"`python -m training.data.merge datasets/default --add calibration=EPISODE_DIR --out DIR`")
+        raise DatasetError(
+            f"{root}: no {', no '.join(missing)}; merge your episodes into a generated dataset, e.g. "
+            f"`python -m training.data.merge datasets/default --add calibration=EPISODE_DIR --out DIR`"
+        )
 
 
 def iter_frames(episode: Episode) -> Iterator[tuple[np.ndarray, bool]]:
@@ -111,17 +138,26 @@ def flow_inputs(episode: Episode, prep: FlowPreprocessing, stride: int = 1) -> E
             ood.append(label)
     if not frames:
         raise DatasetError(f"{episode.path}: too short for a stack of {prep.stack} flows")
-    return EpisodeInputs(episode, np.asarray(frames), np.asarray(ood), (np.stack(horizontal), np.stack(vertical)))
+    return EpisodeInputs(
+        episode, np.asarray(frames), np.asarray(ood), (np.stack(horizontal), np.stack(vertical))
+    )
 
 
 def load_inputs(
-    items: list[Episode], prep: ImagePreprocessing | FlowPreprocessing, stride: int = 1, workers: int = 2, desc: str = ""
+    items: list[Episode],
+    prep: ImagePreprocessing | FlowPreprocessing,
+    stride: int = 1,
+    workers: int = 2,
+    desc: str = "",
 ) -> list[EpisodeInputs]:
     """Inputs of many episodes, decoded in `workers` processes, with a progress bar."""
     function = image_inputs if isinstance(prep, ImagePreprocessing) else flow_inputs
     with ProcessPoolExecutor(max_workers=workers) as pool:
         futures = [pool.submit(function, episode, prep, stride) for episode in items]
-        return [f.result() for f in tqdm(futures, desc=desc or f"loading {len(items)} episodes", unit="episode")]
+        return [
+            f.result()
+            for f in tqdm(futures, desc=desc or f"loading {len(items)} episodes", unit="episode")
+        ]
 
 
 def concatenate(loaded: list[EpisodeInputs], which: int = 0) -> np.ndarray:

@@ -23,7 +23,14 @@ from tqdm import tqdm
 
 from training.calibrate import DELAY_BAR_FRAMES
 from training.dataset import DatasetError, Episode, episodes, iter_frames
-from training.tradeoff import ID_BAR, OperatingPoint, alarm_statistic, best_within_id_bar, sweep, write_tradeoff
+from training.tradeoff import (
+    ID_BAR,
+    OperatingPoint,
+    alarm_statistic,
+    best_within_id_bar,
+    sweep,
+    write_tradeoff,
+)
 from vae_ood_monitor.bundle import BundleError, load_bundle
 from vae_ood_monitor.cli import non_negative_seconds
 from vae_ood_monitor.detector import OODDetector
@@ -41,7 +48,9 @@ EVIDENCE_SURPRISE = 2.0
 class EpisodeResult:
     episode: Episode
     ood: np.ndarray
-    scores: dict[str, np.ndarray]  # bvae, flow, fused (surprise), bvae_raw, flow_raw (latent score), brightness, framediff
+    scores: dict[
+        str, np.ndarray
+    ]  # bvae, flow, fused (surprise), bvae_raw, flow_raw (latent score), brightness, framediff
     flags: dict[str, np.ndarray]  # bvae, flow, frozen (camera check), fused (any of them)
 
 
@@ -70,18 +79,42 @@ def _score_episode(episode: Episode) -> EpisodeResult:
         frames.append(rgb)
         ood.append(label)
     times = np.arange(len(frames)) / episode.fps
-    stream = score_frames(frames, _DETECTORS, times_s=times, frozen_watch=FrozenCameraWatch(_frozen_s))
+    stream = score_frames(
+        frames, _DETECTORS, times_s=times, frozen_watch=FrozenCameraWatch(_frozen_s)
+    )
     # A detector's output is its conformal surprise (-log10 p, one- or two-sided as calibrated);
     # the raw latent score (KL or Mahalanobis) is kept beside it as <name>_raw.
-    scores = {**stream.surprise, **{f"{k}_raw": v for k, v in stream.scores.items()}, "fused": stream.fused_score, **baseline_features(frames)}
+    scores = {
+        **stream.surprise,
+        **{f"{k}_raw": v for k, v in stream.scores.items()},
+        "fused": stream.fused_score,
+        **baseline_features(frames),
+    }
     flags = {**stream.flags, "frozen": stream.frozen, "fused": stream.fused_flags}
     return EpisodeResult(episode, np.asarray(ood), scores, flags)
 
 
-def score_split(data: Path, split: str, bundles: dict[str, Path], workers: int = 2, frozen_s: float = SafetyConfig.frozen_s) -> list[EpisodeResult]:
+def score_split(
+    data: Path,
+    split: str,
+    bundles: dict[str, Path],
+    workers: int = 2,
+    frozen_s: float = SafetyConfig.frozen_s,
+) -> list[EpisodeResult]:
     items = episodes(data, split)
-    with ProcessPoolExecutor(workers, initializer=_load_detectors, initargs=({k: str(v) for k, v in bundles.items()}, frozen_s)) as pool:
-        return list(tqdm(pool.map(_score_episode, items), total=len(items), desc=f"scoring {split}", unit="episode"))
+    with ProcessPoolExecutor(
+        workers,
+        initializer=_load_detectors,
+        initargs=({k: str(v) for k, v in bundles.items()}, frozen_s),
+    ) as pool:
+        return list(
+            tqdm(
+                pool.map(_score_episode, items),
+                total=len(items),
+                desc=f"scoring {split}",
+                unit="episode",
+            )
+        )
 
 
 def _baseline_scores(results: list[EpisodeResult], calibration: list[EpisodeResult]) -> None:
@@ -95,7 +128,16 @@ def _baseline_scores(results: list[EpisodeResult], calibration: list[EpisodeResu
         r.scores["baseline"] = np.fmax(r.scores["brightness_z"], r.scores["framediff_z"])
 
 
-SCORED = ("bvae", "flow", "fused", "bvae_raw", "flow_raw", "brightness_z", "framediff_z", "baseline")
+SCORED = (
+    "bvae",
+    "flow",
+    "fused",
+    "bvae_raw",
+    "flow_raw",
+    "brightness_z",
+    "framediff_z",
+    "baseline",
+)
 FLAGGED = (*DETECTORS, "frozen", "fused")
 
 
@@ -111,7 +153,10 @@ def metrics_table(results: list[EpisodeResult]) -> list[dict[str, object]]:
     delays_of = {r.episode.name: _onset_delays(r) for r in results if r.episode.onset_frame}
     rows = []
     for group, members in groups.items():
-        row: dict[str, object] = {"scenario": group, "ood_frames": int(sum(r.ood.sum() for r in members))}
+        row: dict[str, object] = {
+            "scenario": group,
+            "ood_frames": int(sum(r.ood.sum() for r in members)),
+        }
         for name in SCORED:
             negatives = np.concatenate([r.scores[name] for r in id_results])
             positives = np.concatenate([r.scores[name][r.ood] for r in members])
@@ -125,18 +170,27 @@ def metrics_table(results: list[EpisodeResult]) -> list[dict[str, object]]:
         # the calibration maximum, so ID frames beyond it tie with OOD frames there, which a ranking
         # of the latent score itself does not.
         learned = ("bvae", "flow", "fused", "bvae_raw", "flow_raw")
-        row["learned_minus_baseline"] = max(row[f"auroc_{name}"] for name in learned) - row["auroc_baseline"]  # type: ignore[type-var,operator]
+        row["learned_minus_baseline"] = (
+            max(row[f"auroc_{name}"] for name in learned) - row["auroc_baseline"]
+        )  # type: ignore[type-var,operator]
         onsets = [r for r in members if r.episode.onset_frame]
         if onsets:
             delays = [delays_of[r.episode.name] for r in onsets]
             row["onsets"] = len(onsets)
             row["median_delay_fused"] = _median_delay([d["delay_fused"] for d in delays])
-            row[f"detected_within_{DELAY_BAR_FRAMES}"] = sum(_within_bar(d["delay_fused"]) for d in delays) / len(delays)
+            row[f"detected_within_{DELAY_BAR_FRAMES}"] = sum(
+                _within_bar(d["delay_fused"]) for d in delays
+            ) / len(delays)
             row["median_delay_detectors"] = _median_delay([d["delay_detectors"] for d in delays])
             row["median_evidence_delay"] = _median_delay([d["delay_evidence"] for d in delays])
-            long_enough = [r for r in onsets if r.episode.onset_frame + DELAY_BAR_FRAMES <= len(r.ood)]
+            long_enough = [
+                r for r in onsets if r.episode.onset_frame + DELAY_BAR_FRAMES <= len(r.ood)
+            ]
             for name in DETECTORS:
-                early = [_window_means(r.scores[name])[r.episode.onset_frame + DELAY_BAR_FRAMES - 1] for r in long_enough]
+                early = [
+                    _window_means(r.scores[name])[r.episode.onset_frame + DELAY_BAR_FRAMES - 1]
+                    for r in long_enough
+                ]
                 row[f"early_evidence_{name}"] = float(np.median(early)) if early else float("nan")
         rows.append(row)
     return rows
@@ -147,7 +201,9 @@ def _onset_delays(r: EpisodeResult) -> dict[str, int | None]:
     (None: not within the episode)."""
     onset = r.episode.onset_frame
     return {
-        "delay_evidence": detection_delay(np.fmax(r.scores["bvae"], r.scores["flow"]) >= EVIDENCE_SURPRISE, onset),
+        "delay_evidence": detection_delay(
+            np.fmax(r.scores["bvae"], r.scores["flow"]) >= EVIDENCE_SURPRISE, onset
+        ),
         "delay_detectors": detection_delay(r.flags["bvae"] | r.flags["flow"], onset),
         "delay_fused": detection_delay(r.flags["fused"], onset),
     }
@@ -160,9 +216,17 @@ def _within_bar(delay: int | None) -> bool:
 def onset_table(results: list[EpisodeResult]) -> list[dict[str, object]]:
     """One row per onset episode: where its label starts (and where its effect began, when that is
     earlier), and its delays (_onset_delays) — the per-drive story behind the medians."""
-    return [{"episode": r.episode.name, "scenario": r.episode.scenario, "onset_frame": r.episode.onset_frame,
-             "effect_began": r.episode.effect_began, **_onset_delays(r)}
-            for r in results if r.episode.onset_frame]
+    return [
+        {
+            "episode": r.episode.name,
+            "scenario": r.episode.scenario,
+            "onset_frame": r.episode.onset_frame,
+            "effect_began": r.episode.effect_began,
+            **_onset_delays(r),
+        }
+        for r in results
+        if r.episode.onset_frame
+    ]
 
 
 def _window_means(surprise: np.ndarray) -> np.ndarray:
@@ -206,7 +270,10 @@ def id_alarm_summary(results: list[EpisodeResult]) -> dict[str, float]:
     # The ceiling over all ID windows, and over those past a drive's first frames (start-up transients).
     for name in DETECTORS:
         id_means = [_window_means(r.scores[name])[: _id_frames(r)] for r in results]
-        for suffix, first in (("", DELAY_BAR_FRAMES - 1), ("_past_start", 2 * DELAY_BAR_FRAMES - 1)):
+        for suffix, first in (
+            ("", DELAY_BAR_FRAMES - 1),
+            ("_past_start", 2 * DELAY_BAR_FRAMES - 1),
+        ):
             peaks = [means[first:].max() for means in id_means if means.size > first]
             summary[f"id_ceiling_early_evidence_{name}{suffix}"] = float(max(peaks, default=np.nan))
     id_parts = [(r.episode.map, r.flags["fused"][: _id_frames(r)]) for r in results]
@@ -217,36 +284,62 @@ def id_alarm_summary(results: list[EpisodeResult]) -> dict[str, float]:
     return summary
 
 
-def decision_tradeoff(results: list[EpisodeResult], bundles: dict[str, Path]) -> list[OperatingPoint]:
+def decision_tradeoff(
+    results: list[EpisodeResult], bundles: dict[str, Path]
+) -> list[OperatingPoint]:
     """Each detector's alarm level swept over these results, the rest of the fused decision as
     evaluated (training.tradeoff)."""
     points = []
     for name, path in bundles.items():
         bundle = load_bundle(path)
         parts = [n for n in (*DETECTORS, "frozen") if n != name]
-        labelled = [(r.episode.scenario, r.episode.category, r.episode.onset_frame, _id_frames(r), np.logical_or.reduce([r.flags[n] for n in parts]))
-                    for r in results]
-        statistics = [alarm_statistic(r.scores[f"{name}_raw"], bundle.calibration_scores, bundle.decision) for r in results]
+        labelled = [
+            (
+                r.episode.scenario,
+                r.episode.category,
+                r.episode.onset_frame,
+                _id_frames(r),
+                np.logical_or.reduce([r.flags[n] for n in parts]),
+            )
+            for r in results
+        ]
+        statistics = [
+            alarm_statistic(r.scores[f"{name}_raw"], bundle.calibration_scores, bundle.decision)
+            for r in results
+        ]
         points += sweep(labelled, statistics, name, bundle.decision.threshold, DELAY_BAR_FRAMES)
     return points
 
 
 def _tradeoff_lines(points: list[OperatingPoint]) -> list[str]:
     def describe(p: OperatingPoint) -> str:
-        delays = ", ".join(f"{group.strip('[]')} {_fmt(d)}" for group, d in p.median_delay.items() if group.startswith("["))
-        return (f"level {p.level:.4g}: {100 * p.id_flagged:.2f} % of ID frames flagged, median delay {delays}, "
-                f"{100 * p.within_bar:.0f} % of onsets within {DELAY_BAR_FRAMES} frames")
+        delays = ", ".join(
+            f"{group.strip('[]')} {_fmt(d)}"
+            for group, d in p.median_delay.items()
+            if group.startswith("[")
+        )
+        return (
+            f"level {p.level:.4g}: {100 * p.id_flagged:.2f} % of ID frames flagged, median delay {delays}, "
+            f"{100 * p.within_bar:.0f} % of onsets within {DELAY_BAR_FRAMES} frames"
+        )
 
-    lines = ["## Decision trade-off", "",
-             "Each detector's alarm level swept on this split, everything else in the fused decision as evaluated "
-             "(`tradeoff.csv`, training/tradeoff.py). Insight, not a choice: bundles choose their level on validation data.", ""]
+    lines = [
+        "## Decision trade-off",
+        "",
+        "Each detector's alarm level swept on this split, everything else in the fused decision as evaluated "
+        "(`tradeoff.csv`, training/tradeoff.py). Insight, not a choice: bundles choose their level on validation data.",
+        "",
+    ]
     for detector in dict.fromkeys(p.detector for p in points):
         mine = [p for p in points if p.detector == detector]
         shipped = next(p for p in mine if p.shipped)
         best = best_within_id_bar(mine)
         lines.append(f"- {detector}, shipped {describe(shipped)}")
         bar = f"≤ {100 * ID_BAR:g} %"
-        lines.append(f"- {detector}, most onsets within the bar at {bar} ID frames: " + (describe(best) if best else f"no level flags {bar} of ID frames"))
+        lines.append(
+            f"- {detector}, most onsets within the bar at {bar} ID frames: "
+            + (describe(best) if best else f"no level flags {bar} of ID frames")
+        )
     return [*lines, "", "![decision trade-off](tradeoff.png)", ""]
 
 
@@ -257,7 +350,11 @@ def _fmt(value: object) -> str:
 
 
 def write_report(
-    results: list[EpisodeResult], rows: list[dict[str, object]], alarms: dict[str, float], out: Path, title: str,
+    results: list[EpisodeResult],
+    rows: list[dict[str, object]],
+    alarms: dict[str, float],
+    out: Path,
+    title: str,
     tradeoff: list[OperatingPoint],
 ) -> Path:
     out.mkdir(parents=True, exist_ok=True)
@@ -268,24 +365,56 @@ def write_report(
         writer.writerows(rows)
     with (out / "frames.csv").open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["episode", "scenario", "frame", "ood", *SCORED, *(f"flag_{n}" for n in FLAGGED)])
+        writer.writerow(
+            ["episode", "scenario", "frame", "ood", *SCORED, *(f"flag_{n}" for n in FLAGGED)]
+        )
         for r in results:
             for i in range(len(r.ood)):
-                writer.writerow([r.episode.name, r.episode.scenario, i, int(r.ood[i]), *(f"{r.scores[n][i]:.6g}" for n in SCORED),
-                                 *(int(r.flags[n][i]) for n in FLAGGED)])
-    shown = ["scenario", "ood_frames", "auroc_bvae", "auroc_flow", "auroc_fused", "auroc_bvae_raw", "auroc_flow_raw", "auroc_baseline",
-             "learned_minus_baseline", "fpr95_fused", "early_evidence_bvae", "early_evidence_flow", "median_evidence_delay",
-             "median_delay_detectors", "median_delay_fused", f"detected_within_{DELAY_BAR_FRAMES}"]
+                writer.writerow(
+                    [
+                        r.episode.name,
+                        r.episode.scenario,
+                        i,
+                        int(r.ood[i]),
+                        *(f"{r.scores[n][i]:.6g}" for n in SCORED),
+                        *(int(r.flags[n][i]) for n in FLAGGED),
+                    ]
+                )
+    shown = [
+        "scenario",
+        "ood_frames",
+        "auroc_bvae",
+        "auroc_flow",
+        "auroc_fused",
+        "auroc_bvae_raw",
+        "auroc_flow_raw",
+        "auroc_baseline",
+        "learned_minus_baseline",
+        "fpr95_fused",
+        "early_evidence_bvae",
+        "early_evidence_flow",
+        "median_evidence_delay",
+        "median_delay_detectors",
+        "median_delay_fused",
+        f"detected_within_{DELAY_BAR_FRAMES}",
+    ]
     lines = [f"# {title}", "", "| " + " | ".join(shown) + " |", "|" + "---|" * len(shown)]
-    lines += ["| " + " | ".join(_fmt(row.get(c, float("nan"))) for c in shown) + " |" for row in rows]
-    lines += ["", f"Delays in frames from onset, median over onset episodes: evidence = first frame either detector scores at p ≤ "
-              f"{10 ** -EVIDENCE_SURPRISE:g}; detectors = first OOD decision of either detector; fused = first stop of the safety "
-              f"stop: a detector's decision or its frozen-camera check (inf: not within the episode). Early evidence = a "
-              f"detector's mean surprise over the first {DELAY_BAR_FRAMES} frames after the onset (median over onsets); "
-              f"where it stays below the detector's ID ceiling (the highest {DELAY_BAR_FRAMES}-frame mean on ID driving, "
-              f"listed below), no decision on that mean meets the {DELAY_BAR_FRAMES}-frame bar without stopping normal "
-              f"driving: the detector, not the decision, is what is slow.", "",
-              "In-distribution driving (ID episodes and pre-onset frames):", ""]
+    lines += [
+        "| " + " | ".join(_fmt(row.get(c, float("nan"))) for c in shown) + " |" for row in rows
+    ]
+    lines += [
+        "",
+        f"Delays in frames from onset, median over onset episodes: evidence = first frame either detector scores at p ≤ "
+        f"{10**-EVIDENCE_SURPRISE:g}; detectors = first OOD decision of either detector; fused = first stop of the safety "
+        f"stop: a detector's decision or its frozen-camera check (inf: not within the episode). Early evidence = a "
+        f"detector's mean surprise over the first {DELAY_BAR_FRAMES} frames after the onset (median over onsets); "
+        f"where it stays below the detector's ID ceiling (the highest {DELAY_BAR_FRAMES}-frame mean on ID driving, "
+        f"listed below), no decision on that mean meets the {DELAY_BAR_FRAMES}-frame bar without stopping normal "
+        f"driving: the detector, not the decision, is what is slow.",
+        "",
+        "In-distribution driving (ID episodes and pre-onset frames):",
+        "",
+    ]
     lines += [f"- {k}: {_fmt(v)}" for k, v in alarms.items()]
     onsets = onset_table(results)
     if onsets:
@@ -294,12 +423,28 @@ def write_report(
             writer.writeheader()
             writer.writerows(onsets)
         within = sum(_within_bar(o["delay_fused"]) for o in onsets)  # type: ignore[arg-type]
-        lines += ["", f"Onsets (`onsets.csv`): {within} of {len(onsets)} stopped within {DELAY_BAR_FRAMES} frames. Effect began: the "
-                  "frame the effect started on where its label starts later, once it shows (an obstacle in view, a reversing robot "
-                  "moving backwards); delays in frames from the onset, – never.", "",
-                  "| " + " | ".join(onsets[0]) + " |", "|" + "---|" * len(onsets[0])]
-        lines += ["| " + " | ".join("–" if v is None else str(v) for v in o.values()) + " |" for o in onsets]
-    lines += ["", "![ROC](roc.png)", "", "![AUROC by scenario](auroc_by_scenario.png)", "", "![timelines](timelines.png)", ""]
+        lines += [
+            "",
+            f"Onsets (`onsets.csv`): {within} of {len(onsets)} stopped within {DELAY_BAR_FRAMES} frames. Effect began: the "
+            "frame the effect started on where its label starts later, once it shows (an obstacle in view, a reversing robot "
+            "moving backwards); delays in frames from the onset, – never.",
+            "",
+            "| " + " | ".join(onsets[0]) + " |",
+            "|" + "---|" * len(onsets[0]),
+        ]
+        lines += [
+            "| " + " | ".join("–" if v is None else str(v) for v in o.values()) + " |"
+            for o in onsets
+        ]
+    lines += [
+        "",
+        "![ROC](roc.png)",
+        "",
+        "![AUROC by scenario](auroc_by_scenario.png)",
+        "",
+        "![timelines](timelines.png)",
+        "",
+    ]
     lines += _tradeoff_lines(tradeoff)
     write_tradeoff(tradeoff, out, DELAY_BAR_FRAMES)
     report = out / "report.md"
@@ -323,11 +468,33 @@ def _plots(results: list[EpisodeResult], rows: list[dict[str, object]], out: Pat
         positives = np.concatenate([r.scores[name][r.ood] for r in ood_results])
         negatives, positives = negatives[np.isfinite(negatives)], positives[np.isfinite(positives)]
         thresholds = np.unique(np.concatenate([negatives, positives]))[::-1]
-        tpr = [0.0] + [float(np.mean(positives >= t)) for t in thresholds[:: max(1, len(thresholds) // 400)]] + [1.0]
-        fpr = [0.0] + [float(np.mean(negatives >= t)) for t in thresholds[:: max(1, len(thresholds) // 400)]] + [1.0]
-        ax.plot(fpr, tpr, label=f"{name} (AUROC {auroc(np.r_[np.zeros(len(negatives)), np.ones(len(positives))], np.r_[negatives, positives]):.3f})")
+        tpr = (
+            [0.0]
+            + [
+                float(np.mean(positives >= t))
+                for t in thresholds[:: max(1, len(thresholds) // 400)]
+            ]
+            + [1.0]
+        )
+        fpr = (
+            [0.0]
+            + [
+                float(np.mean(negatives >= t))
+                for t in thresholds[:: max(1, len(thresholds) // 400)]
+            ]
+            + [1.0]
+        )
+        ax.plot(
+            fpr,
+            tpr,
+            label=f"{name} (AUROC {auroc(np.r_[np.zeros(len(negatives)), np.ones(len(positives))], np.r_[negatives, positives]):.3f})",
+        )
     ax.plot([0, 1], [0, 1], ":", color="grey")
-    ax.set(xlabel="false-positive rate (ID frames)", ylabel="true-positive rate (OOD frames)", title="ROC, all OOD scenarios")
+    ax.set(
+        xlabel="false-positive rate (ID frames)",
+        ylabel="true-positive rate (OOD frames)",
+        title="ROC, all OOD scenarios",
+    )
     ax.legend(loc="lower right")
     fig.tight_layout()
     fig.savefig(out / "roc.png", dpi=120)
@@ -339,7 +506,9 @@ def _plots(results: list[EpisodeResult], rows: list[dict[str, object]], out: Pat
     fig, ax = plt.subplots(figsize=(max(8, len(scenario_rows) * 0.8), 4))
     x = np.arange(len(scenario_rows))
     for i, name in enumerate(names):
-        ax.bar(x + (i - 1.5) * 0.2, [float(r[f"auroc_{name}"]) for r in scenario_rows], 0.2, label=name)  # type: ignore[arg-type]
+        ax.bar(
+            x + (i - 1.5) * 0.2, [float(r[f"auroc_{name}"]) for r in scenario_rows], 0.2, label=name
+        )  # type: ignore[arg-type]
     ax.axhline(0.95, color="black", lw=0.8, ls="--")
     ax.set_xticks(x, [str(r["scenario"]) for r in scenario_rows], rotation=30, ha="right")
     ax.set(ylim=(0.0, 1.0), ylabel="AUROC")
@@ -358,7 +527,9 @@ def _plots(results: list[EpisodeResult], rows: list[dict[str, object]], out: Pat
     if onset_results:
         columns = 3
         rows_n = -(-len(onset_results) // columns)
-        fig, axes = plt.subplots(rows_n, columns, figsize=(4.5 * columns, 2.4 * rows_n), squeeze=False)
+        fig, axes = plt.subplots(
+            rows_n, columns, figsize=(4.5 * columns, 2.4 * rows_n), squeeze=False
+        )
         for ax, r in zip(axes.flat, onset_results):
             t = np.arange(len(r.ood)) / r.episode.fps
             for name, label in (("bvae", "β-VAE"), ("flow", "flow")):
@@ -368,26 +539,45 @@ def _plots(results: list[EpisodeResult], rows: list[dict[str, object]], out: Pat
             delay = detection_delay(r.flags["fused"], onset)
             if delay is not None:
                 ax.axvline((onset + delay) / r.episode.fps, color="black", lw=1.5)
-            ax.set_title(f"{r.episode.scenario}: delay {delay if delay is not None else 'missed'}", fontsize=9)
-        for ax in list(axes.flat)[len(onset_results):]:
+            ax.set_title(
+                f"{r.episode.scenario}: delay {delay if delay is not None else 'missed'}",
+                fontsize=9,
+            )
+        for ax in list(axes.flat)[len(onset_results) :]:
             ax.axis("off")
         axes.flat[0].legend(fontsize=7)
-        fig.supxlabel("time [s]; surprise = -log10 conformal p-value; red dashed: onset, black: fused stop")
+        fig.supxlabel(
+            "time [s]; surprise = -log10 conformal p-value; red dashed: onset, black: fused stop"
+        )
         fig.tight_layout()
         fig.savefig(out / "timelines.png", dpi=110)
         plt.close(fig)
 
 
 def evaluate(
-    data: Path, bundles: dict[str, Path], out: Path, split: str = "test", workers: int = 2, frozen_s: float = SafetyConfig.frozen_s
+    data: Path,
+    bundles: dict[str, Path],
+    out: Path,
+    split: str = "test",
+    workers: int = 2,
+    frozen_s: float = SafetyConfig.frozen_s,
 ) -> tuple[Path, list[dict[str, object]], dict[str, float]]:
-    calibration_episodes = episodes(data, "calibration")  # the baseline's reference; missing: say so before minutes of scoring
+    calibration_episodes = episodes(
+        data, "calibration"
+    )  # the baseline's reference; missing: say so before minutes of scoring
     results = score_split(data, split, bundles, workers, frozen_s)
     calibration = [_score_calibration_features(e) for e in calibration_episodes]
     _baseline_scores(results, calibration)
     rows = metrics_table(results)
     alarms = id_alarm_summary(results)
-    report = write_report(results, rows, alarms, out, f"Evaluation on {data.name}/{split}", decision_tradeoff(results, bundles))
+    report = write_report(
+        results,
+        rows,
+        alarms,
+        out,
+        f"Evaluation on {data.name}/{split}",
+        decision_tradeoff(results, bundles),
+    )
     return report, rows, alarms
 
 
@@ -397,20 +587,33 @@ def _score_calibration_features(episode: Episode) -> EpisodeResult:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--bvae", type=Path, required=True, help="β-VAE bundle folder")
     parser.add_argument("--flow", type=Path, required=True, help="optical-flow bundle folder")
     parser.add_argument("--split", default="test")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--frozen-s", type=non_negative_seconds, default=SafetyConfig.frozen_s,
-                        help="the safety stop's frozen-camera limit [s], part of the fused decision (0: detectors only)")
+    parser.add_argument(
+        "--frozen-s",
+        type=non_negative_seconds,
+        default=SafetyConfig.frozen_s,
+        help="the safety stop's frozen-camera limit [s], part of the fused decision (0: detectors only)",
+    )
     args = parser.parse_args(argv)
     try:
         for bundle in (args.bvae, args.flow):  # here, not first in a worker process
             load_bundle(bundle)
-        report, _, _ = evaluate(args.data, {"bvae": args.bvae, "flow": args.flow}, args.out, args.split, args.workers, args.frozen_s)
+        report, _, _ = evaluate(
+            args.data,
+            {"bvae": args.bvae, "flow": args.flow},
+            args.out,
+            args.split,
+            args.workers,
+            args.frozen_s,
+        )
     except (DatasetError, BundleError) as err:
         print(f"evaluate: {err}", file=sys.stderr)
         return 1

@@ -35,8 +35,13 @@ def export_encoder(encoder: Encoder, input_shape: tuple[int, int, int], path: Pa
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
         torch.onnx.export(
-            encoder, (dummy,), str(path), dynamo=False, opset_version=OPSET,
-            input_names=["input"], output_names=["mu", "logvar"],
+            encoder,
+            (dummy,),
+            str(path),
+            dynamo=False,
+            opset_version=OPSET,
+            input_names=["input"],
+            output_names=["mu", "logvar"],
             dynamic_axes={"input": {0: "batch"}, "mu": {0: "batch"}, "logvar": {0: "batch"}},
         )
     return add_pooled_output(path)
@@ -62,7 +67,9 @@ class BandMax:
         try:
             block, top, count = (int(part) for part in text.split("/"))
         except ValueError:
-            raise ValueError(f"band max is BLOCK/TOP/COUNT, three whole numbers (e.g. 1/3/8), got '{text}'") from None
+            raise ValueError(
+                f"band max is BLOCK/TOP/COUNT, three whole numbers (e.g. 1/3/8), got '{text}'"
+            ) from None
         return cls(block, top, count)
 
     def __str__(self) -> str:
@@ -84,36 +91,59 @@ def remove_pooled_output(model: onnx.ModelProto) -> None:
     outputs = [o for o in model.graph.output if o.name != POOLED_OUTPUT]
     del model.graph.output[:]
     model.graph.output.extend(outputs)
-    nodes = [n for n in model.graph.node if n.output[0] != POOLED_OUTPUT and not n.output[0].startswith("/pooled/")]
+    nodes = [
+        n
+        for n in model.graph.node
+        if n.output[0] != POOLED_OUTPUT and not n.output[0].startswith("/pooled/")
+    ]
     initializers = [i for i in model.graph.initializer if not i.name.startswith("/pooled/")]
     del model.graph.node[:], model.graph.initializer[:]
     model.graph.node.extend(nodes)
     model.graph.initializer.extend(initializers)
 
 
-def _band_max_nodes(model: onnx.ModelProto, path: Path, block_ends: list[str], bands: BandMax) -> str:
+def _band_max_nodes(
+    model: onnx.ModelProto, path: Path, block_ends: list[str], bands: BandMax
+) -> str:
     """Nodes that compute `bands` from the block outputs; returns the name of their (batch, C·top) result."""
     if bands.block >= len(block_ends):
-        raise ValueError(f"{path}: band max on conv block {bands.block}, but the encoder has {len(block_ends)} (0..{len(block_ends) - 1})")
+        raise ValueError(
+            f"{path}: band max on conv block {bands.block}, but the encoder has {len(block_ends)} (0..{len(block_ends) - 1})"
+        )
     tensor = block_ends[bands.block]
-    shapes = {v.name: v.type.tensor_type.shape for v in onnx.shape_inference.infer_shapes(model).graph.value_info}
+    shapes = {
+        v.name: v.type.tensor_type.shape
+        for v in onnx.shape_inference.infer_shapes(model).graph.value_info
+    }
     channels, height = (shapes[tensor].dim[axis].dim_value for axis in (1, 2))
     if not channels or not height or height % bands.count:
-        raise ValueError(f"{path}: conv block {bands.block} has {height} rows, which {bands.count} equal bands do not divide")
+        raise ValueError(
+            f"{path}: conv block {bands.block} has {height} rows, which {bands.count} equal bands do not divide"
+        )
     rows = bands.top * height // bands.count
     graph = model.graph
-    graph.initializer.extend([
-        helper.make_tensor("/pooled/band_starts", TensorProto.INT64, [1], [0]),
-        helper.make_tensor("/pooled/band_ends", TensorProto.INT64, [1], [rows]),
-        helper.make_tensor("/pooled/band_axes", TensorProto.INT64, [1], [2]),
-        helper.make_tensor(BAND_SHAPE, TensorProto.INT64, [4], [0, channels, bands.top, -1]),
-    ])
-    graph.node.extend([
-        helper.make_node("Slice", [tensor, "/pooled/band_starts", "/pooled/band_ends", "/pooled/band_axes"], ["/pooled/band_rows"]),
-        helper.make_node("Reshape", ["/pooled/band_rows", BAND_SHAPE], ["/pooled/band_split"]),
-        helper.make_node("ReduceMax", ["/pooled/band_split"], ["/pooled/band_max"], axes=[3], keepdims=0),
-        helper.make_node("Flatten", ["/pooled/band_max"], ["/pooled/band_flat"], axis=1),
-    ])
+    graph.initializer.extend(
+        [
+            helper.make_tensor("/pooled/band_starts", TensorProto.INT64, [1], [0]),
+            helper.make_tensor("/pooled/band_ends", TensorProto.INT64, [1], [rows]),
+            helper.make_tensor("/pooled/band_axes", TensorProto.INT64, [1], [2]),
+            helper.make_tensor(BAND_SHAPE, TensorProto.INT64, [4], [0, channels, bands.top, -1]),
+        ]
+    )
+    graph.node.extend(
+        [
+            helper.make_node(
+                "Slice",
+                [tensor, "/pooled/band_starts", "/pooled/band_ends", "/pooled/band_axes"],
+                ["/pooled/band_rows"],
+            ),
+            helper.make_node("Reshape", ["/pooled/band_rows", BAND_SHAPE], ["/pooled/band_split"]),
+            helper.make_node(
+                "ReduceMax", ["/pooled/band_split"], ["/pooled/band_max"], axes=[3], keepdims=0
+            ),
+            helper.make_node("Flatten", ["/pooled/band_max"], ["/pooled/band_flat"], axis=1),
+        ]
+    )
     return "/pooled/band_flat"
 
 
@@ -134,15 +164,21 @@ def add_pooled_output(path: Path, bands: BandMax | None = None) -> Path:
         raise ValueError(f"{path}: no MaxPool node, so no conv block outputs to pool")
     pooled = []
     for index, tensor in enumerate(block_ends):
-        graph.node.extend([
-            helper.make_node("GlobalAveragePool", [tensor], [f"/pooled/mean_{index}"]),
-            helper.make_node("Flatten", [f"/pooled/mean_{index}"], [f"/pooled/flat_{index}"], axis=1),
-        ])
+        graph.node.extend(
+            [
+                helper.make_node("GlobalAveragePool", [tensor], [f"/pooled/mean_{index}"]),
+                helper.make_node(
+                    "Flatten", [f"/pooled/mean_{index}"], [f"/pooled/flat_{index}"], axis=1
+                ),
+            ]
+        )
         pooled.append(f"/pooled/flat_{index}")
     if bands is not None:
         pooled.append(_band_max_nodes(model, path, block_ends, bands))
     graph.node.append(helper.make_node("Concat", pooled, [POOLED_OUTPUT], axis=1))
-    graph.output.append(helper.make_tensor_value_info(POOLED_OUTPUT, TensorProto.FLOAT, ["batch", None]))
+    graph.output.append(
+        helper.make_tensor_value_info(POOLED_OUTPUT, TensorProto.FLOAT, ["batch", None])
+    )
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
     return path
@@ -150,7 +186,13 @@ def add_pooled_output(path: Path, bands: BandMax | None = None) -> Path:
 
 def git_commit() -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, cwd=Path(__file__).parent)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=Path(__file__).parent,
+        )
     except (OSError, subprocess.CalledProcessError):
         return None
     return out.stdout.strip()

@@ -29,7 +29,9 @@ class VAEConfig:
     def __post_init__(self) -> None:
         factor = 2 ** len(self.conv_channels)
         if self.height % factor or self.width % factor:
-            raise ValueError(f"input {self.width}x{self.height} must be divisible by {factor} ({len(self.conv_channels)} poolings)")
+            raise ValueError(
+                f"input {self.width}x{self.height} must be divisible by {factor} ({len(self.conv_channels)} poolings)"
+            )
 
     @property
     def bottleneck(self) -> tuple[int, int, int]:
@@ -48,11 +50,18 @@ class VAEConfig:
 
 
 def _conv_block(cin: int, cout: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.LeakyReLU(0.1), nn.MaxPool2d(2))
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.LeakyReLU(0.1), nn.MaxPool2d(2)
+    )
 
 
 def _deconv_block(cin: int, cout: int) -> nn.Sequential:
-    return nn.Sequential(nn.Upsample(scale_factor=2), nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.LeakyReLU(0.1))
+    return nn.Sequential(
+        nn.Upsample(scale_factor=2),
+        nn.Conv2d(cin, cout, 3, padding=1),
+        nn.BatchNorm2d(cout),
+        nn.LeakyReLU(0.1),
+    )
 
 
 def _mlp(sizes: list[int]) -> list[nn.Module]:
@@ -69,7 +78,9 @@ class Encoder(nn.Module):
         super().__init__()
         channels = [config.in_channels, *config.conv_channels]
         c, h, w = config.bottleneck
-        self.features = nn.Sequential(*[_conv_block(a, b) for a, b in zip(channels, channels[1:])], nn.Flatten())
+        self.features = nn.Sequential(
+            *[_conv_block(a, b) for a, b in zip(channels, channels[1:])], nn.Flatten()
+        )
         self.dense = nn.Sequential(*_mlp([c * h * w, *config.dense]))
         self.head = nn.Linear(config.dense[-1], 2 * config.latent)
 
@@ -85,8 +96,12 @@ class Decoder(nn.Module):
         self.dense = nn.Sequential(*_mlp([config.latent, *reversed(config.dense), c * h * w]))
         self.unflatten = nn.Unflatten(1, (c, h, w))
         channels = list(reversed(config.conv_channels))
-        self.features = nn.Sequential(*[_deconv_block(a, b) for a, b in zip(channels, channels[1:])])
-        self.out = nn.Sequential(nn.Upsample(scale_factor=2), nn.Conv2d(channels[-1], config.in_channels, 3, padding=1))
+        self.features = nn.Sequential(
+            *[_deconv_block(a, b) for a, b in zip(channels, channels[1:])]
+        )
+        self.out = nn.Sequential(
+            nn.Upsample(scale_factor=2), nn.Conv2d(channels[-1], config.in_channels, 3, padding=1)
+        )
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         """Logits (sigmoid output) or pre-activations (tanh output) of the reconstruction."""

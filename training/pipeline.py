@@ -42,7 +42,16 @@ from training.calibrate import (
     select_score,
     tune_decision,
 )
-from training.dataset import DatasetError, Episode, check_calibration_splits, concatenate, episodes, iter_frames, load_inputs, load_manifest
+from training.dataset import (
+    DatasetError,
+    Episode,
+    check_calibration_splits,
+    concatenate,
+    episodes,
+    iter_frames,
+    load_inputs,
+    load_manifest,
+)
 from training.export import BandMax, add_pooled_output, band_count, export_encoder, write_bundle
 from training.models import VAEConfig
 from training.trainer import TrainConfig, train_vae
@@ -72,7 +81,15 @@ class DetectorConfig:
 
 def _flow_vae(prep: FlowPreprocessing, conv: tuple[int, ...], dense: tuple[int, ...]) -> VAEConfig:
     _, _, width, height = prep.crop
-    return VAEConfig(in_channels=prep.stack, height=height, width=width, conv_channels=conv, dense=dense, latent=12, output="tanh")
+    return VAEConfig(
+        in_channels=prep.stack,
+        height=height,
+        width=width,
+        conv_channels=conv,
+        dense=dense,
+        latent=12,
+        output="tanh",
+    )
 
 
 _FLOW = FlowPreprocessing(crop=(8, 4, 144, 112))
@@ -84,17 +101,45 @@ CONFIGS: dict[str, dict[str, DetectorConfig]] = {
     # the 224 model gets only 3 epochs in the ~45-minute budget and ends up under-trained; at
     # 112 it trains 16 epochs in that time and separates better (README, "Detectors").
     "default": {
-        "bvae": DetectorConfig("bvae", ImagePreprocessing(112, 112), VAEConfig(height=112, width=112), TrainConfig(epochs=16, batch_size=32, beta=1.4), train_stride=4),
-        "flow": DetectorConfig("flow", _FLOW, _flow_vae(_FLOW, (32, 32, 16, 16), (256,)), TrainConfig(epochs=4, batch_size=64, beta=1.0, threads=1), train_stride=3),
+        "bvae": DetectorConfig(
+            "bvae",
+            ImagePreprocessing(112, 112),
+            VAEConfig(height=112, width=112),
+            TrainConfig(epochs=16, batch_size=32, beta=1.4),
+            train_stride=4,
+        ),
+        "flow": DetectorConfig(
+            "flow",
+            _FLOW,
+            _flow_vae(_FLOW, (32, 32, 16, 16), (256,)),
+            TrainConfig(epochs=4, batch_size=64, beta=1.0, threads=1),
+            train_stride=3,
+        ),
     },
     # The papers' input size, 224×224 (3 epochs fit the budget), for comparison.
     "paper224": {
-        "bvae": DetectorConfig("bvae", ImagePreprocessing(224, 224), VAEConfig(), TrainConfig(epochs=3, batch_size=32, beta=1.4), train_stride=4),
+        "bvae": DetectorConfig(
+            "bvae",
+            ImagePreprocessing(224, 224),
+            VAEConfig(),
+            TrainConfig(epochs=3, batch_size=32, beta=1.4),
+            train_stride=4,
+        ),
     },
     # Minutes on CI: small inputs and networks, still real training.
     "tiny": {
-        "bvae": DetectorConfig("bvae", ImagePreprocessing(64, 64), VAEConfig(height=64, width=64, conv_channels=(16, 16, 8, 8), dense=(128, 64), latent=8), TrainConfig(epochs=15, batch_size=16, beta=1.0)),
-        "flow": DetectorConfig("flow", _FLOW_TINY, _flow_vae(_FLOW_TINY, (8, 8, 8, 8), (64,)), TrainConfig(epochs=15, batch_size=16, beta=1.0)),
+        "bvae": DetectorConfig(
+            "bvae",
+            ImagePreprocessing(64, 64),
+            VAEConfig(height=64, width=64, conv_channels=(16, 16, 8, 8), dense=(128, 64), latent=8),
+            TrainConfig(epochs=15, batch_size=16, beta=1.0),
+        ),
+        "flow": DetectorConfig(
+            "flow",
+            _FLOW_TINY,
+            _flow_vae(_FLOW_TINY, (8, 8, 8, 8), (64,)),
+            TrainConfig(epochs=15, batch_size=16, beta=1.0),
+        ),
     },
 }
 
@@ -109,27 +154,60 @@ def _flow_tensor(batch: np.ndarray) -> torch.Tensor:
 
 def fit_detector(config: DetectorConfig, data: Path, out: Path, workers: int = 2) -> Path:
     """Train, export, calibrate and tune one detector; returns the bundle folder."""
-    check_calibration_splits(data)  # fail before the long work when the dataset cannot be calibrated on
+    check_calibration_splits(
+        data
+    )  # fail before the long work when the dataset cannot be calibrated on
     work = out / config.kind
     to_tensor = _image_tensor if config.kind == "bvae" else _flow_tensor
     train_eps = episodes(data, "train")
-    loaded = load_inputs(train_eps, config.preprocessing, config.train_stride, workers, desc=f"{config.kind}: train inputs")
+    loaded = load_inputs(
+        train_eps,
+        config.preprocessing,
+        config.train_stride,
+        workers,
+        desc=f"{config.kind}: train inputs",
+    )
     onnx_files = {}
     started = time.monotonic()
     histories = {}
     for index, encoder_name in enumerate(config.encoders):
         inputs = concatenate(loaded, index)
-        model, histories[encoder_name] = train_vae(config.vae, inputs, to_tensor, config.train, work / f"{encoder_name}.pt", desc=f"{config.kind}/{encoder_name}")
-        onnx_files[encoder_name] = export_encoder(model.encoder, (config.vae.in_channels, config.vae.height, config.vae.width), work / "onnx" / f"{encoder_name}.onnx")
+        model, histories[encoder_name] = train_vae(
+            config.vae,
+            inputs,
+            to_tensor,
+            config.train,
+            work / f"{encoder_name}.pt",
+            desc=f"{config.kind}/{encoder_name}",
+        )
+        onnx_files[encoder_name] = export_encoder(
+            model.encoder,
+            (config.vae.in_channels, config.vae.height, config.vae.width),
+            work / "onnx" / f"{encoder_name}.onnx",
+        )
     del loaded
     train_seconds = time.monotonic() - started
 
     provenance = {
-        "config": {"kind": config.kind, "vae": config.vae.to_dict(), "train": asdict(config.train), "train_stride": config.train_stride},
+        "config": {
+            "kind": config.kind,
+            "vae": config.vae.to_dict(),
+            "train": asdict(config.train),
+            "train_stride": config.train_stride,
+        },
         "train_history": histories,
         "train_seconds": round(train_seconds, 1),
     }
-    return calibrate_and_bundle(config.kind, config.preprocessing, onnx_files, config.vae.latent, data, work / "bundle", provenance, config.min_mean_kl).path
+    return calibrate_and_bundle(
+        config.kind,
+        config.preprocessing,
+        onnx_files,
+        config.vae.latent,
+        data,
+        work / "bundle",
+        provenance,
+        config.min_mean_kl,
+    ).path
 
 
 @dataclass(frozen=True)
@@ -159,39 +237,83 @@ def calibrate_and_bundle(
     score candidates are fitted on every calibration frame and the best is chosen on the
     validation split, where the decision is tuned too (training.calibrate).
     """
-    provenance = {**provenance, "dataset": str(data), "dataset_sha256": load_manifest(data)["dataset_sha256"], "command": " ".join(sys.argv)}
+    provenance = {
+        **provenance,
+        "dataset": str(data),
+        "dataset_sha256": load_manifest(data)["dataset_sha256"],
+        "command": " ".join(sys.argv),
+    }
 
-    def bundle(score: LatentScore, calibration: np.ndarray, decision: DecisionParams) -> OODDetector:
-        write_bundle(bundle_dir, kind, preprocessing, onnx_files, score, calibration, decision, provenance)
+    def bundle(
+        score: LatentScore, calibration: np.ndarray, decision: DecisionParams
+    ) -> OODDetector:
+        write_bundle(
+            bundle_dir, kind, preprocessing, onnx_files, score, calibration, decision, provenance
+        )
         return OODDetector(load_bundle(bundle_dir), threads=2)
 
-    detector = bundle(LatentScore("kl", {name: list(range(latent)) for name in onnx_files}), np.zeros(1), DecisionParams())
-    calibration = [detector.encode_stream(rgb for rgb, _ in iter_frames(e))[2] for e in _progress(episodes(data, "calibration"), f"{kind}: calibration")]
+    detector = bundle(
+        LatentScore("kl", {name: list(range(latent)) for name in onnx_files}),
+        np.zeros(1),
+        DecisionParams(),
+    )
+    calibration = [
+        detector.encode_stream(rgb for rgb, _ in iter_frames(e))[2]
+        for e in _progress(episodes(data, "calibration"), f"{kind}: calibration")
+    ]
     validation_latents = []
     for episode in _progress(episodes(data, "validation"), f"{kind}: validation"):
         frames, labels = zip(*iter_frames(episode))
         count, rows, latents = detector.encode_stream(frames)
-        validation_latents.append((episode, count, rows, latents, np.asarray(labels, dtype=bool)[rows]))
-    bands = {name: width for name, path in onnx_files.items() if (width := band_count(path))}  # the band scores'
+        validation_latents.append(
+            (episode, count, rows, latents, np.asarray(labels, dtype=bool)[rows])
+        )
+    bands = {
+        name: width for name, path in onnx_files.items() if (width := band_count(path))
+    }  # the band scores'
     try:
         fitted = fit_scores(calibration, min_mean_kl, cross_fit, score_kinds, bands, mixture_seed)
     except ValueError as err:  # e.g. only the mixture asked for, on too few calibration frames
         raise DatasetError(f"{data}: {err}") from None
-    chosen, _, score_table = select_score(fitted, [(latents, ood) for _, _, _, latents, ood in validation_latents])
+    chosen, _, score_table = select_score(
+        fitted, [(latents, ood) for _, _, _, latents, ood in validation_latents]
+    )
     validation = []
     for episode, count, rows, latents, _ in validation_latents:
         scores = np.full(count, np.nan)
         scores[rows] = chosen.score(latents)
-        validation.append(ScoredEpisode(episode.name, scores, episode.onset_frame, episode.category))
-    tuning = tune_decision(chosen.calibration_scores, validation, SCORE_TAILS[chosen.score.kind], DETECTOR_CATEGORIES[kind], extrapolate, id_budget)
-    provenance["score_selection"] = {"chosen": chosen.name, "candidates": list(score_kinds), "cross_fit": cross_fit, "mixture_seed": mixture_seed,
-                                     "validation_auroc": score_table}
-    provenance["decision_tuning"] = {"onset_categories": list(DETECTOR_CATEGORIES[kind]), "id_budget": id_budget, "mean_delay_frames": tuning.mean_delay,
-                                     "missed_onsets": tuning.missed, "onsets_within_bar": tuning.within_bar, "candidates": tuning.table}
+        validation.append(
+            ScoredEpisode(episode.name, scores, episode.onset_frame, episode.category)
+        )
+    tuning = tune_decision(
+        chosen.calibration_scores,
+        validation,
+        SCORE_TAILS[chosen.score.kind],
+        DETECTOR_CATEGORIES[kind],
+        extrapolate,
+        id_budget,
+    )
+    provenance["score_selection"] = {
+        "chosen": chosen.name,
+        "candidates": list(score_kinds),
+        "cross_fit": cross_fit,
+        "mixture_seed": mixture_seed,
+        "validation_auroc": score_table,
+    }
+    provenance["decision_tuning"] = {
+        "onset_categories": list(DETECTOR_CATEGORIES[kind]),
+        "id_budget": id_budget,
+        "mean_delay_frames": tuning.mean_delay,
+        "missed_onsets": tuning.missed,
+        "onsets_within_bar": tuning.within_bar,
+        "candidates": tuning.table,
+    }
     bundle(chosen.score, chosen.calibration_scores, tuning.params)
     auroc_text = ", ".join(f"{name} {value:.3f}" for name, value in score_table.items())
-    print(f"{kind}: score {chosen.name} (validation AUROC {auroc_text}), decision {tuning.params}, "
-          f"validation delay {tuning.mean_delay:.1f} frames, missed {tuning.missed}, {tuning.within_bar} onsets within {DELAY_BAR_FRAMES} frames")
+    print(
+        f"{kind}: score {chosen.name} (validation AUROC {auroc_text}), decision {tuning.params}, "
+        f"validation delay {tuning.mean_delay:.1f} frames, missed {tuning.missed}, {tuning.within_bar} onsets within {DELAY_BAR_FRAMES} frames"
+    )
     return CalibratedBundle(bundle_dir, validation)
 
 
@@ -221,39 +343,87 @@ def recalibrate(
     if cross_fit is None:  # bundles from before the choice existed were cross-fitted on halves
         cross_fit = bundle.provenance.get("score_selection", {}).get("cross_fit", "halves")
         if cross_fit not in CROSS_FITS:
-            raise BundleError(f"{bundle_dir}: provenance.score_selection.cross_fit must be one of {CROSS_FITS}, got {cross_fit!r}")
+            raise BundleError(
+                f"{bundle_dir}: provenance.score_selection.cross_fit must be one of {CROSS_FITS}, got {cross_fit!r}"
+            )
     if id_budget is None:  # bundles from before the budget existed were tuned without one
         id_budget = bundle.provenance.get("decision_tuning", {}).get("id_budget", 0.0)
-        if not isinstance(id_budget, (int, float)) or isinstance(id_budget, bool) or not 0.0 <= id_budget <= MAX_ID_BUDGET:
-            raise BundleError(f"{bundle_dir}: provenance.decision_tuning.id_budget must be a number within 0..{MAX_ID_BUDGET}, got {id_budget!r}")
+        if (
+            not isinstance(id_budget, (int, float))
+            or isinstance(id_budget, bool)
+            or not 0.0 <= id_budget <= MAX_ID_BUDGET
+        ):
+            raise BundleError(
+                f"{bundle_dir}: provenance.decision_tuning.id_budget must be a number within 0..{MAX_ID_BUDGET}, got {id_budget!r}"
+            )
     if mixture_seed is None:  # bundles from before the record were fitted with seed 0
         mixture_seed = bundle.provenance.get("score_selection", {}).get("mixture_seed", 0)
         if not isinstance(mixture_seed, int) or isinstance(mixture_seed, bool) or mixture_seed < 0:
-            raise BundleError(f"{bundle_dir}: provenance.score_selection.mixture_seed must be a whole number >= 0, got {mixture_seed!r}")
-    if score_kinds is None:  # bundles from before the record: the candidates their validation table lists
+            raise BundleError(
+                f"{bundle_dir}: provenance.score_selection.mixture_seed must be a whole number >= 0, got {mixture_seed!r}"
+            )
+    if (
+        score_kinds is None
+    ):  # bundles from before the record: the candidates their validation table lists
         selection = bundle.provenance.get("score_selection", {})
-        recorded = selection.get("candidates", list(selection.get("validation_auroc", DEFAULT_SCORE_CANDIDATES)))
-        if not isinstance(recorded, list) or not recorded or any(name not in SCORE_CANDIDATES for name in recorded):
-            raise BundleError(f"{bundle_dir}: provenance.score_selection.candidates must be a list of score kinds among {', '.join(SCORE_CANDIDATES)}, got {recorded!r}")
+        recorded = selection.get(
+            "candidates", list(selection.get("validation_auroc", DEFAULT_SCORE_CANDIDATES))
+        )
+        if (
+            not isinstance(recorded, list)
+            or not recorded
+            or any(name not in SCORE_CANDIDATES for name in recorded)
+        ):
+            raise BundleError(
+                f"{bundle_dir}: provenance.score_selection.candidates must be a list of score kinds among {', '.join(SCORE_CANDIDATES)}, got {recorded!r}"
+            )
         score_kinds = tuple(recorded)
-    mu_output = onnx.load(str(next(iter(bundle.encoders.values())))).graph.output[0]  # (batch, latent)
+    mu_output = onnx.load(str(next(iter(bundle.encoders.values())))).graph.output[
+        0
+    ]  # (batch, latent)
     latent = mu_output.type.tensor_type.shape.dim[1].dim_value
-    with tempfile.TemporaryDirectory() as staging:  # the encoders are read from the old bundle while the new one is written
+    with (
+        tempfile.TemporaryDirectory() as staging
+    ):  # the encoders are read from the old bundle while the new one is written
         # Encoders exported before the `pooled` output existed gain it (same weights), so the
         # mahalanobis_pooled score is a candidate for them too.
         try:
-            files = {name: add_pooled_output(Path(shutil.copy(path, Path(staging) / path.name)), band_max) for name, path in bundle.encoders.items()}
+            files = {
+                name: add_pooled_output(
+                    Path(shutil.copy(path, Path(staging) / path.name)), band_max
+                )
+                for name, path in bundle.encoders.items()
+            }
         except ValueError as err:
             raise BundleError(f"{bundle_dir}: {err}") from None
         # Training facts (config, history) carry over; where the old calibration came from is kept
         # under recalibrated_from, since dataset, command and commit now describe this one.
         old = bundle.provenance
-        origin = {key: old[key] for key in ("dataset", "dataset_sha256", "command", "commit", "recalibrated_from") if key in old}
-        provenance = {**old, "recalibrated_from": {"bundle": str(bundle_dir), "sha256": bundle.sha256, **origin}}
+        origin = {
+            key: old[key]
+            for key in ("dataset", "dataset_sha256", "command", "commit", "recalibrated_from")
+            if key in old
+        }
+        provenance = {
+            **old,
+            "recalibrated_from": {"bundle": str(bundle_dir), "sha256": bundle.sha256, **origin},
+        }
         if band_max is not None:
             provenance["pooled_band_max"] = str(band_max)
-        return calibrate_and_bundle(bundle.detector, bundle.preprocessing, files, latent, data, out, provenance, extrapolate=extrapolate, cross_fit=cross_fit,
-                                    id_budget=id_budget, score_kinds=score_kinds, mixture_seed=mixture_seed).path
+        return calibrate_and_bundle(
+            bundle.detector,
+            bundle.preprocessing,
+            files,
+            latent,
+            data,
+            out,
+            provenance,
+            extrapolate=extrapolate,
+            cross_fit=cross_fit,
+            id_budget=id_budget,
+            score_kinds=score_kinds,
+            mixture_seed=mixture_seed,
+        ).path
 
 
 def ship_bundle(bundle: Path, detector: str, name: str, make_default: bool = True) -> Path:
@@ -278,7 +448,9 @@ def _score_candidates(text: str) -> tuple[str, ...]:
     names = tuple(name.strip() for name in text.split(",") if name.strip())
     unknown = [name for name in names if name not in SCORE_CANDIDATES]
     if unknown or not names:
-        raise argparse.ArgumentTypeError(f"score kinds are among {', '.join(SCORE_CANDIDATES)}, got '{text}'")
+        raise argparse.ArgumentTypeError(
+            f"score kinds are among {', '.join(SCORE_CANDIDATES)}, got '{text}'"
+        )
     return names
 
 
@@ -290,35 +462,77 @@ def _band_max(text: str) -> BandMax:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--data", type=Path, default=REPO_ROOT / "datasets" / "default")
     parser.add_argument("--config", choices=sorted(CONFIGS), default="default")
-    parser.add_argument("--detectors", nargs="+", choices=("bvae", "flow"), default=["bvae", "flow"])
+    parser.add_argument(
+        "--detectors", nargs="+", choices=("bvae", "flow"), default=["bvae", "flow"]
+    )
     parser.add_argument("--out", type=Path, help="work folder (default runs/<config>)")
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--ship", action="store_true", help="copy the bundles to models/<detector>_baseline and make them the default")
-    parser.add_argument("--recalibrate", type=Path, metavar="BUNDLE", help="only refit score and decision of this bundle on --data, in place (or into --out)")
-    parser.add_argument("--extrapolate-tail", action=argparse.BooleanOptionalAction,
-                        help="with --recalibrate: p-values beyond the calibration maximum follow a Pareto tail — far-out frames (fog, a black camera) stop the robot sooner, at the price of more false alarms "
-                             "(default: as the bundle's decision does)")
-    parser.add_argument("--ship-name", metavar="NAME", help="with --recalibrate: copy the recalibrated bundle to models/NAME")
-    parser.add_argument("--make-default", action="store_true",
-                        help="with --ship-name: make it the runtime default (models/defaults.json) — after checking it on the test split and the bench")
-    parser.add_argument("--cross-fit", choices=CROSS_FITS,
-                        help="with --recalibrate: hold calibration scores out on halves of the calibration episodes or one episode at a time — "
-                             "'episodes' gives sharper p-values: faster stops, more false ones (default: as the bundle was, else halves)")
-    parser.add_argument("--id-budget", type=float, metavar="SHARE",
-                        help=f"with --recalibrate: the share of validation ID frames (0..{MAX_ID_BUDGET}) the alarm level may leave above it — "
-                             "one odd moment of one drive then does not set the level for every onset (default: as the bundle was, else 0)")
-    parser.add_argument("--scores", type=_score_candidates, metavar="KIND,...",
-                        help=f"with --recalibrate: the score kinds validation chooses among, of {', '.join(SCORE_CANDIDATES)} "
-                             "(default: those the bundle was chosen among; the mixtures only by name — README, Training step 3)")
-    parser.add_argument("--band-max", type=_band_max, metavar="BLOCK/TOP/COUNT",
-                        help="with --recalibrate: the pooled features also hold the per-channel max of conv block BLOCK over each of the TOP highest "
-                             "of COUNT horizontal bands, where obstacles ahead first show (e.g. 1/3/8; README, Training step 3; default: as the bundle was)")
-    parser.add_argument("--mixture-seed", type=int, metavar="N",
-                        help="with --recalibrate: seed of the mixture scores' EM starts — how much a result rests on one fit "
-                             "(README, Results; default: as the bundle was, else 0)")
+    parser.add_argument(
+        "--ship",
+        action="store_true",
+        help="copy the bundles to models/<detector>_baseline and make them the default",
+    )
+    parser.add_argument(
+        "--recalibrate",
+        type=Path,
+        metavar="BUNDLE",
+        help="only refit score and decision of this bundle on --data, in place (or into --out)",
+    )
+    parser.add_argument(
+        "--extrapolate-tail",
+        action=argparse.BooleanOptionalAction,
+        help="with --recalibrate: p-values beyond the calibration maximum follow a Pareto tail — far-out frames (fog, a black camera) stop the robot sooner, at the price of more false alarms "
+        "(default: as the bundle's decision does)",
+    )
+    parser.add_argument(
+        "--ship-name",
+        metavar="NAME",
+        help="with --recalibrate: copy the recalibrated bundle to models/NAME",
+    )
+    parser.add_argument(
+        "--make-default",
+        action="store_true",
+        help="with --ship-name: make it the runtime default (models/defaults.json) — after checking it on the test split and the bench",
+    )
+    parser.add_argument(
+        "--cross-fit",
+        choices=CROSS_FITS,
+        help="with --recalibrate: hold calibration scores out on halves of the calibration episodes or one episode at a time — "
+        "'episodes' gives sharper p-values: faster stops, more false ones (default: as the bundle was, else halves)",
+    )
+    parser.add_argument(
+        "--id-budget",
+        type=float,
+        metavar="SHARE",
+        help=f"with --recalibrate: the share of validation ID frames (0..{MAX_ID_BUDGET}) the alarm level may leave above it — "
+        "one odd moment of one drive then does not set the level for every onset (default: as the bundle was, else 0)",
+    )
+    parser.add_argument(
+        "--scores",
+        type=_score_candidates,
+        metavar="KIND,...",
+        help=f"with --recalibrate: the score kinds validation chooses among, of {', '.join(SCORE_CANDIDATES)} "
+        "(default: those the bundle was chosen among; the mixtures only by name — README, Training step 3)",
+    )
+    parser.add_argument(
+        "--band-max",
+        type=_band_max,
+        metavar="BLOCK/TOP/COUNT",
+        help="with --recalibrate: the pooled features also hold the per-channel max of conv block BLOCK over each of the TOP highest "
+        "of COUNT horizontal bands, where obstacles ahead first show (e.g. 1/3/8; README, Training step 3; default: as the bundle was)",
+    )
+    parser.add_argument(
+        "--mixture-seed",
+        type=int,
+        metavar="N",
+        help="with --recalibrate: seed of the mixture scores' EM starts — how much a result rests on one fit "
+        "(README, Results; default: as the bundle was, else 0)",
+    )
     args = parser.parse_args(argv)
     if args.mixture_seed is not None and not args.recalibrate:
         parser.error("--mixture-seed needs --recalibrate BUNDLE")
@@ -343,11 +557,22 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or REPO_ROOT / "runs" / args.config
     try:
         if args.recalibrate:
-            bundle = recalibrate(args.recalibrate, args.data, args.out or args.recalibrate, args.extrapolate_tail, args.cross_fit, args.id_budget, args.scores, args.band_max,
-                                 args.mixture_seed)
+            bundle = recalibrate(
+                args.recalibrate,
+                args.data,
+                args.out or args.recalibrate,
+                args.extrapolate_tail,
+                args.cross_fit,
+                args.id_budget,
+                args.scores,
+                args.band_max,
+                args.mixture_seed,
+            )
             print(f"recalibrated {bundle}")
             if args.ship_name:
-                print(f"shipped {ship_bundle(bundle, load_bundle(bundle).detector, args.ship_name, make_default=args.make_default)}")
+                print(
+                    f"shipped {ship_bundle(bundle, load_bundle(bundle).detector, args.ship_name, make_default=args.make_default)}"
+                )
             return 0
         for kind in args.detectors:
             bundle = fit_detector(CONFIGS[args.config][kind], args.data, out, args.workers)

@@ -33,11 +33,15 @@ class OperatingPoint:
     level: float
     shipped: bool  # the bundle's own alarm level
     id_flagged: float  # share of ID frames (ID episodes, pre-onset parts) the fused monitor flags
-    median_delay: dict[str, float]  # per OOD category ("[motion]") and scenario ("reverse"): median frames from onset to the fused flag (inf: missed)
+    median_delay: dict[
+        str, float
+    ]  # per OOD category ("[motion]") and scenario ("reverse"): median frames from onset to the fused flag (inf: missed)
     within_bar: float  # share of onset episodes flagged within `bar_frames`
 
 
-def alarm_statistic(raw_scores: np.ndarray, calibration_scores: np.ndarray, decision: DecisionParams) -> np.ndarray:
+def alarm_statistic(
+    raw_scores: np.ndarray, calibration_scores: np.ndarray, decision: DecisionParams
+) -> np.ndarray:
     """What a decision compares with its alarm level, per frame of one stream: the CUSUM on the
     conformal p-values, or the score itself in threshold mode. NaN where the detector had no input."""
     if decision.mode == "threshold":
@@ -79,12 +83,21 @@ def sweep(
                 delay = detection_delay(fused, onset)
                 for group in (f"[{category}]", scenario):
                     delays.setdefault(group, []).append(np.inf if delay is None else float(delay))
-        all_delays = [d for group, values in delays.items() if group.startswith("[") for d in values]
-        points.append(OperatingPoint(
-            detector, float(level), bool(level == shipped_level), flagged / max(frames, 1),
-            {group: float(np.median(values)) for group, values in sorted(delays.items())},
-            float(np.mean([d <= bar_frames for d in all_delays])) if all_delays else float("nan"),
-        ))
+        all_delays = [
+            d for group, values in delays.items() if group.startswith("[") for d in values
+        ]
+        points.append(
+            OperatingPoint(
+                detector,
+                float(level),
+                bool(level == shipped_level),
+                flagged / max(frames, 1),
+                {group: float(np.median(values)) for group, values in sorted(delays.items())},
+                float(np.mean([d <= bar_frames for d in all_delays]))
+                if all_delays
+                else float("nan"),
+            )
+        )
     return points
 
 
@@ -92,7 +105,14 @@ def best_within_id_bar(points: list[OperatingPoint]) -> OperatingPoint | None:
     """Among the levels flagging ≤ ID_BAR of ID frames, the one flagging most onsets within the bar
     (ties: the shortest median delays, a missed category counting MISSED_COST frames)."""
     allowed = [p for p in points if p.id_flagged <= ID_BAR]
-    return max(allowed, key=lambda p: (p.within_bar, -sum(min(d, MISSED_COST) for g, d in p.median_delay.items() if g.startswith("["))), default=None)
+    return max(
+        allowed,
+        key=lambda p: (
+            p.within_bar,
+            -sum(min(d, MISSED_COST) for g, d in p.median_delay.items() if g.startswith("[")),
+        ),
+        default=None,
+    )
 
 
 def write_tradeoff(points: list[OperatingPoint], out: Path, bar_frames: int) -> None:
@@ -102,10 +122,27 @@ def write_tradeoff(points: list[OperatingPoint], out: Path, bar_frames: int) -> 
     categories = [g for g in groups if g.startswith("[")]
     with (out / "tradeoff.csv").open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["detector", "level", "shipped", "fused_flagged_id_frames", *(f"median_delay_{g}" for g in groups), f"detected_within_{bar_frames}"])
+        writer.writerow(
+            [
+                "detector",
+                "level",
+                "shipped",
+                "fused_flagged_id_frames",
+                *(f"median_delay_{g}" for g in groups),
+                f"detected_within_{bar_frames}",
+            ]
+        )
         for p in points:
-            writer.writerow([p.detector, f"{p.level:.6g}", int(p.shipped), f"{p.id_flagged:.5f}",
-                             *(f"{p.median_delay.get(g, np.nan):g}" for g in groups), f"{p.within_bar:.3f}"])
+            writer.writerow(
+                [
+                    p.detector,
+                    f"{p.level:.6g}",
+                    int(p.shipped),
+                    f"{p.id_flagged:.5f}",
+                    *(f"{p.median_delay.get(g, np.nan):g}" for g in groups),
+                    f"{p.within_bar:.3f}",
+                ]
+            )
     import matplotlib
 
     matplotlib.use("Agg")
@@ -113,24 +150,43 @@ def write_tradeoff(points: list[OperatingPoint], out: Path, bar_frames: int) -> 
     from matplotlib.ticker import FixedLocator, NullFormatter
 
     detectors = list(dict.fromkeys(p.detector for p in points))
-    fig, axes = plt.subplots(1, len(detectors), figsize=(5.5 * len(detectors), 4.2), squeeze=False, sharex=True, sharey=True)
+    fig, axes = plt.subplots(
+        1,
+        len(detectors),
+        figsize=(5.5 * len(detectors), 4.2),
+        squeeze=False,
+        sharex=True,
+        sharey=True,
+    )
     missed = 4 * bar_frames  # where a missed onset is drawn
     for ax, detector in zip(axes.flat, detectors):
         mine = sorted((p for p in points if p.detector == detector), key=lambda p: p.id_flagged)
         x = np.array([max(p.id_flagged, 1e-4) * 100 for p in mine])
         for category in categories:
             y = np.array([min(p.median_delay.get(category, np.nan), missed) for p in mine])
-            line, = ax.plot(x, y, marker=".", label=category.strip("[]"))
+            (line,) = ax.plot(x, y, marker=".", label=category.strip("[]"))
             shipped = [i for i, p in enumerate(mine) if p.shipped]
-            ax.plot(x[shipped], y[shipped], marker="*", markersize=14, color=line.get_color(), linestyle="none")
+            ax.plot(
+                x[shipped],
+                y[shipped],
+                marker="*",
+                markersize=14,
+                color=line.get_color(),
+                linestyle="none",
+            )
         ax.axvline(ID_BAR * 100, color="black", lw=0.8, ls="--")
         ax.axhline(bar_frames, color="black", lw=0.8, ls="--")
         ax.set_xscale("log")
         ax.xaxis.set_major_locator(FixedLocator([0.01, 0.03, 0.1, 0.3, 1, 3, 10, 30]))
         ax.xaxis.set_major_formatter(lambda value, _: f"{value:g}")
         ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.set(title=f"{detector} alarm level swept (★ shipped)", xlabel="ID frames flagged by the fused monitor [%]")
-    axes.flat[0].set(ylabel=f"median frames from onset to stop (≥ {missed}: missed)", ylim=(0, missed * 1.05))
+        ax.set(
+            title=f"{detector} alarm level swept (★ shipped)",
+            xlabel="ID frames flagged by the fused monitor [%]",
+        )
+    axes.flat[0].set(
+        ylabel=f"median frames from onset to stop (≥ {missed}: missed)", ylim=(0, missed * 1.05)
+    )
     if categories:  # none when the split has no onset episodes
         axes.flat[0].legend(title="OOD category", fontsize=8)
     fig.tight_layout()

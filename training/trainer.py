@@ -67,12 +67,16 @@ def train_vae(
         model.train()
         sums = {"loss": 0.0, "reconstruction": 0.0, "kl": 0.0}
         batches = range(0, len(order), train.batch_size)
-        bar = tqdm(batches, desc=f"{desc} epoch {epoch + 1}/{train.epochs}", unit="batch", leave=False)
+        bar = tqdm(
+            batches, desc=f"{desc} epoch {epoch + 1}/{train.epochs}", unit="batch", leave=False
+        )
         for start in bar:
             batch = to_tensor(inputs[np.sort(order[start : start + train.batch_size])])
             terms = vae_loss(model, batch, train.beta)
             if not math.isfinite(terms.total.item()):
-                raise FloatingPointError(f"{desc}: loss became {terms.total.item()} in epoch {epoch + 1}")
+                raise FloatingPointError(
+                    f"{desc}: loss became {terms.total.item()} in epoch {epoch + 1}"
+                )
             optimiser.zero_grad()
             terms.total.backward()
             optimiser.step()
@@ -82,10 +86,18 @@ def train_vae(
             sums["kl"] += terms.kl.item() * size
             bar.set_postfix(loss=f"{terms.total.item():.1f}", kl=f"{terms.kl.item():.1f}")
         history.append({k: v / len(order) for k, v in sums.items()})
-        tqdm.write(f"{desc} epoch {epoch + 1}: " + ", ".join(f"{k} {v:.2f}" for k, v in history[-1].items()))
+        tqdm.write(
+            f"{desc} epoch {epoch + 1}: "
+            + ", ".join(f"{k} {v:.2f}" for k, v in history[-1].items())
+        )
         torch.save(
-            {"config": config.to_dict(), "model": model.state_dict(), "optimiser": optimiser.state_dict(),
-             "history": history, "rng": torch.get_rng_state()},
+            {
+                "config": config.to_dict(),
+                "model": model.state_dict(),
+                "optimiser": optimiser.state_dict(),
+                "history": history,
+                "rng": torch.get_rng_state(),
+            },
             checkpoint,
         )
     model.eval()
@@ -93,7 +105,12 @@ def train_vae(
 
 
 @torch.no_grad()
-def encode(model: VAE, inputs: np.ndarray, to_tensor: Callable[[np.ndarray], torch.Tensor], batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+def encode(
+    model: VAE,
+    inputs: np.ndarray,
+    to_tensor: Callable[[np.ndarray], torch.Tensor],
+    batch_size: int = 64,
+) -> tuple[np.ndarray, np.ndarray]:
     """(μ, logσ²) of every input row, with the model in eval mode."""
     model.eval()
     mus, logvars = [], []

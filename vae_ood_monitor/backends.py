@@ -37,21 +37,29 @@ class EncoderRunner(Protocol):
 def _check_outputs(model: Path, outputs: tuple[str, ...]) -> tuple[str, ...]:
     missing = [name for name in REQUIRED_OUTPUTS if name not in outputs]
     if missing:
-        raise BackendError(f"{model}: the encoder has no output {', '.join(repr(m) for m in missing)} (outputs: {', '.join(outputs)})")
+        raise BackendError(
+            f"{model}: the encoder has no output {', '.join(repr(m) for m in missing)} (outputs: {', '.join(outputs)})"
+        )
     return outputs
 
 
 class OnnxRuntimeEncoder:
     """An ONNX encoder in an ONNX Runtime session (outputs `mu`, `logvar`, optionally `pooled`)."""
 
-    def __init__(self, model: Path, threads: int = 1, providers: tuple[str, ...] | None = None) -> None:
+    def __init__(
+        self, model: Path, threads: int = 1, providers: tuple[str, ...] | None = None
+    ) -> None:
         import onnxruntime as ort
 
         available = ort.get_available_providers()
-        wanted = providers or tuple(p for p in ("TensorrtExecutionProvider", "CUDAExecutionProvider") if p in available) + ("CPUExecutionProvider",)
+        wanted = providers or tuple(
+            p for p in ("TensorrtExecutionProvider", "CUDAExecutionProvider") if p in available
+        ) + ("CPUExecutionProvider",)
         missing = [p for p in wanted if p not in available]
         if missing:
-            raise BackendError(f"ONNX Runtime here lacks {', '.join(missing)} (available: {', '.join(available)})")
+            raise BackendError(
+                f"ONNX Runtime here lacks {', '.join(missing)} (available: {', '.join(available)})"
+            )
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
@@ -59,7 +67,9 @@ class OnnxRuntimeEncoder:
         try:
             self._session = ort.InferenceSession(str(model), options, providers=list(wanted))
         except Exception as err:  # ORT raises its own untyped Fail/InvalidGraph errors
-            raise BackendError(f"{model}: ONNX Runtime cannot load it ({str(err).splitlines()[0]})") from None
+            raise BackendError(
+                f"{model}: ONNX Runtime cannot load it ({str(err).splitlines()[0]})"
+            ) from None
         self._input = self._session.get_inputs()[0].name
         self.outputs = _check_outputs(model, tuple(o.name for o in self._session.get_outputs()))
         self.name = f"onnxruntime[{self._session.get_providers()[0]}]"
@@ -76,15 +86,21 @@ class TensorRTEncoder:
             import tensorrt as trt
             from cuda import cudart  # cuda-python, shipped beside TensorRT on JetPack
         except ImportError as err:
-            raise BackendError(f"backend 'tensorrt' is unavailable here ({err}); use backend 'onnxruntime'") from None
+            raise BackendError(
+                f"backend 'tensorrt' is unavailable here ({err}); use backend 'onnxruntime'"
+            ) from None
         if not engine_path.exists():
-            raise BackendError(f"{engine_path}: no TensorRT engine; build it with `python -m training.compress.tensorrt`")
+            raise BackendError(
+                f"{engine_path}: no TensorRT engine; build it with `python -m training.compress.tensorrt`"
+            )
         self._trt, self._cudart = trt, cudart
         logger = trt.Logger(trt.Logger.WARNING)
         runtime = trt.Runtime(logger)
         self._engine = runtime.deserialize_cuda_engine(engine_path.read_bytes())
         if self._engine is None:
-            raise BackendError(f"{engine_path}: TensorRT could not deserialize it (built for another TensorRT or GPU?)")
+            raise BackendError(
+                f"{engine_path}: TensorRT could not deserialize it (built for another TensorRT or GPU?)"
+            )
         self._context = self._engine.create_execution_context()
         self._tensors = self._io_tensors()
         for index, (name, (shape, _, is_input)) in enumerate(self._tensors.items()):
@@ -101,7 +117,10 @@ class TensorRTEncoder:
                 raise BackendError(f"{engine_path}: cudaMalloc failed ({error})")
             self._buffers[name] = (host, device)
         self._stream = cudart.cudaStreamCreate()[1]
-        self.outputs = _check_outputs(engine_path, tuple(name for name, (_, _, is_input) in self._tensors.items() if not is_input))
+        self.outputs = _check_outputs(
+            engine_path,
+            tuple(name for name, (_, _, is_input) in self._tensors.items() if not is_input),
+        )
         self.name = f"tensorrt[{trt.__version__}]"
 
     def _io_tensors(self) -> dict[str, tuple[tuple[int, ...], np.dtype, bool]]:
@@ -113,16 +132,27 @@ class TensorRTEncoder:
             for i in range(engine.num_io_tensors):
                 name = engine.get_tensor_name(i)
                 is_input = engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT
-                tensors[name] = (_batch_one(engine.get_tensor_shape(name)), np.dtype(trt.nptype(engine.get_tensor_dtype(name))), is_input)
+                tensors[name] = (
+                    _batch_one(engine.get_tensor_shape(name)),
+                    np.dtype(trt.nptype(engine.get_tensor_dtype(name))),
+                    is_input,
+                )
         else:  # TensorRT 8.2 on JetPack 4.6 (Jetson Nano)
             for i in range(engine.num_bindings):
                 name = engine.get_binding_name(i)
-                tensors[name] = (_batch_one(engine.get_binding_shape(i)), np.dtype(trt.nptype(engine.get_binding_dtype(i))), engine.binding_is_input(i))
+                tensors[name] = (
+                    _batch_one(engine.get_binding_shape(i)),
+                    np.dtype(trt.nptype(engine.get_binding_dtype(i))),
+                    engine.binding_is_input(i),
+                )
         return tensors
 
     def __call__(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         cudart = self._cudart
-        h2d, d2h = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
+        h2d, d2h = (
+            cudart.cudaMemcpyKind.cudaMemcpyHostToDevice,
+            cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost,
+        )
         for name, (_, _, is_input) in self._tensors.items():
             host, device = self._buffers[name]
             if is_input:
@@ -133,7 +163,9 @@ class TensorRTEncoder:
                 self._context.set_tensor_address(name, device)
             self._context.execute_async_v3(self._stream)
         else:
-            self._context.execute_async_v2([self._buffers[n][1] for n in self._tensors], self._stream)
+            self._context.execute_async_v2(
+                [self._buffers[n][1] for n in self._tensors], self._stream
+            )
         for name, (_, _, is_input) in self._tensors.items():
             if not is_input:
                 host, device = self._buffers[name]

@@ -88,10 +88,14 @@ def choose_topic(path: Path, available: dict[str, str], topic: str | None) -> st
         return next(iter(available))
     if not available:
         raise BagError(f"{path}: no sensor_msgs/Image or CompressedImage topic in this bag")
-    raise BagError(f"{path}: several image topics, choose one with --topic: {', '.join(sorted(available))}")
+    raise BagError(
+        f"{path}: several image topics, choose one with --topic: {', '.join(sorted(available))}"
+    )
 
 
-def _camera_records(path: Path | str, topic: str | None, convert: Callable[[AnyReader, Any, int, bytes, int], T]) -> Iterator[T]:
+def _camera_records(
+    path: Path | str, topic: str | None, convert: Callable[[AnyReader, Any, int, bytes, int], T]
+) -> Iterator[T]:
     """`convert(reader, connection, log_time, rawdata, index)` of every message of the camera
     topic, in log-time order; damage found on the way becomes a BagError naming the bag."""
     path = Path(path)
@@ -105,12 +109,16 @@ def _camera_records(path: Path | str, topic: str | None, convert: Callable[[AnyR
                 yield item
                 index += 1
         except _DAMAGED_BAG_ERRORS as err:
-            raise BagError(f"{path}: damaged bag, stopped after {index} messages on {chosen} ({err})") from None
+            raise BagError(
+                f"{path}: damaged bag, stopped after {index} messages on {chosen} ({err})"
+            ) from None
     finally:
         reader.close()
 
 
-def _typed(reader: AnyReader, connection: Any, log_time: int, rawdata: bytes, index: int) -> BagMessage:
+def _typed(
+    reader: AnyReader, connection: Any, log_time: int, rawdata: bytes, index: int
+) -> BagMessage:
     msg = reader.deserialize(rawdata, connection.msgtype)
     return BagMessage(index, stamp_to_ns(msg.header.stamp), log_time, connection.msgtype, msg)
 
@@ -129,7 +137,9 @@ class RawMessage:
     cdr: bytes
 
 
-def _cdr(reader: AnyReader, connection: Any, log_time: int, rawdata: bytes, index: int) -> RawMessage:
+def _cdr(
+    reader: AnyReader, connection: Any, log_time: int, rawdata: bytes, index: int
+) -> RawMessage:
     cdr = rawdata if reader.is2 else reader.typestore.ros1_to_cdr(rawdata, connection.msgtype)
     return RawMessage(log_time, connection.msgtype, bytes(cdr))
 

@@ -26,7 +26,13 @@ def frames_published(recording: Recording) -> int:
     return max(int(player.get("published", 0)), len(recording.frames))
 
 
-def run_bench(bag: Path, runs: int, out_dir: Path, rate: float = 1.0, bundles: dict[str, Path | None] | None = None) -> int:
+def run_bench(
+    bag: Path,
+    runs: int,
+    out_dir: Path,
+    rate: float = 1.0,
+    bundles: dict[str, Path | None] | None = None,
+) -> int:
     try:
         onset_ns = onset_stamp(bag)
     except ValueError as err:
@@ -56,7 +62,12 @@ def run_bench(bag: Path, runs: int, out_dir: Path, rate: float = 1.0, bundles: d
         published = frames_published(recording)
         for name in handled:
             values = recording.diagnostics[f"ood_monitor/{name}_detector"]
-            done = int(values["processed"]) + int(values["dropped_stale"]) + int(values["bad_frames"]) + int(values["model_errors"])
+            done = (
+                int(values["processed"])
+                + int(values["dropped_stale"])
+                + int(values["bad_frames"])
+                + int(values["model_errors"])
+            )
             handled[name].append(done / max(published, 1))
             processing[name].append(float(values["processing_ms_p50"]))
             decision_latency[name].append(float(values["latency_ms_p50"]))
@@ -70,18 +81,28 @@ def run_bench(bag: Path, runs: int, out_dir: Path, rate: float = 1.0, bundles: d
             latencies.append(stops[0] - onset_time)
         else:
             misses += 1
-        shown = f"{latencies[-1]:.3f} s" if latencies and len(latencies) + misses + false_stops == index + 1 and stops else "—"
+        shown = (
+            f"{latencies[-1]:.3f} s"
+            if latencies and len(latencies) + misses + false_stops == index + 1 and stops
+            else "—"
+        )
         print(f"run {index + 1}/{runs}: published {published} frames, onset-to-stop {shown}")
     print(f"\nbench over {runs} replays of {bag.name} at {rate:g}x (medians across runs)")
     if latencies:
         p50, p95 = np.percentile(latencies, [50, 95])
-        print(f"onset-to-stop latency: p50 {p50:.3f} s, p95 {p95:.3f} s, max {max(latencies):.3f} s ({misses} missed, {false_stops} false stops)")
+        print(
+            f"onset-to-stop latency: p50 {p50:.3f} s, p95 {p95:.3f} s, max {max(latencies):.3f} s ({misses} missed, {false_stops} false stops)"
+        )
     else:
-        print(f"onset-to-stop latency: no stop measured ({misses} missed, {false_stops} false stops)")
+        print(
+            f"onset-to-stop latency: no stop measured ({misses} missed, {false_stops} false stops)"
+        )
     for name in handled:
-        print(f"{name:5s} detector ({Path(bundle_paths[name]).name}): frames handled {np.median(handled[name]):.2%} of published, "
-              f"processing p50 {np.median(processing[name]):.1f} ms, receive-to-decision p50 {np.median(decision_latency[name]):.1f} ms, "
-              f"warm-up {np.median(warm_up[name]):.0f} ms")
+        print(
+            f"{name:5s} detector ({Path(bundle_paths[name]).name}): frames handled {np.median(handled[name]):.2%} of published, "
+            f"processing p50 {np.median(processing[name]):.1f} ms, receive-to-decision p50 {np.median(decision_latency[name]):.1f} ms, "
+            f"warm-up {np.median(warm_up[name]):.0f} ms"
+        )
     for name, values in rss.items():
         print(f"peak resident memory {name:14s} {np.median(values):7.1f} MB")
     return 0

@@ -1,9 +1,9 @@
 """Model bundles: encoder ONNX files + bundle.json + SHA256SUMS, verified before anything runs.
 
-    <bundle>/bundle.json      detector kind, preprocessing, encoders, latent score (kind, dims,
-                              fitted statistics), calibration scores, decision parameters, provenance
-    <bundle>/<encoder>.onnx   one per encoder ("image", or "horizontal" and "vertical")
-    <bundle>/SHA256SUMS       `sha256sum` format over every other file; checked at load
+<bundle>/bundle.json      detector kind, preprocessing, encoders, latent score (kind, dims,
+                          fitted statistics), calibration scores, decision parameters, provenance
+<bundle>/<encoder>.onnx   one per encoder ("image", or "horizontal" and "vertical")
+<bundle>/SHA256SUMS       `sha256sum` format over every other file; checked at load
 """
 
 from __future__ import annotations
@@ -57,7 +57,11 @@ def sha256_file(path: Path) -> str:
 
 def write_sums(path: Path) -> None:
     """Write SHA256SUMS over every file of the bundle folder but itself and TensorRT engines."""
-    files = sorted(p for p in path.iterdir() if p.is_file() and p.name != SUMS_FILE and p.suffix not in (".engine", ".plan"))
+    files = sorted(
+        p
+        for p in path.iterdir()
+        if p.is_file() and p.name != SUMS_FILE and p.suffix not in (".engine", ".plan")
+    )
     (path / SUMS_FILE).write_text("".join(f"{sha256_file(p)}  {p.name}\n" for p in files))
 
 
@@ -92,13 +96,17 @@ def load_bundle(path: Path | str) -> Bundle:
         detector = meta["detector"]
         if detector not in DETECTOR_ENCODERS:
             raise BundleError(f"{path}: unknown detector kind {detector!r}")
-        preprocessing = (ImagePreprocessing if detector == "bvae" else FlowPreprocessing).from_dict(meta["preprocessing"])
+        preprocessing = (ImagePreprocessing if detector == "bvae" else FlowPreprocessing).from_dict(
+            meta["preprocessing"]
+        )
         encoders = {name: path / meta["encoders"][name] for name in DETECTOR_ENCODERS[detector]}
         calibration = np.asarray(meta["calibration_scores"], dtype=np.float64)
         decision = DecisionParams(**meta["decision"])
         score = LatentScore.from_dict(meta["score"])
         if set(score.dims) != set(DETECTOR_ENCODERS[detector]):
-            raise BundleError(f"{path / BUNDLE_FILE}: score reads encoders {sorted(score.dims)}, expected {list(DETECTOR_ENCODERS[detector])}")
+            raise BundleError(
+                f"{path / BUNDLE_FILE}: score reads encoders {sorted(score.dims)}, expected {list(DETECTOR_ENCODERS[detector])}"
+            )
     except (KeyError, TypeError, ValueError) as err:
         raise BundleError(f"{path / BUNDLE_FILE}: invalid ({type(err).__name__}: {err})") from None
     for name, file in encoders.items():
@@ -106,4 +114,14 @@ def load_bundle(path: Path | str) -> Bundle:
             raise BundleError(f"{path}: encoder '{name}' file {file.name} is missing")
     if calibration.size == 0 or not np.all(np.isfinite(calibration)):
         raise BundleError(f"{path}: calibration scores are empty or not finite")
-    return Bundle(path, detector, preprocessing, encoders, score, calibration, decision, meta.get("provenance", {}), digest)
+    return Bundle(
+        path,
+        detector,
+        preprocessing,
+        encoders,
+        score,
+        calibration,
+        decision,
+        meta.get("provenance", {}),
+        digest,
+    )

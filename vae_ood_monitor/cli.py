@@ -1,10 +1,10 @@
 """`vae-ood-monitor`: the monitor's command line (ONNX Runtime only, no torch).
 
-    vae-ood-monitor demo                                   # shipped demo bag through the graph over DDS
-    vae-ood-monitor bench [--runs N]                       # keep-up, onset-to-stop latency, memory
-    vae-ood-monitor monitor [--params-file F] [--bag B]    # the whole graph in one process
-    vae-ood-monitor score --bag PATH [--topic T] --out scores.csv
-    vae-ood-monitor eval --bag PATH [--bag PATH ...]
+vae-ood-monitor demo                                   # shipped demo bag through the graph over DDS
+vae-ood-monitor bench [--runs N]                       # keep-up, onset-to-stop latency, memory
+vae-ood-monitor monitor [--params-file F] [--bag B]    # the whole graph in one process
+vae-ood-monitor score --bag PATH [--topic T] --out scores.csv
+vae-ood-monitor eval --bag PATH [--bag PATH ...]
 """
 
 from __future__ import annotations
@@ -45,14 +45,26 @@ def _detectors(args: argparse.Namespace) -> dict[str, OODDetector]:
     return detectors
 
 
-def _rows(bag: Path, args: argparse.Namespace, detectors: dict[str, OODDetector]) -> list[tuple[int, float, float, bool, dict[str, float]]]:
+def _rows(
+    bag: Path, args: argparse.Namespace, detectors: dict[str, OODDetector]
+) -> list[tuple[int, float, float, bool, dict[str, float]]]:
     """(stamp, β-VAE score, flow score, fused flag, surprise per detector) for every decodable frame."""
     rows = []
-    for stamps, results in score_bag(bag, detectors, args.topic, on_bad_frame=_warn, frozen_s=args.frozen_s):
+    for stamps, results in score_bag(
+        bag, detectors, args.topic, on_bad_frame=_warn, frozen_s=args.frozen_s
+    ):
         fused = results.fused_flags
         for i, stamp in enumerate(stamps):
             surprise = {name: float(results.surprise[name][i]) for name in detectors}
-            rows.append((stamp, float(results.scores["bvae"][i]), float(results.scores["flow"][i]), bool(fused[i]), surprise))
+            rows.append(
+                (
+                    stamp,
+                    float(results.scores["bvae"][i]),
+                    float(results.scores["flow"][i]),
+                    bool(fused[i]),
+                    surprise,
+                )
+            )
     return rows
 
 
@@ -81,12 +93,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
     for bag in args.bag:
         truth = read_ground_truth(bag)
         if truth is None:
-            raise CliError(f"{bag}: carries no ground truth (ground_truth.csv); `score` works without labels")
+            raise CliError(
+                f"{bag}: carries no ground truth (ground_truth.csv); `score` works without labels"
+            )
         by_stamp = {label.stamp_ns: label for label in truth}
         rows = _rows(bag, args, detectors)
         kept = [(row, by_stamp[row[0]]) for row in rows if row[0] in by_stamp]
         if len(kept) < len(rows):
-            _warn(f"{bag}: {len(rows) - len(kept)} frames have no ground-truth row and are left out")
+            _warn(
+                f"{bag}: {len(rows) - len(kept)} frames have no ground-truth row and are left out"
+            )
         ood = np.array([label.ood for _, label in kept], dtype=bool)
         flags = np.array([row[3] for row, _ in kept], dtype=bool)
         labels_all.append(ood)
@@ -95,9 +111,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
             surprise_all[name].append(np.array([row[4][name] for row, _ in kept]))
         surprise_all["fused"].append(np.fmax(surprise_all["bvae"][-1], surprise_all["flow"][-1]))
         # In-distribution driving: a whole ID bag, or the frames before an onset.
-        onset = next((label.onset_frame for _, label in kept if label.onset_frame is not None), None)
+        onset = next(
+            (label.onset_frame for _, label in kept if label.onset_frame is not None), None
+        )
         end = len(flags) if onset is None else onset
-        fps = (len(kept) - 1) / max((kept[-1][0][0] - kept[0][0][0]) / 1e9, 1e-9) if len(kept) > 1 else 30.0
+        fps = (
+            (len(kept) - 1) / max((kept[-1][0][0] - kept[0][0][0]) / 1e9, 1e-9)
+            if len(kept) > 1
+            else 30.0
+        )
         id_frames += end
         id_flagged += int(flags[:end].sum())
         id_alarms += rising_edges(flags[:end])
@@ -114,8 +136,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     else:
         print("AUROC needs both ID and OOD frames: not computed")
     if id_frames:
-        print(f"ID frames flagged by the fused decision: {id_flagged}/{id_frames} ({id_flagged / id_frames:.2%}), "
-              f"false alarms per minute of ID driving: {id_alarms / max(id_minutes, 1e-9):.2f}")
+        print(
+            f"ID frames flagged by the fused decision: {id_flagged}/{id_frames} ({id_flagged / id_frames:.2%}), "
+            f"false alarms per minute of ID driving: {id_alarms / max(id_minutes, 1e-9):.2f}"
+        )
     for name, delay, fps in delays:
         shown = "missed" if delay is None else f"{delay} frames ({delay / fps:.2f} s)"
         print(f"detection delay {name}: {shown}")
@@ -131,29 +155,47 @@ def cmd_monitor(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from vae_ood_monitor.demo import demo_bag, run_demo
 
-    return run_demo(args.bag or demo_bag(), args.out, args.rate, {"bvae": args.bvae, "flow": args.flow})
+    return run_demo(
+        args.bag or demo_bag(), args.out, args.rate, {"bvae": args.bvae, "flow": args.flow}
+    )
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from vae_ood_monitor.bench import run_bench
     from vae_ood_monitor.demo import demo_bag
 
-    return run_bench(args.bag or demo_bag(), args.runs, args.out, args.rate, {"bvae": args.bvae, "flow": args.flow})
+    return run_bench(
+        args.bag or demo_bag(),
+        args.runs,
+        args.out,
+        args.rate,
+        {"bvae": args.bvae, "flow": args.flow},
+    )
 
 
 def _add_bundle_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--bvae", type=Path, help="β-VAE bundle folder (default: models/defaults.json)")
-    parser.add_argument("--flow", type=Path, help="optical-flow bundle folder (default: models/defaults.json)")
+    parser.add_argument(
+        "--bvae", type=Path, help="β-VAE bundle folder (default: models/defaults.json)"
+    )
+    parser.add_argument(
+        "--flow", type=Path, help="optical-flow bundle folder (default: models/defaults.json)"
+    )
 
 
 def _add_detector_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--topic", help="camera topic (default: the camera topic or the bag's only image topic)")
+    parser.add_argument(
+        "--topic", help="camera topic (default: the camera topic or the bag's only image topic)"
+    )
     _add_bundle_options(parser)
     parser.add_argument("--backend", choices=BACKENDS, default="onnxruntime")
     parser.add_argument("--threads", type=int, default=1, help="inference threads per encoder")
-    parser.add_argument("--frozen-s", type=non_negative_seconds, default=SafetyConfig.frozen_s,
-                        help="the fused decision also stops on byte-identical frames for longer than this, as the "
-                             "safety stop does [s] (default: %(default)s; 0: detectors only)")
+    parser.add_argument(
+        "--frozen-s",
+        type=non_negative_seconds,
+        default=SafetyConfig.frozen_s,
+        help="the fused decision also stops on byte-identical frames for longer than this, as the "
+        "safety stop does [s] (default: %(default)s; 0: detectors only)",
+    )
 
 
 def non_negative_seconds(text: str) -> float:
@@ -168,33 +210,57 @@ def non_negative_seconds(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vae-ood-monitor", description="VAE-based out-of-distribution monitor.")
+    parser = argparse.ArgumentParser(
+        prog="vae-ood-monitor", description="VAE-based out-of-distribution monitor."
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     score = commands.add_parser("score", help="score every frame of a bag; one CSV row per frame")
     score.add_argument("--bag", type=Path, required=True)
-    score.add_argument("--out", type=Path, required=True, help="CSV: stamp_ns,bvae_score,flow_score,ood")
+    score.add_argument(
+        "--out", type=Path, required=True, help="CSV: stamp_ns,bvae_score,flow_score,ood"
+    )
     _add_detector_options(score)
     score.set_defaults(run=cmd_score)
-    evaluate = commands.add_parser("eval", help="metrics of labelled bags (AUROC, FPR@95, delays, false alarms)")
+    evaluate = commands.add_parser(
+        "eval", help="metrics of labelled bags (AUROC, FPR@95, delays, false alarms)"
+    )
     evaluate.add_argument("--bag", type=Path, required=True, action="append")
     _add_detector_options(evaluate)
     evaluate.set_defaults(run=cmd_eval)
-    demo = commands.add_parser("demo", help="replay the demo bag through the graph (separate processes, DDS); timeline, latency, plot")
-    demo.add_argument("--bag", type=Path, help="bag with ground truth (default: the shipped demo bag)")
-    demo.add_argument("--out", type=Path, default=Path("build/demo"), help="plot, timeline CSV and node logs")
+    demo = commands.add_parser(
+        "demo",
+        help="replay the demo bag through the graph (separate processes, DDS); timeline, latency, plot",
+    )
+    demo.add_argument(
+        "--bag", type=Path, help="bag with ground truth (default: the shipped demo bag)"
+    )
+    demo.add_argument(
+        "--out", type=Path, default=Path("build/demo"), help="plot, timeline CSV and node logs"
+    )
     demo.add_argument("--rate", type=float, default=1.0)
     _add_bundle_options(demo)
     demo.set_defaults(run=cmd_demo)
-    bench = commands.add_parser("bench", help="30 Hz keep-up, onset-to-stop latency, processing time and memory of the graph")
-    bench.add_argument("--bag", type=Path, help="labelled bag with an onset (default: the shipped demo bag)")
+    bench = commands.add_parser(
+        "bench",
+        help="30 Hz keep-up, onset-to-stop latency, processing time and memory of the graph",
+    )
+    bench.add_argument(
+        "--bag", type=Path, help="labelled bag with an onset (default: the shipped demo bag)"
+    )
     bench.add_argument("--runs", type=int, default=5)
     bench.add_argument("--out", type=Path, default=Path("build/bench"), help="node logs per run")
     bench.add_argument("--rate", type=float, default=1.0)
     _add_bundle_options(bench)
     bench.set_defaults(run=cmd_bench)
-    monitor = commands.add_parser("monitor", help="run detectors and safety stop in one process (optionally replaying a bag)")
-    monitor.add_argument("--params-file", type=Path, help="parameter YAML (default: config/monitor.yaml)")
-    monitor.add_argument("--bag", type=Path, help="replay this bag into the graph and stop at its end")
+    monitor = commands.add_parser(
+        "monitor", help="run detectors and safety stop in one process (optionally replaying a bag)"
+    )
+    monitor.add_argument(
+        "--params-file", type=Path, help="parameter YAML (default: config/monitor.yaml)"
+    )
+    monitor.add_argument(
+        "--bag", type=Path, help="replay this bag into the graph and stop at its end"
+    )
     monitor.add_argument("--rate", type=float, default=1.0)
     monitor.set_defaults(run=cmd_monitor)
     return parser
@@ -204,7 +270,15 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (CliError, BagError, BundleError, BackendError, GroundTruthError, ModelOutputError, OSError) as err:
+    except (
+        CliError,
+        BagError,
+        BundleError,
+        BackendError,
+        GroundTruthError,
+        ModelOutputError,
+        OSError,
+    ) as err:
         print(f"vae-ood-monitor {args.command}: {err}", file=sys.stderr)
         return 1
 

@@ -28,7 +28,9 @@ import numpy as np
 
 MODES = ("cusum", "threshold")
 TAILS = ("upper", "both")
-TAIL_SHARE = 0.01  # share of the calibration scores (at least MIN_TAIL) the Pareto tail is fitted on
+TAIL_SHARE = (
+    0.01  # share of the calibration scores (at least MIN_TAIL) the Pareto tail is fitted on
+)
 MIN_TAIL = 10
 P_FLOOR = 1e-12
 
@@ -66,11 +68,15 @@ def pareto_tail_index(sorted_calibration: np.ndarray) -> float | None:
     k = max(MIN_TAIL, int(TAIL_SHARE * n))
     if n <= k or sorted_calibration[n - k - 1] <= 0.0:
         return None
-    mean_log_excess = float(np.mean(np.log(sorted_calibration[n - k :] / sorted_calibration[n - k - 1])))
+    mean_log_excess = float(
+        np.mean(np.log(sorted_calibration[n - k :] / sorted_calibration[n - k - 1]))
+    )
     return 1.0 / mean_log_excess if mean_log_excess > 0.0 else None
 
 
-def conformal_p_values(sorted_calibration: np.ndarray, scores: np.ndarray, tail: str, tail_index: float | None = None) -> np.ndarray:
+def conformal_p_values(
+    sorted_calibration: np.ndarray, scores: np.ndarray, tail: str, tail_index: float | None = None
+) -> np.ndarray:
     """Conformal p-values of `scores`: the share of calibration scores at least as extreme (with
     the conservative +1 correction; two-sided: twice the smaller tail, at most 1). With a
     `tail_index` the upper tail is extrapolated beyond the calibration maximum (module docstring)."""
@@ -78,7 +84,9 @@ def conformal_p_values(sorted_calibration: np.ndarray, scores: np.ndarray, tail:
     upper = (n - np.searchsorted(sorted_calibration, scores, side="left") + 1) / (n + 1)
     if tail_index is not None:
         top = sorted_calibration[-1]
-        upper = np.where(scores > top, np.power(np.maximum(scores, top) / top, -tail_index) / (n + 1), upper)
+        upper = np.where(
+            scores > top, np.power(np.maximum(scores, top) / top, -tail_index) / (n + 1), upper
+        )
         upper = np.maximum(upper, P_FLOOR)
     if tail == "upper":
         return upper
@@ -116,7 +124,11 @@ class ConformalDecider:
         self._cusum = 0.0
 
     def p_value(self, score: float) -> float:
-        return float(conformal_p_values(self._calibration, np.asarray([score]), self.params.tail, self._tail_index)[0])
+        return float(
+            conformal_p_values(
+                self._calibration, np.asarray([score]), self.params.tail, self._tail_index
+            )[0]
+        )
 
     def update(self, score: float) -> Decision:
         if not math.isfinite(score):

@@ -51,11 +51,19 @@ def demo_bag() -> Path:
 class Recording:
     start: float = field(default_factory=time.monotonic)
     frames: dict[int, float] = field(default_factory=dict)  # header stamp → arrival
-    scores: dict[str, list[tuple[float, float]]] = field(default_factory=lambda: {"bvae": [], "flow": []})
-    decisions: dict[str, list[tuple[float, bool]]] = field(default_factory=lambda: {"bvae": [], "flow": []})
+    scores: dict[str, list[tuple[float, float]]] = field(
+        default_factory=lambda: {"bvae": [], "flow": []}
+    )
+    decisions: dict[str, list[tuple[float, bool]]] = field(
+        default_factory=lambda: {"bvae": [], "flow": []}
+    )
     estop: list[tuple[float, bool]] = field(default_factory=list)
-    diagnostics: dict[str, dict[str, str]] = field(default_factory=dict)  # status name → latest values
-    peak_rss_mb: dict[str, float] = field(default_factory=dict)  # node process → peak resident memory
+    diagnostics: dict[str, dict[str, str]] = field(
+        default_factory=dict
+    )  # status name → latest values
+    peak_rss_mb: dict[str, float] = field(
+        default_factory=dict
+    )  # node process → peak resident memory
 
     def now(self) -> float:
         return time.monotonic() - self.start
@@ -68,12 +76,31 @@ class Recorder(Node):
         # Reliable and deep, unlike a detector: the recorder must see every frame to time the onset.
         # Times are the middleware's reception times, not the callback's, so a recorder that falls
         # behind under load neither loses the onset nor dates it late.
-        self.create_subscription(CompressedImage, DEFAULT_CAMERA_TOPIC, lambda m, i: r.frames.setdefault(stamp_to_ns(m.header.stamp), self._arrival(i)), REPLAY_QOS)
+        self.create_subscription(
+            CompressedImage,
+            DEFAULT_CAMERA_TOPIC,
+            lambda m, i: r.frames.setdefault(stamp_to_ns(m.header.stamp), self._arrival(i)),
+            REPLAY_QOS,
+        )
         for name in ("bvae", "flow"):
-            self.create_subscription(Float32, f"/ood_monitor/{name}/score", lambda m, i, n=name: r.scores[n].append((self._arrival(i), m.data)), RELIABLE_QOS)
-            self.create_subscription(Bool, f"/ood_monitor/{name}/ood", lambda m, i, n=name: r.decisions[n].append((self._arrival(i), m.data)), RELIABLE_QOS)
-        self.create_subscription(Bool, ESTOP_TOPIC, lambda m, i: r.estop.append((self._arrival(i), m.data)), LATCHED_QOS)
-        self.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, RELIABLE_QOS)
+            self.create_subscription(
+                Float32,
+                f"/ood_monitor/{name}/score",
+                lambda m, i, n=name: r.scores[n].append((self._arrival(i), m.data)),
+                RELIABLE_QOS,
+            )
+            self.create_subscription(
+                Bool,
+                f"/ood_monitor/{name}/ood",
+                lambda m, i, n=name: r.decisions[n].append((self._arrival(i), m.data)),
+                RELIABLE_QOS,
+            )
+        self.create_subscription(
+            Bool, ESTOP_TOPIC, lambda m, i: r.estop.append((self._arrival(i), m.data)), LATCHED_QOS
+        )
+        self.create_subscription(
+            DiagnosticArray, "/diagnostics", self._on_diagnostics, RELIABLE_QOS
+        )
         self._recording = recording
 
     def _arrival(self, info: MessageInfo) -> float:
@@ -89,14 +116,18 @@ class Recorder(Node):
             self._recording.diagnostics[status.name] = {kv.key: kv.value for kv in status.values}
 
 
-def start_node(name: str, params: dict[str, object], log: Path | None = None, cwd: Path | None = None) -> subprocess.Popen:
+def start_node(
+    name: str, params: dict[str, object], log: Path | None = None, cwd: Path | None = None
+) -> subprocess.Popen:
     """Node `name` in its own process with this interpreter (from `cwd`'s code when given);
     output to `log` or discarded."""
     module, function = NODES[name].split(":")
     code = f"import sys; from {module} import {function}; sys.exit({function}(sys.argv))"
     args = ["--ros-args", *[a for k, v in params.items() for a in ("-p", f"{k}:={v}")]]
     output = log.open("w") if log is not None else subprocess.DEVNULL
-    return subprocess.Popen([sys.executable, "-c", code, *args], cwd=cwd, stdout=output, stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+        [sys.executable, "-c", code, *args], cwd=cwd, stdout=output, stderr=subprocess.STDOUT
+    )
 
 
 def _last(series: list[tuple[float, object]], before: float) -> object:
@@ -124,7 +155,12 @@ class GraphRun:
 
     READY = {"ood_monitor/bvae_detector", "ood_monitor/flow_detector", "ood_monitor/safety_stop"}
 
-    def __init__(self, log_dir: Path, bundles: dict[str, Path | None] | None = None, safety_params: dict[str, object] | None = None) -> None:
+    def __init__(
+        self,
+        log_dir: Path,
+        bundles: dict[str, Path | None] | None = None,
+        safety_params: dict[str, object] | None = None,
+    ) -> None:
         """`bundles`: detector ("bvae", "flow") → bundle folder; missing or None = the default bundle.
         `safety_params`: ROS parameters of the safety stop (e.g. a longer `timeout_s`), else its defaults."""
         log_dir.mkdir(parents=True, exist_ok=True)
@@ -137,9 +173,16 @@ class GraphRun:
         self._executor = MultiThreadedExecutor(num_threads=2, context=self._context)
         self._executor.add_node(self._recorder)
         threading.Thread(target=self._executor.spin, daemon=True).start()
-        params = {f"{kind}_detector": {"bundle": str(path)} for kind, path in (bundles or {}).items() if path is not None}
+        params = {
+            f"{kind}_detector": {"bundle": str(path)}
+            for kind, path in (bundles or {}).items()
+            if path is not None
+        }
         params["safety_stop"] = dict(safety_params or {})
-        self.processes = {name: start_node(name, params.get(name, {}), log_dir / f"{name}.log") for name in ("bvae_detector", "flow_detector", "safety_stop")}
+        self.processes = {
+            name: start_node(name, params.get(name, {}), log_dir / f"{name}.log")
+            for name in ("bvae_detector", "flow_detector", "safety_stop")
+        }
 
     def wait_ready(self, timeout: float = 60.0) -> str | None:
         """None once every node reports on /diagnostics, else what went wrong."""
@@ -151,15 +194,23 @@ class GraphRun:
             time.sleep(0.1)
         return None
 
-    def replay(self, bag: Path, rate: float, on_tick: Callable[[float], None] | None = None) -> None:
+    def replay(
+        self, bag: Path, rate: float, on_tick: Callable[[float], None] | None = None
+    ) -> None:
         """Replay `bag` (clock restarts at its first frame) and wait one second past its end."""
         self.recording.start = time.monotonic()
-        player = start_node("bag_player", {"bag": bag, "rate": rate, "wait_for_subscribers": 4}, self.log_dir / "bag_player.log")
+        player = start_node(
+            "bag_player",
+            {"bag": bag, "rate": rate, "wait_for_subscribers": 4},
+            self.log_dir / "bag_player.log",
+        )
         self.processes["bag_player"] = player
         while player.poll() is None:
             time.sleep(0.05)
             for name, process in self.processes.items():
-                self.recording.peak_rss_mb[name] = max(self.recording.peak_rss_mb.get(name, 0.0), resident_mb(process.pid))
+                self.recording.peak_rss_mb[name] = max(
+                    self.recording.peak_rss_mb.get(name, 0.0), resident_mb(process.pid)
+                )
             if on_tick is not None:
                 on_tick(self.recording.now())
         time.sleep(1.5)  # one more 1 Hz diagnostics round after the last frame
@@ -185,7 +236,9 @@ def onset_stamp(bag: Path) -> int | None:
     return next((label.stamp_ns for label in truth if label.ood), None)
 
 
-def run_demo(bag: Path, out_dir: Path, rate: float = 1.0, bundles: dict[str, Path | None] | None = None) -> int:
+def run_demo(
+    bag: Path, out_dir: Path, rate: float = 1.0, bundles: dict[str, Path | None] | None = None
+) -> int:
     try:
         onset = onset_stamp(bag)
     except ValueError as err:
@@ -206,10 +259,19 @@ def run_demo(bag: Path, out_dir: Path, rate: float = 1.0, bundles: dict[str, Pat
                 shown[0] += 0.5
                 t = shown[0]
                 scores = [_last(recording.scores[n], t) for n in ("bvae", "flow")]
-                flags = [_last(recording.decisions[n], t) or False for n in ("bvae", "flow")] + [_last(recording.estop, t) or False]
-                print(f"{t:6.1f} " + " ".join(f"{v if v is not None else float('nan'):11.2f}" for v in scores) + " " + " ".join(f"{str(f):>5}" for f in flags))
+                flags = [_last(recording.decisions[n], t) or False for n in ("bvae", "flow")] + [
+                    _last(recording.estop, t) or False
+                ]
+                print(
+                    f"{t:6.1f} "
+                    + " ".join(f"{v if v is not None else float('nan'):11.2f}" for v in scores)
+                    + " "
+                    + " ".join(f"{f!s:>5}" for f in flags)
+                )
 
-        print(f"{'t [s]':>6} {'bvae score':>11} {'flow score':>11} {'bvae':>5} {'flow':>5} {'STOP':>5}")
+        print(
+            f"{'t [s]':>6} {'bvae score':>11} {'flow score':>11} {'bvae':>5} {'flow':>5} {'STOP':>5}"
+        )
         run.replay(bag, rate, tick)
     finally:
         run.close()
@@ -219,7 +281,11 @@ def run_demo(bag: Path, out_dir: Path, rate: float = 1.0, bundles: dict[str, Pat
 def stop_events(recording: Recording) -> tuple[float | None, list[float]]:
     """When the robot was first released to drive, and every later switch of the stop to true."""
     released = next((t for t, v in recording.estop if not v), None)
-    stops = [t for (t, v), (_, before) in zip(recording.estop[1:], recording.estop) if v and not before and released is not None and t > released]
+    stops = [
+        t
+        for (t, v), (_, before) in zip(recording.estop[1:], recording.estop)
+        if v and not before and released is not None and t > released
+    ]
     return released, stops
 
 
@@ -228,17 +294,23 @@ def _summarise(recording: Recording, onset_ns: int | None, out_dir: Path) -> int
     released, stops = stop_events(recording)
     print(f"\nframes received by the recorder: {len(recording.frames)}")
     if released is None:
-        print("the safety stop never released the robot (inputs never all live and in distribution)")
+        print(
+            "the safety stop never released the robot (inputs never all live and in distribution)"
+        )
     if onset_time is None:
         print("onset frame was not received; no latency")
     else:
         print(f"onset (first OOD frame arrived): t = {onset_time:.2f} s")
         early = [t for t in stops if t < onset_time]
         if early:
-            print(f"FALSE STOP before the onset at t = {early[0]:.2f} s (the stop was latched at the onset)")
+            print(
+                f"FALSE STOP before the onset at t = {early[0]:.2f} s (the stop was latched at the onset)"
+            )
         after = [t for t in stops if t >= onset_time]
         if after and not early:
-            print(f"emergency stop received: t = {after[0]:.2f} s → onset-to-stop latency {after[0] - onset_time:.3f} s")
+            print(
+                f"emergency stop received: t = {after[0]:.2f} s → onset-to-stop latency {after[0] - onset_time:.3f} s"
+            )
         elif not early:
             print("no emergency stop after the onset: MISSED")
     with (out_dir / "timeline.csv").open("w", newline="") as handle:
@@ -265,7 +337,9 @@ def _plot(recording: Recording, onset_time: float | None, stops: list[float], pa
     fig, axes = plt.subplots(2, 1, figsize=(9, 5), sharex=True)
     # The latent score is the bundle's (KL or Mahalanobis); OOD scores run orders of magnitude above
     # normal driving, so a log axis keeps both readable.
-    for ax, name, label in zip(axes, ("bvae", "flow"), ("β-VAE latent score", "optical-flow latent score")):
+    for ax, name, label in zip(
+        axes, ("bvae", "flow"), ("β-VAE latent score", "optical-flow latent score")
+    ):
         series = recording.scores[name]
         values = [v for _, v in series]
         ax.plot([t for t, _ in series], values, lw=1.2)

@@ -30,11 +30,21 @@ class OODDetector:
             name: make_encoder(backend, path, threads) for name, path in bundle.encoders.items()
         }
         if bundle.score.reads_pooled:
-            lacking = [name for name, encoder in self._encoders.items() if POOLED_OUTPUT not in encoder.outputs]
+            lacking = [
+                name
+                for name, encoder in self._encoders.items()
+                if POOLED_OUTPUT not in encoder.outputs
+            ]
             if lacking:
-                hint = " (an engine built from an older ONNX? rebuild it with `python -m training.compress.tensorrt`)" if backend == "tensorrt" else ""
-                raise BundleError(f"{bundle.path}: its {bundle.score.kind} score reads pooled features, but encoder {', '.join(lacking)} on {backend} "
-                                  f"has no '{POOLED_OUTPUT}' output{hint}")
+                hint = (
+                    " (an engine built from an older ONNX? rebuild it with `python -m training.compress.tensorrt`)"
+                    if backend == "tensorrt"
+                    else ""
+                )
+                raise BundleError(
+                    f"{bundle.path}: its {bundle.score.kind} score reads pooled features, but encoder {', '.join(lacking)} on {backend} "
+                    f"has no '{POOLED_OUTPUT}' output{hint}"
+                )
         self._stacker = FlowStacker(bundle.preprocessing) if self.kind == "flow" else None  # type: ignore[arg-type]
         self.decider = ConformalDecider(bundle.calibration_scores, bundle.decision)
 
@@ -57,8 +67,12 @@ class OODDetector:
         for name, batch in inputs.items():
             outputs = self._encoders[name](batch)
             if not all(np.all(np.isfinite(values)) for values in outputs.values()):
-                raise ModelOutputError(f"encoder '{name}' of {self.bundle.path.name} produced non-finite output")
-            latents[name] = EncoderOutputs(outputs["mu"], outputs["logvar"], outputs.get(POOLED_OUTPUT))
+                raise ModelOutputError(
+                    f"encoder '{name}' of {self.bundle.path.name} produced non-finite output"
+                )
+            latents[name] = EncoderOutputs(
+                outputs["mu"], outputs["logvar"], outputs.get(POOLED_OUTPUT)
+            )
         return latents
 
     def _score_latents(self, latents: Latents) -> np.ndarray:
@@ -86,7 +100,9 @@ class OODDetector:
         safety stop's silence timeout; a node warms up before it subscribes so that stall happens
         before the robot relies on it."""
         blank = np.zeros((*frame_shape, 3), dtype=np.uint8)
-        filling = self._stacker.params.stack if self._stacker is not None else 0  # frames before the first flow stack
+        filling = (
+            self._stacker.params.stack if self._stacker is not None else 0
+        )  # frames before the first flow stack
         for _ in range(filling + runs):
             self.score_frame(blank)
         self.reset()
@@ -94,7 +110,9 @@ class OODDetector:
     def decide(self, score: float) -> Decision:
         return self.decider.update(score)
 
-    def encode_stream(self, frames: Iterable[np.ndarray], batch_size: int = 32, reset: bool = True) -> tuple[int, np.ndarray, Latents]:
+    def encode_stream(
+        self, frames: Iterable[np.ndarray], batch_size: int = 32, reset: bool = True
+    ) -> tuple[int, np.ndarray, Latents]:
         """Latents of consecutive frames of one stream, batched for speed.
 
         Returns the number of frames, the indices of the frames that had an input (all but the
@@ -109,7 +127,9 @@ class OODDetector:
 
         def flush() -> None:
             if pending:
-                for name, latent in self._encode({n: np.stack([p[n] for p in pending]) for n in pending[0]}).items():
+                for name, latent in self._encode(
+                    {n: np.stack([p[n] for p in pending]) for n in pending[0]}
+                ).items():
                     parts[name].append(latent)
                 pending.clear()
 
@@ -122,9 +142,15 @@ class OODDetector:
                 if len(pending) == batch_size:
                     flush()
         flush()
-        return count, np.asarray(indices, dtype=int), {name: concatenate_outputs(chunks) for name, chunks in parts.items()}
+        return (
+            count,
+            np.asarray(indices, dtype=int),
+            {name: concatenate_outputs(chunks) for name, chunks in parts.items()},
+        )
 
-    def score_stream(self, frames: Iterable[np.ndarray], batch_size: int = 32, reset: bool = True) -> np.ndarray:
+    def score_stream(
+        self, frames: Iterable[np.ndarray], batch_size: int = 32, reset: bool = True
+    ) -> np.ndarray:
         """Scores of consecutive frames of one stream (NaN where none yet)."""
         count, indices, latents = self.encode_stream(frames, batch_size, reset)
         scores = np.full(count, np.nan)

@@ -22,14 +22,20 @@ def default_params_file() -> Path:
     return share_dir() / "config" / "monitor.yaml"
 
 
-def run_monitor(params_file: Path, bag: Path | None = None, rate: float = 1.0, ros_args: list[str] | None = None) -> int:
+def run_monitor(
+    params_file: Path, bag: Path | None = None, rate: float = 1.0, ros_args: list[str] | None = None
+) -> int:
     """Run detectors and safety stop (and a bag player with `bag`) until Ctrl-C or the bag ends."""
 
     def nodes() -> list[Node]:
         graph: list[Node] = [DetectorNode("bvae"), DetectorNode("flow"), SafetyStopNode()]
         if bag is not None:
             # Play only once the detectors and the safety stop listen to the camera.
-            overrides = [Parameter("bag", value=str(bag)), Parameter("rate", value=rate), Parameter("wait_for_subscribers", value=3)]
+            overrides = [
+                Parameter("bag", value=str(bag)),
+                Parameter("rate", value=rate),
+                Parameter("wait_for_subscribers", value=3),
+            ]
             graph.append(BagPlayerNode(parameter_overrides=overrides))
         return graph
 

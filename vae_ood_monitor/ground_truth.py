@@ -60,7 +60,9 @@ def read_ground_truth(bag: Path) -> list[FrameLabel] | None:
     with path.open(newline="") as handle:
         reader = csv.DictReader(handle)
         if tuple(reader.fieldnames or ()) != _COLUMNS:
-            raise GroundTruthError(f"{path}: expected columns {','.join(_COLUMNS)}, found {reader.fieldnames}")
+            raise GroundTruthError(
+                f"{path}: expected columns {','.join(_COLUMNS)}, found {reader.fieldnames}"
+            )
         for line, row in enumerate(reader, start=2):
             try:
                 onset = row["onset_frame"]

@@ -37,14 +37,18 @@ def decode_compressed(data: bytes | bytearray | memoryview | np.ndarray) -> np.n
         raise FrameError("empty compressed image")
     bgr = cv2.imdecode(buffer, cv2.IMREAD_COLOR)
     if bgr is None or bgr.size == 0:
-        raise FrameError(f"unreadable compressed image ({buffer.size} bytes, not a decodable JPEG/PNG)")
+        raise FrameError(
+            f"unreadable compressed image ({buffer.size} bytes, not a decodable JPEG/PNG)"
+        )
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
 def decode_raw(encoding: str, height: int, width: int, step: int, data: Any) -> np.ndarray:
     """Convert sensor_msgs/Image fields to an RGB uint8 image, honouring the row `step`."""
     if encoding not in _RAW_ENCODINGS:
-        raise FrameError(f"unsupported encoding '{encoding}' (supported: {', '.join(_RAW_ENCODINGS)})")
+        raise FrameError(
+            f"unsupported encoding '{encoding}' (supported: {', '.join(_RAW_ENCODINGS)})"
+        )
     if height <= 0 or width <= 0:
         raise FrameError(f"zero-size image ({width}x{height})")
     channels, conversion = _RAW_ENCODINGS[encoding]
@@ -53,7 +57,9 @@ def decode_raw(encoding: str, height: int, width: int, step: int, data: Any) -> 
         raise FrameError(f"step {step} is smaller than width*channels = {row_bytes}")
     buffer = np.frombuffer(data, dtype=np.uint8) if not isinstance(data, np.ndarray) else data
     if buffer.size < step * height:
-        raise FrameError(f"truncated image: {buffer.size} bytes, expected {step * height} ({width}x{height} {encoding})")
+        raise FrameError(
+            f"truncated image: {buffer.size} bytes, expected {step * height} ({width}x{height} {encoding})"
+        )
     rows = buffer[: step * height].reshape(height, step)[:, :row_bytes]
     image = rows.reshape(height, width, channels)
     if conversion is None:

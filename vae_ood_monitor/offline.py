@@ -32,7 +32,10 @@ def share_dir() -> Path:
             pass
     except ImportError:
         pass
-    candidates += [Path(sys.prefix) / "share" / "vae_ood_monitor", Path(__file__).resolve().parents[1]]
+    candidates += [
+        Path(sys.prefix) / "share" / "vae_ood_monitor",
+        Path(__file__).resolve().parents[1],
+    ]
     return next((c for c in candidates if (c / "package.xml").exists()), candidates[-1])
 
 
@@ -43,7 +46,9 @@ def models_dir() -> Path:
 def default_bundle(detector: str) -> Path:
     """The bundle the runtime uses for `detector` unless told otherwise (models/defaults.json)."""
     root = models_dir()
-    defaults = json.loads((root / DEFAULTS_FILE).read_text()) if (root / DEFAULTS_FILE).exists() else {}
+    defaults = (
+        json.loads((root / DEFAULTS_FILE).read_text()) if (root / DEFAULTS_FILE).exists() else {}
+    )
     return root / defaults.get(detector, f"{detector}_baseline")
 
 
@@ -83,7 +88,10 @@ def score_frames(
         raise ValueError("the frozen-camera check needs one arrival time per frame")
     frozen = np.zeros(len(frames), dtype=bool)
     if frozen_watch is not None and times_s is not None:
-        frozen[:] = [frozen_watch.on_frame(t, frame_fingerprint(np.ascontiguousarray(f).data)) for f, t in zip(frames, times_s)]
+        frozen[:] = [
+            frozen_watch.on_frame(t, frame_fingerprint(np.ascontiguousarray(f).data))
+            for f, t in zip(frames, times_s)
+        ]
     scores, flags, surprise = {}, {}, {}
     for name, detector in detectors.items():
         values = detector.score_stream(frames, reset=reset)
@@ -126,7 +134,9 @@ def score_bag(
             frames.append(decode_message(message.msg))
         except FrameError as err:
             if on_bad_frame is not None:
-                on_bad_frame(f"{bag}: frame {message.index} (stamp {message.stamp_ns}) skipped: {err}")
+                on_bad_frame(
+                    f"{bag}: frame {message.index} (stamp {message.stamp_ns}) skipped: {err}"
+                )
             continue
         stamps.append(message.stamp_ns)
         arrivals.append(message.log_time_ns * 1e-9)

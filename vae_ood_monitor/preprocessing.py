@@ -14,7 +14,11 @@ import numpy as np
 
 FLOW_METHODS = ("farneback", "dis")
 # OpenCV's DIS presets, cheapest first: ultrafast (patch 8, stride 6), fast, medium.
-DIS_PRESETS = {"ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST, "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST, "medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM}
+DIS_PRESETS = {
+    "ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST,
+    "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
+    "medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM,
+}
 # "area": RGB area-resized to the flow size, then grey (the papers' order). "grey_stepped": grey at
 # the camera's size, area-averaged by the largest whole factor that divides it (OpenCV's fast
 # block-average path), then area-resized to the flow size — one channel and a cheap exact step
@@ -39,14 +43,20 @@ class ImagePreprocessing:
 
     def __post_init__(self) -> None:
         if self.interpolation not in IMAGE_INTERPOLATIONS:
-            raise ValueError(f"image interpolation must be one of {tuple(IMAGE_INTERPOLATIONS)}, got '{self.interpolation}'")
+            raise ValueError(
+                f"image interpolation must be one of {tuple(IMAGE_INTERPOLATIONS)}, got '{self.interpolation}'"
+            )
 
     def resize(self, rgb: np.ndarray) -> np.ndarray:
         """uint8 HWC at the model size (training keeps this form to save memory)."""
-        return cv2.resize(rgb, (self.width, self.height), interpolation=IMAGE_INTERPOLATIONS[self.interpolation])
+        return cv2.resize(
+            rgb, (self.width, self.height), interpolation=IMAGE_INTERPOLATIONS[self.interpolation]
+        )
 
     def __call__(self, rgb: np.ndarray) -> np.ndarray:
-        return np.ascontiguousarray(self.resize(rgb).transpose(2, 0, 1), dtype=np.float32) / np.float32(255.0)
+        return np.ascontiguousarray(
+            self.resize(rgb).transpose(2, 0, 1), dtype=np.float32
+        ) / np.float32(255.0)
 
     def to_dict(self) -> dict[str, object]:
         return {"kind": "image", **asdict(self)}
@@ -54,7 +64,11 @@ class ImagePreprocessing:
     @classmethod
     def from_dict(cls, data: dict[str, object]) -> ImagePreprocessing:
         """As to_dict wrote it; bundles written before `interpolation` existed keep the area resize."""
-        return cls(width=data["width"], height=data["height"], interpolation=data.get("interpolation", cls.interpolation))  # type: ignore[arg-type]
+        return cls(
+            width=data["width"],
+            height=data["height"],
+            interpolation=data.get("interpolation", cls.interpolation),
+        )  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
@@ -65,7 +79,12 @@ class FlowPreprocessing:
 
     width: int = 160
     height: int = 120
-    crop: tuple[int, int, int, int] = (4, 4, 152, 112)  # x, y, width, height inside the resized frame
+    crop: tuple[int, int, int, int] = (
+        4,
+        4,
+        152,
+        112,
+    )  # x, y, width, height inside the resized frame
     stack: int = 6
     method: str = "farneback"  # or "dis"
     max_flow: float = 8.0  # pixels per frame at width×height mapped to ±1
@@ -80,11 +99,15 @@ class FlowPreprocessing:
         if self.method not in FLOW_METHODS:
             raise ValueError(f"flow method must be one of {FLOW_METHODS}, got '{self.method}'")
         if self.dis_preset not in DIS_PRESETS:
-            raise ValueError(f"DIS preset must be one of {tuple(DIS_PRESETS)}, got '{self.dis_preset}'")
+            raise ValueError(
+                f"DIS preset must be one of {tuple(DIS_PRESETS)}, got '{self.dis_preset}'"
+            )
         if self.resize not in FLOW_RESIZES:
             raise ValueError(f"flow resize must be one of {FLOW_RESIZES}, got '{self.resize}'")
         if isinstance(self.winsize, bool) or not isinstance(self.winsize, int) or self.winsize < 3:
-            raise ValueError(f"Farneback winsize must be an integer of at least 3 pixels, got {self.winsize!r}")
+            raise ValueError(
+                f"Farneback winsize must be an integer of at least 3 pixels, got {self.winsize!r}"
+            )
         x, y, w, h = self.crop
         if x < 0 or y < 0 or x + w > self.width or y + h > self.height or w <= 0 or h <= 0:
             raise ValueError(f"crop {self.crop} does not fit in {self.width}x{self.height}")
@@ -121,7 +144,11 @@ class FlowStacker:
         self._previous: np.ndarray | None = None
         self._flows: deque[np.ndarray] = deque(maxlen=params.stack)
         self._clahe = cv2.createCLAHE(clipLimit=2.0, tileGridSize=(8, 8)) if params.clahe else None
-        self._dis = cv2.DISOpticalFlow_create(DIS_PRESETS[params.dis_preset]) if params.method == "dis" else None
+        self._dis = (
+            cv2.DISOpticalFlow_create(DIS_PRESETS[params.dis_preset])
+            if params.method == "dis"
+            else None
+        )
 
     def reset(self) -> None:
         self._previous = None
@@ -130,15 +157,23 @@ class FlowStacker:
     def _grey(self, rgb: np.ndarray) -> np.ndarray:
         size = (self.params.width, self.params.height)
         if self.params.resize == "grey_stepped":
-            grey = cv2.resize(_whole_factor_area(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), size), size, interpolation=cv2.INTER_AREA)
+            grey = cv2.resize(
+                _whole_factor_area(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), size),
+                size,
+                interpolation=cv2.INTER_AREA,
+            )
         else:
-            grey = cv2.cvtColor(cv2.resize(rgb, size, interpolation=cv2.INTER_AREA), cv2.COLOR_RGB2GRAY)
+            grey = cv2.cvtColor(
+                cv2.resize(rgb, size, interpolation=cv2.INTER_AREA), cv2.COLOR_RGB2GRAY
+            )
         return self._clahe.apply(grey) if self._clahe is not None else grey
 
     def _flow(self, previous: np.ndarray, current: np.ndarray) -> np.ndarray:
         if self._dis is not None:
             return self._dis.calc(previous, current, None)
-        return cv2.calcOpticalFlowFarneback(previous, current, None, 0.5, 1, self.params.winsize, 1, 5, 1.1, 0)
+        return cv2.calcOpticalFlowFarneback(
+            previous, current, None, 0.5, 1, self.params.winsize, 1, 5, 1.1, 0
+        )
 
     def push(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
         grey = self._grey(rgb)

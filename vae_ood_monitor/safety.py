@@ -54,7 +54,9 @@ class SafetyConfig:
         if self.timeout_s <= 0:
             raise ValueError(f"timeout_s must be positive, got {self.timeout_s}")
         if self.frozen_s < 0:
-            raise ValueError(f"frozen_s must be >= 0 (0 disables the frozen-camera check), got {self.frozen_s}")
+            raise ValueError(
+                f"frozen_s must be >= 0 (0 disables the frozen-camera check), got {self.frozen_s}"
+            )
 
 
 def frame_fingerprint(data: bytes | memoryview) -> int:
@@ -123,7 +125,9 @@ class SafetyStop:
 
     def fused_ood(self) -> bool:
         votes = self.ood_votes()
-        needed = {"any": 1, "all": len(self._detectors), "k_of_n": self.config.k}[self.config.fusion]
+        needed = {"any": 1, "all": len(self._detectors), "k_of_n": self.config.k}[
+            self.config.fusion
+        ]
         return bool(votes) and len(votes) >= needed
 
     def _problems(self, now: float) -> list[str]:
@@ -133,13 +137,19 @@ class SafetyStop:
             if source.last_seen is None:
                 problems.append(f"{name}: not heard yet")
             elif now - source.last_seen > self.config.timeout_s:
-                problems.append(f"{name}: silent for {now - source.last_seen:.2f} s (timeout {self.config.timeout_s:.2f} s)")
+                problems.append(
+                    f"{name}: silent for {now - source.last_seen:.2f} s (timeout {self.config.timeout_s:.2f} s)"
+                )
             elif source.error:
                 problems.append(f"{name}: error: {source.error}")
         if self._frames.frozen:
-            problems.append(f"camera: frozen, the same frame for {self._frames.frozen_for:.2f} s (limit {self.config.frozen_s:.2f} s)")
+            problems.append(
+                f"camera: frozen, the same frame for {self._frames.frozen_for:.2f} s (limit {self.config.frozen_s:.2f} s)"
+            )
         if self.fused_ood():
-            problems.append(f"out of distribution: {', '.join(self.ood_votes())} ({self.config.fusion})")
+            problems.append(
+                f"out of distribution: {', '.join(self.ood_votes())} ({self.config.fusion})"
+            )
         return problems
 
     def update(self, now: float) -> bool:
@@ -150,7 +160,9 @@ class SafetyStop:
         if not problems:
             self.state = State.RUNNING
             return False
-        heard_from_all = all(source.last_seen is not None for source in (self._camera, *self._detectors.values()))
+        heard_from_all = all(
+            source.last_seen is not None for source in (self._camera, *self._detectors.values())
+        )
         if self.state is State.RUNNING or heard_from_all:
             self.state, self.stop_reasons = State.STOPPED, problems
             return True

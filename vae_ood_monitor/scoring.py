@@ -45,7 +45,14 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-SCORE_KINDS = ("kl", "mahalanobis", "mahalanobis_pooled", "mixture_pooled", "mixture_bands", "mixture_band_peak")
+SCORE_KINDS = (
+    "kl",
+    "mahalanobis",
+    "mahalanobis_pooled",
+    "mixture_pooled",
+    "mixture_bands",
+    "mixture_band_peak",
+)
 MAHALANOBIS_KINDS = ("mahalanobis", "mahalanobis_pooled")
 MIXTURE_KINDS = ("mixture_pooled", "mixture_bands", "mixture_band_peak")
 BAND_KINDS = ("mixture_bands", "mixture_band_peak")  # scores that treat the band maxima apart
@@ -57,7 +64,9 @@ class EncoderOutputs(NamedTuple):
 
     mu: np.ndarray
     logvar: np.ndarray
-    pooled: np.ndarray | None = None  # pooled conv features (block means, maybe band maxima), where the ONNX has them
+    pooled: np.ndarray | None = (
+        None  # pooled conv features (block means, maybe band maxima), where the ONNX has them
+    )
 
 
 Latents = dict[str, EncoderOutputs]  # encoder name → its outputs
@@ -68,8 +77,14 @@ def concatenate_outputs(parts: list[EncoderOutputs]) -> EncoderOutputs:
     no batches: empty outputs."""
     if not parts:
         return EncoderOutputs(np.empty((0, 0)), np.empty((0, 0)))
-    pooled = np.concatenate([p.pooled for p in parts]) if all(p.pooled is not None for p in parts) else None  # type: ignore[misc]
-    return EncoderOutputs(np.concatenate([p.mu for p in parts]), np.concatenate([p.logvar for p in parts]), pooled)
+    pooled = (
+        np.concatenate([p.pooled for p in parts])
+        if all(p.pooled is not None for p in parts)
+        else None
+    )  # type: ignore[misc]
+    return EncoderOutputs(
+        np.concatenate([p.mu for p in parts]), np.concatenate([p.logvar for p in parts]), pooled
+    )
 
 
 def kl_per_dimension(mu: np.ndarray, logvar: np.ndarray) -> np.ndarray:
@@ -79,7 +94,9 @@ def kl_per_dimension(mu: np.ndarray, logvar: np.ndarray) -> np.ndarray:
     return 0.5 * (mu * mu + np.exp(logvar) - 1.0 - logvar)
 
 
-def select_active_dimensions(mu: np.ndarray, logvar: np.ndarray, min_mean_kl: float = 0.05) -> list[int]:
+def select_active_dimensions(
+    mu: np.ndarray, logvar: np.ndarray, min_mean_kl: float = 0.05
+) -> list[int]:
     """Latent dimensions that carry information on in-distribution data.
 
     A β-VAE switches unused dimensions off (posterior = prior, KL ≈ 0 for every input); they add only
@@ -91,7 +108,9 @@ def select_active_dimensions(mu: np.ndarray, logvar: np.ndarray, min_mean_kl: fl
     return active or [int(np.argmax(mean_kl))]
 
 
-def posterior_features(latents: Latents, dims: dict[str, list[int]], pooled: bool = False) -> np.ndarray:
+def posterior_features(
+    latents: Latents, dims: dict[str, list[int]], pooled: bool = False
+) -> np.ndarray:
     """[μ, logσ²] of the chosen dimensions of every encoder (and, with `pooled`, its pooled conv
     features), one row per frame."""
     parts = []
@@ -100,30 +119,55 @@ def posterior_features(latents: Latents, dims: dict[str, list[int]], pooled: boo
         parts += [outputs.mu[:, chosen], outputs.logvar[:, chosen]]
         if pooled:
             if outputs.pooled is None:
-                raise ValueError(f"score needs encoder '{name}'s pooled features, but its model has no 'pooled' output")
+                raise ValueError(
+                    f"score needs encoder '{name}'s pooled features, but its model has no 'pooled' output"
+                )
             parts.append(outputs.pooled)
     return np.concatenate(parts, axis=1).astype(np.float64)
 
 
-def _mixture_log_prior(kind: str, weights: np.ndarray | None, mean: np.ndarray | None, precision: np.ndarray | None, size: int) -> np.ndarray:
+def _mixture_log_prior(
+    kind: str,
+    weights: np.ndarray | None,
+    mean: np.ndarray | None,
+    precision: np.ndarray | None,
+    size: int,
+) -> np.ndarray:
     """log π_k of a mixture over `size` features, checking its components on the way (a
     hand-edited bundle must fail here, by name)."""
-    if weights is None or weights.ndim != 1 or weights.size == 0 or not np.all(np.isfinite(weights)) or np.any(weights <= 0.0):
+    if (
+        weights is None
+        or weights.ndim != 1
+        or weights.size == 0
+        or not np.all(np.isfinite(weights))
+        or np.any(weights <= 0.0)
+    ):
         raise ValueError(f"{kind} score needs positive, finite weights, one per component")
     count = weights.size
-    if mean is None or precision is None or mean.shape != (count, size) or precision.shape != (count, size, size):
-        raise ValueError(f"{kind} score with {count} components needs {count} means of {size} values and {count} {size}×{size} precision matrices")
+    if (
+        mean is None
+        or precision is None
+        or mean.shape != (count, size)
+        or precision.shape != (count, size, size)
+    ):
+        raise ValueError(
+            f"{kind} score with {count} components needs {count} means of {size} values and {count} {size}×{size} precision matrices"
+        )
     log_det = np.empty(count)
     for k, component in enumerate(precision):
         try:
             log_det[k] = 2.0 * np.log(np.diag(np.linalg.cholesky(component))).sum()
         except np.linalg.LinAlgError:
-            raise ValueError(f"{kind} component {k}: the precision matrix is not positive definite") from None
+            raise ValueError(
+                f"{kind} component {k}: the precision matrix is not positive definite"
+            ) from None
     log_prior = np.log(weights) + 0.5 * log_det
     return log_prior - (log_prior.max() + np.log(np.exp(log_prior - log_prior.max()).sum()))
 
 
-def _mixture_score(features: np.ndarray, mean: np.ndarray, precision: np.ndarray, log_prior: np.ndarray) -> np.ndarray:
+def _mixture_score(
+    features: np.ndarray, mean: np.ndarray, precision: np.ndarray, log_prior: np.ndarray
+) -> np.ndarray:
     """−2 log Σ_k π_k exp(−d_k / 2) (module docstring), finite however far out a frame lies."""
     centred = features[:, None, :] - mean[None]  # frame, component, feature
     distances = (np.einsum("nkd,kde->nke", centred, precision) * centred).sum(axis=2)
@@ -132,15 +176,21 @@ def _mixture_score(features: np.ndarray, mean: np.ndarray, precision: np.ndarray
     return -2.0 * (top + np.log(np.exp(exponents - top[:, None]).sum(axis=1)))
 
 
-def band_mask(dims: dict[str, list[int]], pooled: dict[str, int], bands: dict[str, int], kind: str) -> np.ndarray:
+def band_mask(
+    dims: dict[str, list[int]], pooled: dict[str, int], bands: dict[str, int], kind: str
+) -> np.ndarray:
     """Which of posterior_features' columns are band maxima: the last `bands[name]` of each
     encoder's pooled features (training.export.BandMax)."""
     if set(bands) != set(dims):
-        raise ValueError(f"a {kind} score needs the band maxima count of every encoder it reads ({', '.join(dims)}), got {sorted(bands)}")
+        raise ValueError(
+            f"a {kind} score needs the band maxima count of every encoder it reads ({', '.join(dims)}), got {sorted(bands)}"
+        )
     mask = []
     for name, chosen in dims.items():
         if not 0 < bands[name] <= pooled[name]:
-            raise ValueError(f"{kind} score: encoder '{name}' has {pooled[name]} pooled features, so {bands[name]} band maxima cannot end them")
+            raise ValueError(
+                f"{kind} score: encoder '{name}' has {pooled[name]} pooled features, so {bands[name]} band maxima cannot end them"
+            )
         mask += [False] * (2 * len(chosen) + pooled[name] - bands[name]) + [True] * bands[name]
     return np.asarray(mask, dtype=bool)
 
@@ -164,9 +214,17 @@ class BandPeak:
     def check(self, size: int) -> None:
         """A hand-edited bundle fails here, by name."""
         if self.mean.shape != (size,) or self.scale.shape != (size,):
-            raise ValueError(f"mixture_band_peak score needs a band_peak mean and scale of {size} values each")
-        if not (np.all(np.isfinite(self.mean)) and np.all(np.isfinite(self.scale)) and np.all(self.scale > 0.0)):
-            raise ValueError("mixture_band_peak score needs a finite band_peak mean and a positive, finite scale")
+            raise ValueError(
+                f"mixture_band_peak score needs a band_peak mean and scale of {size} values each"
+            )
+        if not (
+            np.all(np.isfinite(self.mean))
+            and np.all(np.isfinite(self.scale))
+            and np.all(self.scale > 0.0)
+        ):
+            raise ValueError(
+                "mixture_band_peak score needs a finite band_peak mean and a positive, finite scale"
+            )
 
     def __call__(self, bands: np.ndarray) -> np.ndarray:
         """max_j max(z_j, 0)² per frame (module docstring)."""
@@ -193,21 +251,34 @@ class LatentScore:
     bands: dict[str, int] = field(default_factory=dict)
     band_mixture: Mixture | None = field(default=None, compare=False)
     band_peak: BandPeak | None = field(default=None, compare=False)
-    _log_prior: np.ndarray | None = field(default=None, init=False, repr=False, compare=False)  # log π_k (module docstring)
+    _log_prior: np.ndarray | None = field(
+        default=None, init=False, repr=False, compare=False
+    )  # log π_k (module docstring)
     _band_log_prior: np.ndarray | None = field(default=None, init=False, repr=False, compare=False)
-    _in_bands: np.ndarray | None = field(default=None, init=False, repr=False, compare=False)  # which features are band maxima
+    _in_bands: np.ndarray | None = field(
+        default=None, init=False, repr=False, compare=False
+    )  # which features are band maxima
 
     def __post_init__(self) -> None:
         if self.kind not in SCORE_KINDS:
             raise ValueError(f"unknown score kind {self.kind!r} (known: {', '.join(SCORE_KINDS)})")
         if self.reads_pooled and set(self.pooled) != set(self.dims):
-            raise ValueError(f"a {self.kind} score needs the pooled feature count of every encoder it reads")
+            raise ValueError(
+                f"a {self.kind} score needs the pooled feature count of every encoder it reads"
+            )
         if not self.reads_pooled and self.pooled:
             raise ValueError(f"a {self.kind} score reads no pooled features")
         size = 2 * sum(len(d) for d in self.dims.values()) + sum(self.pooled.values())
         if self.kind in MAHALANOBIS_KINDS:
-            if self.mean is None or self.precision is None or self.mean.shape != (size,) or self.precision.shape != (size, size):
-                raise ValueError(f"{self.kind} score needs a mean of {size} values and a {size}×{size} precision matrix")
+            if (
+                self.mean is None
+                or self.precision is None
+                or self.mean.shape != (size,)
+                or self.precision.shape != (size, size)
+            ):
+                raise ValueError(
+                    f"{self.kind} score needs a mean of {size} values and a {size}×{size} precision matrix"
+                )
         if self.kind in BAND_KINDS:
             in_bands = band_mask(self.dims, self.pooled, self.bands, self.kind)
             object.__setattr__(self, "_in_bands", in_bands)
@@ -215,17 +286,31 @@ class LatentScore:
             if self.kind == "mixture_bands":
                 band = self.band_mixture
                 if band is None or self.band_peak is not None:
-                    raise ValueError(f"a {self.kind} score needs its band_mixture, and no band_peak")
-                object.__setattr__(self, "_band_log_prior", _mixture_log_prior(f"{self.kind} band", band.weights, band.mean, band.precision, band_size))
+                    raise ValueError(
+                        f"a {self.kind} score needs its band_mixture, and no band_peak"
+                    )
+                object.__setattr__(
+                    self,
+                    "_band_log_prior",
+                    _mixture_log_prior(
+                        f"{self.kind} band", band.weights, band.mean, band.precision, band_size
+                    ),
+                )
             else:
                 if self.band_peak is None or self.band_mixture is not None:
-                    raise ValueError(f"a {self.kind} score needs its band_peak, and no band_mixture")
+                    raise ValueError(
+                        f"a {self.kind} score needs its band_peak, and no band_mixture"
+                    )
                 self.band_peak.check(band_size)
             size -= band_size
         elif self.bands or self.band_mixture is not None or self.band_peak is not None:
             raise ValueError(f"a {self.kind} score has no band maxima terms")
         if self.kind in MIXTURE_KINDS:
-            object.__setattr__(self, "_log_prior", _mixture_log_prior(self.kind, self.weights, self.mean, self.precision, size))
+            object.__setattr__(
+                self,
+                "_log_prior",
+                _mixture_log_prior(self.kind, self.weights, self.mean, self.precision, size),
+            )
         elif self.weights is not None:
             raise ValueError(f"a {self.kind} score has no mixture weights")
 
@@ -235,11 +320,16 @@ class LatentScore:
 
     def __call__(self, latents: Latents) -> np.ndarray:
         if self.kind == "kl":
-            return sum(kl_per_dimension(latents[name].mu, latents[name].logvar)[:, dims].sum(axis=1) for name, dims in self.dims.items())  # type: ignore[return-value]
+            return sum(
+                kl_per_dimension(latents[name].mu, latents[name].logvar)[:, dims].sum(axis=1)
+                for name, dims in self.dims.items()
+            )  # type: ignore[return-value]
         for name, width in self.pooled.items():
             found = latents[name].pooled
             if found is not None and found.shape[1] != width:
-                raise ValueError(f"score expects {width} pooled features from encoder '{name}', its model gives {found.shape[1]}")
+                raise ValueError(
+                    f"score expects {width} pooled features from encoder '{name}', its model gives {found.shape[1]}"
+                )
         features = posterior_features(latents, self.dims, self.reads_pooled)
         if self.kind in MAHALANOBIS_KINDS:
             centred = features - self.mean
@@ -251,7 +341,9 @@ class LatentScore:
         if self.band_peak is not None:
             return rest + self.band_peak(features[:, in_bands])
         band = self.band_mixture
-        return rest + _mixture_score(features[:, in_bands], band.mean, band.precision, self._band_log_prior)  # type: ignore[union-attr, arg-type]
+        return rest + _mixture_score(
+            features[:, in_bands], band.mean, band.precision, self._band_log_prior
+        )  # type: ignore[union-attr, arg-type]
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {"kind": self.kind, "dims": self.dims}
@@ -266,9 +358,16 @@ class LatentScore:
             data["bands"] = self.bands
         if self.band_mixture is not None:
             band = self.band_mixture
-            data["band_mixture"] = {"mean": np.round(band.mean, 7).tolist(), "precision": np.round(band.precision, 7).tolist(), "weights": np.round(band.weights, 9).tolist()}
+            data["band_mixture"] = {
+                "mean": np.round(band.mean, 7).tolist(),
+                "precision": np.round(band.precision, 7).tolist(),
+                "weights": np.round(band.weights, 9).tolist(),
+            }
         if self.band_peak is not None:
-            data["band_peak"] = {"mean": np.round(self.band_peak.mean, 7).tolist(), "scale": np.round(self.band_peak.scale, 7).tolist()}
+            data["band_peak"] = {
+                "mean": np.round(self.band_peak.mean, 7).tolist(),
+                "scale": np.round(self.band_peak.scale, 7).tolist(),
+            }
         return data
 
     @classmethod
@@ -279,9 +378,33 @@ class LatentScore:
             weights = np.asarray(data["weights"], dtype=np.float64) if "weights" in data else None
             bands = {str(name): int(count) for name, count in data.get("bands", {}).items()}
             band = data.get("band_mixture")
-            band_mixture = None if band is None else Mixture(*(np.asarray(band[key], dtype=np.float64) for key in ("mean", "precision", "weights")))
+            band_mixture = (
+                None
+                if band is None
+                else Mixture(
+                    *(
+                        np.asarray(band[key], dtype=np.float64)
+                        for key in ("mean", "precision", "weights")
+                    )
+                )
+            )
             peak = data.get("band_peak")
-            band_peak = None if peak is None else BandPeak(*(np.asarray(peak[key], dtype=np.float64) for key in ("mean", "scale")))
-            return cls(data["kind"], dims, np.asarray(data["mean"], dtype=np.float64), np.asarray(data["precision"], dtype=np.float64), pooled, weights, bands,
-                       band_mixture, band_peak)
+            band_peak = (
+                None
+                if peak is None
+                else BandPeak(
+                    *(np.asarray(peak[key], dtype=np.float64) for key in ("mean", "scale"))
+                )
+            )
+            return cls(
+                data["kind"],
+                dims,
+                np.asarray(data["mean"], dtype=np.float64),
+                np.asarray(data["precision"], dtype=np.float64),
+                pooled,
+                weights,
+                bands,
+                band_mixture,
+                band_peak,
+            )
         return cls(data["kind"], dims, pooled=pooled)

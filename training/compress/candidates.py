@@ -44,27 +44,46 @@ class SplitInputs:
     perturbations: Perturbations | None = None
 
     @classmethod
-    def load(cls, data: Path, prep: Preprocessing, train_stride: int, eval_stride: int, workers: int = 2) -> SplitInputs:
+    def load(
+        cls, data: Path, prep: Preprocessing, train_stride: int, eval_stride: int, workers: int = 2
+    ) -> SplitInputs:
         def split(name: str, stride: int) -> list[EpisodeInputs]:
-            return load_inputs(episodes(data, name), prep, stride, workers, desc=f"{name} inputs {prep}")
+            return load_inputs(
+                episodes(data, name), prep, stride, workers, desc=f"{name} inputs {prep}"
+            )
 
-        return cls(prep, split("train", train_stride), split("calibration", eval_stride), split("validation", eval_stride))
+        return cls(
+            prep,
+            split("train", train_stride),
+            split("calibration", eval_stride),
+            split("validation", eval_stride),
+        )
 
     def train_inputs(self, encoder_index: int) -> np.ndarray:
         rows = np.concatenate([item.inputs[encoder_index] for item in self.train])
-        return rows if self.perturbations is None else np.concatenate([rows, self.perturbations.apply(rows)])
+        return (
+            rows
+            if self.perturbations is None
+            else np.concatenate([rows, self.perturbations.apply(rows)])
+        )
 
     def train_frames(self) -> list[tuple[str, int]]:
         return [(item.episode.name, int(f)) for item in self.train for f in item.frames]
 
 
-def encode(onnx_files: dict[str, Path], item: EpisodeInputs, threads: int = 2, batch_size: int = 64) -> Latents:
+def encode(
+    onnx_files: dict[str, Path], item: EpisodeInputs, threads: int = 2, batch_size: int = 64
+) -> Latents:
     latents = {}
     for index, (name, path) in enumerate(onnx_files.items()):
         encoder = make_encoder("onnxruntime", path, threads)
         rows = item.inputs[index]
-        parts = [encoder(to_float(rows[i : i + batch_size])) for i in range(0, len(rows), batch_size)]
-        latents[name] = concatenate_outputs([EncoderOutputs(p["mu"], p["logvar"], p.get(POOLED_OUTPUT)) for p in parts])
+        parts = [
+            encoder(to_float(rows[i : i + batch_size])) for i in range(0, len(rows), batch_size)
+        ]
+        latents[name] = concatenate_outputs(
+            [EncoderOutputs(p["mu"], p["logvar"], p.get(POOLED_OUTPUT)) for p in parts]
+        )
     return latents
 
 
@@ -85,6 +104,3 @@ def input_shapes(kind: str, prep: Preprocessing) -> dict[str, tuple[int, int, in
 
 def files_size_mb(files: dict[str, Path]) -> float:
     return sum(p.stat().st_size for p in files.values()) / 1e6
-
-
-

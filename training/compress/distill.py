@@ -18,8 +18,8 @@ import numpy as np
 import torch
 import torch_pruning as tp
 from torch import nn
-from torch.nn.utils import prune
 from torch.nn import functional as F
+from torch.nn.utils import prune
 from tqdm import tqdm
 
 from training.models import Encoder, VAEConfig
@@ -27,10 +27,17 @@ from training.trainer import TrainConfig, set_seeds
 from vae_ood_monitor.backends import make_encoder
 
 
-def teacher_latents(onnx: Path, inputs: np.ndarray, to_float: Callable[[np.ndarray], np.ndarray], batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+def teacher_latents(
+    onnx: Path,
+    inputs: np.ndarray,
+    to_float: Callable[[np.ndarray], np.ndarray],
+    batch_size: int = 64,
+) -> tuple[np.ndarray, np.ndarray]:
     """The teacher's (μ, logσ²) for every input row, from its exported ONNX (what ships)."""
     encoder = make_encoder("onnxruntime", onnx, threads=2)
-    parts = [encoder(to_float(inputs[i : i + batch_size])) for i in range(0, len(inputs), batch_size)]
+    parts = [
+        encoder(to_float(inputs[i : i + batch_size])) for i in range(0, len(inputs), batch_size)
+    ]
     return np.concatenate([p["mu"] for p in parts]), np.concatenate([p["logvar"] for p in parts])
 
 
@@ -41,7 +48,12 @@ def new_student(config: VAEConfig, seed: int) -> Encoder:
     return Encoder(config)
 
 
-def prune_encoder(encoder: Encoder, input_shape: tuple[int, int, int], ratio: float, layer_ratios: dict[str, float] | None = None) -> Encoder:
+def prune_encoder(
+    encoder: Encoder,
+    input_shape: tuple[int, int, int],
+    ratio: float,
+    layer_ratios: dict[str, float] | None = None,
+) -> Encoder:
     """A structurally pruned copy: `ratio` of the channels / neurons of every conv and hidden dense
     layer removed by L2 magnitude (per-layer `layer_ratios` by module name override it); the
     output head keeps its 2·n outputs."""
@@ -49,8 +61,12 @@ def prune_encoder(encoder: Encoder, input_shape: tuple[int, int, int], ratio: fl
     modules = dict(pruned.named_modules())
     per_layer = {modules[name]: value for name, value in (layer_ratios or {}).items()}
     pruner = tp.pruner.MetaPruner(
-        pruned, torch.zeros(1, *input_shape), importance=tp.importance.MagnitudeImportance(p=2),
-        pruning_ratio=ratio, pruning_ratio_dict=per_layer or None, ignored_layers=[pruned.head],
+        pruned,
+        torch.zeros(1, *input_shape),
+        importance=tp.importance.MagnitudeImportance(p=2),
+        pruning_ratio=ratio,
+        pruning_ratio_dict=per_layer or None,
+        ignored_layers=[pruned.head],
         output_transform=lambda outputs: outputs[0].sum() + outputs[1].sum(),
     )
     pruner.step()
@@ -76,7 +92,11 @@ def distill(
         student.train()
         order = generator.permutation(len(inputs))
         total = 0.0
-        for start in tqdm(range(0, len(order), train.batch_size), desc=f"{desc} epoch {epoch + 1}/{train.epochs}", leave=False):
+        for start in tqdm(
+            range(0, len(order), train.batch_size),
+            desc=f"{desc} epoch {epoch + 1}/{train.epochs}",
+            leave=False,
+        ):
             index = np.sort(order[start : start + train.batch_size])
             mu, logvar = student(to_tensor(inputs[index]))
             loss = F.mse_loss(mu, mu_t[index]) + F.mse_loss(logvar, logvar_t[index])
@@ -98,7 +118,11 @@ def parameter_count(module: torch.nn.Module) -> int:
 
 
 def _prunable(encoder: Encoder) -> list[tuple[nn.Module, str]]:
-    return [(m, "weight") for name, m in encoder.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear)) and not name.startswith("head")]
+    return [
+        (m, "weight")
+        for name, m in encoder.named_modules()
+        if isinstance(m, (nn.Conv2d, nn.Linear)) and not name.startswith("head")
+    ]
 
 
 def mask_encoder(encoder: Encoder, sparsity: float) -> Encoder:
@@ -106,7 +130,9 @@ def mask_encoder(encoder: Encoder, sparsity: float) -> Encoder:
     hidden dense weights masked to zero. Shapes stay, so a dense runtime does the same work —
     the comparison point for structured pruning. Call `unmask` after fine-tuning."""
     masked = copy.deepcopy(encoder)
-    prune.global_unstructured(_prunable(masked), pruning_method=prune.L1Unstructured, amount=sparsity)
+    prune.global_unstructured(
+        _prunable(masked), pruning_method=prune.L1Unstructured, amount=sparsity
+    )
     return masked
 
 

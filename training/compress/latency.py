@@ -32,11 +32,21 @@ class Latency:
     size_mb: float
 
 
-def measure_latency(models: dict[str, tuple[Path, tuple[int, ...]]], runs: int = 200, threads: int = 1, warmup: int = 20) -> list[Latency]:
+def measure_latency(
+    models: dict[str, tuple[Path, tuple[int, ...]]],
+    runs: int = 200,
+    threads: int = 1,
+    warmup: int = 20,
+) -> list[Latency]:
     """`models`: name → (ONNX path, input shape without batch); the first entry is the baseline."""
     rng = np.random.default_rng(0)
-    sessions = {name: (OnnxRuntimeEncoder(path, threads=threads, providers=("CPUExecutionProvider",)), rng.random((1, *shape), dtype=np.float32))
-                for name, (path, shape) in models.items()}
+    sessions = {
+        name: (
+            OnnxRuntimeEncoder(path, threads=threads, providers=("CPUExecutionProvider",)),
+            rng.random((1, *shape), dtype=np.float32),
+        )
+        for name, (path, shape) in models.items()
+    }
     times: dict[str, list[float]] = {name: [] for name in models}
     for step in range(warmup + runs):
         for name, (encoder, batch) in sessions.items():
@@ -46,12 +56,22 @@ def measure_latency(models: dict[str, tuple[Path, tuple[int, ...]]], runs: int =
                 times[name].append((time.perf_counter() - start) * 1000.0)
     baseline = float(np.median(times[next(iter(models))]))
     return [
-        Latency(name, float(np.median(t)), float(np.percentile(t, 90)), float(np.median(t)) / baseline, models[name][0].stat().st_size / 1e6)
+        Latency(
+            name,
+            float(np.median(t)),
+            float(np.percentile(t, 90)),
+            float(np.median(t)) / baseline,
+            models[name][0].stat().st_size / 1e6,
+        )
         for name, t in times.items()
     ]
 
 
-def measure_preprocessing(preprocessings: dict[str, ImagePreprocessing | FlowPreprocessing], frames: list[np.ndarray], warmup: int = 10) -> dict[str, float]:
+def measure_preprocessing(
+    preprocessings: dict[str, ImagePreprocessing | FlowPreprocessing],
+    frames: list[np.ndarray],
+    warmup: int = 10,
+) -> dict[str, float]:
     """Median milliseconds per camera frame of each preprocessing, interleaved frame by frame,
     OpenCV on one thread (as the detector nodes run it). Flow preprocessings see the frames as
     a stream: one optical flow per frame."""
@@ -60,7 +80,10 @@ def measure_preprocessing(preprocessings: dict[str, ImagePreprocessing | FlowPre
     threads = cv2.getNumThreads()
     cv2.setNumThreads(1)
     try:
-        steps = {name: FlowStacker(p).push if isinstance(p, FlowPreprocessing) else p for name, p in preprocessings.items()}
+        steps = {
+            name: FlowStacker(p).push if isinstance(p, FlowPreprocessing) else p
+            for name, p in preprocessings.items()
+        }
         times: dict[str, list[float]] = {name: [] for name in steps}
         for index, rgb in enumerate(frames):
             for name, step in steps.items():
@@ -90,7 +113,15 @@ def peak_memory_mb(files: dict[str, Path], shapes: dict[str, tuple[int, ...]]) -
     frame: Python, numpy and ONNX Runtime included, as in a detector node. A plain subprocess, not
     multiprocessing: a spawned child re-imports the caller's main module (torch and all)."""
     args = [item for name in files for item in (str(files[name]), "x".join(map(str, shapes[name])))]
-    result = subprocess.run([sys.executable, "-c", _PEAK_RSS, *args], capture_output=True, text=True, check=False, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", _PEAK_RSS, *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
     if result.returncode != 0:
-        raise RuntimeError(f"measuring memory of {', '.join(map(str, files.values()))} failed: {result.stderr.strip()[-300:]}")
+        raise RuntimeError(
+            f"measuring memory of {', '.join(map(str, files.values()))} failed: {result.stderr.strip()[-300:]}"
+        )
     return float(result.stdout.strip())

@@ -37,12 +37,16 @@ class Perturbations:
         """Every input `copies_per_frame` times: half blended towards uniform values (weight 0–0.8
         of the input left), half mixed with another random input (weight 0.2–0.8)."""
         if frames < 2 or copies_per_frame < 1:
-            raise ValueError(f"perturbed copies need at least 2 frames and 1 copy per frame, got {frames} frames, {copies_per_frame} copies")
+            raise ValueError(
+                f"perturbed copies need at least 2 frames and 1 copy per frame, got {frames} frames, {copies_per_frame} copies"
+            )
         rng = np.random.default_rng(seed)
         source = np.tile(np.arange(frames), copies_per_frame)
         count = source.size
         uniform = rng.random(count) < 0.5
-        partner = np.where(uniform, UNIFORM_COLOUR, (source + rng.integers(1, frames, count)) % frames)
+        partner = np.where(
+            uniform, UNIFORM_COLOUR, (source + rng.integers(1, frames, count)) % frames
+        )
         weight = np.where(uniform, rng.uniform(0.0, 0.8, count), rng.uniform(0.2, 0.8, count))
         return cls(source, partner, weight, seed)
 
@@ -55,13 +59,17 @@ class Perturbations:
         """The perturbed copies of `rows` (N, C, H, W) at any H, W: uint8 images (out: uint8) or
         normalised flow stacks (float, out: the same dtype)."""
         if rows.ndim != 4:
-            raise ValueError(f"perturbations apply to rows of shape (N, channels, H, W), got shape {rows.shape}")
+            raise ValueError(
+                f"perturbations apply to rows of shape (N, channels, H, W), got shape {rows.shape}"
+            )
         if len(rows) <= int(max(self.source.max(), self.partner.max())):
             raise ValueError(f"perturbations were drawn for more frames than the {len(rows)} given")
         image = rows.dtype == np.uint8
         uniform_values = self.uniform_values(rows.shape[1], image)
         out = np.empty((self.source.size, *rows.shape[1:]), dtype=rows.dtype)
-        for start in range(0, self.source.size, 256):  # in chunks: float copies of every row would double the memory
+        for start in range(
+            0, self.source.size, 256
+        ):  # in chunks: float copies of every row would double the memory
             part = slice(start, start + 256)
             weight = self.weight[part, None, None, None]
             partner = self.partner[part]

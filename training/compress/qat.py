@@ -51,17 +51,26 @@ class FakeQuantized(nn.Module):
             self.high.lerp_(high, self.momentum)
 
     def _quantized_input(self, x: torch.Tensor) -> torch.Tensor:
-        low, high = torch.clamp(self.low, max=0.0), torch.clamp(self.high, min=0.0)  # zero stays exact
+        low, high = (
+            torch.clamp(self.low, max=0.0),
+            torch.clamp(self.high, min=0.0),
+        )  # zero stays exact
         scale = torch.clamp((high - low) / (INT8_MAX - INT8_MIN), min=1e-8)
-        zero_point = torch.clamp(torch.round(INT8_MIN - low / scale), INT8_MIN, INT8_MAX).to(torch.int32)
-        return torch.fake_quantize_per_tensor_affine(x, scale.reshape(1), zero_point.reshape(1), INT8_MIN, INT8_MAX)
+        zero_point = torch.clamp(torch.round(INT8_MIN - low / scale), INT8_MIN, INT8_MAX).to(
+            torch.int32
+        )
+        return torch.fake_quantize_per_tensor_affine(
+            x, scale.reshape(1), zero_point.reshape(1), INT8_MIN, INT8_MAX
+        )
 
     def _quantized_weight(self) -> torch.Tensor:
         weight = self.layer.weight
         reduce = tuple(range(1, weight.dim()))
         scale = torch.clamp(weight.detach().abs().amax(dim=reduce) / INT8_MAX, min=1e-8)
         zero_point = torch.zeros_like(scale, dtype=torch.int32)
-        return torch.fake_quantize_per_channel_affine(weight, scale, zero_point, 0, INT8_MIN, INT8_MAX)
+        return torch.fake_quantize_per_channel_affine(
+            weight, scale, zero_point, 0, INT8_MIN, INT8_MAX
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training:
@@ -69,7 +78,15 @@ class FakeQuantized(nn.Module):
         x = self._quantized_input(x)
         weight = self._quantized_weight()
         if isinstance(self.layer, nn.Conv2d):
-            return F.conv2d(x, weight, self.layer.bias, self.layer.stride, self.layer.padding, self.layer.dilation, self.layer.groups)
+            return F.conv2d(
+                x,
+                weight,
+                self.layer.bias,
+                self.layer.stride,
+                self.layer.padding,
+                self.layer.dilation,
+                self.layer.groups,
+            )
         return F.linear(x, weight, self.layer.bias)
 
 
@@ -77,7 +94,12 @@ def fold_batchnorm(encoder: Encoder) -> Encoder:
     """A copy with every BatchNorm folded into the convolution before it (same outputs in eval mode)."""
     folded = copy.deepcopy(encoder).eval()
     for block in folded.features:
-        if isinstance(block, nn.Sequential) and len(block) > 1 and isinstance(block[0], nn.Conv2d) and isinstance(block[1], nn.BatchNorm2d):
+        if (
+            isinstance(block, nn.Sequential)
+            and len(block) > 1
+            and isinstance(block[0], nn.Conv2d)
+            and isinstance(block[1], nn.BatchNorm2d)
+        ):
             block[0] = fuse_conv_bn_eval(block[0], block[1])
             block[1] = nn.Identity()
     return folded
@@ -95,7 +117,9 @@ def _swap_layers(module: nn.Module, wrap: Callable[[nn.Module], nn.Module | None
 def quantization_aware(encoder: Encoder) -> Encoder:
     """A BatchNorm-folded copy whose conv and linear layers are FakeQuantized."""
     model = fold_batchnorm(encoder)
-    _swap_layers(model, lambda m: FakeQuantized(m) if isinstance(m, (nn.Conv2d, nn.Linear)) else None)
+    _swap_layers(
+        model, lambda m: FakeQuantized(m) if isinstance(m, (nn.Conv2d, nn.Linear)) else None
+    )
     return model
 
 
@@ -115,5 +139,7 @@ def qat_finetune(
 ) -> tuple[Encoder, list[float]]:
     """Distil a quantization-aware copy of `encoder` to the teacher's (μ, logσ²) `targets`; returns
     the float encoder (BatchNorm folded) with the fine-tuned weights and the per-epoch loss."""
-    model, history = distill(quantization_aware(encoder), inputs, to_tensor, targets, train, desc=desc)
+    model, history = distill(
+        quantization_aware(encoder), inputs, to_tensor, targets, train, desc=desc
+    )
     return strip_fake_quantization(model), history

@@ -11,7 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+from onnxruntime.quantization import (
+    CalibrationDataReader,
+    CalibrationMethod,
+    QuantFormat,
+    QuantType,
+    quantize_static,
+)
 from onnxruntime.quantization.shape_inference import quant_pre_process
 from onnxruntime.transformers.float16 import convert_float_to_float16
 
@@ -23,10 +29,20 @@ class _Batches(CalibrationDataReader):
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         batch = next(self._batches, None)
-        return None if batch is None else {self._input_name: np.ascontiguousarray(batch, dtype=np.float32)}
+        return (
+            None
+            if batch is None
+            else {self._input_name: np.ascontiguousarray(batch, dtype=np.float32)}
+        )
 
 
-def quantize_int8(model: Path, out: Path, calibration: Iterable[np.ndarray], per_channel: bool = True, keep_fp32: Iterable[str] = ()) -> Path:
+def quantize_int8(
+    model: Path,
+    out: Path,
+    calibration: Iterable[np.ndarray],
+    per_channel: bool = True,
+    keep_fp32: Iterable[str] = (),
+) -> Path:
     """Static INT8 (QDQ: QuantizeLinear/DequantizeLinear around int8 weights and activations),
     activations calibrated by percentile on `calibration` batches of model inputs; the layers of
     the torch modules named in `keep_fp32` (e.g. "features.1.0") stay in FP32 (mixed precision)."""
@@ -35,13 +51,20 @@ def quantize_int8(model: Path, out: Path, calibration: Iterable[np.ndarray], per
     quant_pre_process(str(model), str(prepared), skip_symbolic_shape=True)
     graph = onnx.load(str(prepared)).graph
     input_name = graph.input[0].name
-    excluded = [node.name for node in graph.node if any(f"/{module}/" in node.name for module in keep_fp32)]
+    excluded = [
+        node.name for node in graph.node if any(f"/{module}/" in node.name for module in keep_fp32)
+    ]
     try:
         quantize_static(
-            str(prepared), str(out), _Batches(input_name, calibration),
-            quant_format=QuantFormat.QDQ, per_channel=per_channel,
-            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-            calibrate_method=CalibrationMethod.Percentile, extra_options={"CalibPercentile": 99.99},
+            str(prepared),
+            str(out),
+            _Batches(input_name, calibration),
+            quant_format=QuantFormat.QDQ,
+            per_channel=per_channel,
+            activation_type=QuantType.QInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.Percentile,
+            extra_options={"CalibPercentile": 99.99},
             nodes_to_exclude=excluded,
         )
     finally:

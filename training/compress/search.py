@@ -35,13 +35,33 @@ import torch
 from onnx import numpy_helper
 from tqdm import tqdm
 
-from training.compress.candidates import SplitInputs, files_size_mb, input_shapes, to_float, validation_auroc
-from training.compress.distill import distill, mask_encoder, new_student, parameter_count, prune_encoder, teacher_latents, unmask
+from training.compress.candidates import (
+    SplitInputs,
+    files_size_mb,
+    input_shapes,
+    to_float,
+    validation_auroc,
+)
+from training.compress.distill import (
+    distill,
+    mask_encoder,
+    new_student,
+    parameter_count,
+    prune_encoder,
+    teacher_latents,
+    unmask,
+)
 from training.compress.latency import measure_latency, measure_preprocessing, peak_memory_mb
 from training.compress.perturb import Perturbations
 from training.compress.qat import qat_finetune
 from training.compress.quantize import convert_fp16, quantize_int8
-from training.compress.sensitivity import LayerSensitivity, Policy, analyse, calibration_batches, propose_policy
+from training.compress.sensitivity import (
+    LayerSensitivity,
+    Policy,
+    analyse,
+    calibration_batches,
+    propose_policy,
+)
 from training.dataset import DatasetError, check_calibration_splits, episodes, iter_frames
 from training.export import export_encoder
 from training.models import VAE, Encoder, VAEConfig
@@ -70,12 +90,18 @@ class SearchSpace:
     distill: TrainConfig
     train_stride: int
     eval_stride: int  # calibration / validation frames used for the candidates' AUROC
-    unstructured: float = 0.875  # sparsity of the global unstructured (mask-only) comparison point; 0: none
+    unstructured: float = (
+        0.875  # sparsity of the global unstructured (mask-only) comparison point; 0: none
+    )
     unstructured_epochs: int = 2  # its fine-tuning costs as much as training the teacher's encoder
     sensitivity_ratio: float = 0.5
-    qat_epochs: int = 2  # quantization-aware fine-tuning of a structure whose post-training INT8 lost AUROC
+    qat_epochs: int = (
+        2  # quantization-aware fine-tuning of a structure whose post-training INT8 lost AUROC
+    )
     qat_trigger: float = 0.002  # the validation AUROC loss of post-training INT8 that calls for it
-    qat_lr_scale: float = 0.1  # fine-tuning a trained encoder: a tenth of the distillation learning rate
+    qat_lr_scale: float = (
+        0.1  # fine-tuning a trained encoder: a tenth of the distillation learning rate
+    )
     perturbed_copies: int = 0  # label-free perturbed copies of every training input to distil on too (training.compress.perturb)
 
 
@@ -86,42 +112,76 @@ _FLOW_3Q = FlowPreprocessing(width=120, height=90, crop=(4, 5, 112, 80), max_flo
 # DIS flow (OpenCV's ultrafast preset) at 128x96 (an integer 1/5 of 640x480, so the resize is cheap
 # too): about a quarter of the teacher's Farneback cost per frame; the student learns to map it to
 # the teacher's latents of the Farneback flow of the same frames.
-_FLOW_DIS = FlowPreprocessing(width=128, height=96, crop=(8, 8, 112, 80), max_flow=6.4, method="dis")
+_FLOW_DIS = FlowPreprocessing(
+    width=128, height=96, crop=(8, 8, 112, 80), max_flow=6.4, method="dis"
+)
 # Cheaper frames (preprocessing.FLOW_RESIZES): grey first, then a whole-factor block average before
 # the last resize; Farneback at 0.6 and 0.55 resolution (96x72, 88x66). In the "students" space
 # (`make compress-fast`), not the default one, so `make compress` still reproduces flow_compressed.
-_FLOW_06_STEPPED = FlowPreprocessing(width=96, height=72, crop=(8, 4, 80, 64), max_flow=4.8, resize="grey_stepped")
-_FLOW_055_STEPPED = FlowPreprocessing(width=88, height=66, crop=(4, 1, 80, 64), max_flow=4.4, resize="grey_stepped")
+_FLOW_06_STEPPED = FlowPreprocessing(
+    width=96, height=72, crop=(8, 4, 80, 64), max_flow=4.8, resize="grey_stepped"
+)
+_FLOW_055_STEPPED = FlowPreprocessing(
+    width=88, height=66, crop=(4, 1, 80, 64), max_flow=4.4, resize="grey_stepped"
+)
 _FLOW_055_STUDENT = StudentSpec("student_055_res_stepped", _FLOW_055_STEPPED, (16, 16, 8, 8), (64,))
-_FLOW_STUDENTS_STEPPED = (StudentSpec("student_06_res_stepped", _FLOW_06_STEPPED, (16, 16, 8, 8), (64,)),
-                          StudentSpec("student_06_res_stepped_narrow", _FLOW_06_STEPPED, (8, 8, 8, 8), (64,)),
-                          _FLOW_055_STUDENT)
-_FLOW_STUDENTS = SearchSpace(ratios=(), students=_FLOW_STUDENTS_STEPPED, distill=TrainConfig(epochs=6, batch_size=64, learning_rate=1e-3, threads=2),
-                             train_stride=3, eval_stride=4, unstructured=0.0)
+_FLOW_STUDENTS_STEPPED = (
+    StudentSpec("student_06_res_stepped", _FLOW_06_STEPPED, (16, 16, 8, 8), (64,)),
+    StudentSpec("student_06_res_stepped_narrow", _FLOW_06_STEPPED, (8, 8, 8, 8), (64,)),
+    _FLOW_055_STUDENT,
+)
+_FLOW_STUDENTS = SearchSpace(
+    ratios=(),
+    students=_FLOW_STUDENTS_STEPPED,
+    distill=TrainConfig(epochs=6, batch_size=64, learning_rate=1e-3, threads=2),
+    train_stride=3,
+    eval_stride=4,
+    unstructured=0.0,
+)
 # The shipped flow student's structure on smaller Farneback windows (the teacher's 15 at 160x120 is
 # about 8 at 88x66 in scene terms): a smaller window keeps more sensor noise in the flow, and sees
 # less of the zero flow of a frozen or black camera (README, Compression: 11 shipped as flow_window).
 FLOW_STUDENT_WINDOWS = (13, 11, 9, 7, 5)
 _BVAE_NARROW = StudentSpec("student64_narrow", ImagePreprocessing(64, 64), (16, 16, 8, 8), (128,))
-_BVAE_NARROW_NEAREST = StudentSpec("student64_narrow_nearest", ImagePreprocessing(64, 64, interpolation="nearest"), (16, 16, 8, 8), (128,))
-_BVAE_STUDENTS = SearchSpace(ratios=(), students=(_BVAE_NARROW,), distill=TrainConfig(epochs=12, batch_size=32, learning_rate=1e-3, threads=2), train_stride=4,
-                             eval_stride=4, unstructured=0.0, perturbed_copies=1)
+_BVAE_NARROW_NEAREST = StudentSpec(
+    "student64_narrow_nearest",
+    ImagePreprocessing(64, 64, interpolation="nearest"),
+    (16, 16, 8, 8),
+    (128,),
+)
+_BVAE_STUDENTS = SearchSpace(
+    ratios=(),
+    students=(_BVAE_NARROW,),
+    distill=TrainConfig(epochs=12, batch_size=32, learning_rate=1e-3, threads=2),
+    train_stride=4,
+    eval_stride=4,
+    unstructured=0.0,
+    perturbed_copies=1,
+)
 
 SPACES: dict[str, dict[str, SearchSpace]] = {
     "default": {
         "bvae": SearchSpace(
             ratios=(0.75, 0.875),
-            students=(StudentSpec("student64", ImagePreprocessing(64, 64), (32, 32, 16, 16), (256, 128)),
-                      _BVAE_NARROW),
-            distill=TrainConfig(epochs=6, batch_size=32, learning_rate=1e-3, threads=2), train_stride=4, eval_stride=4,
+            students=(
+                StudentSpec("student64", ImagePreprocessing(64, 64), (32, 32, 16, 16), (256, 128)),
+                _BVAE_NARROW,
+            ),
+            distill=TrainConfig(epochs=6, batch_size=32, learning_rate=1e-3, threads=2),
+            train_stride=4,
+            eval_stride=4,
         ),
         "flow": SearchSpace(
             ratios=(0.5, 0.75),
-            students=(StudentSpec("student_half_res", _FLOW_HALF, (16, 16, 8, 8), (64,)),
-                      StudentSpec("student_3q_res", _FLOW_3Q, (16, 16, 8, 8), (64,)),
-                      StudentSpec("student_3q_res_wide", _FLOW_3Q, (32, 32, 16, 16), (128,)),
-                      StudentSpec("student_dis", _FLOW_DIS, (16, 16, 8, 8), (64,))),
-            distill=TrainConfig(epochs=6, batch_size=64, learning_rate=1e-3, threads=2), train_stride=3, eval_stride=4,
+            students=(
+                StudentSpec("student_half_res", _FLOW_HALF, (16, 16, 8, 8), (64,)),
+                StudentSpec("student_3q_res", _FLOW_3Q, (16, 16, 8, 8), (64,)),
+                StudentSpec("student_3q_res_wide", _FLOW_3Q, (32, 32, 16, 16), (128,)),
+                StudentSpec("student_dis", _FLOW_DIS, (16, 16, 8, 8), (64,)),
+            ),
+            distill=TrainConfig(epochs=6, batch_size=64, learning_rate=1e-3, threads=2),
+            train_stride=3,
+            eval_stride=4,
         ),
     },
     # Distilled students only, e.g. from a shipped bundle (`--teacher models/flow_baseline`): the
@@ -134,29 +194,75 @@ SPACES: dict[str, dict[str, SearchSpace]] = {
     # The shipped flow student's structure distilled on one label-free perturbed copy of every stack
     # too: measured on datasets/default_plus, not shipped — it sees sensor faults and stops motion
     # sooner, but flags intersection driving on unseen maps (README, Compression).
-    "students_perturbed": {"flow": replace(_FLOW_STUDENTS, students=(_FLOW_055_STUDENT,), perturbed_copies=1)},
+    "students_perturbed": {
+        "flow": replace(_FLOW_STUDENTS, students=(_FLOW_055_STUDENT,), perturbed_copies=1)
+    },
     # The shipped flow student's structure with a smaller Farneback window, one space per window
     # (students_window13 ... students_window5; see FLOW_STUDENT_WINDOWS).
-    **{f"students_window{w}": {"flow": replace(_FLOW_STUDENTS, students=(
-        replace(_FLOW_055_STUDENT, name=f"{_FLOW_055_STUDENT.name}_win{w}", preprocessing=replace(_FLOW_055_STEPPED, winsize=w)),))}
-       for w in FLOW_STUDENT_WINDOWS},
+    **{
+        f"students_window{w}": {
+            "flow": replace(
+                _FLOW_STUDENTS,
+                students=(
+                    replace(
+                        _FLOW_055_STUDENT,
+                        name=f"{_FLOW_055_STUDENT.name}_win{w}",
+                        preprocessing=replace(_FLOW_055_STEPPED, winsize=w),
+                    ),
+                ),
+            )
+        }
+        for w in FLOW_STUDENT_WINDOWS
+    },
     # The β-VAE student beside the same student on nearest-sampled input (preprocessing.IMAGE_INTERPOLATIONS):
     # measured, not shipped — it sees sensor noise but flags ID drive starts on unseen maps (README, Compression).
-    "students_nearest": {"bvae": replace(_BVAE_STUDENTS, students=(_BVAE_NARROW, _BVAE_NARROW_NEAREST))},
+    "students_nearest": {
+        "bvae": replace(_BVAE_STUDENTS, students=(_BVAE_NARROW, _BVAE_NARROW_NEAREST))
+    },
     # A smaller search for a short session: one homogeneous ratio, one student, no mask-only point.
     "quick": {
-        "bvae": SearchSpace(ratios=(0.875,), students=(StudentSpec("student64", ImagePreprocessing(64, 64), (32, 32, 16, 16), (256, 128)),),
-                            distill=TrainConfig(epochs=4, batch_size=32, learning_rate=1e-3, threads=2), train_stride=4, eval_stride=8, unstructured=0.0),
-        "flow": SearchSpace(ratios=(0.75,), students=(StudentSpec("student_half_res", _FLOW_HALF, (16, 16, 8, 8), (64,)),),
-                            distill=TrainConfig(epochs=4, batch_size=64, learning_rate=1e-3, threads=2), train_stride=3, eval_stride=8, unstructured=0.0),
+        "bvae": SearchSpace(
+            ratios=(0.875,),
+            students=(
+                StudentSpec("student64", ImagePreprocessing(64, 64), (32, 32, 16, 16), (256, 128)),
+            ),
+            distill=TrainConfig(epochs=4, batch_size=32, learning_rate=1e-3, threads=2),
+            train_stride=4,
+            eval_stride=8,
+            unstructured=0.0,
+        ),
+        "flow": SearchSpace(
+            ratios=(0.75,),
+            students=(StudentSpec("student_half_res", _FLOW_HALF, (16, 16, 8, 8), (64,)),),
+            distill=TrainConfig(epochs=4, batch_size=64, learning_rate=1e-3, threads=2),
+            train_stride=3,
+            eval_stride=8,
+            unstructured=0.0,
+        ),
     },
     # For the tiny CI models: every step runs, in seconds.
     "tiny": {
-        "bvae": SearchSpace(ratios=(0.5,), students=(StudentSpec("student32", ImagePreprocessing(32, 32), (8, 8, 4, 4), (32,)),),
-                            distill=TrainConfig(epochs=2, batch_size=16, learning_rate=1e-3), train_stride=2, eval_stride=3, unstructured_epochs=1,
-                            qat_epochs=1, qat_trigger=-1.0, perturbed_copies=1),
-        "flow": SearchSpace(ratios=(0.5,), students=(), distill=TrainConfig(epochs=2, batch_size=16, learning_rate=1e-3), train_stride=2, eval_stride=3, unstructured_epochs=1,
-                            qat_epochs=1, qat_trigger=-1.0),
+        "bvae": SearchSpace(
+            ratios=(0.5,),
+            students=(StudentSpec("student32", ImagePreprocessing(32, 32), (8, 8, 4, 4), (32,)),),
+            distill=TrainConfig(epochs=2, batch_size=16, learning_rate=1e-3),
+            train_stride=2,
+            eval_stride=3,
+            unstructured_epochs=1,
+            qat_epochs=1,
+            qat_trigger=-1.0,
+            perturbed_copies=1,
+        ),
+        "flow": SearchSpace(
+            ratios=(0.5,),
+            students=(),
+            distill=TrainConfig(epochs=2, batch_size=16, learning_rate=1e-3),
+            train_stride=2,
+            eval_stride=3,
+            unstructured_epochs=1,
+            qat_epochs=1,
+            qat_trigger=-1.0,
+        ),
     },
 }
 
@@ -185,7 +291,9 @@ def load_teacher(teacher: Path, encoders: tuple[str, ...]) -> dict[str, Encoder]
     for name in encoders:
         checkpoint = teacher / f"{name}.pt"
         if not checkpoint.exists():
-            raise FileNotFoundError(f"{checkpoint}: no teacher checkpoint (train it with `python -m training.pipeline`)")
+            raise FileNotFoundError(
+                f"{checkpoint}: no teacher checkpoint (train it with `python -m training.pipeline`)"
+            )
         state = torch.load(checkpoint, weights_only=True)
         vae = VAE(VAEConfig.from_dict(state["config"]))
         vae.load_state_dict(state["model"])
@@ -200,7 +308,9 @@ class Teacher:
 
     path: Path
     bundle: Bundle
-    encoders: dict[str, Encoder] | None  # None: a shipped bundle without its checkpoint — students only
+    encoders: (
+        dict[str, Encoder] | None
+    )  # None: a shipped bundle without its checkpoint — students only
 
     @classmethod
     def load(cls, path: Path) -> Teacher:
@@ -209,13 +319,21 @@ class Teacher:
             bundle = load_bundle(path / "bundle")
             return cls(path, bundle, load_teacher(path, tuple(bundle.encoders)))
         if not path.is_dir():
-            raise FileNotFoundError(f"{path}: no teacher (a training run folder from `python -m training.pipeline`, or a model bundle)")
+            raise FileNotFoundError(
+                f"{path}: no teacher (a training run folder from `python -m training.pipeline`, or a model bundle)"
+            )
         return cls(path, load_bundle(path), None)
 
 
 def onnx_parameter_count(files: dict[str, Path]) -> int:
     """Non-zero weights of exported encoders (BatchNorm folded into the convolutions by the export)."""
-    return int(sum(np.count_nonzero(numpy_helper.to_array(t)) for path in files.values() for t in onnx.load(str(path)).graph.initializer))
+    return int(
+        sum(
+            np.count_nonzero(numpy_helper.to_array(t))
+            for path in files.values()
+            for t in onnx.load(str(path)).graph.initializer
+        )
+    )
 
 
 def _to_tensor(batch: np.ndarray) -> torch.Tensor:
@@ -223,51 +341,128 @@ def _to_tensor(batch: np.ndarray) -> torch.Tensor:
 
 
 def _distilled(
-    students: dict[str, Encoder], student_inputs: SplitInputs, targets: dict[str, tuple[np.ndarray, np.ndarray]], train: TrainConfig, desc: str
+    students: dict[str, Encoder],
+    student_inputs: SplitInputs,
+    targets: dict[str, tuple[np.ndarray, np.ndarray]],
+    train: TrainConfig,
+    desc: str,
 ) -> tuple[dict[str, Encoder], float]:
     histories = []
     for index, name in enumerate(students):
-        students[name], history = distill(students[name], student_inputs.train_inputs(index), _to_tensor, targets[name], train, desc=f"{desc}/{name}")
+        students[name], history = distill(
+            students[name],
+            student_inputs.train_inputs(index),
+            _to_tensor,
+            targets[name],
+            train,
+            desc=f"{desc}/{name}",
+        )
         histories.append(history[-1])
     return students, float(np.mean(histories))
 
 
-def _exported(name: str, students: dict[str, Encoder], prep: ImagePreprocessing | FlowPreprocessing, shapes: dict[str, tuple[int, int, int]], work: Path, mse: float) -> Candidate:
+def _exported(
+    name: str,
+    students: dict[str, Encoder],
+    prep: ImagePreprocessing | FlowPreprocessing,
+    shapes: dict[str, tuple[int, int, int]],
+    work: Path,
+    mse: float,
+) -> Candidate:
     """The FP32 candidate of a distilled structure: its encoders exported to ONNX."""
-    files = {n: export_encoder(student, shapes[n], work / f"{name}_{n}.onnx") for n, student in students.items()}
-    return Candidate(f"{name}/fp32", name, "fp32", prep, files, sum(parameter_count(s) for s in students.values()), distill_mse=mse)
+    files = {
+        n: export_encoder(student, shapes[n], work / f"{name}_{n}.onnx")
+        for n, student in students.items()
+    }
+    return Candidate(
+        f"{name}/fp32",
+        name,
+        "fp32",
+        prep,
+        files,
+        sum(parameter_count(s) for s in students.values()),
+        distill_mse=mse,
+    )
 
 
-def _precisions(structure: Candidate, inputs: SplitInputs, policy: Policy | None, work: Path) -> list[Candidate]:
+def _precisions(
+    structure: Candidate, inputs: SplitInputs, policy: Policy | None, work: Path
+) -> list[Candidate]:
     """FP32 (as given), INT8, and for the policy INT8 with its FP32 layers; FP16 of the baseline and the policy."""
     variants = [structure]
     batches = {name: calibration_batches(inputs, i) for i, name in enumerate(structure.files)}
 
     def variant(precision: str, files: dict[str, Path]) -> Candidate:
-        return Candidate(f"{structure.structure}/{precision}", structure.structure, precision, structure.preprocessing, files, structure.parameters, distill_mse=structure.distill_mse)
+        return Candidate(
+            f"{structure.structure}/{precision}",
+            structure.structure,
+            precision,
+            structure.preprocessing,
+            files,
+            structure.parameters,
+            distill_mse=structure.distill_mse,
+        )
 
-    variants.append(variant("int8", {n: quantize_int8(p, work / f"{structure.structure}_int8_{n}.onnx", batches[n]) for n, p in structure.files.items()}))
+    variants.append(
+        variant(
+            "int8",
+            {
+                n: quantize_int8(p, work / f"{structure.structure}_int8_{n}.onnx", batches[n])
+                for n, p in structure.files.items()
+            },
+        )
+    )
     if policy is not None and policy.keep_fp32 and structure.structure == "policy":
-        files = {n: quantize_int8(p, work / f"{structure.structure}_int8mixed_{n}.onnx", batches[n], keep_fp32=policy.keep_fp32) for n, p in structure.files.items()}
+        files = {
+            n: quantize_int8(
+                p,
+                work / f"{structure.structure}_int8mixed_{n}.onnx",
+                batches[n],
+                keep_fp32=policy.keep_fp32,
+            )
+            for n, p in structure.files.items()
+        }
         variants.append(variant("int8+fp32 " + ",".join(policy.keep_fp32), files))
-    if structure.structure in ("baseline", "policy"):  # FP16 on a CPU only shows what it costs there; on a Jetson it is TensorRT's job
-        variants.append(variant("fp16", {n: convert_fp16(p, work / f"{structure.structure}_fp16_{n}.onnx") for n, p in structure.files.items()}))
+    if structure.structure in (
+        "baseline",
+        "policy",
+    ):  # FP16 on a CPU only shows what it costs there; on a Jetson it is TensorRT's job
+        variants.append(
+            variant(
+                "fp16",
+                {
+                    n: convert_fp16(p, work / f"{structure.structure}_fp16_{n}.onnx")
+                    for n, p in structure.files.items()
+                },
+            )
+        )
     return variants
 
 
 def _pruned_structures(
-    teachers: dict[str, Encoder], shapes: dict[str, tuple[int, int, int]], inputs: SplitInputs, targets: dict[str, tuple[np.ndarray, np.ndarray]],
-    baseline_auroc: float, space: SearchSpace, work: Path,
+    teachers: dict[str, Encoder],
+    shapes: dict[str, tuple[int, int, int]],
+    inputs: SplitInputs,
+    targets: dict[str, tuple[np.ndarray, np.ndarray]],
+    baseline_auroc: float,
+    space: SearchSpace,
+    work: Path,
 ) -> tuple[list[Candidate], dict[str, dict[str, Encoder]], list[LayerSensitivity], Policy]:
     """Sensitivity analysis, the policy it proposes, channel-pruned copies (homogeneous ratios and
     the policy) and the mask-only comparison point, each distilled to the teacher."""
-    all_int8, sensitivity = analyse(teachers, shapes, inputs, work / "sensitivity", space.sensitivity_ratio)
+    all_int8, sensitivity = analyse(
+        teachers, shapes, inputs, work / "sensitivity", space.sensitivity_ratio
+    )
     policy = propose_policy(baseline_auroc, all_int8, sensitivity)
-    print(f"sensitivity-guided policy: ratios {policy.layer_ratios}, FP32 layers {policy.keep_fp32 or 'none'}")
+    print(
+        f"sensitivity-guided policy: ratios {policy.layer_ratios}, FP32 layers {policy.keep_fp32 or 'none'}"
+    )
     structures: list[Candidate] = []
     trained: dict[str, dict[str, Encoder]] = {}
     prep = inputs.preprocessing
-    for name, ratio, layer_ratios in [(f"prune{int(r * 100)}", r, None) for r in space.ratios] + [("policy", 0.0, policy.layer_ratios)]:
+    for name, ratio, layer_ratios in [(f"prune{int(r * 100)}", r, None) for r in space.ratios] + [
+        ("policy", 0.0, policy.layer_ratios)
+    ]:
         students = {n: prune_encoder(teachers[n], shapes[n], ratio, layer_ratios) for n in teachers}
         students, mse = _distilled(students, inputs, targets, space.distill, name)
         structures.append(_exported(name, students, prep, shapes, work, mse))
@@ -275,21 +470,52 @@ def _pruned_structures(
     if space.unstructured:  # masks only: as many multiply-adds as the teacher in a dense runtime
         name = f"unstructured{int(space.unstructured * 100)}"
         fine_tune = replace(space.distill, epochs=space.unstructured_epochs)
-        students, mse = _distilled({n: mask_encoder(teachers[n], space.unstructured) for n in teachers}, inputs, targets, fine_tune, name)
-        structures.append(_exported(name, {n: unmask(student) for n, student in students.items()}, prep, shapes, work, mse))
+        students, mse = _distilled(
+            {n: mask_encoder(teachers[n], space.unstructured) for n in teachers},
+            inputs,
+            targets,
+            fine_tune,
+            name,
+        )
+        structures.append(
+            _exported(
+                name,
+                {n: unmask(student) for n, student in students.items()},
+                prep,
+                shapes,
+                work,
+                mse,
+            )
+        )
     return structures, trained, sensitivity, policy
 
 
 def _distilled_student(
-    spec: StudentSpec, detector: str, encoders: tuple[str, ...], latent: int, inputs: SplitInputs,
-    targets: dict[str, tuple[np.ndarray, np.ndarray]], space: SearchSpace, work: Path,
+    spec: StudentSpec,
+    detector: str,
+    encoders: tuple[str, ...],
+    latent: int,
+    inputs: SplitInputs,
+    targets: dict[str, tuple[np.ndarray, np.ndarray]],
+    space: SearchSpace,
+    work: Path,
 ) -> tuple[Candidate, dict[str, Encoder]]:
     """A from-scratch student of `spec`, distilled to the teacher's latents, exported to ONNX."""
     shapes = input_shapes(detector, spec.preprocessing)
     students = {}
     for n in encoders:
         c, h, w = shapes[n]
-        students[n] = new_student(VAEConfig(in_channels=c, height=h, width=w, conv_channels=spec.conv_channels, dense=spec.dense, latent=latent), space.distill.seed)
+        students[n] = new_student(
+            VAEConfig(
+                in_channels=c,
+                height=h,
+                width=w,
+                conv_channels=spec.conv_channels,
+                dense=spec.dense,
+                latent=latent,
+            ),
+            space.distill.seed,
+        )
     students, mse = _distilled(students, inputs, targets, space.distill, spec.name)
     return _exported(spec.name, students, spec.preprocessing, shapes, work, mse), students
 
@@ -304,24 +530,46 @@ class SearchResult:
     perturbed_copies: int = 0  # per training frame, distilled on besides the frames themselves
 
 
-def search(data: Path, detector: str, teacher: Teacher, out: Path, runs: int, tolerance: float, space: SearchSpace, workers: int = 2) -> SearchResult:
+def search(
+    data: Path,
+    detector: str,
+    teacher: Teacher,
+    out: Path,
+    runs: int,
+    tolerance: float,
+    space: SearchSpace,
+    workers: int = 2,
+) -> SearchResult:
     teacher_bundle, teachers = teacher.bundle, teacher.encoders
     encoders = tuple(teacher_bundle.encoders)
     if teachers is None:
-        print(f"{teacher.path}: a bundle without its training checkpoint — searching distilled students and their precisions only "
-              "(pruning, the sensitivity analysis and QAT of the teacher start from its torch weights)")
+        print(
+            f"{teacher.path}: a bundle without its training checkpoint — searching distilled students and their precisions only "
+            "(pruning, the sensitivity analysis and QAT of the teacher start from its torch weights)"
+        )
     work = out / "work"
     work.mkdir(parents=True, exist_ok=True)
     teacher_prep = teacher_bundle.preprocessing
     shapes = input_shapes(detector, teacher_prep)
     inputs = SplitInputs.load(data, teacher_prep, space.train_stride, space.eval_stride, workers)
     if space.perturbed_copies:
-        inputs.perturbations = Perturbations.draw(len(inputs.train_frames()), space.perturbed_copies, space.distill.seed)
-    targets = {name: teacher_latents(teacher_bundle.encoders[name], inputs.train_inputs(i), to_float) for i, name in enumerate(encoders)}
+        inputs.perturbations = Perturbations.draw(
+            len(inputs.train_frames()), space.perturbed_copies, space.distill.seed
+        )
+    targets = {
+        name: teacher_latents(teacher_bundle.encoders[name], inputs.train_inputs(i), to_float)
+        for i, name in enumerate(encoders)
+    }
     latent = next(iter(targets.values()))[0].shape[1]
 
-    parameters = sum(parameter_count(t) for t in teachers.values()) if teachers else onnx_parameter_count(teacher_bundle.encoders)
-    baseline = Candidate("baseline/fp32", "baseline", "fp32", teacher_prep, dict(teacher_bundle.encoders), parameters)
+    parameters = (
+        sum(parameter_count(t) for t in teachers.values())
+        if teachers
+        else onnx_parameter_count(teacher_bundle.encoders)
+    )
+    baseline = Candidate(
+        "baseline/fp32", "baseline", "fp32", teacher_prep, dict(teacher_bundle.encoders), parameters
+    )
     baseline.auroc, baseline.score_kind = validation_auroc(baseline.files, inputs)
     print(f"baseline validation AUROC {baseline.auroc:.4f} ({baseline.score_kind})")
 
@@ -332,57 +580,127 @@ def search(data: Path, detector: str, teacher: Teacher, out: Path, runs: int, to
     if teachers is not None:
         trained["baseline"] = teachers
         if space.ratios:
-            pruned, pruned_trained, sensitivity, policy = _pruned_structures(teachers, shapes, inputs, targets, baseline.auroc, space, work)
+            pruned, pruned_trained, sensitivity, policy = _pruned_structures(
+                teachers, shapes, inputs, targets, baseline.auroc, space, work
+            )
             structures += pruned
             trained |= pruned_trained
-    student_inputs: dict[ImagePreprocessing | FlowPreprocessing, SplitInputs] = {teacher_prep: inputs}
+    student_inputs: dict[ImagePreprocessing | FlowPreprocessing, SplitInputs] = {
+        teacher_prep: inputs
+    }
     for spec in space.students:
         if spec.preprocessing not in student_inputs:
-            student_inputs[spec.preprocessing] = SplitInputs.load(data, spec.preprocessing, space.train_stride, space.eval_stride, workers)
+            student_inputs[spec.preprocessing] = SplitInputs.load(
+                data, spec.preprocessing, space.train_stride, space.eval_stride, workers
+            )
             student_inputs[spec.preprocessing].perturbations = inputs.perturbations
         if student_inputs[spec.preprocessing].train_frames() != inputs.train_frames():
             raise RuntimeError(f"{spec.name}: student and teacher training frames do not line up")
-        structure, trained[spec.name] = _distilled_student(spec, detector, encoders, latent, student_inputs[spec.preprocessing], targets, space, work)
+        structure, trained[spec.name] = _distilled_student(
+            spec,
+            detector,
+            encoders,
+            latent,
+            student_inputs[spec.preprocessing],
+            targets,
+            space,
+            work,
+        )
         structures.append(structure)
 
     candidates: list[Candidate] = []
     for structure in structures:
         candidates += _precisions(structure, student_inputs[structure.preprocessing], policy, work)
     for candidate in tqdm(candidates, desc="validation AUROC", unit="candidate"):
-        _evaluate(candidate, detector, student_inputs[candidate.preprocessing], skip_auroc=candidate is baseline)
+        _evaluate(
+            candidate,
+            detector,
+            student_inputs[candidate.preprocessing],
+            skip_auroc=candidate is baseline,
+        )
     by_name = {c.name: c for c in candidates}
     for name, encoders_fp32 in trained.items():
         fp32, int8 = by_name[f"{name}/fp32"], by_name[f"{name}/int8"]
         if space.qat_epochs and fp32.auroc - int8.auroc > space.qat_trigger:
             s_inputs = student_inputs[fp32.preprocessing]
-            qat = _quantization_aware(detector, fp32, encoders_fp32, s_inputs, targets, replace(space.distill, epochs=space.qat_epochs, learning_rate=space.distill.learning_rate * space.qat_lr_scale), work)
+            qat = _quantization_aware(
+                detector,
+                fp32,
+                encoders_fp32,
+                s_inputs,
+                targets,
+                replace(
+                    space.distill,
+                    epochs=space.qat_epochs,
+                    learning_rate=space.distill.learning_rate * space.qat_lr_scale,
+                ),
+                work,
+            )
             _evaluate(qat, detector, s_inputs)
-            print(f"{name}: INT8 validation AUROC {int8.auroc:.4f} post-training, {qat.auroc:.4f} quantization-aware (FP32 {fp32.auroc:.4f})")
+            print(
+                f"{name}: INT8 validation AUROC {int8.auroc:.4f} post-training, {qat.auroc:.4f} quantization-aware (FP32 {fp32.auroc:.4f})"
+            )
             candidates.insert(candidates.index(int8) + 1, qat)
     _measure_latency(candidates, detector, runs)
     _measure_detector_latency(candidates, data, runs)
-    return SearchResult(candidates, select(candidates, tolerance), sensitivity, policy, latent, space.perturbed_copies)
+    return SearchResult(
+        candidates,
+        select(candidates, tolerance),
+        sensitivity,
+        policy,
+        latent,
+        space.perturbed_copies,
+    )
 
 
-def _evaluate(candidate: Candidate, detector: str, inputs: SplitInputs, skip_auroc: bool = False) -> None:
+def _evaluate(
+    candidate: Candidate, detector: str, inputs: SplitInputs, skip_auroc: bool = False
+) -> None:
     if not skip_auroc:
         candidate.auroc, candidate.score_kind = validation_auroc(candidate.files, inputs)
     candidate.size_mb = files_size_mb(candidate.files)
-    candidate.peak_memory_mb = peak_memory_mb(candidate.files, input_shapes(detector, candidate.preprocessing))
+    candidate.peak_memory_mb = peak_memory_mb(
+        candidate.files, input_shapes(detector, candidate.preprocessing)
+    )
 
 
 def _quantization_aware(
-    detector: str, fp32: Candidate, encoders: dict[str, Encoder], inputs: SplitInputs, targets: dict[str, tuple[np.ndarray, np.ndarray]], train: TrainConfig, work: Path
+    detector: str,
+    fp32: Candidate,
+    encoders: dict[str, Encoder],
+    inputs: SplitInputs,
+    targets: dict[str, tuple[np.ndarray, np.ndarray]],
+    train: TrainConfig,
+    work: Path,
 ) -> Candidate:
     """INT8 of a structure after quantization-aware fine-tuning (training.compress.qat), quantized
     with the same calibration as its post-training INT8."""
     shapes = input_shapes(detector, fp32.preprocessing)
     files = {}
     for index, (name, encoder) in enumerate(encoders.items()):
-        tuned, _ = qat_finetune(encoder, inputs.train_inputs(index), _to_tensor, targets[name], train, desc=f"{fp32.structure}/{name} QAT")
+        tuned, _ = qat_finetune(
+            encoder,
+            inputs.train_inputs(index),
+            _to_tensor,
+            targets[name],
+            train,
+            desc=f"{fp32.structure}/{name} QAT",
+        )
         exported = export_encoder(tuned, shapes[name], work / f"{fp32.structure}_qat_{name}.onnx")
-        files[name] = quantize_int8(exported, work / f"{fp32.structure}_int8qat_{name}.onnx", calibration_batches(inputs, index))
-    return Candidate(f"{fp32.structure}/int8 qat", fp32.structure, "int8 qat", fp32.preprocessing, files, fp32.parameters, distill_mse=fp32.distill_mse)
+        files[name] = quantize_int8(
+            exported,
+            work / f"{fp32.structure}_int8qat_{name}.onnx",
+            calibration_batches(inputs, index),
+        )
+    return Candidate(
+        f"{fp32.structure}/int8 qat",
+        fp32.structure,
+        "int8 qat",
+        fp32.preprocessing,
+        files,
+        fp32.parameters,
+        distill_mse=fp32.distill_mse,
+    )
 
 
 def _measure_latency(candidates: list[Candidate], detector: str, runs: int) -> None:
@@ -404,7 +722,12 @@ def _measure_detector_latency(candidates: list[Candidate], data: Path, runs: int
     """Adds each candidate's preprocessing time (timed side by side on validation frames) to its
     encoder latency: what one frame costs the detector node."""
     preprocessings = {str(c.preprocessing): c.preprocessing for c in candidates}
-    frames = list(itertools.islice((rgb for episode in episodes(data, "validation") for rgb, _ in iter_frames(episode)), runs + 10))
+    frames = list(
+        itertools.islice(
+            (rgb for episode in episodes(data, "validation") for rgb, _ in iter_frames(episode)),
+            runs + 10,
+        )
+    )
     prep_ms = measure_preprocessing(preprocessings, frames)
     for candidate in candidates:
         candidate.detector_ms = prep_ms[str(candidate.preprocessing)] + candidate.latency_ms
@@ -430,49 +753,125 @@ def select(candidates: list[Candidate], tolerance: float) -> Candidate:
 
 
 def write_report(result: SearchResult, out: Path, tolerance: float, detector: str) -> Path:
-    candidates, selected, sensitivity, policy = result.candidates, result.selected, result.sensitivity, result.policy
+    candidates, selected, sensitivity, policy = (
+        result.candidates,
+        result.selected,
+        result.sensitivity,
+        result.policy,
+    )
     baseline = candidates[0]
     front = {c.name for c in pareto_front(candidates)}
-    columns = ["name", "structure", "precision", "input", "parameters", "size_mb", "size_ratio", "auroc", "auroc_drop", "score", "latency_ms", "latency_ratio", "detector_ms", "detector_ratio", "peak_memory_mb", "distill_mse", "pareto"]
+    columns = [
+        "name",
+        "structure",
+        "precision",
+        "input",
+        "parameters",
+        "size_mb",
+        "size_ratio",
+        "auroc",
+        "auroc_drop",
+        "score",
+        "latency_ms",
+        "latency_ratio",
+        "detector_ms",
+        "detector_ratio",
+        "peak_memory_mb",
+        "distill_mse",
+        "pareto",
+    ]
     rows = []
     for c in candidates:
         prep = c.preprocessing
-        size = f"{prep.width}x{prep.height}" if isinstance(prep, ImagePreprocessing) else f"flow {prep.crop[2]}x{prep.crop[3]}"
-        rows.append({"name": c.name, "structure": c.structure, "precision": c.precision, "input": size, "parameters": c.parameters,
-                     "size_mb": round(c.size_mb, 3), "size_ratio": round(c.size_mb / baseline.size_mb, 4), "auroc": round(c.auroc, 4),
-                     "auroc_drop": round(baseline.auroc - c.auroc, 4), "score": c.score_kind, "latency_ms": round(c.latency_ms, 3),
-                     "latency_ratio": round(c.latency_ratio, 3), "detector_ms": round(c.detector_ms, 3), "detector_ratio": round(c.detector_ratio, 3), "peak_memory_mb": round(c.peak_memory_mb, 1),
-                     "distill_mse": round(c.distill_mse, 5) if np.isfinite(c.distill_mse) else "", "pareto": c.name in front})
+        size = (
+            f"{prep.width}x{prep.height}"
+            if isinstance(prep, ImagePreprocessing)
+            else f"flow {prep.crop[2]}x{prep.crop[3]}"
+        )
+        rows.append(
+            {
+                "name": c.name,
+                "structure": c.structure,
+                "precision": c.precision,
+                "input": size,
+                "parameters": c.parameters,
+                "size_mb": round(c.size_mb, 3),
+                "size_ratio": round(c.size_mb / baseline.size_mb, 4),
+                "auroc": round(c.auroc, 4),
+                "auroc_drop": round(baseline.auroc - c.auroc, 4),
+                "score": c.score_kind,
+                "latency_ms": round(c.latency_ms, 3),
+                "latency_ratio": round(c.latency_ratio, 3),
+                "detector_ms": round(c.detector_ms, 3),
+                "detector_ratio": round(c.detector_ratio, 3),
+                "peak_memory_mb": round(c.peak_memory_mb, 1),
+                "distill_mse": round(c.distill_mse, 5) if np.isfinite(c.distill_mse) else "",
+                "pareto": c.name in front,
+            }
+        )
     with (out / "search.csv").open("w", newline="") as handle:
         writer = csv.DictWriter(handle, columns)
         writer.writeheader()
         writer.writerows(rows)
-    lines = [f"# Compression search: {detector}", "",
-             f"Validation AUROC of the monitor's score, encoder latency (ONNX Runtime, 1 thread, median, measured side by side with the baseline in one run), "
-             f"detector latency (encoders + the preprocessing of one camera frame, {'resize' if detector == 'bvae' else 'resize, CLAHE and optical flow'}, OpenCV 1 thread, timed side by side on validation frames), "
-             f"file size, peak RSS of a process running the encoders. Selected: the candidate with the lowest detector latency within {tolerance} AUROC of the baseline.", "",
-             "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(("**" + str(r[k]) + "**") if r["name"] == selected.name and k == "name" else str(r[k]) for k in columns) + " |" for r in rows]
+    lines = [
+        f"# Compression search: {detector}",
+        "",
+        f"Validation AUROC of the monitor's score, encoder latency (ONNX Runtime, 1 thread, median, measured side by side with the baseline in one run), "
+        f"detector latency (encoders + the preprocessing of one camera frame, {'resize' if detector == 'bvae' else 'resize, CLAHE and optical flow'}, OpenCV 1 thread, timed side by side on validation frames), "
+        f"file size, peak RSS of a process running the encoders. Selected: the candidate with the lowest detector latency within {tolerance} AUROC of the baseline.",
+        "",
+        "| " + " | ".join(columns) + " |",
+        "|" + "---|" * len(columns),
+    ]
+    lines += [
+        "| "
+        + " | ".join(
+            ("**" + str(r[k]) + "**") if r["name"] == selected.name and k == "name" else str(r[k])
+            for k in columns
+        )
+        + " |"
+        for r in rows
+    ]
     # The compression issue's bars: the β-VAE's encoder, the flow detector's whole frame (optical flow included).
     bar = 0.2 if detector == "bvae" else 1 / 3
     meets_speed = (selected.latency_ratio if detector == "bvae" else selected.detector_ratio) <= bar
-    lines += ["", f"**Selected: {selected.name}** — encoder latency {selected.latency_ratio:.3f}× baseline ({selected.latency_ms:.2f} ms vs {baseline.latency_ms:.2f} ms), "
-              f"whole detector {selected.detector_ratio:.3f}× ({selected.detector_ms:.2f} ms vs {baseline.detector_ms:.2f} ms; {'≤' if selected.detector_ratio <= bar else '>'} {bar:.2g}×), "
-              f"AUROC drop {baseline.auroc - selected.auroc:+.4f}, size {selected.size_mb / baseline.size_mb:.3f}× "
-              f"(bar: ≤ {'0.2× encoder' if detector == 'bvae' else '0.33× detector'} latency {'met' if meets_speed else 'MISSED'}, "
-              f"≤ 1/8 size {'met' if selected.size_mb <= baseline.size_mb * SIZE_BAR else 'MISSED'}).", "",
-              ]
+    lines += [
+        "",
+        f"**Selected: {selected.name}** — encoder latency {selected.latency_ratio:.3f}× baseline ({selected.latency_ms:.2f} ms vs {baseline.latency_ms:.2f} ms), "
+        f"whole detector {selected.detector_ratio:.3f}× ({selected.detector_ms:.2f} ms vs {baseline.detector_ms:.2f} ms; {'≤' if selected.detector_ratio <= bar else '>'} {bar:.2g}×), "
+        f"AUROC drop {baseline.auroc - selected.auroc:+.4f}, size {selected.size_mb / baseline.size_mb:.3f}× "
+        f"(bar: ≤ {'0.2× encoder' if detector == 'bvae' else '0.33× detector'} latency {'met' if meets_speed else 'MISSED'}, "
+        f"≤ 1/8 size {'met' if selected.size_mb <= baseline.size_mb * SIZE_BAR else 'MISSED'}).",
+        "",
+    ]
     if policy is None:
-        lines += ["No pruning or sensitivity analysis in this search: its space has no pruning ratios, or the teacher was a bundle without its training checkpoint "
-                  "(then no QAT of the teacher either).", ""]
+        lines += [
+            "No pruning or sensitivity analysis in this search: its space has no pruning ratios, or the teacher was a bundle without its training checkpoint "
+            "(then no QAT of the teacher either).",
+            "",
+        ]
     else:
-        lines += ["## Sensitivity (one layer at a time)", "",
-                  "| layer | parameters | AUROC, layer pruned | AUROC, all INT8 but this layer |", "|---|---|---|---|"]
-        lines += [f"| {s.layer} | {s.parameters} | {s.pruned_auroc:.4f} | {s.int8_except_auroc:.4f} |" for s in sensitivity]
-        lines += ["", f"Proposed policy: per-layer pruning ratios {policy.layer_ratios}; FP32 layers in INT8 models: {list(policy.keep_fp32) or 'none'}.", ""]
+        lines += [
+            "## Sensitivity (one layer at a time)",
+            "",
+            "| layer | parameters | AUROC, layer pruned | AUROC, all INT8 but this layer |",
+            "|---|---|---|---|",
+        ]
+        lines += [
+            f"| {s.layer} | {s.parameters} | {s.pruned_auroc:.4f} | {s.int8_except_auroc:.4f} |"
+            for s in sensitivity
+        ]
+        lines += [
+            "",
+            f"Proposed policy: per-layer pruning ratios {policy.layer_ratios}; FP32 layers in INT8 models: {list(policy.keep_fp32) or 'none'}.",
+            "",
+        ]
     if result.perturbed_copies:
-        lines += [f"Distilled on the training frames and {result.perturbed_copies} label-free perturbed cop{'y' if result.perturbed_copies == 1 else 'ies'} of each "
-                  "(blends towards a uniform colour, mixes of two frames; training.compress.perturb).", ""]
+        lines += [
+            f"Distilled on the training frames and {result.perturbed_copies} label-free perturbed cop{'y' if result.perturbed_copies == 1 else 'ies'} of each "
+            "(blends towards a uniform colour, mixes of two frames; training.compress.perturb).",
+            "",
+        ]
     lines += ["![Pareto](pareto.png)", ""]
     if sensitivity:
         lines += ["![Sensitivity](sensitivity.png)", ""]
@@ -481,7 +880,14 @@ def write_report(result: SearchResult, out: Path, tolerance: float, detector: st
     return out / "search.md"
 
 
-def _plots(candidates: list[Candidate], selected: Candidate, sensitivity: list[LayerSensitivity], baseline: Candidate, out: Path, tolerance: float) -> None:
+def _plots(
+    candidates: list[Candidate],
+    selected: Candidate,
+    sensitivity: list[LayerSensitivity],
+    baseline: Candidate,
+    out: Path,
+    tolerance: float,
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -490,14 +896,41 @@ def _plots(candidates: list[Candidate], selected: Candidate, sensitivity: list[L
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for precision in dict.fromkeys(c.precision.split(" ")[0] for c in candidates):
         members = [c for c in candidates if c.precision.split(" ")[0] == precision]
-        ax.scatter([c.latency_ratio for c in members], [c.auroc for c in members], label=precision, s=30)
+        ax.scatter(
+            [c.latency_ratio for c in members], [c.auroc for c in members], label=precision, s=30
+        )
     for c in candidates:
-        ax.annotate(c.structure, (c.latency_ratio, c.auroc), fontsize=6, xytext=(3, 2), textcoords="offset points")
+        ax.annotate(
+            c.structure,
+            (c.latency_ratio, c.auroc),
+            fontsize=6,
+            xytext=(3, 2),
+            textcoords="offset points",
+        )
     front = pareto_front(candidates)
-    ax.plot([c.latency_ratio for c in front], [c.auroc for c in front], "k--", lw=0.8, label="Pareto front")
-    ax.axhline(baseline.auroc - tolerance, color="red", lw=0.8, ls=":", label=f"baseline − {tolerance}")
-    ax.scatter([selected.latency_ratio], [selected.auroc], s=160, facecolors="none", edgecolors="red", label="selected")
-    ax.set(xscale="log", xlabel="latency / baseline (ONNX Runtime, 1 thread)", ylabel="validation AUROC")
+    ax.plot(
+        [c.latency_ratio for c in front],
+        [c.auroc for c in front],
+        "k--",
+        lw=0.8,
+        label="Pareto front",
+    )
+    ax.axhline(
+        baseline.auroc - tolerance, color="red", lw=0.8, ls=":", label=f"baseline − {tolerance}"
+    )
+    ax.scatter(
+        [selected.latency_ratio],
+        [selected.auroc],
+        s=160,
+        facecolors="none",
+        edgecolors="red",
+        label="selected",
+    )
+    ax.set(
+        xscale="log",
+        xlabel="latency / baseline (ONNX Runtime, 1 thread)",
+        ylabel="validation AUROC",
+    )
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out / "pareto.png", dpi=120)
@@ -507,8 +940,18 @@ def _plots(candidates: list[Candidate], selected: Candidate, sensitivity: list[L
 
     fig, ax = plt.subplots(figsize=(7, 3.5))
     x = np.arange(len(sensitivity))
-    ax.bar(x - 0.2, [baseline.auroc - s.pruned_auroc for s in sensitivity], 0.4, label="AUROC drop, layer pruned")
-    ax.bar(x + 0.2, [baseline.auroc - s.int8_except_auroc for s in sensitivity], 0.4, label="AUROC drop, all INT8 but this layer")
+    ax.bar(
+        x - 0.2,
+        [baseline.auroc - s.pruned_auroc for s in sensitivity],
+        0.4,
+        label="AUROC drop, layer pruned",
+    )
+    ax.bar(
+        x + 0.2,
+        [baseline.auroc - s.int8_except_auroc for s in sensitivity],
+        0.4,
+        label="AUROC drop, all INT8 but this layer",
+    )
     ax.set_xticks(x, [s.layer for s in sensitivity], rotation=30, ha="right")
     ax.set(ylabel="AUROC drop vs FP32 baseline")
     ax.legend(fontsize=7)
@@ -518,42 +961,103 @@ def _plots(candidates: list[Candidate], selected: Candidate, sensitivity: list[L
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--data", type=Path, default=REPO_ROOT / "datasets" / "default")
     parser.add_argument("--detector", choices=("bvae", "flow"), required=True)
-    parser.add_argument("--space", choices=sorted(SPACES), default="default", help="search space (tiny: the CI models)")
-    parser.add_argument("--teacher", type=Path, help="teacher run folder with <encoder>.pt and bundle/ (default runs/default/<detector>), "
-                        "or a bundle folder such as models/flow_baseline: then only distilled students and their precisions are searched")
+    parser.add_argument(
+        "--space",
+        choices=sorted(SPACES),
+        default="default",
+        help="search space (tiny: the CI models)",
+    )
+    parser.add_argument(
+        "--teacher",
+        type=Path,
+        help="teacher run folder with <encoder>.pt and bundle/ (default runs/default/<detector>), "
+        "or a bundle folder such as models/flow_baseline: then only distilled students and their precisions are searched",
+    )
     parser.add_argument("--out", type=Path, help="default runs/compress/<detector>")
-    parser.add_argument("--runs", type=int, default=200, help="timed runs per model (median reported)")
-    parser.add_argument("--tolerance", type=float, default=0.02, help="largest validation AUROC drop accepted")
+    parser.add_argument(
+        "--runs", type=int, default=200, help="timed runs per model (median reported)"
+    )
+    parser.add_argument(
+        "--tolerance", type=float, default=0.02, help="largest validation AUROC drop accepted"
+    )
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--ship", action="store_true", help="copy the selected bundle to models/<detector>_compressed (or --ship-name)")
-    parser.add_argument("--ship-name", help="with --ship: the folder name under models/ (default <detector>_compressed)")
-    parser.add_argument("--make-default", action="store_true", help="with --ship: make it the runtime default (models/defaults.json) — after checking it on the test split and the bench")
+    parser.add_argument(
+        "--ship",
+        action="store_true",
+        help="copy the selected bundle to models/<detector>_compressed (or --ship-name)",
+    )
+    parser.add_argument(
+        "--ship-name",
+        help="with --ship: the folder name under models/ (default <detector>_compressed)",
+    )
+    parser.add_argument(
+        "--make-default",
+        action="store_true",
+        help="with --ship: make it the runtime default (models/defaults.json) — after checking it on the test split and the bench",
+    )
     args = parser.parse_args(argv)
-    if args.ship_name is not None and (not args.ship_name.replace("_", "").replace("-", "").isalnum()):
-        parser.error(f"--ship-name must be a plain folder name (letters, digits, _ and -), got '{args.ship_name}'")
+    if args.ship_name is not None and (
+        not args.ship_name.replace("_", "").replace("-", "").isalnum()
+    ):
+        parser.error(
+            f"--ship-name must be a plain folder name (letters, digits, _ and -), got '{args.ship_name}'"
+        )
     if args.detector not in SPACES[args.space]:
-        parser.error(f"search space '{args.space}' has no {args.detector} detector (it has: {', '.join(SPACES[args.space])})")
+        parser.error(
+            f"search space '{args.space}' has no {args.detector} detector (it has: {', '.join(SPACES[args.space])})"
+        )
     teacher = args.teacher or REPO_ROOT / "runs" / "default" / args.detector
     out = args.out or REPO_ROOT / "runs" / "compress" / args.detector
     out.mkdir(parents=True, exist_ok=True)
     try:
         check_calibration_splits(args.data)  # the selected bundle is calibrated at the end
-        result = search(args.data, args.detector, Teacher.load(teacher), out, args.runs, args.tolerance, SPACES[args.space][args.detector], args.workers)
+        result = search(
+            args.data,
+            args.detector,
+            Teacher.load(teacher),
+            out,
+            args.runs,
+            args.tolerance,
+            SPACES[args.space][args.detector],
+            args.workers,
+        )
         report = write_report(result, out, args.tolerance, args.detector)
         selected, baseline = result.selected, result.candidates[0]
-        provenance = {"compression": {"candidate": selected.name, "teacher": str(teacher), "policy": asdict(result.policy) if result.policy else None,
-                                      "search_validation_auroc": selected.auroc, "baseline_validation_auroc": baseline.auroc,
-                                      "latency_ratio": selected.latency_ratio, "detector_latency_ratio": selected.detector_ratio}}
-        bundle = calibrate_and_bundle(args.detector, selected.preprocessing, selected.files, result.latent, args.data, out / "bundle", provenance).path
+        provenance = {
+            "compression": {
+                "candidate": selected.name,
+                "teacher": str(teacher),
+                "policy": asdict(result.policy) if result.policy else None,
+                "search_validation_auroc": selected.auroc,
+                "baseline_validation_auroc": baseline.auroc,
+                "latency_ratio": selected.latency_ratio,
+                "detector_latency_ratio": selected.detector_ratio,
+            }
+        }
+        bundle = calibrate_and_bundle(
+            args.detector,
+            selected.preprocessing,
+            selected.files,
+            result.latent,
+            args.data,
+            out / "bundle",
+            provenance,
+        ).path
         print(report.read_text())
         print(f"selected bundle: {bundle}")
         if args.ship:
             name = args.ship_name or f"{args.detector}_compressed"
-            print(f"shipped {ship_bundle(bundle, args.detector, name, make_default=args.make_default)}")
-        (out / "selected.json").write_text(json.dumps({"selected": selected.name, "bundle": str(bundle)}, indent=1) + "\n")
+            print(
+                f"shipped {ship_bundle(bundle, args.detector, name, make_default=args.make_default)}"
+            )
+        (out / "selected.json").write_text(
+            json.dumps({"selected": selected.name, "bundle": str(bundle)}, indent=1) + "\n"
+        )
     except (DatasetError, BundleError, FileNotFoundError, RuntimeError) as err:
         print(f"search: {err}", file=sys.stderr)
         return 1

@@ -35,7 +35,9 @@ def _tensorrt():  # type: ignore[no-untyped-def]
         import tensorrt as trt
         from cuda import cudart
     except ImportError as err:
-        raise TensorRTUnavailable(f"TensorRT is not available here ({err}); build engines on the Jetson (JetPack ships it)") from None
+        raise TensorRTUnavailable(
+            f"TensorRT is not available here ({err}); build engines on the Jetson (JetPack ships it)"
+        ) from None
     return trt, cudart
 
 
@@ -57,7 +59,12 @@ def _calibrator(trt, cudart, batches: Iterator[np.ndarray], cache: Path):  # typ
             if self._device is None:
                 self._nbytes = batch.nbytes
                 self._device = cudart.cudaMalloc(self._nbytes)[1]
-            cudart.cudaMemcpy(self._device, batch.ctypes.data, self._nbytes, cudart.cudaMemcpyKind.cudaMemcpyHostToDevice)
+            cudart.cudaMemcpy(
+                self._device,
+                batch.ctypes.data,
+                self._nbytes,
+                cudart.cudaMemcpyKind.cudaMemcpyHostToDevice,
+            )
             return [int(self._device)]
 
         def read_calibration_cache(self):  # type: ignore[no-untyped-def]
@@ -69,14 +76,23 @@ def _calibrator(trt, cudart, batches: Iterator[np.ndarray], cache: Path):  # typ
     return EntropyCalibrator()
 
 
-def build_engine(onnx_path: Path, precision: str = "fp16", calibration: Iterator[np.ndarray] | None = None, workspace_mb: int = 256) -> Path:
+def build_engine(
+    onnx_path: Path,
+    precision: str = "fp16",
+    calibration: Iterator[np.ndarray] | None = None,
+    workspace_mb: int = 256,
+) -> Path:
     """Serialize a batch-1 engine for `onnx_path` at `precision` next to it; returns its path."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got '{precision}'")
     trt, cudart = _tensorrt()
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    explicit = 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH) if hasattr(trt.NetworkDefinitionCreationFlag, "EXPLICIT_BATCH") else 0
+    explicit = (
+        1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+        if hasattr(trt.NetworkDefinitionCreationFlag, "EXPLICIT_BATCH")
+        else 0
+    )
     network = builder.create_network(explicit)
     parser = trt.OnnxParser(network, logger)
     if not parser.parse(onnx_path.read_bytes()):
@@ -88,7 +104,10 @@ def build_engine(onnx_path: Path, precision: str = "fp16", calibration: Iterator
     else:  # TensorRT 8.2 (JetPack 4.6)
         config.max_workspace_size = workspace_mb << 20
     tensor = network.get_input(0)
-    shape = (1, *tuple(tensor.shape)[1:])  # the bundle ONNX has a dynamic batch axis; engines run batch 1
+    shape = (
+        1,
+        *tuple(tensor.shape)[1:],
+    )  # the bundle ONNX has a dynamic batch axis; engines run batch 1
     profile = builder.create_optimization_profile()
     profile.set_shape(tensor.name, shape, shape, shape)
     config.add_optimization_profile(profile)
@@ -99,23 +118,33 @@ def build_engine(onnx_path: Path, precision: str = "fp16", calibration: Iterator
             raise ValueError("INT8 needs calibration inputs")
         config.set_flag(trt.BuilderFlag.INT8)
         config.set_calibration_profile(profile)
-        config.int8_calibrator = _calibrator(trt, cudart, calibration, onnx_path.with_suffix(".int8cache"))
+        config.int8_calibrator = _calibrator(
+            trt, cudart, calibration, onnx_path.with_suffix(".int8cache")
+        )
     if hasattr(builder, "build_serialized_network"):
         serialized = builder.build_serialized_network(network, config)
     else:
         serialized = builder.build_engine(network, config).serialize()
     if serialized is None:
-        raise RuntimeError(f"{onnx_path}: TensorRT failed to build a {precision} engine (see its log above)")
+        raise RuntimeError(
+            f"{onnx_path}: TensorRT failed to build a {precision} engine (see its log above)"
+        )
     engine = onnx_path.with_suffix(ENGINE_SUFFIX)
     engine.write_bytes(bytes(serialized))
     return engine
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("bundle", type=Path)
     parser.add_argument("--precision", choices=PRECISIONS, default="fp16")
-    parser.add_argument("--calibration", type=Path, help="dataset folder whose calibration split feeds INT8 calibration")
+    parser.add_argument(
+        "--calibration",
+        type=Path,
+        help="dataset folder whose calibration split feeds INT8 calibration",
+    )
     parser.add_argument("--calibration-frames", type=int, default=500)
     args = parser.parse_args(argv)
     try:
@@ -125,7 +154,9 @@ def main(argv: list[str] | None = None) -> int:
             if args.precision == "int8":
                 if args.calibration is None:
                     parser.error("--precision int8 needs --calibration DATASET")
-                batches = _calibration_inputs(args.calibration, bundle, name, args.calibration_frames)
+                batches = _calibration_inputs(
+                    args.calibration, bundle, name, args.calibration_frames
+                )
             print(f"built {build_engine(onnx_path, args.precision, batches)}")
     except (TensorRTUnavailable, BundleError, RuntimeError) as err:
         print(f"tensorrt: {err}", file=sys.stderr)

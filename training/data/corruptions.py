@@ -36,9 +36,13 @@ def blend_table(alpha: float) -> np.ndarray:
     fused multiply-add in 32-bit floats rounded half to even — what albucore's blending computed on
     this AMD EPYC — emulated in plain numpy (alpha·top is exact in float64, then one rounding to
     float32), so every CPU gets the same bytes. Read-only: the table is shared."""
-    top, bottom = np.meshgrid(np.arange(256, dtype=np.float64), np.arange(256, dtype=np.float32), indexing="ij")
+    top, bottom = np.meshgrid(
+        np.arange(256, dtype=np.float64), np.arange(256, dtype=np.float32), indexing="ij"
+    )
     weight_top, weight_bottom = np.float32(alpha), np.float32(1.0 - alpha)
-    fused = (np.float64(weight_top) * top + (weight_bottom * bottom).astype(np.float64)).astype(np.float32)
+    fused = (np.float64(weight_top) * top + (weight_bottom * bottom).astype(np.float64)).astype(
+        np.float32
+    )
     table = np.clip(np.rint(fused), 0, 255).astype(np.uint8)
     table.flags.writeable = False
     return table
@@ -56,9 +60,13 @@ class PortableSunFlare(A.RandomSunFlare):
     itself leaves it as it is.
     """
 
-    def apply(self, img: np.ndarray, flare_center: tuple[float, float], circles: list[Any], **params: Any) -> np.ndarray:
+    def apply(
+        self, img: np.ndarray, flare_center: tuple[float, float], circles: list[Any], **params: Any
+    ) -> np.ndarray:
         if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
-            raise ValueError(f"the sun flare needs an RGB uint8 frame, got {img.dtype} of shape {img.shape}")
+            raise ValueError(
+                f"the sun flare needs an RGB uint8 frame, got {img.dtype} of shape {img.shape}"
+            )
         overlay, output = img.copy(), img.copy()
         box = None  # rows and columns where overlay and output may differ: none yet
         weighted_alpha = total_radius = 0.0
@@ -75,22 +83,35 @@ class PortableSunFlare(A.RandomSunFlare):
         centre = (int(flare_center[0]), int(flare_center[1]))
         for i in range(steps):
             alpha = float(alphas[steps - i - 1])
-            box = _draw_and_blend(overlay, output, box, centre, int(radii[i]), self.src_color, alpha * alpha * alpha)
+            box = _draw_and_blend(
+                overlay, output, box, centre, int(radii[i]), self.src_color, alpha * alpha * alpha
+            )
         return output
 
 
 Box = tuple[int, int, int, int]  # top, bottom, left, right (exclusive)
 
 
-def _draw_and_blend(overlay: np.ndarray, output: np.ndarray, box: Box | None, centre: tuple[int, int], radius: int,
-                    colour: tuple[int, ...], alpha: float) -> Box:
+def _draw_and_blend(
+    overlay: np.ndarray,
+    output: np.ndarray,
+    box: Box | None,
+    centre: tuple[int, int],
+    radius: int,
+    colour: tuple[int, ...],
+    alpha: float,
+) -> Box:
     """Draw a filled circle on `overlay`, blend `overlay` into `output` in place with weight
     `alpha` (blend_table) within `box` grown by the circle, and return that box."""
     height, width = output.shape[:2]
     x, y, reach = centre[0], centre[1], radius + 2  # a filled circle's pixels, with a margin
     top, bottom, left, right = box or (height, 0, width, 0)
-    box = (max(0, min(top, y - reach)), min(height, max(bottom, y + reach + 1)),
-           max(0, min(left, x - reach)), min(width, max(right, x + reach + 1)))
+    box = (
+        max(0, min(top, y - reach)),
+        min(height, max(bottom, y + reach + 1)),
+        max(0, min(left, x - reach)),
+        min(width, max(right, x + reach + 1)),
+    )
     cv2.circle(overlay, centre, radius, colour, -1)
     region = (slice(box[0], box[1]), slice(box[2], box[3]))
     output[region] = blend_table(alpha)[overlay[region], output[region]]
@@ -101,7 +122,12 @@ def _glare(intensity: float, seed: int) -> Corruption:
     """Over-exposure plus a sun flare: the camera looking into a low sun."""
     gain = 1.4 + 1.0 * intensity
     flare = _albumentation(
-        PortableSunFlare(flare_roi=(0.1, 0.0, 0.9, 0.4), src_radius=int(200 + 250 * intensity), method="overlay", p=1.0),
+        PortableSunFlare(
+            flare_roi=(0.1, 0.0, 0.9, 0.4),
+            src_radius=int(200 + 250 * intensity),
+            method="overlay",
+            p=1.0,
+        ),
         seed,
         static=True,
     )
@@ -156,7 +182,9 @@ def _lens_dirt(intensity: float, seed: int) -> Corruption:
 
     def mud_alpha(height: int, width: int) -> np.ndarray:
         field = np.random.default_rng(seed).standard_normal((height, width)).astype(np.float32)
-        field = cv2.GaussianBlur(field, (0, 0), 0.04 * width, borderType=cv2.BORDER_REFLECT)  # blobs ~a tenth of the frame
+        field = cv2.GaussianBlur(
+            field, (0, 0), 0.04 * width, borderType=cv2.BORDER_REFLECT
+        )  # blobs ~a tenth of the frame
         mud = (field >= np.quantile(field, 1.0 - lens_dirt_coverage(intensity))).astype(np.float32)
         soft = cv2.GaussianBlur(mud, (0, 0), 0.01 * width)  # out of focus: soft edges
         return (soft * opacity)[..., None]
@@ -179,11 +207,19 @@ def make_corruption(name: str, intensity: float, seed: int) -> Corruption:
         return _glare(intensity, seed)
     if name == "rain":
         rain_type = "heavy" if intensity < 0.5 else "torrential"
-        return _albumentation(A.RandomRain(rain_type=rain_type, brightness_coefficient=0.75, p=1.0), seed, static=False)
+        return _albumentation(
+            A.RandomRain(rain_type=rain_type, brightness_coefficient=0.75, p=1.0),
+            seed,
+            static=False,
+        )
     if name == "snow":
         level = 0.25 + 0.45 * intensity
         return _albumentation(
-            A.RandomSnow(snow_point_range=(level, level), brightness_coeff=2.5, method="bleach", p=1.0), seed, static=False
+            A.RandomSnow(
+                snow_point_range=(level, level), brightness_coeff=2.5, method="bleach", p=1.0
+            ),
+            seed,
+            static=False,
         )
     if name == "lens_dirt":
         return _lens_dirt(intensity, seed)

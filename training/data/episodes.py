@@ -85,7 +85,9 @@ class EpisodeWriter:
 
     def __enter__(self) -> EpisodeWriter:
         self._writer.open()
-        self._connection = self._writer.add_connection(self._topic, COMPRESSED_IMAGE_TYPE, typestore=_TYPESTORE)
+        self._connection = self._writer.add_connection(
+            self._topic, COMPRESSED_IMAGE_TYPE, typestore=_TYPESTORE
+        )
         return self
 
     @property
@@ -106,16 +108,25 @@ class EpisodeWriter:
         if not ok:
             raise ValueError(f"{self.path}: JPEG encoding failed for frame {frame}")
         msgtypes = _TYPESTORE.types
-        time = msgtypes["builtin_interfaces/msg/Time"](sec=stamp // 1_000_000_000, nanosec=stamp % 1_000_000_000)
+        time = msgtypes["builtin_interfaces/msg/Time"](
+            sec=stamp // 1_000_000_000, nanosec=stamp % 1_000_000_000
+        )
         header = msgtypes["std_msgs/msg/Header"](stamp=time, frame_id=self._frame_id)
         msg = msgtypes[COMPRESSED_IMAGE_TYPE](header=header, format="jpeg", data=jpeg.reshape(-1))
-        self._writer.write(self._connection, stamp, _TYPESTORE.serialize_cdr(msg, COMPRESSED_IMAGE_TYPE))
-        self._labels.append(FrameLabel(frame, stamp, ood, self.info.scenario, self.info.onset_frame))
+        self._writer.write(
+            self._connection, stamp, _TYPESTORE.serialize_cdr(msg, COMPRESSED_IMAGE_TYPE)
+        )
+        self._labels.append(
+            FrameLabel(frame, stamp, ood, self.info.scenario, self.info.onset_frame)
+        )
         if frame == 0:
             self.info.height, self.info.width = rgb.shape[:2]
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         self._writer.close()
         if exc_type is not None:
@@ -123,5 +134,7 @@ class EpisodeWriter:
             return
         self.info.frames = self.frames_written
         # The onset can be settled only after the frames (an obstacle's: when it came into view).
-        write_ground_truth(self.path, [replace(label, onset_frame=self.info.onset_frame) for label in self._labels])
+        write_ground_truth(
+            self.path, [replace(label, onset_frame=self.info.onset_frame) for label in self._labels]
+        )
         (self.path / EPISODE_FILE).write_text(json.dumps(asdict(self.info), indent=2) + "\n")

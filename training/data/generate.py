@@ -62,7 +62,11 @@ class GenerationError(RuntimeError):
 def _sim_environment() -> dict[str, str]:
     """Environment for the simulator venv's python: without the ROS wheels' bootstrap variables,
     which would make it load this venv's ROS libraries (see ENVIRONMENT.md)."""
-    env = {k: v for k, v in os.environ.items() if k not in ("LD_LIBRARY_PATH", "_ROS_WHEELS_BOOTSTRAP_COMPLETE")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("LD_LIBRARY_PATH", "_ROS_WHEELS_BOOTSTRAP_COMPLETE")
+    }
     env["PYTHONPATH"] = str(REPO_ROOT)
     return env
 
@@ -128,7 +132,11 @@ def render_episode(
 ) -> EpisodeInfo:
     """Render one planned episode into `out_dir/<split>/<name>` (a rosbag2 directory)."""
     scenario = SCENARIOS[plan.scenario]
-    corruption = make_corruption(scenario.corruption, plan.intensity, plan.seed) if scenario.corruption else None
+    corruption = (
+        make_corruption(scenario.corruption, plan.intensity, plan.seed)
+        if scenario.corruption
+        else None
+    )
     info = EpisodeInfo(
         name=plan.name,
         scenario=plan.scenario,
@@ -138,7 +146,11 @@ def render_episode(
         map=plan.map,
         seed=plan.seed,
         intensity=plan.intensity,
-        extra={"split": plan.split, "scenario_revision": scenario.revision, "traffic_lights": plan.traffic_lights},
+        extra={
+            "split": plan.split,
+            "scenario_revision": scenario.revision,
+            "traffic_lights": plan.traffic_lights,
+        },
     )
     path = out_dir / plan.split / plan.name
     shutil.rmtree(path, ignore_errors=True)  # a leftover of an interrupted run
@@ -158,7 +170,9 @@ def render_episode(
             # The robot left the road and was put back: a jump in the frames, and on a new map the
             # sign that the lane controller does not drive it (`extra.resets`, 0 on a good drive).
             info.extra["resets"] = resets
-            if scenario.sim_effect in EFFECT_START_KEYS:  # the onset is when the effect comes into view
+            if (
+                scenario.sim_effect in EFFECT_START_KEYS
+            ):  # the onset is when the effect comes into view
                 info.extra[EFFECT_START_KEYS[scenario.sim_effect]] = plan.onset_frame
                 info.onset_frame = writer.first_ood_frame()
             error = stream.finish()
@@ -190,7 +204,9 @@ def _forward_step(previous: dict[str, Any], meta: dict[str, Any]) -> float:
     """How far the robot moved along its heading between two frames (metres; negative: backwards).
     The simulator's heading at angle a points along (cos a, -sin a) in its x-z plane."""
     angle = previous["angle"]
-    return (meta["x"] - previous["x"]) * math.cos(angle) - (meta["z"] - previous["z"]) * math.sin(angle)
+    return (meta["x"] - previous["x"]) * math.cos(angle) - (meta["z"] - previous["z"]) * math.sin(
+        angle
+    )
 
 
 class EffectInView:
@@ -214,7 +230,10 @@ class EffectInView:
         if not active:
             return False
         if self.sim_effect == "obstacles":
-            return int(meta.get("obstacle_pixels", 0)) >= OBSTACLE_VISIBLE_SHARE * rgb.shape[0] * rgb.shape[1]
+            return (
+                int(meta.get("obstacle_pixels", 0))
+                >= OBSTACLE_VISIBLE_SHARE * rgb.shape[0] * rgb.shape[1]
+            )
         if self.sim_effect == "reverse":
             if previous is not None and not meta.get("reset"):
                 self._moved_backwards |= _forward_step(previous, meta) < -BACKWARD_STEP_M
@@ -226,7 +245,9 @@ def _episode_sha256(path: Path) -> str:
     """Over the episode's bag files and its labels (ground_truth.csv), so relabelled frames make
     another hash even where the frames stay byte-identical."""
     digest = hashlib.sha256()
-    for data_file in sorted(p for p in path.iterdir() if p.suffix in (".mcap", ".db3") or p.name == GROUND_TRUTH_FILE):
+    for data_file in sorted(
+        p for p in path.iterdir() if p.suffix in (".mcap", ".db3") or p.name == GROUND_TRUTH_FILE
+    ):
         with data_file.open("rb") as handle:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
@@ -241,12 +262,22 @@ def dataset_sha256(episodes: list[dict[str, Any]]) -> str:
 def manifest_entry(episode_dir: Path, split: str, name: str) -> dict[str, Any]:
     """An episode's manifest row: its episode.json, where it sits in the dataset and its hash."""
     info = json.loads((episode_dir / EPISODE_FILE).read_text())
-    return {**info, "name": name, "split": split, "path": f"{split}/{name}", "sha256": _episode_sha256(episode_dir)}
+    return {
+        **info,
+        "name": name,
+        "split": split,
+        "path": f"{split}/{name}",
+        "sha256": _episode_sha256(episode_dir),
+    }
 
 
-def write_manifest(out_dir: Path, preset: str, plans: list[EpisodePlan], width: int, height: int, fps: float) -> Path:
+def write_manifest(
+    out_dir: Path, preset: str, plans: list[EpisodePlan], width: int, height: int, fps: float
+) -> Path:
     """The dataset's table of contents: splits, episodes, per-episode hashes and a dataset hash."""
-    episodes = [manifest_entry(out_dir / plan.split / plan.name, plan.split, plan.name) for plan in plans]
+    episodes = [
+        manifest_entry(out_dir / plan.split / plan.name, plan.split, plan.name) for plan in plans
+    ]
     dataset_hash = dataset_sha256(episodes)
     manifest = {
         "preset": preset,
@@ -255,7 +286,10 @@ def write_manifest(out_dir: Path, preset: str, plans: list[EpisodePlan], width: 
         "height": height,
         "fps": fps,
         "dataset_sha256": dataset_hash,
-        "splits": {split: [e["name"] for e in episodes if e["split"] == split] for split in dict.fromkeys(p.split for p in plans)},
+        "splits": {
+            split: [e["name"] for e in episodes if e["split"] == split]
+            for split in dict.fromkeys(p.split for p in plans)
+        },
         "episodes": episodes,
     }
     path = out_dir / MANIFEST_FILE
@@ -277,14 +311,28 @@ def generate(
 ) -> Path:
     """Render every missing episode of a preset, then write the manifest; returns its path."""
     if not sim_python.exists():
-        raise GenerationError(f"simulator python not found at {sim_python}: run `make sim-venv` first")
+        raise GenerationError(
+            f"simulator python not found at {sim_python}: run `make sim-venv` first"
+        )
     plans = plan_episodes(PRESETS[preset_name])
     stale = [p.name for p in plans if _made_with_older_revision(out_dir / p.split / p.name, p)]
     if stale and progress:
-        print(f"{preset_name}: rendering again {len(stale)} episodes made with an older revision of their scenario "
-              f"(or with an unreadable episode.json): {', '.join(stale)}", file=sys.stderr)
-    todo = [p for p in plans if p.name in stale or not (out_dir / p.split / p.name / EPISODE_FILE).exists()]
-    bar = tqdm(total=sum(p.frames for p in todo), unit="frame", desc=f"{preset_name}: {len(todo)} episodes", disable=not progress)
+        print(
+            f"{preset_name}: rendering again {len(stale)} episodes made with an older revision of their scenario "
+            f"(or with an unreadable episode.json): {', '.join(stale)}",
+            file=sys.stderr,
+        )
+    todo = [
+        p
+        for p in plans
+        if p.name in stale or not (out_dir / p.split / p.name / EPISODE_FILE).exists()
+    ]
+    bar = tqdm(
+        total=sum(p.frames for p in todo),
+        unit="frame",
+        desc=f"{preset_name}: {len(todo)} episodes",
+        disable=not progress,
+    )
     lock = threading.Lock()
 
     def advance() -> None:
@@ -295,8 +343,15 @@ def generate(
     with ThreadPoolExecutor(max_workers=workers) as pool:
         futures = {
             pool.submit(
-                render_episode, plan, out_dir, width=width, height=height, fps=fps, storage=storage,
-                sim_python=sim_python, on_frame=advance,
+                render_episode,
+                plan,
+                out_dir,
+                width=width,
+                height=height,
+                fps=fps,
+                storage=storage,
+                sim_python=sim_python,
+                on_frame=advance,
             ): plan
             for plan in todo
         }
@@ -307,18 +362,25 @@ def generate(
                 failures.append(f"{futures[future].name}: {err}")
     bar.close()
     if failures:
-        raise GenerationError(f"{len(failures)} of {len(todo)} episodes failed (rerun to retry them):\n  " + "\n  ".join(failures))
+        raise GenerationError(
+            f"{len(failures)} of {len(todo)} episodes failed (rerun to retry them):\n  "
+            + "\n  ".join(failures)
+        )
     return write_manifest(out_dir, preset_name, plans, width, height, fps)
 
 
 def _summary(manifest_path: Path, seconds: float) -> str:
     manifest = json.loads(manifest_path.read_text())
     root = manifest_path.parent
-    lines = [f"dataset {root} ({manifest['preset']}, {manifest['width']}x{manifest['height']} @ {manifest['fps']:g} Hz) in {seconds:.0f} s"]
+    lines = [
+        f"dataset {root} ({manifest['preset']}, {manifest['width']}x{manifest['height']} @ {manifest['fps']:g} Hz) in {seconds:.0f} s"
+    ]
     for split, names in manifest["splits"].items():
         episodes = [e for e in manifest["episodes"] if e["split"] == split]
         frames = sum(e["frames"] for e in episodes)
-        ood_frames = sum(e["frames"] - e["onset_frame"] for e in episodes if e["onset_frame"] is not None)
+        ood_frames = sum(
+            e["frames"] - e["onset_frame"] for e in episodes if e["onset_frame"] is not None
+        )
         size = sum(f.stat().st_size for f in (root / split).rglob("*") if f.is_file())
         scenarios = sorted({e["scenario"] for e in episodes})
         lines.append(
@@ -329,7 +391,9 @@ def _summary(manifest_path: Path, seconds: float) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--preset", choices=sorted(PRESETS), default="default")
     parser.add_argument("--out", type=Path, help="output folder (default: datasets/<preset>)")
     parser.add_argument("--width", type=int, default=640)
@@ -343,8 +407,14 @@ def main(argv: list[str] | None = None) -> int:
     start = time.monotonic()
     try:
         manifest = generate(
-            args.preset, out_dir, width=args.width, height=args.height, fps=args.fps,
-            workers=args.workers, storage=args.storage, sim_python=args.sim_python,
+            args.preset,
+            out_dir,
+            width=args.width,
+            height=args.height,
+            fps=args.fps,
+            workers=args.workers,
+            storage=args.storage,
+            sim_python=args.sim_python,
         )
     except GenerationError as err:
         print(f"generate: {err}", file=sys.stderr)

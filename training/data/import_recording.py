@@ -42,7 +42,9 @@ def _bag_frames(path: Path, topic: str | None) -> Iterator[Frame]:
         try:
             yield decode_message(message.msg), message.stamp_ns
         except FrameError as err:
-            raise RecordingError(f"{path}: frame {message.index} (stamp {message.stamp_ns}): {err}") from None
+            raise RecordingError(
+                f"{path}: frame {message.index} (stamp {message.stamp_ns}): {err}"
+            ) from None
 
 
 def _folder_frames(path: Path) -> Iterator[Frame]:
@@ -83,7 +85,9 @@ def source_kind(path: Path) -> str:
         return "folder"
     if path.suffix.lower() in VIDEO_SUFFIXES:
         return "video"
-    raise RecordingError(f"{path}: unknown recording type (expected a ROS bag, an image folder or a video)")
+    raise RecordingError(
+        f"{path}: unknown recording type (expected a ROS bag, an image folder or a video)"
+    )
 
 
 def video_fps(path: Path) -> float | None:
@@ -138,7 +142,9 @@ def import_recording(
     out.parent.mkdir(parents=True, exist_ok=True)
     try:
         with EpisodeWriter(out, info, storage=storage) as writer:
-            for rgb, stamp in tqdm(frames, desc=f"import {source.name}", unit="frame", disable=not progress):
+            for rgb, stamp in tqdm(
+                frames, desc=f"import {source.name}", unit="frame", disable=not progress
+            ):
                 if size is not None and (rgb.shape[1], rgb.shape[0]) != size:
                     rgb = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
                 ood = onset_frame is not None and writer.frames_written >= onset_frame
@@ -159,26 +165,51 @@ def _size(text: str) -> tuple[int, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("source", type=Path, help="ROS 1/2 bag, image folder or video file")
-    parser.add_argument("--out", type=Path, required=True, help="episode folder to create (a rosbag2 bag)")
-    parser.add_argument("--topic", help="image topic of a bag (default: the camera topic or the only image topic)")
-    parser.add_argument("--fps", type=float, help="frame rate for image folders (default 30) and videos (default: the video's)")
-    parser.add_argument("--label", choices=("id", "ood"), default="id", help="ground truth of the recording")
-    parser.add_argument("--onset-frame", type=int, help="with --label ood: first OOD frame (default 0)")
-    parser.add_argument("--scenario", help="scenario name written to the ground truth (default: the label)")
+    parser.add_argument(
+        "--out", type=Path, required=True, help="episode folder to create (a rosbag2 bag)"
+    )
+    parser.add_argument(
+        "--topic", help="image topic of a bag (default: the camera topic or the only image topic)"
+    )
+    parser.add_argument(
+        "--fps",
+        type=float,
+        help="frame rate for image folders (default 30) and videos (default: the video's)",
+    )
+    parser.add_argument(
+        "--label", choices=("id", "ood"), default="id", help="ground truth of the recording"
+    )
+    parser.add_argument(
+        "--onset-frame", type=int, help="with --label ood: first OOD frame (default 0)"
+    )
+    parser.add_argument(
+        "--scenario", help="scenario name written to the ground truth (default: the label)"
+    )
     parser.add_argument("--size", type=_size, help="resize frames, e.g. 640x480")
     parser.add_argument("--storage", choices=sorted(STORAGES), default="mcap")
     args = parser.parse_args(argv)
     try:
         info = import_recording(
-            args.source, args.out, topic=args.topic, fps=args.fps, label=args.label, scenario=args.scenario,
-            onset_frame=args.onset_frame, size=args.size, storage=args.storage,
+            args.source,
+            args.out,
+            topic=args.topic,
+            fps=args.fps,
+            label=args.label,
+            scenario=args.scenario,
+            onset_frame=args.onset_frame,
+            size=args.size,
+            storage=args.storage,
         )
     except RecordingError as err:
         print(f"import: {err}", file=sys.stderr)
         return 1
-    print(f"imported {info.frames} frames {info.width}x{info.height} from {args.source} into {args.out}")
+    print(
+        f"imported {info.frames} frames {info.width}x{info.height} from {args.source} into {args.out}"
+    )
     return 0
 
 

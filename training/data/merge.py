@@ -38,28 +38,43 @@ from vae_ood_monitor.bags import BagError, image_topics
 _SHARED = ("topic", "width", "height", "fps")
 
 
-def _require_shared(found: dict[str, Any], like: dict[str, Any], where: Path, against: str, hint: str = "") -> None:
+def _require_shared(
+    found: dict[str, Any], like: dict[str, Any], where: Path, against: str, hint: str = ""
+) -> None:
     """Refuse `where` when its topic, size or rate (`found`) differ from the first dataset's."""
     different = [key for key in _SHARED if found[key] != like[key]]
     if different:
-        raise DatasetError(f"{where}: {', '.join(f'{k} {found[k]!r}' for k in different)} differ from {against} "
-                           f"({', '.join(f'{k} {like[k]!r}' for k in different)}){hint}")
+        raise DatasetError(
+            f"{where}: {', '.join(f'{k} {found[k]!r}' for k in different)} differ from {against} "
+            f"({', '.join(f'{k} {like[k]!r}' for k in different)}){hint}"
+        )
 
 
 def _added_entry(split: str, episode_dir: Path, like: dict[str, Any]) -> dict[str, Any]:
     """The manifest row of a single episode added to `split`, checked against the first dataset."""
     if split not in SPLITS:
-        raise DatasetError(f"--add {split}={episode_dir}: unknown split '{split}' (splits: {', '.join(SPLITS)})")
+        raise DatasetError(
+            f"--add {split}={episode_dir}: unknown split '{split}' (splits: {', '.join(SPLITS)})"
+        )
     if not (episode_dir / EPISODE_FILE).exists():
-        raise DatasetError(f"{episode_dir}: not an episode (no {EPISODE_FILE}); import a recording with "
-                           "`python -m training.data.import_recording SOURCE --out EPISODE_DIR`")
-    entry = manifest_entry(episode_dir, split, f"{episode_dir.resolve().parent.name}_{episode_dir.name}")
+        raise DatasetError(
+            f"{episode_dir}: not an episode (no {EPISODE_FILE}); import a recording with "
+            "`python -m training.data.import_recording SOURCE --out EPISODE_DIR`"
+        )
+    entry = manifest_entry(
+        episode_dir, split, f"{episode_dir.resolve().parent.name}_{episode_dir.name}"
+    )
     try:
         topics = image_topics(episode_dir)
     except BagError as err:
         raise DatasetError(str(err)) from None
-    found = {"topic": like["topic"] if like["topic"] in topics else ", ".join(topics), **{k: entry[k] for k in _SHARED[1:]}}
-    _require_shared(found, like, episode_dir, "the datasets'", "; import it with matching --size/--fps")
+    found = {
+        "topic": like["topic"] if like["topic"] in topics else ", ".join(topics),
+        **{k: entry[k] for k in _SHARED[1:]},
+    }
+    _require_shared(
+        found, like, episode_dir, "the datasets'", "; import it with matching --size/--fps"
+    )
     return entry
 
 
@@ -79,12 +94,20 @@ def merge(sources: list[Path], out: Path, added: list[tuple[str, Path]] = ()) ->
     if not sources or len(sources) + len(added) < 2:
         raise DatasetError("merge needs a dataset and at least one more dataset or --add episode")
     if len({source.name for source in sources}) < len(sources):
-        raise DatasetError(f"datasets must have different folder names (they prefix episode names): {', '.join(map(str, sources))}")
+        raise DatasetError(
+            f"datasets must have different folder names (they prefix episode names): {', '.join(map(str, sources))}"
+        )
     manifests = [load_manifest(source) for source in sources]
     for source, manifest in zip(sources, manifests):
-        missing = [key for key in (*_SHARED, "preset", "dataset_sha256", "splits", "episodes") if key not in manifest]
+        missing = [
+            key
+            for key in (*_SHARED, "preset", "dataset_sha256", "splits", "episodes")
+            if key not in manifest
+        ]
         if missing:
-            raise DatasetError(f"{source}/{MANIFEST_FILE}: not a dataset manifest (no {', '.join(missing)})")
+            raise DatasetError(
+                f"{source}/{MANIFEST_FILE}: not a dataset manifest (no {', '.join(missing)})"
+            )
     first = manifests[0]
     for source, manifest in zip(sources[1:], manifests[1:]):
         _require_shared(manifest, first, source, str(sources[0]))
@@ -98,12 +121,16 @@ def merge(sources: list[Path], out: Path, added: list[tuple[str, Path]] = ()) ->
     for split, episode_dir in added:
         entry = _added_entry(split, episode_dir, first)
         if any(e["name"] == entry["name"] for e in episodes):
-            raise DatasetError(f"{episode_dir}: an episode named {entry['name']} is in the merge already")
+            raise DatasetError(
+                f"{episode_dir}: an episode named {entry['name']} is in the merge already"
+            )
         episodes.append(entry)
         targets.append(episode_dir.resolve())
     # Everything is checked: only now is `out` touched, so a refused merge leaves it as it was.
     if out.exists():
-        if not (out / MANIFEST_FILE).exists() or "merged_from" not in json.loads((out / MANIFEST_FILE).read_text()):
+        if not (out / MANIFEST_FILE).exists() or "merged_from" not in json.loads(
+            (out / MANIFEST_FILE).read_text()
+        ):
             raise DatasetError(f"{out} exists and is not a merged dataset; choose another --out")
         shutil.rmtree(out)  # links and a manifest only: the source bags stay untouched
     for entry, target in zip(episodes, targets):
@@ -114,7 +141,10 @@ def merge(sources: list[Path], out: Path, added: list[tuple[str, Path]] = ()) ->
     merged = {
         **{key: first[key] for key in _SHARED},
         "preset": "+".join(str(m["preset"]) for m in manifests),
-        "merged_from": [{"path": str(source), "dataset_sha256": m["dataset_sha256"]} for source, m in zip(sources, manifests)]
+        "merged_from": [
+            {"path": str(source), "dataset_sha256": m["dataset_sha256"]}
+            for source, m in zip(sources, manifests)
+        ]
         + [{"path": str(episode_dir), "split": split} for split, episode_dir in added],
         "dataset_sha256": dataset_sha256(episodes),
         "splits": {split: [e["name"] for e in episodes if e["split"] == split] for split in splits},
@@ -129,15 +159,30 @@ def merge(sources: list[Path], out: Path, added: list[tuple[str, Path]] = ()) ->
 def _split_and_episode(text: str) -> tuple[str, Path]:
     split, sep, episode_dir = text.partition("=")
     if not sep or not split or not episode_dir:
-        raise argparse.ArgumentTypeError(f"expected SPLIT=EPISODE_DIR (e.g. calibration=datasets/real/drive_01), got '{text}'")
+        raise argparse.ArgumentTypeError(
+            f"expected SPLIT=EPISODE_DIR (e.g. calibration=datasets/real/drive_01), got '{text}'"
+        )
     return split, Path(episode_dir)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("datasets", nargs="+", type=Path, help="dataset folders (with manifest.json); the first keeps its episode names")
-    parser.add_argument("--add", type=_split_and_episode, action="append", default=[], metavar="SPLIT=EPISODE_DIR",
-                        help="add one episode (e.g. an imported recording) to a split; repeatable")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "datasets",
+        nargs="+",
+        type=Path,
+        help="dataset folders (with manifest.json); the first keeps its episode names",
+    )
+    parser.add_argument(
+        "--add",
+        type=_split_and_episode,
+        action="append",
+        default=[],
+        metavar="SPLIT=EPISODE_DIR",
+        help="add one episode (e.g. an imported recording) to a split; repeatable",
+    )
     parser.add_argument("--out", type=Path, required=True, help="the merged dataset folder")
     args = parser.parse_args(argv)
     try:
@@ -148,10 +193,15 @@ def main(argv: list[str] | None = None) -> int:
     if manifest["repeated_drives"]:
         shown = "; ".join(" = ".join(names) for names in manifest["repeated_drives"][:3])
         more = len(manifest["repeated_drives"]) - 3
-        print(f"merge: warning: {len(manifest['repeated_drives'])} drives repeat (same map and seed, so the same frames until an onset): "
-              f"{shown}{f'; {more} more' if more > 0 else ''} (manifest.json: repeated_drives)", file=sys.stderr)
+        print(
+            f"merge: warning: {len(manifest['repeated_drives'])} drives repeat (same map and seed, so the same frames until an onset): "
+            f"{shown}{f'; {more} more' if more > 0 else ''} (manifest.json: repeated_drives)",
+            file=sys.stderr,
+        )
     sizes = ", ".join(f"{split} {len(names)}" for split, names in manifest["splits"].items())
-    print(f"{args.out}: {len(manifest['episodes'])} episodes ({sizes}), dataset sha256 {manifest['dataset_sha256'][:16]}…")
+    print(
+        f"{args.out}: {len(manifest['episodes'])} episodes ({sizes}), dataset sha256 {manifest['dataset_sha256'][:16]}…"
+    )
     return 0
 
 

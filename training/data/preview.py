@@ -22,7 +22,9 @@ _ID_COLOUR = (40, 180, 40)
 _OOD_COLOUR = (220, 30, 30)
 
 
-def contact_sheet(episode: Path, count: int = 12, columns: int = 4, tile_width: int = 320) -> np.ndarray:
+def contact_sheet(
+    episode: Path, count: int = 12, columns: int = 4, tile_width: int = 320
+) -> np.ndarray:
     """RGB image of `count` frames of `episode`, labelled with frame index and ground truth."""
     labels = {label.frame: label for label in read_ground_truth(episode) or []}
     messages = list(read_camera_messages(episode))
@@ -39,7 +41,9 @@ def contact_sheet(episode: Path, count: int = 12, columns: int = 4, tile_width: 
         text = f"#{index} {'OOD ' + label.scenario if label and label.ood else 'ID'}"
         tile = cv2.copyMakeBorder(tile, 6, 6, 6, 6, cv2.BORDER_CONSTANT, value=colour)
         cv2.putText(tile, text, (12, 28), cv2.FONT_HERSHEY_SIMPLEX, 0.7, (0, 0, 0), 4, cv2.LINE_AA)
-        cv2.putText(tile, text, (12, 28), cv2.FONT_HERSHEY_SIMPLEX, 0.7, (255, 255, 255), 2, cv2.LINE_AA)
+        cv2.putText(
+            tile, text, (12, 28), cv2.FONT_HERSHEY_SIMPLEX, 0.7, (255, 255, 255), 2, cv2.LINE_AA
+        )
         tiles.append(tile)
     blank = np.zeros_like(tiles[0])
     tiles += [blank] * (-len(tiles) % columns)
@@ -53,7 +57,9 @@ def write_contact_sheet(episode: Path, out: Path, count: int = 12) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("episode", type=Path)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--count", type=int, default=12)

@@ -32,15 +32,21 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario("fog", "appearance", sim_effect="fog"),
         Scenario("darkness", "appearance", sim_effect="darkness"),
         Scenario("obstacles", "appearance", sim_effect="obstacles"),
-        Scenario("glare", "appearance", corruption="glare", revision=2),  # 2: flare blended alike on every CPU
+        Scenario(
+            "glare", "appearance", corruption="glare", revision=2
+        ),  # 2: flare blended alike on every CPU
         Scenario("rain", "appearance", corruption="rain"),
         Scenario("snow", "appearance", corruption="snow"),
-        Scenario("lens_dirt", "appearance", corruption="lens_dirt", revision=2),  # 2: mud blobs, not a tint
+        Scenario(
+            "lens_dirt", "appearance", corruption="lens_dirt", revision=2
+        ),  # 2: mud blobs, not a tint
         Scenario("frozen", "sensor", corruption="frozen"),
         Scenario("black", "sensor", corruption="black"),
         Scenario("noise", "sensor", corruption="noise"),
         Scenario("spin", "motion", sim_effect="spin"),
-        Scenario("reverse", "motion", sim_effect="reverse", revision=2),  # 2: OOD from the first frame backwards
+        Scenario(
+            "reverse", "motion", sim_effect="reverse", revision=2
+        ),  # 2: OOD from the first frame backwards
         Scenario("jitter", "motion", sim_effect="jitter"),
         Scenario("speedup", "motion", sim_effect="speedup"),
     )
@@ -121,8 +127,17 @@ INTERSECTION_VALIDATION_MAPS = ("TTIC_ripltown",)
 # regress_4way_adam), calibration_map_int (a checkerboard), the straight roads, bordered copies and
 # ETH_small_loop_1/2/3 (variants of ETH_small_loop).
 MORE_MAPS = (
-    "ETHZ_autolab_fast_track", "ETHZ_autolab_technical_track", "MOOC_modcon", "ETH_large_loop", "ETH_small_loop",
-    "TTIC_loop", "TTIC_large_loop", "Caltech_loop01", "experiment_loop", "ETU_autolab_track", "ETH_intersection_map",
+    "ETHZ_autolab_fast_track",
+    "ETHZ_autolab_technical_track",
+    "MOOC_modcon",
+    "ETH_large_loop",
+    "ETH_small_loop",
+    "TTIC_loop",
+    "TTIC_large_loop",
+    "Caltech_loop01",
+    "experiment_loop",
+    "ETU_autolab_track",
+    "ETH_intersection_map",
     "small_loop_cw",
 )
 
@@ -130,8 +145,14 @@ MORE_MAPS = (
 def _more_train_drives(name: str, maps: tuple[str, ...], episodes: int, seed_offset: int) -> Preset:
     """A preset of in-distribution train drives only, 300 frames each, for merging into a dataset;
     its own `seed_offset` keeps its drives apart from every other preset's on the same maps."""
-    return Preset(name=name, frames=300, onset_range=(90, 180), splits={"train": SplitPlan(maps, id_episodes=episodes)},
-                  scenarios=(), seed_offset=seed_offset)
+    return Preset(
+        name=name,
+        frames=300,
+        onset_range=(90, 180),
+        splits={"train": SplitPlan(maps, id_episodes=episodes)},
+        scenarios=(),
+        seed_offset=seed_offset,
+    )
 
 
 _INTERSECTIONS = Preset(
@@ -154,7 +175,9 @@ PRESETS: dict[str, Preset] = {
         splits={
             "train": SplitPlan(TRAIN_MAPS, id_episodes=36),
             "calibration": SplitPlan(TRAIN_MAPS, id_episodes=9),
-            "validation": SplitPlan(VALIDATION_MAPS, id_episodes=6, ood_full_episodes=1, ood_onset_episodes=1),
+            "validation": SplitPlan(
+                VALIDATION_MAPS, id_episodes=6, ood_full_episodes=1, ood_onset_episodes=1
+            ),
             "test": SplitPlan(TEST_MAPS, id_episodes=10, ood_full_episodes=1, ood_onset_episodes=2),
         },
     ),
@@ -176,11 +199,15 @@ PRESETS: dict[str, Preset] = {
     # The intersections' drives again (new seeds) with a traffic light at every intersection, as
     # Duckietown towns have them; no default, intersection or more_maps map has one. To merge
     # after `intersections`.
-    "traffic_lights": replace(_INTERSECTIONS, name="traffic_lights", seed_offset=80_000, traffic_lights=True),
+    "traffic_lights": replace(
+        _INTERSECTIONS, name="traffic_lights", seed_offset=80_000, traffic_lights=True
+    ),
     # Three times the intersections' train drives, on the same maps with other seeds, to merge
     # after `intersections`: does more ID turning data help the flow detector? (Measured: no
     # further gain over `intersections` alone; README, Compression, `flow_plus_more`.)
-    "intersections_more": _more_train_drives("intersections_more", INTERSECTION_MAPS, episodes=36, seed_offset=50_000),
+    "intersections_more": _more_train_drives(
+        "intersections_more", INTERSECTION_MAPS, episodes=36, seed_offset=50_000
+    ),
     # In-distribution train drives on twelve more maps, to merge after `intersections` and
     # `intersections_more`: students distilled on more kinds of roads (README, Compression).
     "more_maps": _more_train_drives("more_maps", MORE_MAPS, episodes=48, seed_offset=60_000),
@@ -190,7 +217,11 @@ PRESETS: dict[str, Preset] = {
         name="validation_onsets",
         frames=300,
         onset_range=(90, 180),
-        splits={"validation": SplitPlan(INTERSECTION_VALIDATION_MAPS, id_episodes=0, ood_onset_episodes=1)},
+        splits={
+            "validation": SplitPlan(
+                INTERSECTION_VALIDATION_MAPS, id_episodes=0, ood_onset_episodes=1
+            )
+        },
     ),
     # A third onset of every OOD scenario, on the default validation map with new drives: merged
     # after `validation_onsets`, it triples the onsets a choice between bundles is checked on.
@@ -207,7 +238,11 @@ PRESETS: dict[str, Preset] = {
         name="validation_obstacles",
         frames=300,
         onset_range=(90, 180),
-        splits={"validation": SplitPlan(VALIDATION_MAPS + INTERSECTION_VALIDATION_MAPS, id_episodes=0, ood_onset_episodes=24)},
+        splits={
+            "validation": SplitPlan(
+                VALIDATION_MAPS + INTERSECTION_VALIDATION_MAPS, id_episodes=0, ood_onset_episodes=24
+            )
+        },
         scenarios=("obstacles",),
         seed_offset=90_000,
     ),

@@ -66,7 +66,14 @@ if TYPE_CHECKING:
 # objects the in-distribution data never contains (loop_empty has one cone and a few duckies
 # on the grass). zigzag_dists and udem1 drive just as well but have buses, trucks and a tree
 # by the road.
-ID_MAPS: tuple[str, ...] = ("loop_empty", "small_loop", "Montreal_loop", "ETHZ_loop", "udem1_empty", "4way")
+ID_MAPS: tuple[str, ...] = (
+    "loop_empty",
+    "small_loop",
+    "Montreal_loop",
+    "ETHZ_loop",
+    "udem1_empty",
+    "4way",
+)
 EFFECTS: tuple[str, ...] = ("fog", "darkness", "obstacles", "spin", "reverse", "jitter", "speedup")
 OBSTACLE_KINDS: tuple[str, ...] = ("bus", "truck", "cone", "tree", "duckie")
 
@@ -88,7 +95,9 @@ STOP_GAP_M = 0.18
 BRAKE_RANGE_M = 0.3
 # Obstacles go this far ahead along the lane (metres; a tile is 0.585 m).
 OBSTACLE_DISTANCE_M = (0.8, 1.6)
-OBSTACLE_PIXEL_DIFFERENCE = 8  # grey levels: more than JPEG-free rendering noise (there is none) and antialiasing
+OBSTACLE_PIXEL_DIFFERENCE = (
+    8  # grey levels: more than JPEG-free rendering noise (there is none) and antialiasing
+)
 LANE_PATH_STEP_M = 0.05
 # The simulator's `4way` map hangs its traffic light this high, at this offset from the tile centre
 # (metres, map frame) and heading; other corners are the same pose turned by multiples of 90 degrees.
@@ -98,7 +107,13 @@ TRAFFIC_LIGHT_HEADING_DEG = 135.0
 INTERSECTION_TILES = ("3way_left", "3way_right", "4way")
 
 _SPEC_DEFAULTS: dict[str, Any] = {
-    "width": 640, "height": 480, "fps": 30.0, "effect": None, "onset": 0, "intensity": 0.5, "traffic_lights": False,
+    "width": 640,
+    "height": 480,
+    "fps": 30.0,
+    "effect": None,
+    "onset": 0,
+    "intensity": 0.5,
+    "traffic_lights": False,
 }
 _SPEC_REQUIRED = ("map", "seed", "frames")
 
@@ -213,7 +228,9 @@ class Episode:
         self.jitter_hold = 0
         self.obstacle_kind = str(self.rng.choice(OBSTACLE_KINDS))
         self.base_objects = _object_list(self.env.map_data.get("objects"))
-        if spec.traffic_lights and not any(obj.get("kind") == "trafficlight" for obj in self.base_objects):
+        if spec.traffic_lights and not any(
+            obj.get("kind") == "trafficlight" for obj in self.base_objects
+        ):
             self.base_objects += self._traffic_lights()
             self._load_objects(self.base_objects)
         self.obstacles: list[Any] = []
@@ -234,16 +251,24 @@ class Episode:
             turns = int(self.rng.integers(4))
             angle = math.radians(90 * turns)
             dx, dy = TRAFFIC_LIGHT_CORNER_M
-            lights.append({
-                "kind": "trafficlight",
-                "pose": {"~SE2Transform": {
-                    "p": [(i + 0.5) * size + dx * math.cos(angle) - dy * math.sin(angle),
-                          (env.grid_height - j - 0.5) * size + dx * math.sin(angle) + dy * math.cos(angle)],
-                    "theta_deg": TRAFFIC_LIGHT_HEADING_DEG + 90 * turns,
-                }},
-                "height": TRAFFIC_LIGHT_HEIGHT_M,
-                "static": True,
-            })
+            lights.append(
+                {
+                    "kind": "trafficlight",
+                    "pose": {
+                        "~SE2Transform": {
+                            "p": [
+                                (i + 0.5) * size + dx * math.cos(angle) - dy * math.sin(angle),
+                                (env.grid_height - j - 0.5) * size
+                                + dx * math.sin(angle)
+                                + dy * math.cos(angle),
+                            ],
+                            "theta_deg": TRAFFIC_LIGHT_HEADING_DEG + 90 * turns,
+                        }
+                    },
+                    "height": TRAFFIC_LIGHT_HEIGHT_M,
+                    "static": True,
+                }
+            )
         return lights
 
     def _load_objects(self, objects: list[dict[str, Any]]) -> None:
@@ -376,7 +401,9 @@ class Episode:
         goal = None
         lookahead = LOOKAHEAD_M
         for _ in range(4):
-            goal, _ = env.closest_curve_point(point + direction * tangent * lookahead, env.cur_angle)
+            goal, _ = env.closest_curve_point(
+                point + direction * tangent * lookahead, env.cur_angle
+            )
             if goal is not None:
                 break
             lookahead *= 0.5
@@ -431,8 +458,12 @@ class Episode:
             # reset() sets ambient 0.25 and diffuse 0.35; the renderer's global ambient (0.3)
             # stays, which keeps the darkest setting at about a fifth of normal brightness.
             k = 0.25 * (1.0 - s)
-            gl.glLightfv(gl.GL_LIGHT0, gl.GL_AMBIENT, (gl.GLfloat * 4)(0.25 * k, 0.25 * k, 0.25 * k, 1.0))
-            gl.glLightfv(gl.GL_LIGHT0, gl.GL_DIFFUSE, (gl.GLfloat * 4)(0.35 * k, 0.35 * k, 0.35 * k, 1.0))
+            gl.glLightfv(
+                gl.GL_LIGHT0, gl.GL_AMBIENT, (gl.GLfloat * 4)(0.25 * k, 0.25 * k, 0.25 * k, 1.0)
+            )
+            gl.glLightfv(
+                gl.GL_LIGHT0, gl.GL_DIFFUSE, (gl.GLfloat * 4)(0.35 * k, 0.35 * k, 0.35 * k, 1.0)
+            )
             env.horizon_color = np.array(env.color_sky) * (0.04 + 0.16 * (1.0 - s))
         elif effect == "obstacles":
             self._place_obstacles()
@@ -457,7 +488,11 @@ class Episode:
         reachable = path[near:] or path[-1:]
         bearings = [abs(_bearing(env, point)) for point, _ in reachable]
         in_view = [k for k, bearing in enumerate(bearings) if bearing < math.radians(25)]
-        pick = int(rng.choice(in_view)) if in_view else min(range(len(reachable)), key=bearings.__getitem__)
+        pick = (
+            int(rng.choice(in_view))
+            if in_view
+            else min(range(len(reachable)), key=bearings.__getitem__)
+        )
         (x, z), (tx, tz) = reachable[pick]
         lane_deg = math.degrees(math.atan2(-tz, tx))
         side = (-tz, tx)  # to the right of the driving direction, in (x, z)
@@ -465,7 +500,15 @@ class Episode:
         size = 0.8 + 0.5 * s
         placed: list[tuple[str, float, float, float, float]] = []  # kind, x, z, heading, height
         if kind in ("bus", "truck"):
-            placed.append((kind, x, z, lane_deg + float(rng.uniform(-15, 15)), {"bus": 0.18, "truck": 0.2}[kind] * size))
+            placed.append(
+                (
+                    kind,
+                    x,
+                    z,
+                    lane_deg + float(rng.uniform(-15, 15)),
+                    {"bus": 0.18, "truck": 0.2}[kind] * size,
+                )
+            )
         elif kind == "tree":
             placed.append((kind, x, z, float(rng.uniform(0, 360)), 0.25 * size))
         elif kind == "cone":
@@ -478,7 +521,15 @@ class Episode:
                 ahead, lateral = rng.uniform(-0.15, 0.15, size=2)
                 px = x + tx * ahead + side[0] * lateral
                 pz = z + tz * ahead + side[1] * lateral
-                placed.append((kind, float(px), float(pz), float(rng.uniform(0, 360)), float(rng.uniform(0.06, 0.1)) * size))
+                placed.append(
+                    (
+                        kind,
+                        float(px),
+                        float(pz),
+                        float(rng.uniform(0, 360)),
+                        float(rng.uniform(0.06, 0.1)) * size,
+                    )
+                )
         height_m = env.grid_height * env.road_tile_size
         new = [
             {
@@ -495,9 +546,11 @@ class Episode:
         # The new objects are the last ones loaded. Not every map object becomes one (the simulator
         # skips floor tags), so counting from the front would miss obstacles: they would never be
         # seen as in view (no OOD label) nor braked for.
-        self.obstacles = env.objects[len(env.objects) - len(new):]
+        self.obstacles = env.objects[len(env.objects) - len(new) :]
         if [obj.kind for obj in self.obstacles] != [k for k, *_ in placed]:
-            raise RuntimeError(f"placed obstacles {[k for k, *_ in placed]} not found among the loaded objects")
+            raise RuntimeError(
+                f"placed obstacles {[k for k, *_ in placed]} not found among the loaded objects"
+            )
 
 
 def _object_list(objects: Any) -> list[dict[str, Any]]:
@@ -507,7 +560,9 @@ def _object_list(objects: Any) -> list[dict[str, Any]]:
     return list(objects.values()) if isinstance(objects, dict) else list(objects)
 
 
-def _lane_path(env: DuckietownEnv, distance: float) -> list[tuple[tuple[float, float], tuple[float, float]]]:
+def _lane_path(
+    env: DuckietownEnv, distance: float
+) -> list[tuple[tuple[float, float], tuple[float, float]]]:
     """Points (x, z) and unit tangents every LANE_PATH_STEP_M along the right lane, from the robot.
 
     Walks the lane the way the controller drives it (the curve chosen by the current heading),
@@ -526,7 +581,9 @@ def _lane_path(env: DuckietownEnv, distance: float) -> list[tuple[tuple[float, f
         angle = math.atan2(-tangent[2], tangent[0])
     if not path:
         pos = env.cur_pos
-        path.append(((float(pos[0]), float(pos[2])), (math.cos(env.cur_angle), -math.sin(env.cur_angle))))
+        path.append(
+            ((float(pos[0]), float(pos[2])), (math.cos(env.cur_angle), -math.sin(env.cur_angle)))
+        )
     return path
 
 

@@ -16,22 +16,37 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
 from rclpy.node import Node
-from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from rclpy.qos import (
+    DurabilityPolicy,
+    HistoryPolicy,
+    QoSProfile,
+    ReliabilityPolicy,
+    qos_profile_sensor_data,
+)
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
 # The newest two frames: a detector never works through a backlog of stale frames (its callback only
 # keeps the newest), but when frames arrive in a burst and the newest is corrupt it scores the one
 # before it — with a depth of 1 that frame would be gone before the callback ran.
-CAMERA_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=2, reliability=qos_profile_sensor_data.reliability)
+CAMERA_QOS = QoSProfile(
+    history=HistoryPolicy.KEEP_LAST, depth=2, reliability=qos_profile_sensor_data.reliability
+)
 # The stop is a state, not an event: late joiners get the last value (as a latched ROS 1 topic).
 LATCHED_QOS = QoSProfile(
-    history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL
+    history=HistoryPolicy.KEEP_LAST,
+    depth=1,
+    reliability=ReliabilityPolicy.RELIABLE,
+    durability=DurabilityPolicy.TRANSIENT_LOCAL,
 )
-RELIABLE_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE)
+RELIABLE_QOS = QoSProfile(
+    history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE
+)
 # Replayed frames: a reliable keep-last queue only protects what fits in it, so the bag player and a
 # recorder that must see every frame keep a few seconds' worth (a start-up load spike lasts that long).
-REPLAY_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=150, reliability=ReliabilityPolicy.RELIABLE)
+REPLAY_QOS = QoSProfile(
+    history=HistoryPolicy.KEEP_LAST, depth=150, reliability=ReliabilityPolicy.RELIABLE
+)
 TRANSPORTS = ("compressed", "raw")
 
 
@@ -46,10 +61,16 @@ def declare(node: Node, name: str, default: Any, description: str) -> Any:
 def camera_topic(veh: str, transport: str) -> str:
     if transport not in TRANSPORTS:
         raise StartupError(f"image_transport must be one of {TRANSPORTS}, got '{transport}'")
-    return f"/{veh}/camera_node/image/compressed" if transport == "compressed" else f"/{veh}/camera_node/image/raw"
+    return (
+        f"/{veh}/camera_node/image/compressed"
+        if transport == "compressed"
+        else f"/{veh}/camera_node/image/raw"
+    )
 
 
-def subscribe_camera(node: Node, transport: str, topic: str, callback: Callable[[Any], None], **kwargs: Any) -> Any:
+def subscribe_camera(
+    node: Node, transport: str, topic: str, callback: Callable[[Any], None], **kwargs: Any
+) -> Any:
     message_type = CompressedImage if transport == "compressed" else Image
     return node.create_subscription(message_type, topic, callback, CAMERA_QOS, **kwargs)
 
@@ -86,7 +107,13 @@ class RateMeter:
 class Diagnostics:
     """Publishes one DiagnosticStatus on /diagnostics at 1 Hz, built by `report()` → (level, message, values)."""
 
-    def __init__(self, node: Node, name: str, hardware_id: str, report: Callable[[], tuple[bytes, str, dict[str, Any]]]) -> None:
+    def __init__(
+        self,
+        node: Node,
+        name: str,
+        hardware_id: str,
+        report: Callable[[], tuple[bytes, str, dict[str, Any]]],
+    ) -> None:
         self._node = node
         self._name = name
         self._hardware_id = hardware_id
@@ -97,7 +124,10 @@ class Diagnostics:
     def publish(self) -> None:
         level, message, values = self._report()
         status = DiagnosticStatus(
-            level=level, name=self._name, message=message, hardware_id=self._hardware_id,
+            level=level,
+            name=self._name,
+            message=message,
+            hardware_id=self._hardware_id,
             values=[KeyValue(key=k, value=str(v)) for k, v in values.items()],
         )
         self._publisher.publish(DiagnosticArray(header=self._header(), status=[status]))
@@ -107,13 +137,18 @@ class Diagnostics:
 
 
 def run_nodes(
-    factory: Callable[[], list[Node]], args: list[str] | None = None, done: Callable[[list[Any]], bool] | None = None, threads: int = 1
+    factory: Callable[[], list[Node]],
+    args: list[str] | None = None,
+    done: Callable[[list[Any]], bool] | None = None,
+    threads: int = 1,
 ) -> int:
     """rclpy.init → nodes → spin until Ctrl-C or `done(nodes)`. A StartupError is one fatal log line
     and exit code 2; otherwise the highest `exit_code` attribute of the nodes (default 0)."""
     rclpy.init(args=args if args is not None else sys.argv)
     nodes: list[Node] = []
-    executor = MultiThreadedExecutor(num_threads=threads) if threads > 1 else SingleThreadedExecutor()
+    executor = (
+        MultiThreadedExecutor(num_threads=threads) if threads > 1 else SingleThreadedExecutor()
+    )
     try:
         nodes = factory()
         for node in nodes:
@@ -134,6 +169,12 @@ def run_nodes(
     return max((int(getattr(node, "exit_code", 0)) for node in nodes), default=0)
 
 
-def run_node(factory: Callable[[], Node], args: list[str] | None = None, done: Callable[[Any], bool] | None = None) -> int:
+def run_node(
+    factory: Callable[[], Node],
+    args: list[str] | None = None,
+    done: Callable[[Any], bool] | None = None,
+) -> int:
     """`run_nodes` for a single node."""
-    return run_nodes(lambda: [factory()], args, None if done is None else lambda nodes: done(nodes[0]))
+    return run_nodes(
+        lambda: [factory()], args, None if done is None else lambda nodes: done(nodes[0])
+    )

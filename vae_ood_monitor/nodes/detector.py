@@ -26,7 +26,16 @@ from vae_ood_monitor.backends import BACKENDS, BackendError
 from vae_ood_monitor.bundle import BundleError
 from vae_ood_monitor.detector import ModelOutputError, OODDetector
 from vae_ood_monitor.images import FrameError, decode_message
-from vae_ood_monitor.nodes.common import RELIABLE_QOS, Diagnostics, RateMeter, StartupError, camera_topic, declare, run_node, subscribe_camera
+from vae_ood_monitor.nodes.common import (
+    RELIABLE_QOS,
+    Diagnostics,
+    RateMeter,
+    StartupError,
+    camera_topic,
+    declare,
+    run_node,
+    subscribe_camera,
+)
 from vae_ood_monitor.offline import default_bundle
 
 
@@ -40,18 +49,35 @@ class DetectorNode(Node):
         super().__init__(f"{kind}_detector", **node_options)
         self.kind = kind
         veh = declare(self, "veh", "duckiebot", "vehicle name, prefix of the default camera topic")
-        bundle = declare(self, "bundle", "", "model bundle folder (empty: the default of models/defaults.json)")
-        backend = declare(self, "backend", "onnxruntime", f"inference backend: {', '.join(BACKENDS)}")
+        bundle = declare(
+            self, "bundle", "", "model bundle folder (empty: the default of models/defaults.json)"
+        )
+        backend = declare(
+            self, "backend", "onnxruntime", f"inference backend: {', '.join(BACKENDS)}"
+        )
         threads = declare(self, "threads", 1, "inference threads")
-        transport = declare(self, "image_transport", "compressed", "camera message type: compressed or raw")
-        topic = declare(self, "camera_topic", "", "camera topic (empty: /<veh>/camera_node/image/<compressed|raw>)")
-        self._max_bad = declare(self, "max_bad_frames", 15, "bad frames in a row before the detector reports an error")
+        transport = declare(
+            self, "image_transport", "compressed", "camera message type: compressed or raw"
+        )
+        topic = declare(
+            self,
+            "camera_topic",
+            "",
+            "camera topic (empty: /<veh>/camera_node/image/<compressed|raw>)",
+        )
+        self._max_bad = declare(
+            self, "max_bad_frames", 15, "bad frames in a row before the detector reports an error"
+        )
         try:
-            self.detector = OODDetector.from_path(bundle or str(default_bundle(kind)), backend=backend, threads=threads)
+            self.detector = OODDetector.from_path(
+                bundle or str(default_bundle(kind)), backend=backend, threads=threads
+            )
         except (BundleError, BackendError) as err:
             raise StartupError(str(err)) from None
         if self.detector.kind != kind:
-            raise StartupError(f"{self.detector.bundle.path} is a '{self.detector.kind}' bundle, this node needs '{kind}'")
+            raise StartupError(
+                f"{self.detector.bundle.path} is a '{self.detector.kind}' bundle, this node needs '{kind}'"
+            )
         warm_up_started = time.monotonic()
         try:
             self.detector.warm_up()
@@ -65,10 +91,18 @@ class DetectorNode(Node):
 
         self._lock = threading.Lock()
         self._newest: tuple[Any, float] | None = None
-        self._displaced: tuple[Any, float] | None = None  # the frame _newest replaced, scored if _newest is bad
+        self._displaced: tuple[Any, float] | None = (
+            None  # the frame _newest replaced, scored if _newest is bad
+        )
         self._wake = threading.Event()
         self._running = True
-        self.counts = {"received": 0, "processed": 0, "dropped_stale": 0, "bad_frames": 0, "model_errors": 0}
+        self.counts = {
+            "received": 0,
+            "processed": 0,
+            "dropped_stale": 0,
+            "bad_frames": 0,
+            "model_errors": 0,
+        }
         self._bad_in_a_row = 0
         self._last_problem = ""
         self._input_rate = RateMeter()
@@ -97,7 +131,12 @@ class DetectorNode(Node):
             if not self._wake.wait(timeout=0.2):
                 continue
             with self._lock:
-                item, displaced, self._newest, self._displaced = self._newest, self._displaced, None, None
+                item, displaced, self._newest, self._displaced = (
+                    self._newest,
+                    self._displaced,
+                    None,
+                    None,
+                )
                 self._wake.clear()
             if item is not None:
                 try:
@@ -144,7 +183,10 @@ class DetectorNode(Node):
 
     def _report(self) -> tuple[bytes, str, dict[str, Any]]:
         if self._bad_in_a_row >= self._max_bad:
-            level, message = DiagnosticStatus.ERROR, f"{self._bad_in_a_row} bad frames in a row: {self._last_problem}"
+            level, message = (
+                DiagnosticStatus.ERROR,
+                f"{self._bad_in_a_row} bad frames in a row: {self._last_problem}",
+            )
         elif self._input_rate.rate() == 0.0:
             level, message = DiagnosticStatus.WARN, f"no frames on {self._topic}"
         else:

@@ -18,7 +18,16 @@ from rclpy.node import Node
 from std_msgs.msg import Bool
 from std_srvs.srv import Trigger
 
-from vae_ood_monitor.nodes.common import LATCHED_QOS, RELIABLE_QOS, Diagnostics, StartupError, camera_topic, declare, run_node, subscribe_camera
+from vae_ood_monitor.nodes.common import (
+    LATCHED_QOS,
+    RELIABLE_QOS,
+    Diagnostics,
+    StartupError,
+    camera_topic,
+    declare,
+    run_node,
+    subscribe_camera,
+)
 from vae_ood_monitor.nodes.detector import diagnostic_name
 from vae_ood_monitor.safety import FUSIONS, SafetyConfig, SafetyStop, State, frame_fingerprint
 
@@ -26,28 +35,71 @@ from vae_ood_monitor.safety import FUSIONS, SafetyConfig, SafetyStop, State, fra
 class SafetyStopNode(Node):
     def __init__(self, **node_options: Any) -> None:
         super().__init__("safety_stop", **node_options)
-        veh = declare(self, "veh", "duckiebot", "vehicle name, prefix of the camera and wheels topics")
-        detectors = declare(self, "detectors", ["bvae", "flow"], "enabled detectors (their decisions must keep coming)")
+        veh = declare(
+            self, "veh", "duckiebot", "vehicle name, prefix of the camera and wheels topics"
+        )
+        detectors = declare(
+            self,
+            "detectors",
+            ["bvae", "flow"],
+            "enabled detectors (their decisions must keep coming)",
+        )
         fusion = declare(self, "fusion", "any", f"how decisions combine: {', '.join(FUSIONS)}")
         k = declare(self, "k", 1, "with fusion k_of_n: detectors that must agree on OOD")
-        timeout = declare(self, "timeout_s", SafetyConfig.timeout_s, "silence of the camera or a detector that stops the robot [s]")
-        frozen = declare(self, "frozen_s", SafetyConfig.frozen_s, "byte-identical camera frames for longer than this stop the robot [s]; 0 disables")
-        transport = declare(self, "image_transport", "compressed", "camera message type: compressed or raw")
-        topic = declare(self, "camera_topic", "", "camera topic (empty: /<veh>/camera_node/image/<compressed|raw>)")
-        rate = declare(self, "rate_hz", 20.0, "how often staleness is checked and zero commands are sent while stopped")
+        timeout = declare(
+            self,
+            "timeout_s",
+            SafetyConfig.timeout_s,
+            "silence of the camera or a detector that stops the robot [s]",
+        )
+        frozen = declare(
+            self,
+            "frozen_s",
+            SafetyConfig.frozen_s,
+            "byte-identical camera frames for longer than this stop the robot [s]; 0 disables",
+        )
+        transport = declare(
+            self, "image_transport", "compressed", "camera message type: compressed or raw"
+        )
+        topic = declare(
+            self,
+            "camera_topic",
+            "",
+            "camera topic (empty: /<veh>/camera_node/image/<compressed|raw>)",
+        )
+        rate = declare(
+            self,
+            "rate_hz",
+            20.0,
+            "how often staleness is checked and zero commands are sent while stopped",
+        )
         try:
             self.logic = SafetyStop(SafetyConfig(tuple(detectors), fusion, k, timeout, frozen))
         except ValueError as err:
             raise StartupError(f"safety_stop parameters: {err}") from None
-        self._stop_pub = self.create_publisher(Bool, f"/{veh}/wheels_driver_node/emergency_stop", LATCHED_QOS)
+        self._stop_pub = self.create_publisher(
+            Bool, f"/{veh}/wheels_driver_node/emergency_stop", LATCHED_QOS
+        )
         self._fused_pub = self.create_publisher(Bool, "/ood_monitor/ood", RELIABLE_QOS)
         self._cmd_pub = self.create_publisher(Twist, "cmd_vel_out", RELIABLE_QOS)
         self.create_subscription(Twist, "cmd_vel_in", self._on_cmd_vel, RELIABLE_QOS)
-        subscribe_camera(self, transport, topic or camera_topic(veh, transport), lambda msg: self.logic.on_camera(time.monotonic(), frame_fingerprint(msg.data)))
+        subscribe_camera(
+            self,
+            transport,
+            topic or camera_topic(veh, transport),
+            lambda msg: self.logic.on_camera(time.monotonic(), frame_fingerprint(msg.data)),
+        )
         for name in detectors:
-            self.create_subscription(Bool, f"/ood_monitor/{name}/ood", lambda msg, n=name: self._on_decision(n, msg), RELIABLE_QOS)
+            self.create_subscription(
+                Bool,
+                f"/ood_monitor/{name}/ood",
+                lambda msg, n=name: self._on_decision(n, msg),
+                RELIABLE_QOS,
+            )
         self._watched = {diagnostic_name(name): name for name in detectors}
-        self.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, RELIABLE_QOS)
+        self.create_subscription(
+            DiagnosticArray, "/diagnostics", self._on_diagnostics, RELIABLE_QOS
+        )
         self.create_service(Trigger, "/ood_monitor/safety_stop/reset", self._on_reset)
         self._published: bool | None = None
         self.stop_count = 0
@@ -90,9 +142,21 @@ class SafetyStopNode(Node):
 
     def _report(self) -> tuple[bytes, str, dict[str, Any]]:
         state = self.logic.state
-        level = {State.RUNNING: DiagnosticStatus.OK, State.WAITING: DiagnosticStatus.WARN, State.STOPPED: DiagnosticStatus.ERROR}[state]
-        message = state.value if state is not State.STOPPED else "stopped: " + "; ".join(self.logic.stop_reasons)
-        return level, message, {"state": state.value, "stops": self.stop_count, "fusion": self.logic.config.fusion}
+        level = {
+            State.RUNNING: DiagnosticStatus.OK,
+            State.WAITING: DiagnosticStatus.WARN,
+            State.STOPPED: DiagnosticStatus.ERROR,
+        }[state]
+        message = (
+            state.value
+            if state is not State.STOPPED
+            else "stopped: " + "; ".join(self.logic.stop_reasons)
+        )
+        return (
+            level,
+            message,
+            {"state": state.value, "stops": self.stop_count, "fusion": self.logic.config.fusion},
+        )
 
 
 def main(args: list[str] | None = None) -> int:
