@@ -3,7 +3,7 @@
 import cv2
 import numpy as np
 import pytest
-from conftest import START_NS, synthetic_frames, write_ros1_bag, write_ros2_bag
+from support import START_NS, synthetic_frames, write_ros1_bag, write_ros2_bag
 
 from training.data.episodes import read_episode_info
 from training.data.import_recording import RecordingError, import_recording, main

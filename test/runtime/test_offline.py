@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from conftest import FPS, build_flow_bundle, build_image_bundle, synthetic_frames, write_ros2_bag
+from support import FPS, synthetic_frames, tiny_bundle, write_ros2_bag
 
 from vae_ood_monitor.decision import DecisionParams
 from vae_ood_monitor.detector import OODDetector
@@ -19,10 +19,9 @@ NEVER = DecisionParams(
 @pytest.fixture(scope="module")
 def detectors(tmp_path_factory) -> dict[str, OODDetector]:
     root = tmp_path_factory.mktemp("offline")
-    _, image = build_image_bundle(root / "image", NEVER)
     return {
-        "bvae": OODDetector.from_path(image),
-        "flow": OODDetector.from_path(build_flow_bundle(root / "flow", NEVER)),
+        "bvae": OODDetector.from_path(tiny_bundle("bvae_tiny", root, NEVER)),
+        "flow": OODDetector.from_path(tiny_bundle("flow_tiny", root, NEVER)),
     }
 
 

@@ -2,9 +2,9 @@
 
 import numpy as np
 import pytest
-from conftest import FPS, START_NS, write_ros1_bag, write_ros2_bag
 from rosbags import rosbag2
 from rosbags.typesys import Stores, get_typestore
+from support import FPS, START_NS, write_ros1_bag, write_ros2_bag
 
 from vae_ood_monitor.bags import DEFAULT_CAMERA_TOPIC, BagError, image_topics, read_camera_messages
 from vae_ood_monitor.images import decode_message

@@ -19,7 +19,6 @@ import cv2
 import numpy as np
 import pytest
 import rclpy
-from conftest import build_flow_bundle, build_image_bundle, synthetic_frames, write_ros2_bag
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from geometry_msgs.msg import Twist, Vector3
 from rclpy.executors import MultiThreadedExecutor
@@ -27,6 +26,7 @@ from rclpy.node import Node
 from sensor_msgs.msg import CompressedImage
 from std_msgs.msg import Bool, Float32
 from std_srvs.srv import Trigger
+from support import synthetic_frames, tiny_bundle, write_ros2_bag
 
 from vae_ood_monitor import demo
 from vae_ood_monitor.bags import read_camera_messages
@@ -34,7 +34,7 @@ from vae_ood_monitor.decision import DecisionParams
 from vae_ood_monitor.nodes.common import LATCHED_QOS, RELIABLE_QOS
 from vae_ood_monitor.safety import SafetyConfig
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CAMERA = "/duckiebot/camera_node/image/compressed"
 ESTOP = "/duckiebot/wheels_driver_node/emergency_stop"
 # Never decides OOD: these tests are about plumbing, not about what an untrained model thinks.
@@ -287,8 +287,10 @@ def test_stop_reaches_a_late_joiner(robot, safety_stop):
 
 @pytest.fixture
 def untrained_bundles(tmp_path) -> dict[str, Path]:
-    _, bvae = build_image_bundle(tmp_path / "bvae", NEVER_OOD)
-    return {"bvae": bvae, "flow": build_flow_bundle(tmp_path / "flow", NEVER_OOD)}
+    return {
+        "bvae": tiny_bundle("bvae_tiny", tmp_path, NEVER_OOD),
+        "flow": tiny_bundle("flow_tiny", tmp_path, NEVER_OOD),
+    }
 
 
 def test_killed_detector_stops_the_robot(robot, safety_stop, untrained_bundles, tmp_path):

@@ -4,7 +4,7 @@ latency is measured side by side; pruned students learn the teacher's latents.""
 import numpy as np
 import pytest
 import torch
-from conftest import IMAGE_VAE, build_image_bundle
+from training_support import IMAGE_VAE, build_image_bundle
 
 from training.compress.distill import distill, parameter_count, prune_encoder, teacher_latents
 from training.compress.latency import measure_latency, measure_preprocessing, peak_memory_mb

@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import skip_without_simulator
+from training_support import skip_without_simulator
 
 from training.data.corruptions import (
     MUD_RGB,

@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import build_image_bundle
+from training_support import build_image_bundle
 
 from training.calibrate import (
     CROSS_FITS,

@@ -3,7 +3,7 @@
 import cv2
 import numpy as np
 import pytest
-from conftest import synthetic_frames
+from support import synthetic_frames
 
 from vae_ood_monitor.preprocessing import (
     FlowPreprocessing,

@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from conftest import FLOW_PREP, build_flow_bundle, build_image_bundle
+from training_support import FLOW_PREP, build_flow_bundle, build_image_bundle
 
 from training.export import (
     BandMax,
@@ -251,7 +251,7 @@ def test_a_flow_bundle_with_a_bad_farneback_window_is_refused_with_the_field(tmp
     """The shipped flow_window bundle with its window edited to 1 pixel: refused at load, naming
     the field, not a failure inside OpenCV on the first frame."""
     bundle_dir = tmp_path / "flow_window"
-    shutil.copytree(Path(__file__).resolve().parents[1] / "models" / "flow_window", bundle_dir)
+    shutil.copytree(Path(__file__).resolve().parents[2] / "models" / "flow_window", bundle_dir)
     meta = json.loads((bundle_dir / "bundle.json").read_text())
     assert meta["preprocessing"]["winsize"] == 11
     meta["preprocessing"]["winsize"] = 1
@@ -283,7 +283,7 @@ def test_tensorrt_backend_is_a_clear_error_without_tensorrt(tmp_path):
 
 
 SHIPPED_BUNDLES = sorted(
-    p.parent for p in (Path(__file__).resolve().parents[1] / "models").glob("*/bundle.json")
+    p.parent for p in (Path(__file__).resolve().parents[2] / "models").glob("*/bundle.json")
 )
 
 
@@ -299,3 +299,23 @@ def test_every_shipped_bundle_loads_and_scores_the_demo_bag(bundle_dir):
     scores = detector.score_stream(frames)
     stack = getattr(detector.bundle.preprocessing, "stack", 0)
     assert np.isfinite(scores[stack:]).all() and len(scores) == 20
+
+
+def test_committed_tiny_bundles_are_what_the_builders_make(tmp_path):
+    """test/runtime/data holds the runtime tests' bundles; the builders still make the same ones
+    (same encoders' outputs, same bundle fields but the commit that wrote them)."""
+    from support import DATA
+
+    _, image = build_image_bundle(tmp_path / "image")
+    built = {"bvae_tiny": image, "flow_tiny": build_flow_bundle(tmp_path / "flow")}
+    for name, fresh_dir in built.items():
+        committed, fresh = load_bundle(DATA / name), load_bundle(fresh_dir)
+        for field in ("detector", "preprocessing", "score", "decision"):
+            assert getattr(committed, field) == getattr(fresh, field), (name, field)
+        shapes = {"bvae_tiny": (1, 3, 32, 32), "flow_tiny": (1, 3, 48, 64)}
+        x = np.random.default_rng(0).random(shapes[name], np.float32)
+        for encoder in committed.encoders:
+            a = make_encoder("onnxruntime", committed.encoders[encoder])(x)
+            b = make_encoder("onnxruntime", fresh.encoders[encoder])(x)
+            for key, value in a.items():
+                np.testing.assert_allclose(value, b[key], rtol=1e-5, atol=1e-6)

@@ -1,0 +1,92 @@
+"""Helpers of the training tests, and the builders of the tiny untrained bundles (torch).
+
+The committed test/runtime/data bundles come from here: from the repository root,
+`PYTHONPATH=. python test/training/training_support.py` rewrites them, and
+test_committed_tiny_bundles_are_what_the_builders_make checks they still match.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from training.data.generate import DEFAULT_SIM_PYTHON
+from training.export import export_encoder, write_bundle
+from training.models import VAE, VAEConfig
+from vae_ood_monitor.decision import DecisionParams
+from vae_ood_monitor.preprocessing import FlowPreprocessing, ImagePreprocessing
+from vae_ood_monitor.scoring import LatentScore
+
+IMAGE_VAE = VAEConfig(height=32, width=32, conv_channels=(8, 8), dense=(32,), latent=6)
+FLOW_PREP = FlowPreprocessing(width=80, height=60, crop=(8, 6, 64, 48), stack=3)
+FLOW_VAE = VAEConfig(
+    in_channels=3, height=48, width=64, conv_channels=(4, 4), dense=(16,), latent=4, output="tanh"
+)
+
+
+def build_image_bundle(
+    path: Path, decision: DecisionParams = DecisionParams(window=4, threshold=7.0)
+):
+    """An untrained tiny β-VAE bundle (real ONNX, real checksums) and its torch model."""
+    torch.manual_seed(0)
+    model = VAE(IMAGE_VAE).eval()
+    onnx = export_encoder(model.encoder, (3, 32, 32), path / "work" / "image.onnx")
+    write_bundle(
+        path / "bundle",
+        "bvae",
+        ImagePreprocessing(32, 32),
+        {"image": onnx},
+        LatentScore("kl", {"image": [0, 2, 5]}),
+        np.linspace(0.0, 5.0, 50),
+        decision,
+        {"note": "test"},
+    )
+    return model, path / "bundle"
+
+
+def build_flow_bundle(path: Path, decision: DecisionParams = DecisionParams()):
+    """An untrained tiny optical-flow bundle."""
+    torch.manual_seed(1)
+    files = {
+        name: export_encoder(
+            VAE(FLOW_VAE).eval().encoder, (3, 48, 64), path / "work" / f"{name}.onnx"
+        )
+        for name in ("horizontal", "vertical")
+    }
+    write_bundle(
+        path / "bundle",
+        "flow",
+        FLOW_PREP,
+        files,
+        LatentScore("kl", {"horizontal": [0, 1], "vertical": [2, 3]}),
+        np.linspace(0.0, 3.0, 30),
+        decision,
+        {},
+    )
+    return path / "bundle"
+
+
+def skip_without_simulator() -> None:
+    """Skip the calling test or fixture where the simulator venv is missing, saying how."""
+    if not DEFAULT_SIM_PYTHON.exists():
+        pytest.skip(f"simulator venv missing at {DEFAULT_SIM_PYTHON}: `make sim-venv` builds it")
+
+
+def write_tiny_bundles(data: Path) -> None:
+    """Rebuild test/runtime/data/{bvae_tiny,flow_tiny}."""
+    import shutil
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as work:
+        _, image = build_image_bundle(Path(work) / "image")
+        flow = build_flow_bundle(Path(work) / "flow")
+        for name, built in (("bvae_tiny", image), ("flow_tiny", flow)):
+            shutil.rmtree(data / name, ignore_errors=True)
+            shutil.copytree(built, data / name)
+
+
+if __name__ == "__main__":  # run from the repository root: python test/training/training_support.py
+    write_tiny_bundles(Path(__file__).resolve().parents[1] / "runtime" / "data")
