@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from vae_ood_monitor.scoring import LatentScore
 
 BUNDLE_FILE = "bundle.json"
 SUMS_FILE = "SHA256SUMS"
+DEFAULTS_FILE = "defaults.json"  # models/defaults.json: {"bvae": <name>, "flow": <name>}
 FORMAT = "vae_ood_monitor.bundle/2"
 DETECTOR_ENCODERS = {"bvae": ("image",), "flow": ("horizontal", "vertical")}
 
@@ -81,17 +83,65 @@ def verify_sums(path: Path) -> str:
     return sha256_file(sums)
 
 
+def share_dir() -> Path:
+    """share/vae_ood_monitor (ament index, else this interpreter's prefix), else the source tree."""
+    candidates = []
+    try:
+        from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
+
+        try:
+            candidates.append(Path(get_package_share_directory("vae_ood_monitor")))
+        except (PackageNotFoundError, KeyError, ValueError, OSError):
+            pass
+    except ImportError:
+        pass
+    candidates += [
+        Path(sys.prefix) / "share" / "vae_ood_monitor",
+        Path(__file__).resolve().parents[1],
+    ]
+    return next((c for c in candidates if (c / "package.xml").exists()), candidates[-1])
+
+
+def models_dir() -> Path:
+    return share_dir() / "models"
+
+
+def default_bundle(detector: str) -> Path:
+    """The bundle the runtime uses for `detector` unless told otherwise (models/defaults.json)."""
+    root = models_dir()
+    defaults = (
+        json.loads((root / DEFAULTS_FILE).read_text()) if (root / DEFAULTS_FILE).exists() else {}
+    )
+    return root / defaults.get(detector, f"{detector}_student")
+
+
+def resolve_bundle(reference: Path | str) -> Path:
+    """A bundle folder from a path or the name of a shipped bundle (models/<name> in the installed
+    share folder), so `bundle:=flow_teacher` works on a robot as well as a full path does."""
+    path = Path(reference)
+    if (path / BUNDLE_FILE).exists() or len(path.parts) != 1:
+        return path
+    shipped = models_dir() / path.name
+    return shipped if (shipped / BUNDLE_FILE).exists() else path
+
+
 def load_bundle(path: Path | str) -> Bundle:
-    """Read and verify a bundle; every problem is a BundleError naming the file."""
-    path = Path(path)
+    """Read and verify a bundle (a folder, or a shipped bundle's name: resolve_bundle); every
+    problem is a BundleError naming the file."""
+    path = resolve_bundle(path)
     if not (path / BUNDLE_FILE).exists():
-        raise BundleError(f"{path}: not a model bundle (no {BUNDLE_FILE})")
+        shipped = ", ".join(sorted(p.parent.name for p in models_dir().glob(f"*/{BUNDLE_FILE}")))
+        raise BundleError(
+            f"{path}: not a model bundle (no {BUNDLE_FILE}) nor a shipped bundle's name "
+            f"(shipped: {shipped or 'none'})"
+        )
     digest = verify_sums(path)
     try:
         meta = json.loads((path / BUNDLE_FILE).read_text())
         if meta.get("format") != FORMAT:
             raise BundleError(
-                f"{path}: unsupported bundle format {meta.get('format')!r} (expected {FORMAT}; re-calibrate it with `python -m training.pipeline`)"
+                f"{path}: unsupported bundle format {meta.get('format')!r} (expected {FORMAT}; "
+                "re-calibrate it with `python -m training.pipeline`)"
             )
         detector = meta["detector"]
         if detector not in DETECTOR_ENCODERS:
@@ -105,7 +155,8 @@ def load_bundle(path: Path | str) -> Bundle:
         score = LatentScore.from_dict(meta["score"])
         if set(score.dims) != set(DETECTOR_ENCODERS[detector]):
             raise BundleError(
-                f"{path / BUNDLE_FILE}: score reads encoders {sorted(score.dims)}, expected {list(DETECTOR_ENCODERS[detector])}"
+                f"{path / BUNDLE_FILE}: score reads encoders {sorted(score.dims)}, "
+                f"expected {list(DETECTOR_ENCODERS[detector])}"
             )
     except (KeyError, TypeError, ValueError) as err:
         raise BundleError(f"{path / BUNDLE_FILE}: invalid ({type(err).__name__}: {err})") from None

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import math
-import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,44 +10,12 @@ from pathlib import Path
 import numpy as np
 
 from vae_ood_monitor.bags import read_camera_messages
+from vae_ood_monitor.bundle import DEFAULTS_FILE, default_bundle, models_dir, share_dir  # noqa: F401
 from vae_ood_monitor.detector import OODDetector
 from vae_ood_monitor.images import FrameError, decode_message
 from vae_ood_monitor.safety import FrozenCameraWatch, frame_fingerprint
 
 DETECTORS = ("bvae", "flow")
-DEFAULTS_FILE = "defaults.json"
-
-
-def share_dir() -> Path:
-    """share/vae_ood_monitor (ament index, else this interpreter's prefix), else the source tree."""
-    candidates = []
-    try:
-        from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
-
-        try:
-            candidates.append(Path(get_package_share_directory("vae_ood_monitor")))
-        except (PackageNotFoundError, KeyError, ValueError, OSError):
-            pass
-    except ImportError:
-        pass
-    candidates += [
-        Path(sys.prefix) / "share" / "vae_ood_monitor",
-        Path(__file__).resolve().parents[1],
-    ]
-    return next((c for c in candidates if (c / "package.xml").exists()), candidates[-1])
-
-
-def models_dir() -> Path:
-    return share_dir() / "models"
-
-
-def default_bundle(detector: str) -> Path:
-    """The bundle the runtime uses for `detector` unless told otherwise (models/defaults.json)."""
-    root = models_dir()
-    defaults = (
-        json.loads((root / DEFAULTS_FILE).read_text()) if (root / DEFAULTS_FILE).exists() else {}
-    )
-    return root / defaults.get(detector, f"{detector}_baseline")
 
 
 @dataclass

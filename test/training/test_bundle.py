@@ -248,10 +248,10 @@ def test_damaged_bundles_are_refused_with_a_reason(tmp_path, damage, message):
 
 
 def test_a_flow_bundle_with_a_bad_farneback_window_is_refused_with_the_field(tmp_path):
-    """The shipped flow_window bundle with its window edited to 1 pixel: refused at load, naming
+    """The shipped flow_student bundle with its window edited to 1 pixel: refused at load, naming
     the field, not a failure inside OpenCV on the first frame."""
-    bundle_dir = tmp_path / "flow_window"
-    shutil.copytree(Path(__file__).resolve().parents[2] / "models" / "flow_window", bundle_dir)
+    bundle_dir = tmp_path / "flow_student"
+    shutil.copytree(Path(__file__).resolve().parents[2] / "models" / "flow_student", bundle_dir)
     meta = json.loads((bundle_dir / "bundle.json").read_text())
     assert meta["preprocessing"]["winsize"] == 11
     meta["preprocessing"]["winsize"] = 1
