@@ -1,4 +1,5 @@
-# Two entry points for a fresh x86_64 Debian/Ubuntu machine: `make demo` and `make test`.
+# Two entry points for a fresh x86_64 Debian/Ubuntu machine: `make demo` and `make test`
+# (`make help` lists the rest).
 # Each creates or refreshes the virtual environments it needs (idempotent: pip runs again only
 # when a requirements file or the package metadata changed).
 
@@ -18,16 +19,26 @@ SIM_DEBS := libgl1 libegl1 libgl1-mesa-dri libglu1-mesa libosmesa6 freeglut3-dev
 export AMENT_PREFIX_PATH := $(abspath $(VENV))
 export ROS_AUTOMATIC_DISCOVERY_RANGE ?= LOCALHOST
 
-.PHONY: demo test venv sim-venv system-deps dataset dataset-small default-plus models compress compress-fast compress-plus compress-nearest compress-window pooled lights recalibrate clean
+RECIPES := training/configs
+
+.PHONY: help demo test lint venv sim-venv system-deps dataset models compress eval promote clean
+
+help:  ## this list
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 12
 
 # The main job: the shipped demo bag (lane following that turns foggy) through the real graph,
 # each node in its own process over DDS; prints a timeline and the onset-to-stop latency and
 # draws build/demo/demo.png.
-demo: venv
+demo: venv  ## the demo bag through the real graph: timeline, onset-to-stop, build/demo/demo.png
 	$(VENV)/bin/vae-ood-monitor demo --out build/demo
 
-test: venv sim-venv
+test: venv sim-venv  ## lint, then every test (runtime and training)
+	$(MAKE) --no-print-directory lint
 	$(VENV)/bin/python -m pytest
+
+lint: venv  ## ruff over the Python sources (ruff.toml: 100 columns)
+	$(VENV)/bin/ruff check vae_ood_monitor training test launch
+	$(VENV)/bin/ruff format --check vae_ood_monitor training test launch
 
 venv: $(VENV)/.package-installed
 sim-venv: $(SIM_VENV)/.installed
@@ -59,117 +70,23 @@ system-deps:
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
-dataset: venv sim-venv
-	$(VENV)/bin/python -m training.data.generate --preset default
+# Long offline work: each target runs a recipe (training/configs/*.yaml, one step per command;
+# an interrupted recipe resumes). None of them touches models/: only `make promote` does.
+dataset: venv sim-venv  ## render the Duckietown datasets (training/configs/dataset.yaml)
+	$(VENV)/bin/python -m training.recipe $(RECIPES)/dataset.yaml
 
-dataset-small: venv sim-venv
-	$(VENV)/bin/python -m training.data.generate --preset small
+models: venv  ## train the two teachers into runs/teachers (training/configs/teachers.yaml)
+	$(VENV)/bin/python -m training.recipe $(RECIPES)/teachers.yaml
 
-# Train, calibrate and bundle both detectors on the default dataset and ship them to models/.
-models: venv
-	$(VENV)/bin/python -m training.pipeline --data datasets/default --config default --ship
+RECIPE ?= students
+compress: venv  ## distil and calibrate the students into runs/students (RECIPE=compress_search: the full design search)
+	$(VENV)/bin/python -m training.recipe $(RECIPES)/$(RECIPE).yaml
 
-# Needs `make models` (teachers in runs/default); ships models/<detector>_compressed, selectable
-# (README: the full design search with pruning and QAT; the runtime defaults are the students of
-# `make compress-fast`). Then `make recalibrate`.
-compress: venv
-	$(VENV)/bin/python -m training.compress.search --data datasets/default --detector bvae --ship
-	$(VENV)/bin/python -m training.compress.search --data datasets/default --detector flow --ship
+eval: venv  ## evaluate the defaults and teachers on the test split into reports/
+	$(VENV)/bin/python -m training.recipe $(RECIPES)/eval.yaml
 
-# Needs only `make dataset`: distils students on cheaper inputs from the shipped baseline bundles
-# (no training checkpoint), the runtime defaults until `make compress-plus` and `make compress-nearest`
-# (selectable since; running this target makes them the defaults again). Each student learns on the
-# default training maps only and has its decision tuned on drives through a map it has never seen
-# — as the robot will meet one. Flow: students on cheaper frames, shipped as models/flow_fast and
-# recalibrated on datasets/default_vo (the default dataset with a second onset of every scenario,
-# on the intersections' validation map). β-VAE: the narrow 64x64 student, distilled on the default
-# frames and on label-free perturbed copies of them, shipped as models/bvae_fast and recalibrated
-# on datasets/default_plus (the default splits plus ID drives through intersections).
-compress-fast: default-plus
-	$(VENV)/bin/python -m training.compress.search --data datasets/default --detector flow --teacher models/flow_baseline \
-	    --space students --out runs/compress/flow_students --ship --ship-name flow_fast --make-default
-	$(VENV)/bin/python -m training.data.generate --preset validation_onsets
-	$(VENV)/bin/python -m training.data.merge datasets/default datasets/validation_onsets --out datasets/default_vo
-	$(VENV)/bin/python -m training.pipeline --recalibrate models/flow_fast --data datasets/default_vo
-	$(VENV)/bin/python -m training.compress.search --data datasets/default --detector bvae --teacher models/bvae_baseline \
-	    --space students --out runs/compress/bvae_students --ship --ship-name bvae_fast --make-default
-	$(VENV)/bin/python -m training.pipeline --recalibrate models/bvae_fast --data datasets/default_plus
+promote: venv  ## make BVAE=<bundle> and/or FLOW=<bundle> the runtime defaults (models/defaults.json)
+	$(VENV)/bin/python -m training.promote $(if $(BVAE),--bvae $(BVAE)) $(if $(FLOW),--flow $(FLOW))
 
-# Needs `make dataset` (builds default-plus): a flow teacher trained on the default dataset plus the intersection
-# drives (runs/flow_plus, ~25 min on 2 cores), its student distilled, calibrated and tuned on the
-# same data, shipped as models/flow_plus_fast and made the runtime default flow detector until
-# `make compress-window` replaces it (README, Compression: with bvae_nearest, motion stops within
-# 8.5-15.5 frames at 0.7 % of ID frames flagged).
-compress-plus: default-plus
-	$(VENV)/bin/python -m training.pipeline --data datasets/default_plus --detectors flow --out runs/flow_plus
-	$(VENV)/bin/python -m training.compress.search --data datasets/default_plus --detector flow --teacher runs/flow_plus/flow \
-	    --space students --out runs/compress/flow_students_plus_teacher --ship --ship-name flow_plus_fast --make-default
-
-# Needs `make compress-plus` (its flow teacher, runs/flow_plus): the flow_plus_fast student on an
-# 11-pixel Farneback window instead of 15 (~12 min), shipped as models/flow_window and made the
-# runtime default flow detector (reports/HISTORY.md and README, Compression: sees sensor noise and rain, half
-# the false alarms), then recalibrated with its calibration scores cross-fitted one episode at a
-# time (README, Training step 3: on validation it stops every flow onset sooner, 0 % ID frames).
-compress-window: default-plus
-	$(VENV)/bin/python -m training.compress.search --data datasets/default_plus --detector flow --teacher runs/flow_plus/flow \
-	    --space students_window11 --out runs/compress/flow_students_window11 --ship --ship-name flow_window --make-default
-	$(VENV)/bin/python -m training.pipeline --recalibrate models/flow_window --data datasets/default_plus --cross-fit episodes
-
-# Needs `make dataset` (builds default-plus): the 64x64 β-VAE student on nearest-sampled input,
-# distilled from models/bvae_baseline on 132 ID drives over 17 maps (the default, intersection and
-# `more_maps` drives; ~12 min of rendering, ~17 min of search on 2 cores) and calibrated and tuned
-# on the default_plus splits like bvae_fast, shipped as models/bvae_nearest and made the runtime
-# default β-VAE (reports/HISTORY.md: sensor faults stopped within 15 frames, placed obstacles late or not at all).
-compress-nearest: default-plus
-	$(VENV)/bin/python -m training.data.generate --preset intersections_more
-	$(VENV)/bin/python -m training.data.generate --preset more_maps
-	$(VENV)/bin/python -m training.data.merge datasets/default datasets/intersections datasets/intersections_more \
-	    datasets/more_maps --out datasets/default_plus_maps
-	$(VENV)/bin/python -m training.compress.search --data datasets/default_plus_maps --detector bvae --teacher models/bvae_baseline \
-	    --space students_nearest --out runs/compress/bvae_students_nearest_maps --ship --ship-name bvae_nearest --make-default
-
-# Needs `make dataset` (builds default-plus): models/bvae_nearest's encoder, unchanged but for the
-# `pooled` output (spatial means of its conv blocks' outputs), recalibrated on the default_plus
-# splits, where validation chooses the mahalanobis_pooled score; shipped as models/bvae_pooled and
-# the runtime default β-VAE until `make lights` (reports/HISTORY.md: bus, lens dirt and noise stopped
-# within 4 frames; more false alarms on the test map with traffic lights).
-pooled: default-plus
-	$(VENV)/bin/python -m training.pipeline --recalibrate models/bvae_nearest --data datasets/default_plus --out runs/bvae_pooled \
-	    --scores kl,mahalanobis,mahalanobis_diag,mahalanobis_pooled --ship-name bvae_pooled --make-default
-
-# Needs `make dataset` (builds default-plus) and models/flow_window: both default detectors
-# recalibrated on datasets/default_lights (default_plus plus the `traffic_lights` drives, ~2 min of
-# rendering), whose validation drives pass traffic lights too, with the alarm level allowed to
-# leave 0.1 % of the validation ID frames above it (a tenth of the bar) and the Gaussian-mixture
-# score among the candidates (validation chooses a mixture for both). The β-VAE: bvae_nearest's encoder
-# (as `make pooled`) with the maxima of its second conv block over the top 3 of 8 horizontal bands
-# among the pooled features, scored by their largest rise above normal on top of a mixture over the
-# rest (mixture_band_peak, validation's choice), p-values that go on past the calibration range
-# -> models/bvae_lights. The flow
-# detector: flow_window's encoders, calibration scores cross-fitted one episode at a time (as
-# `make compress-window`; ~10 min) -> models/flow_lights. Both made the runtime defaults (README,
-# Results: all 29 test onsets stopped within 15 frames, 0.3 % of ID test frames flagged).
-lights: default-plus
-	$(VENV)/bin/python -m training.data.generate --preset traffic_lights
-	$(VENV)/bin/python -m training.data.merge datasets/default datasets/intersections datasets/traffic_lights --out datasets/default_lights
-	$(VENV)/bin/python -m training.pipeline --recalibrate models/bvae_nearest --data datasets/default_lights --id-budget 0.001 --extrapolate-tail \
-	    --scores kl,mahalanobis,mahalanobis_diag,mahalanobis_pooled,mixture_pooled,mixture_bands,mixture_band_peak \
-	    --band-max 1/3/8 --out runs/bvae_lights --ship-name bvae_lights --make-default
-	$(VENV)/bin/python -m training.pipeline --recalibrate models/flow_window --data datasets/default_lights --cross-fit episodes --id-budget 0.001 \
-	    --scores kl,mahalanobis,mahalanobis_diag,mahalanobis_pooled,mixture_pooled --out runs/flow_lights --ship-name flow_lights --make-default
-
-# The default dataset plus in-distribution drives through intersections (which the default train
-# and validation maps lack); needs `make dataset`.
-default-plus: venv sim-venv
-	$(VENV)/bin/python -m training.data.generate --preset intersections
-	$(VENV)/bin/python -m training.data.merge datasets/default datasets/intersections --out datasets/default_plus
-
-# Refit the trained β-VAE bundles' score and decision on datasets/default_plus. The flow bundles
-# are not refitted here (README: on these data their decisions came later); the default one,
-# flow_fast, is tuned on datasets/default_vo by `make compress-fast`.
-recalibrate: default-plus
-	$(VENV)/bin/python -m training.pipeline --recalibrate models/bvae_baseline --data datasets/default_plus
-	$(VENV)/bin/python -m training.pipeline --recalibrate models/bvae_compressed --data datasets/default_plus
-
-clean:
+clean:  ## remove the virtual environments and build outputs (not datasets/ or runs/)
 	rm -rf $(VENV) $(SIM_VENV) build *.egg-info
