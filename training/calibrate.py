@@ -9,29 +9,29 @@ under the rest's mixture plus the most raised band maximum) is fitted on the cal
 its calibration scores are cross-fitted, so the conformal p-values see held-out scores as the
 robot will: by default on halves (fitted on every other calibration episode, scored on the rest,
 and vice versa), or leaving one episode out (`cross_fit="episodes"`: each episode scored by the
-candidate fitted on all the others). Fitted on half the driving, a rare manoeuvre of one half (a sharp recovery turn) scores
-far beyond most OOD frames at test time, which then look as ordinary as the top few per cent of
-the calibration frames: p-values stay coarse and decisions slow. Leaving one episode out keeps
-the tail near the deployed fit's: sharper p-values, faster stops, and on the shipped detectors more
-false ones on the test maps (measured in the README, Training step 3). The candidate whose conformal
-surprise has the highest frame-level AUROC on the validation split wins, with the p-value tail
-(one- or two-sided) that achieved it.
+candidate fitted on all the others). Fitted on half the driving, a rare manoeuvre of one half (a
+sharp recovery turn) scores far beyond most OOD frames at test time, which then look as ordinary as
+the top few per cent of the calibration frames: p-values stay coarse and decisions slow. Leaving
+one episode out keeps the tail near the deployed fit's: sharper p-values, faster stops, and on the
+shipped detectors more false ones on the test maps (measured in docs/training.md). The candidate
+whose conformal surprise has the highest frame-level AUROC on the validation split wins, with the
+p-value tail (one- or two-sided) that achieved it.
 
 Decision:
-For every candidate (tail, ε, window, CUSUM drift) the alarm level is set just above the highest CUSUM value any
-in-distribution validation frame reached (ID episodes and the ID part of onset episodes), times a
-safety margin — so validation ID driving raises no alarm. With an ID budget (`id_budget`, a share
-of those frames) the level clears all but that share instead: the highest value is one moment of
-one drive (on the default data, a robot put down facing the road's edge line, still for its first
-frames), and a budget keeps that moment from setting the level for every onset. Among the candidates, the one that stops
-the most validation onset episodes of the detector's own scenario categories within the delay bar
-(DELAY_BAR_FRAMES, the issue's 15 frames) wins, and among those the smallest mean detection delay
-(a missed onset counts as the frames left in its episode): by the mean alone one slow onset could
-outweigh several fast ones, and the bar counts onsets, not frames. Own categories: the
-β-VAE watches appearance and sensor faults, the flow detector motion and sensor faults; an onset
-the detector cannot see (fog for the flow detector) would only add the same miss to every
-candidate and drown the differences in delay — the fused monitor catches it through the other
-detector. The test split is never looked at.
+For every candidate (tail, ε, window, CUSUM drift) the alarm level is set just above the highest
+CUSUM value any in-distribution validation frame reached (ID episodes and the ID part of onset
+episodes), times a safety margin — so validation ID driving raises no alarm. With an ID budget
+(`id_budget`, a share of those frames) the level clears all but that share instead: the highest
+value is one moment of one drive (on the default data, a robot put down facing the road's edge line,
+still for its first frames), and a budget keeps that moment from setting the level for every onset.
+Among the candidates, the one that stops the most validation onset episodes of the detector's own
+scenario categories within the delay bar (DELAY_BAR_FRAMES, the issue's 15 frames) wins, and among
+those the smallest mean detection delay (a missed onset counts as the frames left in its episode):
+by the mean alone one slow onset could outweigh several fast ones, and the bar counts onsets, not
+frames. Own categories: the β-VAE watches appearance and sensor faults, the flow detector motion and
+sensor faults; an onset the detector cannot see (fog for the flow detector) would only add the same
+miss to every candidate and drown the differences in delay — the fused monitor catches it through
+the other detector. The test split is never looked at.
 """
 
 from __future__ import annotations
@@ -79,7 +79,8 @@ WINDOWS = (5, 10, 20)
 # CUSUM decay per frame: absorbs mildly unusual stretches of normal driving (a new map, a new
 # light) that would otherwise accumulate and force the alarm level up.
 DRIFTS = (0.0, 5.0, 10.0, 20.0)
-# The scenario categories whose onsets each detector's decision is tuned for (both watch sensor faults).
+# The scenario categories whose onsets each detector's decision is tuned for (both watch sensor
+# faults).
 DETECTOR_CATEGORIES = {"bvae": ("appearance", "sensor"), "flow": ("motion", "sensor")}
 THRESHOLD_MARGIN = 1.5
 MIN_THRESHOLD = 5.0
@@ -90,7 +91,7 @@ VARIANCE_FLOOR = 1e-6  # keeps the precision finite for latent dimensions that n
 # with this much added to each component's covariance diagonal (keeps a small component's
 # precision bounded), best of several seeded starts. 8 components: the smallest count of the
 # plateau on the lit validation split (mean β-VAE delay 39 / 32 / 21 / 22 / 21 frames for 2 / 4 /
-# 8 / 12 / 16 components, README).
+# 8 / 12 / 16 components, docs/training.md).
 MIXTURE_COMPONENTS = 8
 MIXTURE_REGULARISATION = 1e-2
 MIXTURE_STARTS = 4
@@ -98,7 +99,9 @@ MIXTURE_STARTS = 4
 
 @dataclass(frozen=True)
 class FittedScore:
-    name: str  # kl, mahalanobis (Ledoit-Wolf covariance), mahalanobis_diag, mahalanobis_pooled (Ledoit-Wolf), mixture_pooled, mixture_bands or mixture_band_peak
+    # kl, mahalanobis (Ledoit-Wolf covariance), mahalanobis_diag, mahalanobis_pooled (Ledoit-Wolf),
+    # mixture_pooled, mixture_bands or mixture_band_peak
+    name: str
     score: LatentScore
     calibration_scores: np.ndarray  # held-out score of every calibration frame
 
@@ -249,13 +252,14 @@ def fit_scores(
     `bands`: how many band maxima end each encoder's pooled features (training.export.band_count),
     where they do; `mixture_seed` seeds the mixtures' EM starts (with the band mixture it decided
     whether the test's crowd of duckies was stopped within the bar, with the band peak it does
-    not: README, Results)."""
+    not: docs/results.md)."""
     if cross_fit not in CROSS_FITS:
         raise ValueError(f"cross_fit must be one of {CROSS_FITS}, got '{cross_fit}'")
     unknown = [name for name in candidates if name not in SCORE_CANDIDATES]
     if unknown or not candidates:
         raise ValueError(
-            f"score candidates must be among {', '.join(SCORE_CANDIDATES)}, got {', '.join(candidates) or 'none'}"
+            f"score candidates must be among {', '.join(SCORE_CANDIDATES)}, "
+            f"got {', '.join(candidates) or 'none'}"
         )
     if len(calibration) == 1:
         whole = calibration[0]
@@ -337,7 +341,8 @@ class ScoredEpisode:
 
 
 def cusum_trace(scores: np.ndarray, calibration: np.ndarray, params: DecisionParams) -> np.ndarray:
-    """CUSUM value after every frame (NaN frames repeat the previous value, as onboard: no update)."""
+    """CUSUM value after every frame
+    (NaN frames repeat the previous value, as onboard: no update)."""
     decider = ConformalDecider(calibration, params)
     trace = np.zeros(len(scores))
     current = 0.0
@@ -370,20 +375,22 @@ def tune_decision(
     extrapolate: bool = False,
     id_budget: float = 0.0,
 ) -> TuningResult:
-    """Pick (tail, ε, window, threshold) on validation episodes as described in the module docstring;
-    delays are measured on the onsets of `categories` (None, or none of them in `validation`: all
-    onsets). In-distribution frames of every episode set the alarm level; `id_budget` is the share
-    of them it may leave above it (0: none). `extrapolate`: p-values
-    beyond the calibration maximum follow a Pareto tail (vae_ood_monitor.decision) — far-out
-    onsets are flagged sooner, at the price of more evidence from ID frames just past the range."""
+    """Pick (tail, ε, window, threshold) on validation episodes as described in the module
+    docstring; delays are measured on the onsets of `categories` (None, or none of them in
+    `validation`: all onsets). In-distribution frames of every episode set the alarm level;
+    `id_budget` is the share of them it may leave above it (0: none). `extrapolate`: p-values beyond
+    the calibration maximum follow a Pareto tail (vae_ood_monitor.decision) — far-out onsets are
+    flagged sooner, at the price of more evidence from ID frames just past the range."""
     onsets = [e for e in validation if e.onset_frame]
     if not onsets:
         raise ValueError("validation needs onset episodes to tune the decision delay")
     if not 0.0 <= id_budget <= MAX_ID_BUDGET:
         raise ValueError(
-            f"id_budget must be within 0..{MAX_ID_BUDGET} (a share of the validation ID frames), got {id_budget}"
+            f"id_budget must be within 0..{MAX_ID_BUDGET} (a share of the validation ID frames), "
+            f"got {id_budget}"
         )
-    # Data with none of the detector's own categories (e.g. imported recordings of other faults): all onsets.
+    # Data with none of the detector's own categories (e.g. imported recordings of other faults):
+    # all onsets.
     timed = [e for e in onsets if categories is None or e.category in categories] or onsets
     rows: list[dict[str, float]] = []
     best: tuple[tuple[int, float], DecisionParams, int] | None = (
@@ -403,7 +410,8 @@ def tune_decision(
             [traces[e.name] for e in validation if e.onset_frame is None]
             + [traces[e.name][: e.onset_frame] for e in validation if e.onset_frame]
         )
-        # "higher": a value the traces took, so at most the budget's share of ID frames lies above it.
+        # "higher": a value the traces took,
+        # so at most the budget's share of ID frames lies above it.
         id_level = float(np.quantile(id_values, 1.0 - id_budget, method="higher"))
         threshold = max(MIN_THRESHOLD, id_level * THRESHOLD_MARGIN)
         delays, missed, within_bar = [], 0, 0

@@ -87,7 +87,8 @@ def band_count(path: Path) -> int:
 
 
 def remove_pooled_output(model: onnx.ModelProto) -> None:
-    """Drop the `pooled` output and the nodes that compute it (all named /pooled/..., then the Concat)."""
+    """Drop the `pooled` output and the nodes that compute it
+    (all named /pooled/..., then the Concat)."""
     outputs = [o for o in model.graph.output if o.name != POOLED_OUTPUT]
     del model.graph.output[:]
     model.graph.output.extend(outputs)
@@ -105,10 +106,12 @@ def remove_pooled_output(model: onnx.ModelProto) -> None:
 def _band_max_nodes(
     model: onnx.ModelProto, path: Path, block_ends: list[str], bands: BandMax
 ) -> str:
-    """Nodes that compute `bands` from the block outputs; returns the name of their (batch, C·top) result."""
+    """Nodes that compute `bands` from the block outputs;
+    returns the name of their (batch, C·top) result."""
     if bands.block >= len(block_ends):
         raise ValueError(
-            f"{path}: band max on conv block {bands.block}, but the encoder has {len(block_ends)} (0..{len(block_ends) - 1})"
+            f"{path}: band max on conv block {bands.block}, "
+            f"but the encoder has {len(block_ends)} (0..{len(block_ends) - 1})"
         )
     tensor = block_ends[bands.block]
     shapes = {
@@ -118,7 +121,8 @@ def _band_max_nodes(
     channels, height = (shapes[tensor].dim[axis].dim_value for axis in (1, 2))
     if not channels or not height or height % bands.count:
         raise ValueError(
-            f"{path}: conv block {bands.block} has {height} rows, which {bands.count} equal bands do not divide"
+            f"{path}: conv block {bands.block} has {height} rows, "
+            f"which {bands.count} equal bands do not divide"
         )
     rows = bands.top * height // bands.count
     graph = model.graph

@@ -8,6 +8,7 @@ Flow VAE (RTCSA 2022): one per flow component, a stack of flows in, n=12.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from itertools import pairwise
 
 import torch
 from torch import nn
@@ -30,7 +31,8 @@ class VAEConfig:
         factor = 2 ** len(self.conv_channels)
         if self.height % factor or self.width % factor:
             raise ValueError(
-                f"input {self.width}x{self.height} must be divisible by {factor} ({len(self.conv_channels)} poolings)"
+                f"input {self.width}x{self.height} must be divisible by {factor} "
+                f"({len(self.conv_channels)} poolings)"
             )
 
     @property
@@ -66,7 +68,7 @@ def _deconv_block(cin: int, cout: int) -> nn.Sequential:
 
 def _mlp(sizes: list[int]) -> list[nn.Module]:
     layers: list[nn.Module] = []
-    for cin, cout in zip(sizes, sizes[1:]):
+    for cin, cout in pairwise(sizes):
         layers += [nn.Linear(cin, cout), nn.LeakyReLU(0.1)]
     return layers
 
@@ -79,7 +81,7 @@ class Encoder(nn.Module):
         channels = [config.in_channels, *config.conv_channels]
         c, h, w = config.bottleneck
         self.features = nn.Sequential(
-            *[_conv_block(a, b) for a, b in zip(channels, channels[1:])], nn.Flatten()
+            *[_conv_block(a, b) for a, b in pairwise(channels)], nn.Flatten()
         )
         self.dense = nn.Sequential(*_mlp([c * h * w, *config.dense]))
         self.head = nn.Linear(config.dense[-1], 2 * config.latent)
@@ -96,9 +98,7 @@ class Decoder(nn.Module):
         self.dense = nn.Sequential(*_mlp([config.latent, *reversed(config.dense), c * h * w]))
         self.unflatten = nn.Unflatten(1, (c, h, w))
         channels = list(reversed(config.conv_channels))
-        self.features = nn.Sequential(
-            *[_deconv_block(a, b) for a, b in zip(channels, channels[1:])]
-        )
+        self.features = nn.Sequential(*[_deconv_block(a, b) for a, b in pairwise(channels)])
         self.out = nn.Sequential(
             nn.Upsample(scale_factor=2), nn.Conv2d(channels[-1], config.in_channels, 3, padding=1)
         )
@@ -129,7 +129,8 @@ class LossTerms:
 
 
 def vae_loss(model: VAE, x: torch.Tensor, beta: float) -> LossTerms:
-    """Per-sample reconstruction + β·KL (summed over pixels and latent dims, averaged over the batch)."""
+    """Per-sample reconstruction + β·KL (summed over pixels and latent dims,
+    averaged over the batch)."""
     recon, mu, logvar = model(x)
     batch = x.shape[0]
     if model.config.output == "sigmoid":

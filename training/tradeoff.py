@@ -33,9 +33,9 @@ class OperatingPoint:
     level: float
     shipped: bool  # the bundle's own alarm level
     id_flagged: float  # share of ID frames (ID episodes, pre-onset parts) the fused monitor flags
-    median_delay: dict[
-        str, float
-    ]  # per OOD category ("[motion]") and scenario ("reverse"): median frames from onset to the fused flag (inf: missed)
+    # per OOD category ("[motion]") and scenario ("reverse"): median frames from onset to the fused
+    # flag (inf: missed)
+    median_delay: dict[str, float]
     within_bar: float  # share of onset episodes flagged within `bar_frames`
 
 
@@ -43,7 +43,8 @@ def alarm_statistic(
     raw_scores: np.ndarray, calibration_scores: np.ndarray, decision: DecisionParams
 ) -> np.ndarray:
     """What a decision compares with its alarm level, per frame of one stream: the CUSUM on the
-    conformal p-values, or the score itself in threshold mode. NaN where the detector had no input."""
+    conformal p-values, or the score itself in threshold mode.
+    NaN where the detector had no input."""
     if decision.mode == "threshold":
         return np.where(np.isfinite(raw_scores), raw_scores, np.nan)
     trace = cusum_trace(raw_scores, calibration_scores, decision)

@@ -2,10 +2,10 @@
 (`mu`, `logvar` and, where exported, `pooled`: the spatial means of its conv blocks' outputs, and
 maybe one block's maxima over the top horizontal bands).
 
-`onnxruntime` (default) runs the bundle's ONNX on the CPU; `onnxruntime-gpu` adds the CUDA / TensorRT execution
-providers where the installed ONNX Runtime has them. `tensorrt` deserializes a prebuilt engine
-(`<encoder>.engine`, built on the Jetson by `training.compress.tensorrt`) and runs it with the
-TensorRT Python API, 8.x (binding indices) or 10.x (named tensors).
+`onnxruntime` (default) runs the bundle's ONNX on the CPU; `onnxruntime-gpu` adds the CUDA /
+TensorRT execution providers where the installed ONNX Runtime has them. `tensorrt` deserializes a
+prebuilt engine (`<encoder>.engine`, built on the Jetson by `training.compress.tensorrt`) and runs
+it with the TensorRT Python API, 8.x (binding indices) or 10.x (named tensors).
 """
 
 from __future__ import annotations
@@ -38,7 +38,8 @@ def _check_outputs(model: Path, outputs: tuple[str, ...]) -> tuple[str, ...]:
     missing = [name for name in REQUIRED_OUTPUTS if name not in outputs]
     if missing:
         raise BackendError(
-            f"{model}: the encoder has no output {', '.join(repr(m) for m in missing)} (outputs: {', '.join(outputs)})"
+            f"{model}: the encoder has no output {', '.join(repr(m) for m in missing)} "
+            f"(outputs: {', '.join(outputs)})"
         )
     return outputs
 
@@ -66,7 +67,7 @@ class OnnxRuntimeEncoder:
         options.log_severity_level = 3
         try:
             self._session = ort.InferenceSession(str(model), options, providers=list(wanted))
-        except Exception as err:  # ORT raises its own untyped Fail/InvalidGraph errors
+        except Exception as err:  # noqa: BLE001 ORT raises its own untyped Fail/InvalidGraph errors
             raise BackendError(
                 f"{model}: ONNX Runtime cannot load it ({str(err).splitlines()[0]})"
             ) from None
@@ -79,7 +80,8 @@ class OnnxRuntimeEncoder:
 
 
 class TensorRTEncoder:
-    """A serialized TensorRT engine with one input and outputs `mu`, `logvar`, optionally `pooled` (batch 1, static shapes)."""
+    """A serialized TensorRT engine with one input and outputs `mu`, `logvar`, optionally `pooled`
+    (batch 1, static shapes)."""
 
     def __init__(self, engine_path: Path) -> None:
         try:
@@ -91,7 +93,8 @@ class TensorRTEncoder:
             ) from None
         if not engine_path.exists():
             raise BackendError(
-                f"{engine_path}: no TensorRT engine; build it with `python -m training.compress.tensorrt`"
+                f"{engine_path}: no TensorRT engine; "
+                "build it with `python -m training.compress.tensorrt`"
             )
         self._trt, self._cudart = trt, cudart
         logger = trt.Logger(trt.Logger.WARNING)
@@ -99,7 +102,8 @@ class TensorRTEncoder:
         self._engine = runtime.deserialize_cuda_engine(engine_path.read_bytes())
         if self._engine is None:
             raise BackendError(
-                f"{engine_path}: TensorRT could not deserialize it (built for another TensorRT or GPU?)"
+                f"{engine_path}: TensorRT could not deserialize it "
+                "(built for another TensorRT or GPU?)"
             )
         self._context = self._engine.create_execution_context()
         self._tensors = self._io_tensors()

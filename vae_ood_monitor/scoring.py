@@ -27,13 +27,13 @@ Six kinds, all fitted on in-distribution calibration frames and stored in the bu
   their own and the rest under another, the score the sum of the two. One mixture over all of them
   must spend its components on the whole scene; a crowd of duckies at the horizon moves only a few
   band maxima, and under their own mixture it is not outweighed by the hundred features it does not
-  move (README, Training step 3).
+  move (docs/training.md).
 - ``mixture_band_peak``: the same mixture over all but the band maxima, plus the squared largest
   rise of any band maximum above its ID mean, in ID standard deviations (max_j max(z_j, 0)²: the
   most raised band maximum's Gaussian term, on the mixture's −2 log-likelihood scale). A small
   object at the horizon raises a few maxima; a max notices one raised feature however many stay
   put, and unlike a second mixture it needs no EM fit, so refitting with another seed does not
-  move it (README, Results).
+  move it (docs/results.md).
 
 The training pipeline picks the kind per detector on the validation split.
 """
@@ -99,9 +99,9 @@ def select_active_dimensions(
 ) -> list[int]:
     """Latent dimensions that carry information on in-distribution data.
 
-    A β-VAE switches unused dimensions off (posterior = prior, KL ≈ 0 for every input); they add only
-    noise to the KL score. Keeping the dimensions whose mean KL on ID calibration frames exceeds
-    `min_mean_kl` nats needs no OOD data, so the choice cannot leak the test scenarios.
+    A β-VAE switches unused dimensions off (posterior = prior, KL ≈ 0 for every input); they add
+    only noise to the KL score. Keeping the dimensions whose mean KL on ID calibration frames
+    exceeds `min_mean_kl` nats needs no OOD data, so the choice cannot leak the test scenarios.
     """
     mean_kl = kl_per_dimension(mu, logvar).mean(axis=0)
     active = [int(i) for i in np.flatnonzero(mean_kl > min_mean_kl)]
@@ -120,7 +120,8 @@ def posterior_features(
         if pooled:
             if outputs.pooled is None:
                 raise ValueError(
-                    f"score needs encoder '{name}'s pooled features, but its model has no 'pooled' output"
+                    f"score needs encoder '{name}'s pooled features, "
+                    "but its model has no 'pooled' output"
                 )
             parts.append(outputs.pooled)
     return np.concatenate(parts, axis=1).astype(np.float64)
@@ -151,7 +152,8 @@ def _mixture_log_prior(
         or precision.shape != (count, size, size)
     ):
         raise ValueError(
-            f"{kind} score with {count} components needs {count} means of {size} values and {count} {size}×{size} precision matrices"
+            f"{kind} score with {count} components needs {count} means of {size} values "
+            f"and {count} {size}×{size} precision matrices"
         )
     log_det = np.empty(count)
     for k, component in enumerate(precision):
@@ -183,13 +185,15 @@ def band_mask(
     encoder's pooled features (training.export.BandMax)."""
     if set(bands) != set(dims):
         raise ValueError(
-            f"a {kind} score needs the band maxima count of every encoder it reads ({', '.join(dims)}), got {sorted(bands)}"
+            f"a {kind} score needs the band maxima count of every encoder it reads "
+            f"({', '.join(dims)}), got {sorted(bands)}"
         )
     mask = []
     for name, chosen in dims.items():
         if not 0 < bands[name] <= pooled[name]:
             raise ValueError(
-                f"{kind} score: encoder '{name}' has {pooled[name]} pooled features, so {bands[name]} band maxima cannot end them"
+                f"{kind} score: encoder '{name}' has {pooled[name]} pooled features, "
+                f"so {bands[name]} band maxima cannot end them"
             )
         mask += [False] * (2 * len(chosen) + pooled[name] - bands[name]) + [True] * bands[name]
     return np.asarray(mask, dtype=bool)
@@ -206,7 +210,8 @@ class Mixture:
 
 @dataclass(frozen=True)
 class BandPeak:
-    """The band maxima's ID mean and standard deviation (D each), which their rises are measured in."""
+    """The band maxima's ID mean and standard deviation (D each),
+    which their rises are measured in."""
 
     mean: np.ndarray
     scale: np.ndarray
@@ -269,16 +274,16 @@ class LatentScore:
         if not self.reads_pooled and self.pooled:
             raise ValueError(f"a {self.kind} score reads no pooled features")
         size = 2 * sum(len(d) for d in self.dims.values()) + sum(self.pooled.values())
-        if self.kind in MAHALANOBIS_KINDS:
-            if (
-                self.mean is None
-                or self.precision is None
-                or self.mean.shape != (size,)
-                or self.precision.shape != (size, size)
-            ):
-                raise ValueError(
-                    f"{self.kind} score needs a mean of {size} values and a {size}×{size} precision matrix"
-                )
+        if self.kind in MAHALANOBIS_KINDS and (
+            self.mean is None
+            or self.precision is None
+            or self.mean.shape != (size,)
+            or self.precision.shape != (size, size)
+        ):
+            raise ValueError(
+                f"{self.kind} score needs a mean of {size} values "
+                f"and a {size}×{size} precision matrix"
+            )
         if self.kind in BAND_KINDS:
             in_bands = band_mask(self.dims, self.pooled, self.bands, self.kind)
             object.__setattr__(self, "_in_bands", in_bands)
@@ -328,7 +333,8 @@ class LatentScore:
             found = latents[name].pooled
             if found is not None and found.shape[1] != width:
                 raise ValueError(
-                    f"score expects {width} pooled features from encoder '{name}', its model gives {found.shape[1]}"
+                    f"score expects {width} pooled features from encoder '{name}', "
+                    f"its model gives {found.shape[1]}"
                 )
         features = posterior_features(latents, self.dims, self.reads_pooled)
         if self.kind in MAHALANOBIS_KINDS:
