@@ -1,6 +1,12 @@
 """The monitor graph on a robot with full ROS 2: both detectors and the safety stop.
 
-ros2 launch vae_ood_monitor monitor.launch.py [params_file:=...] [veh:=duckiebot]
+ros2 launch vae_ood_monitor monitor.launch.py [namespace:=ood_monitor] [params_file:=...]
+    [veh:=duckiebot]
+
+The nodes use relative names. `namespace` holds the monitor's own topics and services
+(/ood_monitor/bvae/score, /ood_monitor/safety_stop/reset, ...); the robot's topics are remapped to
+the Duckietown names of vehicle `veh` (/<veh>/camera_node/image/compressed,
+/<veh>/wheels_driver_node/emergency_stop) and cmd_vel_in/out to /cmd_vel_in, /cmd_vel_out.
 """
 
 import os
@@ -11,44 +17,56 @@ from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
 from launch import LaunchDescription
+from vae_ood_monitor.nodes.common import (
+    DEFAULT_VEHICLE,
+    DUCKIETOWN_NAMES,
+    GLOBAL_NAMES,
+    NAMESPACE,
+)
+
+
+def remappings() -> list[tuple[str, object]]:
+    """The relative robot-side names → /<veh>/... Duckietown names and the global cmd_vel pair."""
+    veh = LaunchConfiguration("veh")
+    return [
+        *((name, ["/", veh, f"/{target}"]) for name, target in DUCKIETOWN_NAMES.items()),
+        *GLOBAL_NAMES.items(),
+    ]
 
 
 def generate_launch_description() -> LaunchDescription:
     default_params = os.path.join(
         get_package_share_directory("vae_ood_monitor"), "config", "monitor.yaml"
     )
-    params = LaunchConfiguration("params_file")
-    veh = {"veh": LaunchConfiguration("veh")}
+    nodes = [
+        Node(
+            package="vae_ood_monitor",
+            executable=name,
+            name=name,
+            namespace=LaunchConfiguration("namespace"),
+            parameters=[LaunchConfiguration("params_file")],
+            remappings=remappings(),
+            output="screen",
+        )
+        for name in ("bvae_detector", "flow_detector", "safety_stop")
+    ]
     return LaunchDescription(
         [
             DeclareLaunchArgument(
-                "params_file",
-                default_value=default_params,
-                description="parameter YAML of the graph",
+                "namespace",
+                default_value=NAMESPACE,
+                description="namespace of the monitor's nodes, topics and services",
             ),
             DeclareLaunchArgument(
-                "veh", default_value="duckiebot", description="vehicle name (topic prefix)"
+                "params_file",
+                default_value=default_params,
+                description="parameter YAML of the graph (keys /**/<node>)",
             ),
-            Node(
-                package="vae_ood_monitor",
-                executable="bvae_detector",
-                name="bvae_detector",
-                parameters=[params, veh],
-                output="screen",
+            DeclareLaunchArgument(
+                "veh",
+                default_value=DEFAULT_VEHICLE,
+                description="Duckietown vehicle: camera and emergency stop remapped under /<veh>",
             ),
-            Node(
-                package="vae_ood_monitor",
-                executable="flow_detector",
-                name="flow_detector",
-                parameters=[params, veh],
-                output="screen",
-            ),
-            Node(
-                package="vae_ood_monitor",
-                executable="safety_stop",
-                name="safety_stop",
-                parameters=[params, veh],
-                output="screen",
-            ),
+            *nodes,
         ]
     )

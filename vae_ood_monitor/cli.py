@@ -148,8 +148,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_monitor(args: argparse.Namespace) -> int:
     from vae_ood_monitor.graph import default_params_file, run_monitor
+    from vae_ood_monitor.nodes.common import ros_arguments
 
-    return run_monitor(args.params_file or default_params_file(), args.bag, args.rate)
+    params_file = args.params_file or default_params_file()
+    return run_monitor(params_file, args.bag, args.rate, ros_args=ros_arguments())
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

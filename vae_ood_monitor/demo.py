@@ -31,7 +31,7 @@ from std_msgs.msg import Bool, Float32
 from vae_ood_monitor.bags import DEFAULT_CAMERA_TOPIC
 from vae_ood_monitor.ground_truth import read_ground_truth
 from vae_ood_monitor.images import stamp_to_ns
-from vae_ood_monitor.nodes.common import LATCHED_QOS, RELIABLE_QOS, REPLAY_QOS
+from vae_ood_monitor.nodes.common import LATCHED_QOS, RELIABLE_QOS, REPLAY_QOS, ros_arguments
 from vae_ood_monitor.offline import share_dir
 
 ESTOP_TOPIC = "/duckiebot/wheels_driver_node/emergency_stop"
@@ -123,7 +123,8 @@ def start_node(
     output to `log` or discarded."""
     module, function = NODES[name].split(":")
     code = f"import sys; from {module} import {function}; sys.exit({function}(sys.argv))"
-    args = ["--ros-args", *[a for k, v in params.items() for a in ("-p", f"{k}:={v}")]]
+    params_args = [a for k, v in params.items() for a in ("-p", f"{k}:={v}")]
+    args = ["--ros-args", *ros_arguments(), *params_args]
     output = log.open("w") if log is not None else subprocess.DEVNULL
     return subprocess.Popen(
         [sys.executable, "-c", code, *args], cwd=cwd, stdout=output, stderr=subprocess.STDOUT

@@ -21,6 +21,7 @@ import pytest
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from geometry_msgs.msg import Twist, Vector3
+from rclpy._rclpy_pybind11 import NodeNameNonExistentError
 from rclpy.executors import MultiThreadedExecutor
 from rclpy.node import Node
 from sensor_msgs.msg import CompressedImage
@@ -31,7 +32,7 @@ from support import synthetic_frames, tiny_bundle, write_ros2_bag
 from vae_ood_monitor import demo
 from vae_ood_monitor.bags import read_camera_messages
 from vae_ood_monitor.decision import DecisionParams
-from vae_ood_monitor.nodes.common import LATCHED_QOS, RELIABLE_QOS
+from vae_ood_monitor.nodes.common import LATCHED_QOS, RELIABLE_QOS, ros_arguments
 from vae_ood_monitor.safety import SafetyConfig
 
 REPO = Path(__file__).resolve().parents[2]
@@ -43,7 +44,8 @@ NEVER_OOD = DecisionParams(mode="threshold", threshold=1e12)
 
 @pytest.fixture(scope="module", autouse=True)
 def ros_domain():
-    """CI's DDS domain (.ci/run sets one), else one from the process id; discovery on localhost only."""
+    """CI's DDS domain (.ci/run sets one), else one from the process id; discovery on localhost
+    only."""
     os.environ.setdefault("ROS_DOMAIN_ID", str(os.getpid() % 90 + 10))
     os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
     rclpy.init()
@@ -161,7 +163,8 @@ def wait_for(
     what: str,
     context: Callable[[], str] | None = None,
 ) -> float:
-    """Seconds until `condition` held; fails the test with `what` (and `context()`, e.g. a node's log) after `timeout`."""
+    """Seconds until `condition` held; fails the test with `what` (and `context()`, e.g. a node's
+    log) after `timeout`."""
     start = time.monotonic()
     while not condition():
         if time.monotonic() - start > timeout:
@@ -184,7 +187,8 @@ def wait_until_driving(
     while not (robot.estop and robot.estop[-1] is False):
         if time.monotonic() > deadline:
             pytest.fail(
-                f"timed out after {timeout} s waiting for the robot to drive with the {', '.join(real)} detector nodes"
+                f"timed out after {timeout} s waiting for the robot to drive with the "
+                f"{', '.join(real)} detector nodes"
             )
         if robot.estop and all(robot.scores[name] for name in real):
             robot.reset()
@@ -300,7 +304,8 @@ def test_killed_detector_stops_the_robot(robot, safety_stop, untrained_bundles, 
     }
     try:
         wait_until_driving(robot, 40)
-        # The safety stop can hear both detectors' decisions before this node has discovered their score topics.
+        # The safety stop can hear both detectors' decisions before this node has discovered their
+        # score topics.
         wait_for(
             lambda: len(robot.scores["bvae"]) > 0 and len(robot.scores["flow"]) > 0,
             5,
@@ -373,6 +378,85 @@ def test_corrupt_bundle_refuses_to_start_and_the_robot_stays_stopped(
     )
 
 
+def names_of(peer: Node, node: str, namespace: str, timeout: float = 20.0) -> dict[str, set]:
+    """The resolved topic and service names of `namespace`/`node`, once it has been discovered."""
+
+    def lookup() -> dict[str, set]:
+        kinds = {
+            "publishers": peer.get_publisher_names_and_types_by_node,
+            "subscriptions": peer.get_subscriber_names_and_types_by_node,
+            "services": peer.get_service_names_and_types_by_node,
+        }
+        try:
+            return {kind: {name for name, _ in get(node, namespace)} for kind, get in kinds.items()}
+        except NodeNameNonExistentError:  # not discovered yet
+            return {kind: set() for kind in kinds}
+
+    found = lookup()
+    deadline = time.monotonic() + timeout
+    while not all(found.values()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+        found = lookup()
+    return found
+
+
+def test_default_names_resolve_to_the_contract(robot, safety_stop, untrained_bundles, tmp_path):
+    """Relative names in the nodes, the defaults (ros_arguments) give the documented names."""
+    detector = start_node(
+        "bvae_detector", {"bundle": untrained_bundles["bvae"]}, tmp_path / "bvae.log"
+    )
+    try:
+        stop = names_of(robot, "safety_stop", "/ood_monitor")
+        assert {ESTOP, "/ood_monitor/ood", "/cmd_vel_out"} <= stop["publishers"], stop
+        assert {CAMERA, "/ood_monitor/bvae/ood", "/ood_monitor/flow/ood", "/cmd_vel_in"} <= stop[
+            "subscriptions"
+        ], stop
+        assert "/ood_monitor/safety_stop/reset" in stop["services"], stop
+        bvae = names_of(robot, "bvae_detector", "/ood_monitor", timeout=60)
+        assert {"/ood_monitor/bvae/score", "/ood_monitor/bvae/ood"} <= bvae["publishers"], bvae
+        assert CAMERA in bvae["subscriptions"], bvae
+    finally:
+        stop_process(detector)
+
+
+def start_with_ros_args(name: str, ros_args: list[str], log: Path) -> subprocess.Popen:
+    """Node `name` in its own process with exactly `ros_args` (no default names)."""
+    module, function = demo.NODES[name].split(":")
+    code = f"import sys; from {module} import {function}; sys.exit({function}(sys.argv))"
+    return subprocess.Popen(
+        [sys.executable, "-c", code, "--ros-args", *ros_args],
+        cwd=REPO,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+    )
+
+
+def test_namespace_and_vehicle_move_the_names(robot, tmp_path):
+    node = start_with_ros_args(
+        "safety_stop", ros_arguments(namespace="robot7/monitor", veh="robot7"), tmp_path / "s.log"
+    )
+    try:
+        found = names_of(robot, "safety_stop", "/robot7/monitor")
+        assert "/robot7/wheels_driver_node/emergency_stop" in found["publishers"], found
+        assert "/robot7/monitor/ood" in found["publishers"], found
+        assert "/robot7/camera_node/image/compressed" in found["subscriptions"], found
+        assert "/robot7/monitor/safety_stop/reset" in found["services"], found
+    finally:
+        stop_process(node)
+
+
+def test_the_deprecated_veh_parameter_still_names_the_robot_topics(robot, tmp_path):
+    log = tmp_path / "s.log"
+    node = start_with_ros_args("safety_stop", [*ros_arguments(), "-p", "veh:=oldbot"], log)
+    try:
+        found = names_of(robot, "safety_stop", "/ood_monitor")
+        assert "/oldbot/wheels_driver_node/emergency_stop" in found["publishers"], found
+        assert "/oldbot/camera_node/image/compressed" in found["subscriptions"], found
+    finally:
+        stop_process(node)
+    assert "parameter 'veh' is deprecated" in log.read_text()
+
+
 def test_bag_player_replays_at_the_recorded_rate(robot, tmp_path):
     robot.camera_on = False
     frames = synthetic_frames(45, 160, 120)
@@ -417,12 +501,13 @@ def test_bag_player_refuses_a_missing_bag(tmp_path):
 
 def test_monitor_runs_the_whole_graph_in_one_process(robot, untrained_bundles, tmp_path):
     robot.camera_on = False
-    # 8 s of frames: long enough for this peer to discover the monitor's publishers on a busy machine
+    # 8 s of frames: long enough for this peer to discover the monitor's publishers on a busy
+    # machine
     bag = write_ros2_bag(tmp_path / "bag", synthetic_frames(240, 160, 120))
     params = tmp_path / "params.yaml"
     params.write_text(
         "".join(
-            f"{name}_detector:\n  ros__parameters:\n    bundle: {path}\n"
+            f"/**/{name}_detector:\n  ros__parameters:\n    bundle: {path}\n"
             for name, path in untrained_bundles.items()
         )
     )
@@ -458,7 +543,8 @@ DEMO_BAG = REPO / "demo" / "demo_fog_onset"
 )
 def test_shipped_models_drive_through_id_and_stop_after_the_onset(tmp_path):
     """The real graph with the shipped bundles on the demo bag: no stop in the in-distribution
-    part, a stop once the fog sets in. (How fast is the benchmark's business: `vae-ood-monitor bench`.)"""
+    part, a stop once the fog sets in. (How fast is the benchmark's business:
+    `vae-ood-monitor bench`.)"""
     from vae_ood_monitor.bags import choose_topic, image_topics, read_raw_messages
     from vae_ood_monitor.bench import frames_published
     from vae_ood_monitor.demo import GraphRun, onset_stamp, stop_events

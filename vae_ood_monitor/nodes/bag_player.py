@@ -62,7 +62,8 @@ class BagPlayerNode(Node):
             raise StartupError("parameter 'bag' is required (a rosbag2 folder or ROS 1 .bag)")
         if self._rate <= 0 or self._offset < 0:
             raise StartupError(
-                f"rate must be > 0 and start_offset >= 0 (got rate={self._rate}, start_offset={self._offset})"
+                "rate must be > 0 and start_offset >= 0 "
+                f"(got rate={self._rate}, start_offset={self._offset})"
             )
         self._bag = Path(bag)
         try:

@@ -42,8 +42,9 @@ LATCHED_QOS = QoSProfile(
 RELIABLE_QOS = QoSProfile(
     history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE
 )
-# Replayed frames: a reliable keep-last queue only protects what fits in it, so the bag player and a
-# recorder that must see every frame keep a few seconds' worth (a start-up load spike lasts that long).
+# Replayed frames: a reliable keep-last queue only protects what fits in it, so the bag player and
+# a recorder that must see every frame keep a few seconds' worth (a start-up load spike lasts that
+# long).
 REPLAY_QOS = QoSProfile(
     history=HistoryPolicy.KEEP_LAST, depth=150, reliability=ReliabilityPolicy.RELIABLE
 )
@@ -51,20 +52,70 @@ TRANSPORTS = ("compressed", "raw")
 
 
 class StartupError(RuntimeError):
-    """A node that must not start (bad parameter, missing or corrupt bundle); says what and where."""
+    """A node that must not start (bad parameter, missing or corrupt bundle): says what, where."""
 
 
 def declare(node: Node, name: str, default: Any, description: str) -> Any:
     return node.declare_parameter(name, default, ParameterDescriptor(description=description)).value
 
 
-def camera_topic(veh: str, transport: str) -> str:
+# Names. The nodes use relative names only (nav2's and the ROS 2 demos' convention); where they
+# land is the launcher's business: a namespace for the monitor's own topics and services, and
+# remappings for the robot's. `ros_arguments()` gives the defaults, which resolve to the contract
+# names: /ood_monitor/bvae/score, /ood_monitor/ood, /ood_monitor/safety_stop/reset, ...
+NAMESPACE = "ood_monitor"
+DEFAULT_VEHICLE = "duckiebot"
+# Robot-side relative names → their names under a Duckietown vehicle's namespace.
+DUCKIETOWN_NAMES = {
+    "camera/image/compressed": "camera_node/image/compressed",
+    "camera/image/raw": "camera_node/image/raw",
+    "emergency_stop": "wheels_driver_node/emergency_stop",
+}
+# The velocity gate's topics keep the global names they have always had.
+GLOBAL_NAMES = {"cmd_vel_in": "/cmd_vel_in", "cmd_vel_out": "/cmd_vel_out"}
+
+
+def default_remappings(veh: str = DEFAULT_VEHICLE) -> dict[str, str]:
+    """Relative name → resolved name on Duckietown vehicle `veh` (launch files, demo, monitor)."""
+    return {
+        **{name: f"/{veh}/{target}" for name, target in DUCKIETOWN_NAMES.items()},
+        **GLOBAL_NAMES,
+    }
+
+
+def ros_arguments(namespace: str = NAMESPACE, veh: str = DEFAULT_VEHICLE) -> list[str]:
+    """`--ros-args` rules (without the `--ros-args` itself) that put a node, or every node of a
+    process, where the launch files put it: `-r __ns:=/<namespace>` and the Duckietown remappings.
+    Rules given before these win (rcl applies the first matching rule)."""
+    rules = {"__ns": f"/{namespace.strip('/')}", **default_remappings(veh)}
+    return [arg for name, target in rules.items() for arg in ("-r", f"{name}:={target}")]
+
+
+def camera_topic(transport: str) -> str:
+    """The camera subscription's relative name for `transport`."""
     if transport not in TRANSPORTS:
         raise StartupError(f"image_transport must be one of {TRANSPORTS}, got '{transport}'")
-    return (
-        f"/{veh}/camera_node/image/compressed"
-        if transport == "compressed"
-        else f"/{veh}/camera_node/image/raw"
+    return f"camera/image/{transport}"
+
+
+def robot_topic(node: Node, name: str, veh: str) -> str:
+    """Relative `name`, or its absolute Duckietown name under /<veh> when the deprecated `veh`
+    parameter is set (old parameter files keep the stop on the wheels driver's topic)."""
+    if not veh:
+        return name
+    target = f"/{veh}/{DUCKIETOWN_NAMES[name]}"
+    node.get_logger().warning(
+        f"parameter 'veh' is deprecated: remap {name}:={target} instead (using {target})"
+    )
+    return target
+
+
+def declare_veh(node: Node) -> str:
+    return declare(
+        node,
+        "veh",
+        "",
+        "DEPRECATED (remap instead): when set, camera and emergency stop use /<veh>/... names",
     )
 
 
@@ -105,7 +156,8 @@ class RateMeter:
 
 
 class Diagnostics:
-    """Publishes one DiagnosticStatus on /diagnostics at 1 Hz, built by `report()` → (level, message, values)."""
+    """Publishes one DiagnosticStatus on /diagnostics at 1 Hz, built by `report()` → (level,
+    message, values)."""
 
     def __init__(
         self,

@@ -33,6 +33,8 @@ from vae_ood_monitor.nodes.common import (
     StartupError,
     camera_topic,
     declare,
+    declare_veh,
+    robot_topic,
     run_node,
     subscribe_camera,
 )
@@ -48,7 +50,7 @@ class DetectorNode(Node):
     def __init__(self, kind: str, **node_options: Any) -> None:
         super().__init__(f"{kind}_detector", **node_options)
         self.kind = kind
-        veh = declare(self, "veh", "duckiebot", "vehicle name, prefix of the default camera topic")
+        veh = declare_veh(self)
         bundle = declare(
             self, "bundle", "", "model bundle folder (empty: the default of models/defaults.json)"
         )
@@ -58,12 +60,6 @@ class DetectorNode(Node):
         threads = declare(self, "threads", 1, "inference threads")
         transport = declare(
             self, "image_transport", "compressed", "camera message type: compressed or raw"
-        )
-        topic = declare(
-            self,
-            "camera_topic",
-            "",
-            "camera topic (empty: /<veh>/camera_node/image/<compressed|raw>)",
         )
         self._max_bad = declare(
             self, "max_bad_frames", 15, "bad frames in a row before the detector reports an error"
@@ -84,10 +80,12 @@ class DetectorNode(Node):
         except ModelOutputError as err:
             raise StartupError(f"warm-up failed: {err}") from None
         self._warm_up_ms = (time.monotonic() - warm_up_started) * 1000.0
-        self._score_pub = self.create_publisher(Float32, f"/ood_monitor/{kind}/score", RELIABLE_QOS)
-        self._ood_pub = self.create_publisher(Bool, f"/ood_monitor/{kind}/ood", RELIABLE_QOS)
-        self._topic = topic or camera_topic(veh, transport)
-        subscribe_camera(self, transport, self._topic, self._on_frame)
+        self._score_pub = self.create_publisher(Float32, f"{kind}/score", RELIABLE_QOS)
+        self._ood_pub = self.create_publisher(Bool, f"{kind}/ood", RELIABLE_QOS)
+        camera = subscribe_camera(
+            self, transport, robot_topic(self, camera_topic(transport), veh), self._on_frame
+        )
+        self._topic = camera.topic_name
 
         self._lock = threading.Lock()
         self._newest: tuple[Any, float] | None = None
@@ -110,7 +108,7 @@ class DetectorNode(Node):
         self._processing = RateMeter()  # decode + preprocess + inference + score
         self._worker = threading.Thread(target=self._work, name=f"{kind}-worker", daemon=True)
         self._worker.start()
-        Diagnostics(self, diagnostic_name(kind), veh, self._report)
+        Diagnostics(self, diagnostic_name(kind), self.get_namespace(), self._report)
         self.get_logger().info(
             f"{kind} detector on {self._topic} with {self.detector.bundle.path.name} "
             f"({self.detector.backend_name}, sha256 {self.detector.bundle.sha256[:12]}, warm-up {self._warm_up_ms:.0f} ms)"

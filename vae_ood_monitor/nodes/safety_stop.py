@@ -1,9 +1,11 @@
-"""`safety_stop`: fuses the detectors' decisions and owns the stop (logic in vae_ood_monitor.safety).
+"""`safety_stop`: fuses the detectors' decisions and owns the stop (logic: vae_ood_monitor.safety).
 
-Publishes std_msgs/Bool on /<veh>/wheels_driver_node/emergency_stop (TRANSIENT_LOCAL, reliable;
-true = stop) whenever the state changes, the fused decision on /ood_monitor/ood, and gates
-cmd_vel_in → cmd_vel_out (zero Twists while stopped). A silent or frozen camera, a silent
-detector, a detector's ERROR on /diagnostics, or an OOD decision latch the stop until /ood_monitor/safety_stop/reset
+Relative names (defaults resolved by `ros_arguments()` / the launch files in brackets): publishes
+std_msgs/Bool on `emergency_stop` [/duckiebot/wheels_driver_node/emergency_stop] (TRANSIENT_LOCAL,
+reliable; true = stop) whenever the state changes, the fused decision on `ood` [/ood_monitor/ood],
+and gates `cmd_vel_in` → `cmd_vel_out` (zero Twists while stopped). A silent or frozen camera
+(`camera/image/compressed`), a silent detector (`<name>/ood`), a detector's ERROR on /diagnostics,
+or an OOD decision latch the stop until `~/reset` [/ood_monitor/safety_stop/reset]
 (std_srvs/Trigger) succeeds.
 """
 
@@ -25,6 +27,8 @@ from vae_ood_monitor.nodes.common import (
     StartupError,
     camera_topic,
     declare,
+    declare_veh,
+    robot_topic,
     run_node,
     subscribe_camera,
 )
@@ -35,9 +39,7 @@ from vae_ood_monitor.safety import FUSIONS, SafetyConfig, SafetyStop, State, fra
 class SafetyStopNode(Node):
     def __init__(self, **node_options: Any) -> None:
         super().__init__("safety_stop", **node_options)
-        veh = declare(
-            self, "veh", "duckiebot", "vehicle name, prefix of the camera and wheels topics"
-        )
+        veh = declare_veh(self)
         detectors = declare(
             self,
             "detectors",
@@ -61,12 +63,6 @@ class SafetyStopNode(Node):
         transport = declare(
             self, "image_transport", "compressed", "camera message type: compressed or raw"
         )
-        topic = declare(
-            self,
-            "camera_topic",
-            "",
-            "camera topic (empty: /<veh>/camera_node/image/<compressed|raw>)",
-        )
         rate = declare(
             self,
             "rate_hz",
@@ -78,21 +74,21 @@ class SafetyStopNode(Node):
         except ValueError as err:
             raise StartupError(f"safety_stop parameters: {err}") from None
         self._stop_pub = self.create_publisher(
-            Bool, f"/{veh}/wheels_driver_node/emergency_stop", LATCHED_QOS
+            Bool, robot_topic(self, "emergency_stop", veh), LATCHED_QOS
         )
-        self._fused_pub = self.create_publisher(Bool, "/ood_monitor/ood", RELIABLE_QOS)
+        self._fused_pub = self.create_publisher(Bool, "ood", RELIABLE_QOS)
         self._cmd_pub = self.create_publisher(Twist, "cmd_vel_out", RELIABLE_QOS)
         self.create_subscription(Twist, "cmd_vel_in", self._on_cmd_vel, RELIABLE_QOS)
         subscribe_camera(
             self,
             transport,
-            topic or camera_topic(veh, transport),
+            robot_topic(self, camera_topic(transport), veh),
             lambda msg: self.logic.on_camera(time.monotonic(), frame_fingerprint(msg.data)),
         )
         for name in detectors:
             self.create_subscription(
                 Bool,
-                f"/ood_monitor/{name}/ood",
+                f"{name}/ood",
                 lambda msg, n=name: self._on_decision(n, msg),
                 RELIABLE_QOS,
             )
@@ -100,11 +96,11 @@ class SafetyStopNode(Node):
         self.create_subscription(
             DiagnosticArray, "/diagnostics", self._on_diagnostics, RELIABLE_QOS
         )
-        self.create_service(Trigger, "/ood_monitor/safety_stop/reset", self._on_reset)
+        self.create_service(Trigger, "~/reset", self._on_reset)
         self._published: bool | None = None
         self.stop_count = 0
         self.create_timer(1.0 / rate, self._tick)
-        Diagnostics(self, "ood_monitor/safety_stop", veh, self._report)
+        Diagnostics(self, "ood_monitor/safety_stop", self.get_namespace(), self._report)
         self._publish_stop()
 
     def _on_decision(self, name: str, msg: Bool) -> None:
