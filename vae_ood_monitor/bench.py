@@ -12,11 +12,16 @@ resident memory.
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from vae_ood_monitor.demo import GraphRun, Recording, onset_stamp, stop_events
+from vae_ood_monitor.detector import OODDetector
+from vae_ood_monitor.ground_truth import read_ground_truth
+from vae_ood_monitor.offline import DETECTORS, default_bundle, score_bag, thinned
+from vae_ood_monitor.safety import SafetyConfig
 
 
 def frames_published(recording: Recording) -> int:
@@ -105,4 +110,117 @@ def run_bench(
         )
     for name, values in rss.items():
         print(f"peak resident memory {name:14s} {np.median(values):7.1f} MB")
+    return 0
+
+
+# ---- Offline comparisons: the same detectors and code path as `score`, on a thinned camera ----
+
+CAMERAS = {  # name → (every n-th frame, share of frames lost at random, speed-up)
+    "30 Hz": (1, 0.0, 1.0),
+    "15 Hz": (2, 0.0, 1.0),
+    "10 Hz": (3, 0.0, 1.0),
+    "30 Hz, 25 % lost": (1, 0.25, 1.0),
+    "2x speed-up (OOD)": (2, 0.0, 2.0),
+}
+VARIANTS = {  # name → (decode, header stamps used)
+    "per frame, full decode (before)": ("full", False),
+    "per second, full decode": ("full", True),
+    "per second, reduced decode (now)": ("reduced", True),
+}
+
+
+@dataclass
+class Replay:
+    """One replay of a labelled bag through the detectors: ID statistics and the onset delay."""
+
+    flow_median: float  # median flow score of the ID frames after the first second
+    flagged: dict[str, float]  # share of those frames flagged: per detector and "fused"
+    onset_delay_s: float | None  # first fused flag at or after the onset, by header stamps
+    id_frames: int
+    bvae_median: float
+
+
+def replay_offline(
+    bag: Path,
+    bundles: dict[str, Path | None],
+    decode: str,
+    stamps: bool,
+    every: int = 1,
+    drop: float = 0.0,
+    seed: int = 0,
+    settle_s: float = 1.0,
+    speed: float = 1.0,
+) -> Replay:
+    """Score `bag` as `vae-ood-monitor score` does (frozen check included) on a camera thinned to
+    every `every`-th frame with a share `drop` lost; ID frames are those before the onset."""
+    truth = read_ground_truth(bag)
+    if truth is None:
+        raise ValueError(f"{bag} carries no ground truth")
+    onset_ns = next((label.stamp_ns for label in truth if label.ood), None)
+    if onset_ns is not None:  # on the clock of `thinned`
+        onset_ns = truth[0].stamp_ns + round((onset_ns - truth[0].stamp_ns) / speed)
+    detectors = {
+        name: OODDetector.from_path(str(path or default_bundle(name)), decode=decode)
+        for name, path in {**dict.fromkeys(DETECTORS), **bundles}.items()
+    }
+    stamps_ns: list[int] = []
+    scores: dict[str, list[float]] = {name: [] for name in detectors}
+    flags: dict[str, list[bool]] = {name: [] for name in (*detectors, "fused")}
+    for chunk_stamps, results in score_bag(
+        bag,
+        detectors,
+        frozen_s=SafetyConfig.frozen_s,
+        select=lambda messages: thinned(messages, every, drop, seed, speed),
+        stamps=stamps,
+    ):
+        stamps_ns += chunk_stamps
+        for name in detectors:
+            scores[name] += list(results.scores[name])
+            flags[name] += list(results.flags[name])
+        flags["fused"] += list(results.fused_flags)
+    t = (np.asarray(stamps_ns) - stamps_ns[0]) * 1e-9
+    before = np.asarray(stamps_ns) < (onset_ns if onset_ns is not None else np.inf)
+    steady = before & (t >= settle_s)
+    fused = np.asarray(flags["fused"])
+    after = np.flatnonzero(~before & fused)
+    return Replay(
+        flow_median=float(np.nanmedian(np.asarray(scores["flow"])[steady])),
+        flagged={name: float(np.mean(np.asarray(v)[steady])) for name, v in flags.items()},
+        onset_delay_s=(
+            None if onset_ns is None or not after.size else (stamps_ns[after[0]] - onset_ns) * 1e-9
+        ),
+        id_frames=int(steady.sum()),
+        bvae_median=float(np.nanmedian(np.asarray(scores["bvae"])[steady])),
+    )
+
+
+def run_offline_table(
+    bag: Path, bundles: dict[str, Path | None], seeds: int = 5, settle_s: float = 1.0
+) -> int:
+    """Print, per camera (rate, lost frames) and variant (per frame or per second, full or
+    reduced decode): median scores of the ID frames after the first second, the share flagged
+    (flow detector, fused decision) and the onset delay. Lost frames: medians over `seeds` draws."""
+    print(
+        f"offline replay of {bag.name}: ID = frames before the onset, after the first {settle_s:g} s"
+    )
+    print(
+        f"{'camera':18s} {'variant':34s} {'ID fr':>5s} {'flow med':>9s} {'bvae med':>9s} "
+        f"{'flow flag':>9s} {'bvae flag':>9s} {'fused':>7s} {'onset→flag':>10s}"
+    )
+    for camera, (every, drop, speed) in CAMERAS.items():
+        for variant, (decode, stamps) in VARIANTS.items():
+            replays = [
+                replay_offline(bag, bundles, decode, stamps, every, drop, seed, settle_s, speed)
+                for seed in range(seeds if drop else 1)
+            ]
+            delays = [r.onset_delay_s for r in replays if r.onset_delay_s is not None]
+            delay = f"{np.median(delays):.3f} s" if delays else "missed"
+            print(
+                f"{camera:18s} {variant:34s} {replays[0].id_frames:5d} "
+                f"{np.median([r.flow_median for r in replays]):9.1f} "
+                f"{np.median([r.bvae_median for r in replays]):9.2f} "
+                f"{np.median([r.flagged['flow'] for r in replays]):9.1%} "
+                f"{np.median([r.flagged['bvae'] for r in replays]):9.1%} "
+                f"{np.median([r.flagged['fused'] for r in replays]):7.1%} {delay:>10s}"
+            )
     return 0

@@ -74,6 +74,59 @@ def decode_message(msg: Any) -> np.ndarray:
     return decode_raw(msg.encoding, msg.height, msg.width, msg.step, msg.data)
 
 
+# JPEG decoding at 1/2, 1/4 or 1/8 scale (libjpeg's scaled inverse DCT): a fraction of the cost
+# of a full decode followed by a resize. Scale → (colour flag, grey flag).
+_REDUCED_FLAGS = {
+    1: (cv2.IMREAD_COLOR, cv2.IMREAD_GRAYSCALE),
+    2: (cv2.IMREAD_REDUCED_COLOR_2, cv2.IMREAD_REDUCED_GRAYSCALE_2),
+    4: (cv2.IMREAD_REDUCED_COLOR_4, cv2.IMREAD_REDUCED_GRAYSCALE_4),
+    8: (cv2.IMREAD_REDUCED_COLOR_8, cv2.IMREAD_REDUCED_GRAYSCALE_8),
+}
+DECODES = ("full", "reduced")
+
+
+class FrameDecoder:
+    """Camera messages to the image a model needs: RGB, or grey with `grey`.
+
+    "full" decodes every frame at the camera's size (RGB, as `decode_message`). "reduced" decodes
+    a compressed frame at the largest reduction (1/2, 1/4, 1/8) that still covers `size` (width,
+    height), and grey straight from the JPEG luma when `grey`: a 640x480 JPEG for a 64x64 model
+    decodes at 160x120. The reduction follows the previous frame's size (the first frame decodes
+    in full), so a camera that changes resolution costs one frame at a wrong scale, not an error.
+    """
+
+    def __init__(self, decode: str = "full", size: tuple[int, int] = (1, 1), grey: bool = False):
+        if decode not in DECODES:
+            raise ValueError(f"decode must be one of {DECODES}, got '{decode}'")
+        self.reduced = decode == "reduced"
+        self.size = size
+        self.grey = grey
+        self.scale = 1
+
+    def _next_scale(self, decoded: np.ndarray) -> int:
+        """The largest reduction of the frame just decoded that still covers `size`."""
+        width, height = decoded.shape[1] * self.scale, decoded.shape[0] * self.scale
+        fits = [
+            s for s in _REDUCED_FLAGS if width // s >= self.size[0] and height // s >= self.size[1]
+        ]
+        return max(fits, default=1)
+
+    def __call__(self, msg: Any) -> np.ndarray:
+        if not self.reduced or not hasattr(msg, "format"):
+            rgb = decode_message(msg)
+            return cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY) if self.grey and self.reduced else rgb
+        buffer = np.frombuffer(msg.data, dtype=np.uint8)
+        if buffer.size == 0:
+            raise FrameError("empty compressed image")
+        image = cv2.imdecode(buffer, _REDUCED_FLAGS[self.scale][int(self.grey)])
+        if image is None or image.size == 0:
+            raise FrameError(
+                f"unreadable compressed image ({buffer.size} bytes, not a decodable JPEG/PNG)"
+            )
+        self.scale = self._next_scale(image)
+        return image if self.grey else cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
 def stamp_to_ns(stamp: Any) -> int:
     """builtin_interfaces/Time (rclpy or rosbags) to integer nanoseconds."""
     return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
