@@ -1,6 +1,7 @@
 """Evaluate detector bundles on a dataset split: AUROC, FPR@95%TPR, delays, false alarms, plots.
 
     python -m training.evaluate --data datasets/default --bvae models/bvae_baseline --flow models/flow_baseline --out reports/baseline
+    python -m training.evaluate nuisance --data datasets/heldout_id ... (training.nuisance)
 
 Frames are scored by the onboard detector class (ONNX Runtime), beside two non-learned baselines
 that the learned detectors must beat: brightness deviation and mean frame difference, each as a
@@ -65,12 +66,18 @@ _DETECTORS: dict[str, OODDetector] = {}
 _frozen_s = SafetyConfig.frozen_s
 
 
-def _load_detectors(bundles: dict[str, str], frozen_s: float) -> None:
-    """Worker initializer: the detectors and the frozen-camera limit every episode is scored with."""
+def load_worker_detectors(bundles: dict[str, str], frozen_s: float) -> None:
+    """Worker initializer: the detectors and the frozen-camera limit every episode is scored with
+    (here and in training.nuisance)."""
     global _frozen_s
     _DETECTORS.clear()
     _DETECTORS.update({name: OODDetector.from_path(path) for name, path in bundles.items()})
     _frozen_s = frozen_s
+
+
+def worker_detectors() -> tuple[dict[str, OODDetector], float]:
+    """This worker's detectors and frozen-camera limit (load_worker_detectors)."""
+    return _DETECTORS, _frozen_s
 
 
 def _score_episode(episode: Episode) -> EpisodeResult:
@@ -104,7 +111,7 @@ def score_split(
     items = episodes(data, split)
     with ProcessPoolExecutor(
         workers,
-        initializer=_load_detectors,
+        initializer=load_worker_detectors,
         initargs=({k: str(v) for k, v in bundles.items()}, frozen_s),
     ) as pool:
         return list(
@@ -587,6 +594,12 @@ def _score_calibration_features(episode: Episode) -> EpisodeResult:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:
+        argv = sys.argv[1:]
+    if argv[:1] == ["nuisance"]:  # the normal table's rows (training.nuisance, docs/normal.md)
+        from training import nuisance
+
+        return nuisance.main(argv[1:])
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )

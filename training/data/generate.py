@@ -6,6 +6,9 @@
     python -m training.data.generate --preset intersections_more  # 10.8k more ID train frames there
     python -m training.data.generate --preset more_maps      # 14.4k ID train frames on 12 more maps
     python -m training.data.generate --preset traffic_lights # 6k ID frames by traffic lights, to merge
+    python -m training.data.generate --preset heldout_id     # held-out ID drives at 60 Hz (docs/normal.md)
+    python -m training.data.generate --preset decorated_test # the same on decorated test maps
+    python -m training.data.generate --preset heldout_onsets # one onset per OOD scenario, test maps
 
 The simulator runs in its own venv (numpy 1.23, pyglet 1.5) as `training.data.sim_worker`
 subprocesses that stream raw frames; this process (main venv) applies camera-side corruptions,
@@ -303,18 +306,21 @@ def generate(
     *,
     width: int = 640,
     height: int = 480,
-    fps: float = 30.0,
+    fps: float | None = None,
     workers: int = 2,
     storage: str = "mcap",
     sim_python: Path = DEFAULT_SIM_PYTHON,
     progress: bool = True,
 ) -> Path:
-    """Render every missing episode of a preset, then write the manifest; returns its path."""
+    """Render every missing episode of a preset, then write the manifest; returns its path.
+    `fps` None: the preset's camera rate, else 30 Hz."""
     if not sim_python.exists():
         raise GenerationError(
             f"simulator python not found at {sim_python}: run `make sim-venv` first"
         )
-    plans = plan_episodes(PRESETS[preset_name])
+    preset = PRESETS[preset_name]
+    fps = fps or preset.fps or 30.0
+    plans = plan_episodes(preset)
     stale = [p.name for p in plans if _made_with_older_revision(out_dir / p.split / p.name, p)]
     if stale and progress:
         print(
@@ -398,7 +404,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="output folder (default: datasets/<preset>)")
     parser.add_argument("--width", type=int, default=640)
     parser.add_argument("--height", type=int, default=480)
-    parser.add_argument("--fps", type=float, default=30.0)
+    parser.add_argument(
+        "--fps", type=float, help="camera rate [Hz] (default: the preset's, else 30)"
+    )
     parser.add_argument("--workers", type=int, default=2, help="simulator processes in parallel")
     parser.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap")
     parser.add_argument("--sim-python", type=Path, default=DEFAULT_SIM_PYTHON)

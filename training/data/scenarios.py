@@ -104,6 +104,7 @@ class Preset:
     scenarios: tuple[str, ...] = OOD_SCENARIOS
     seed_offset: int = 0  # added to every split's seed base (< 100 000, their spacing): a preset on another preset's maps draws new drives
     traffic_lights: bool = False  # a traffic light at every intersection (sim_worker spec)
+    fps: float | None = None  # the camera rate it is rendered at; None: generate's --fps
 
 
 # Train/calibration maps and held-out maps for validation and test: all from sim_worker.ID_MAPS,
@@ -126,6 +127,9 @@ INTERSECTION_VALIDATION_MAPS = ("TTIC_ripltown",)
 # (loop_obstacles, loop_pedestrians, loop_dyn_duckiebots, zigzag_dists*, udem1, robotarium*,
 # regress_4way_adam), calibration_map_int (a checkerboard), the straight roads, bordered copies and
 # ETH_small_loop_1/2/3 (variants of ETH_small_loop).
+# Standard maps with houses, trees, buses and ducks *beside* the road, kept for the test split: a
+# normal town (docs/normal.md) is in distribution. udem1 is the test map udem1_empty decorated.
+DECORATED_TEST_MAPS = ("udem1", "zigzag_dists")
 MORE_MAPS = (
     "ETHZ_autolab_fast_track",
     "ETHZ_autolab_technical_track",
@@ -245,6 +249,38 @@ PRESETS: dict[str, Preset] = {
         },
         scenarios=("obstacles",),
         seed_offset=90_000,
+    ),
+    # Held-out ID drives for the nuisance evaluation (training.nuisance, docs/normal.md): 20 s on
+    # each test map, rendered at 60 Hz so that 30, 15 and 10 Hz cameras are every 2nd, 4th and 6th
+    # frame with honest stamps, and every frame stamped at 30 Hz is a robot at half speed.
+    "heldout_id": Preset(
+        name="heldout_id",
+        frames=1200,
+        onset_range=(0, 0),
+        splits={"test": SplitPlan(TEST_MAPS, id_episodes=4)},
+        scenarios=(),
+        seed_offset=20_000,
+        fps=60.0,
+    ),
+    # The same on the decorated test maps: a town with objects beside the road, in distribution.
+    "decorated_test": Preset(
+        name="decorated_test",
+        frames=1200,
+        onset_range=(0, 0),
+        splits={"test": SplitPlan(DECORATED_TEST_MAPS, id_episodes=2)},
+        scenarios=(),
+        seed_offset=30_000,
+        fps=60.0,
+    ),
+    # One short onset of every OOD scenario on the test maps (8 s at 30 Hz, onset after 3-4 s):
+    # the nuisance evaluation's AUROC and onset delays, also under a 15 or 10 Hz camera.
+    "heldout_onsets": Preset(
+        name="heldout_onsets",
+        frames=240,
+        onset_range=(90, 120),
+        splits={"test": SplitPlan(TEST_MAPS, id_episodes=0, ood_onset_episodes=1)},
+        seed_offset=40_000,
+        fps=30.0,
     ),
     # One in-distribution drive that turns foggy: the shipped demo bag (demo/demo_fog_onset).
     "demo": Preset(
