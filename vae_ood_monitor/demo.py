@@ -1,4 +1,5 @@
-"""`vae-ood-monitor demo`: the shipped demo bag through the real graph, over DDS, in separate processes.
+"""`vae-ood-monitor demo`: the shipped demo bag through the real graph, over DDS, one process
+a node.
 
 bvae_detector, flow_detector, safety_stop and bag_player each run as their own process; this
 process is a peer node that records camera arrivals, scores, decisions and the emergency stop,
@@ -19,6 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import cv2
+import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.context import Context
@@ -29,10 +32,11 @@ from sensor_msgs.msg import CompressedImage
 from std_msgs.msg import Bool, Float32
 
 from vae_ood_monitor.bags import DEFAULT_CAMERA_TOPIC
+from vae_ood_monitor.bundle import default_bundle, load_bundle, share_dir
+from vae_ood_monitor.decision import ConformalDecider
 from vae_ood_monitor.ground_truth import read_ground_truth
 from vae_ood_monitor.images import stamp_to_ns
 from vae_ood_monitor.nodes.common import LATCHED_QOS, RELIABLE_QOS, REPLAY_QOS, ros_arguments
-from vae_ood_monitor.offline import share_dir
 
 ESTOP_TOPIC = "/duckiebot/wheels_driver_node/emergency_stop"
 NODES = {
@@ -51,6 +55,7 @@ def demo_bag() -> Path:
 class Recording:
     start: float = field(default_factory=time.monotonic)
     frames: dict[int, float] = field(default_factory=dict)  # header stamp → arrival
+    images: dict[int, bytes] = field(default_factory=dict)  # header stamp → JPEG, for the figure
     scores: dict[str, list[tuple[float, float]]] = field(
         default_factory=lambda: {"bvae": [], "flow": []}
     )
@@ -76,12 +81,7 @@ class Recorder(Node):
         # Reliable and deep, unlike a detector: the recorder must see every frame to time the onset.
         # Times are the middleware's reception times, not the callback's, so a recorder that falls
         # behind under load neither loses the onset nor dates it late.
-        self.create_subscription(
-            CompressedImage,
-            DEFAULT_CAMERA_TOPIC,
-            lambda m, i: r.frames.setdefault(stamp_to_ns(m.header.stamp), self._arrival(i)),
-            REPLAY_QOS,
-        )
+        self.create_subscription(CompressedImage, DEFAULT_CAMERA_TOPIC, self._on_frame, REPLAY_QOS)
         for name in ("bvae", "flow"):
             self.create_subscription(
                 Float32,
@@ -102,6 +102,11 @@ class Recorder(Node):
             DiagnosticArray, "/diagnostics", self._on_diagnostics, RELIABLE_QOS
         )
         self._recording = recording
+
+    def _on_frame(self, msg: CompressedImage, info: MessageInfo) -> None:
+        stamp = stamp_to_ns(msg.header.stamp)
+        self._recording.frames.setdefault(stamp, self._arrival(info))
+        self._recording.images.setdefault(stamp, bytes(msg.data))
 
     def _arrival(self, info: MessageInfo) -> float:
         """Recording time at which the middleware received the message."""
@@ -152,9 +157,11 @@ def resident_mb(pid: int) -> float:
 
 
 class GraphRun:
-    """Start the three graph nodes as processes plus a recording peer; `replay` a bag through them."""
+    """The three graph nodes as processes plus a recording peer; `replay` a bag through them."""
 
-    READY = {"ood_monitor/bvae_detector", "ood_monitor/flow_detector", "ood_monitor/safety_stop"}
+    READY = frozenset(
+        {"ood_monitor/bvae_detector", "ood_monitor/flow_detector", "ood_monitor/safety_stop"}
+    )
 
     def __init__(
         self,
@@ -162,8 +169,9 @@ class GraphRun:
         bundles: dict[str, Path | None] | None = None,
         safety_params: dict[str, object] | None = None,
     ) -> None:
-        """`bundles`: detector ("bvae", "flow") → bundle folder; missing or None = the default bundle.
-        `safety_params`: ROS parameters of the safety stop (e.g. a longer `timeout_s`), else its defaults."""
+        """`bundles`: detector ("bvae", "flow") → bundle folder; missing or None = the default
+        bundle. `safety_params`: ROS parameters of the safety stop (e.g. a longer `timeout_s`),
+        else its defaults."""
         log_dir.mkdir(parents=True, exist_ok=True)
         os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
         self.log_dir = log_dir
@@ -271,12 +279,13 @@ def run_demo(
                 )
 
         print(
-            f"{'t [s]':>6} {'bvae score':>11} {'flow score':>11} {'bvae':>5} {'flow':>5} {'STOP':>5}"
+            f"{'t [s]':>6} {'bvae score':>11} {'flow score':>11} "
+            f"{'bvae':>5} {'flow':>5} {'STOP':>5}"
         )
         run.replay(bag, rate, tick)
     finally:
         run.close()
-    return _summarise(run.recording, onset, out_dir)
+    return _summarise(run.recording, onset, out_dir, bundles or {})
 
 
 def stop_events(recording: Recording) -> tuple[float | None, list[float]]:
@@ -290,7 +299,9 @@ def stop_events(recording: Recording) -> tuple[float | None, list[float]]:
     return released, stops
 
 
-def _summarise(recording: Recording, onset_ns: int | None, out_dir: Path) -> int:
+def _summarise(
+    recording: Recording, onset_ns: int | None, out_dir: Path, bundles: dict[str, Path | None]
+) -> int:
     onset_time = recording.frames.get(onset_ns) if onset_ns is not None else None
     released, stops = stop_events(recording)
     print(f"\nframes received by the recorder: {len(recording.frames)}")
@@ -305,12 +316,14 @@ def _summarise(recording: Recording, onset_ns: int | None, out_dir: Path) -> int
         early = [t for t in stops if t < onset_time]
         if early:
             print(
-                f"FALSE STOP before the onset at t = {early[0]:.2f} s (the stop was latched at the onset)"
+                f"FALSE STOP before the onset at t = {early[0]:.2f} s "
+                "(the stop was latched at the onset)"
             )
         after = [t for t in stops if t >= onset_time]
         if after and not early:
             print(
-                f"emergency stop received: t = {after[0]:.2f} s → onset-to-stop latency {after[0] - onset_time:.3f} s"
+                f"emergency stop received: t = {after[0]:.2f} s → "
+                f"onset-to-stop latency {after[0] - onset_time:.3f} s"
             )
         elif not early:
             print("no emergency stop after the onset: MISSED")
@@ -322,11 +335,59 @@ def _summarise(recording: Recording, onset_ns: int | None, out_dir: Path) -> int
         for name, series in recording.decisions.items():
             writer.writerows((f"{t:.3f}", f"{name}/ood", int(v)) for t, v in series)
         writer.writerows((f"{t:.3f}", "emergency_stop", int(v)) for t, v in recording.estop)
-    _plot(recording, onset_time, stops, out_dir / "demo.png")
+    _plot(recording, onset_time, stops, out_dir / "demo.png", bundles)
     return 0
 
 
-def _plot(recording: Recording, onset_time: float | None, stops: list[float], path: Path) -> None:
+def decision_trace(
+    series: list[tuple[float, float]], bundle: Path | None, kind: str
+) -> tuple[np.ndarray, float, str]:
+    """The decision statistic over the published scores, replayed with the bundle's own decider
+    (the node's code and parameters), its alarm level and what it is called."""
+    loaded = load_bundle(bundle or default_bundle(kind))
+    decider = ConformalDecider(loaded.calibration_scores, loaded.decision)
+    if loaded.decision.mode == "threshold":
+        return np.array([v for _, v in series]), loaded.decision.threshold, "score"
+    return (
+        np.array([decider.update(v).cusum for _, v in series]),
+        loaded.decision.threshold,
+        "CUSUM",
+    )
+
+
+def camera_moments(
+    recording: Recording, onset_time: float | None, stop_time: float | None
+) -> list[tuple[str, bytes]]:
+    """The camera at three moments: in distribution (1 s before the onset, else the middle of the
+    drive), the first OOD frame, and the last frame before the stop."""
+    arrivals = sorted((t, stamp) for stamp, t in recording.frames.items())
+    if not arrivals:
+        return []
+
+    def last_before(time_s: float) -> int:
+        return max((a for a in arrivals if a[0] <= time_s), default=arrivals[0])[1]
+
+    id_time = onset_time - 1.0 if onset_time is not None else arrivals[len(arrivals) // 2][0]
+    moments = [("in distribution", last_before(id_time))]
+    if onset_time is not None:
+        moments.append(("first OOD frame", last_before(onset_time)))
+    if stop_time is not None:
+        moments.append(
+            (f"at the stop (+{stop_time - (onset_time or 0):.2f} s)", last_before(stop_time))
+        )
+    return [
+        (title, recording.images[stamp]) for title, stamp in moments if stamp in recording.images
+    ]
+
+
+def _plot(
+    recording: Recording,
+    onset_time: float | None,
+    stops: list[float],
+    path: Path,
+    bundles: dict[str, Path | None],
+) -> None:
+    """The camera at three moments above each detector's decision statistic and alarm level."""
     try:
         import matplotlib
 
@@ -335,24 +396,37 @@ def _plot(recording: Recording, onset_time: float | None, stops: list[float], pa
     except ImportError:
         print("matplotlib is not installed: no plot")
         return
-    fig, axes = plt.subplots(2, 1, figsize=(9, 5), sharex=True)
-    # The latent score is the bundle's (KL or Mahalanobis); OOD scores run orders of magnitude above
-    # normal driving, so a log axis keeps both readable.
-    for ax, name, label in zip(
-        axes, ("bvae", "flow"), ("β-VAE latent score", "optical-flow latent score")
-    ):
+    moments = camera_moments(recording, onset_time, stops[0] if stops else None)
+    fig = plt.figure(figsize=(9, 7.5))
+    grid = fig.add_gridspec(3, max(len(moments), 1), height_ratios=(1.3, 1, 1))
+    for column, (title, jpeg) in enumerate(moments):
+        ax = fig.add_subplot(grid[0, column])
+        bgr = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+        if bgr is not None:
+            ax.imshow(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+        ax.set_title(title, fontsize=9)
+        ax.axis("off")
+    first = None
+    for row, (name, label) in enumerate((("bvae", "β-VAE"), ("flow", "optical flow")), start=1):
+        ax = fig.add_subplot(grid[row, :], sharex=first)
+        first = first or ax
         series = recording.scores[name]
-        values = [v for _, v in series]
-        ax.plot([t for t, _ in series], values, lw=1.2)
-        ax.set_ylabel(label)
-        if values and min(values) > 0:
-            ax.set_yscale("log")
+        if series:
+            times = [t for t, _ in series]
+            trace, level, what = decision_trace(series, bundles.get(name), name)
+            ax.plot(times, trace, lw=1.2, label=f"{label} {what}")
+            ax.axhline(level, color="tab:orange", ls=":", label=f"alarm level {level:.3g}")
+            ax.set_ylabel(f"{label} {what}")
+            # Linear up to the level, logarithmic above: both the crossing and the peak show.
+            ax.set_yscale("symlog", linthresh=max(level, 1e-6))
+            ax.set_ylim(bottom=0)
         if onset_time is not None:
             ax.axvline(onset_time, color="red", ls="--", label="onset (first OOD frame)")
         if stops:
             ax.axvline(stops[0], color="black", lw=2, label="emergency stop")
-    axes[0].legend(loc="upper left", fontsize=8)
-    axes[-1].set_xlabel("time since replay start [s]")
+        ax.legend(loc="upper left", fontsize=7)
+    if first is not None:
+        fig.axes[-1].set_xlabel("time since replay start [s]")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
