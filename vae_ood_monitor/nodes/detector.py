@@ -24,8 +24,8 @@ from std_msgs.msg import Bool, Float32
 
 from vae_ood_monitor.backends import BACKENDS, BackendError
 from vae_ood_monitor.bundle import BundleError
-from vae_ood_monitor.detector import ModelOutputError, OODDetector
-from vae_ood_monitor.images import FrameError, decode_message
+from vae_ood_monitor.detector import DEFAULT_DECODE, ModelOutputError, OODDetector
+from vae_ood_monitor.images import DECODES, FrameError, stamp_to_ns
 from vae_ood_monitor.nodes.common import (
     RELIABLE_QOS,
     Diagnostics,
@@ -58,6 +58,12 @@ class DetectorNode(Node):
             self, "backend", "onnxruntime", f"inference backend: {', '.join(BACKENDS)}"
         )
         threads = declare(self, "threads", 1, "inference threads")
+        decode = declare(
+            self,
+            "decode",
+            DEFAULT_DECODE,
+            f"JPEG decoding: {' or '.join(DECODES)} (the smallest scale covering the model input)",
+        )
         transport = declare(
             self, "image_transport", "compressed", "camera message type: compressed or raw"
         )
@@ -66,9 +72,9 @@ class DetectorNode(Node):
         )
         try:
             self.detector = OODDetector.from_path(
-                bundle or str(default_bundle(kind)), backend=backend, threads=threads
+                bundle or str(default_bundle(kind)), backend=backend, threads=threads, decode=decode
             )
-        except (BundleError, BackendError) as err:
+        except (BundleError, BackendError, ValueError) as err:
             raise StartupError(str(err)) from None
         if self.detector.kind != kind:
             raise StartupError(
@@ -152,8 +158,11 @@ class DetectorNode(Node):
     def _process(self, msg: Any, received: float) -> bool:
         """Score one frame and publish; False for a bad frame (skipped)."""
         started = time.monotonic()
+        # Motion is measured per second by the frames' header stamps; a camera that leaves them
+        # zero is timed by arrival instead.
+        stamp_ns = stamp_to_ns(msg.header.stamp) or int(received * 1e9)
         try:
-            score = self.detector.score_frame(decode_message(msg))
+            score = self.detector.score_message(msg, stamp_ns)
         except FrameError as err:
             self._bad_frame("bad_frames", f"bad frame skipped: {err}")
             return False
