@@ -6,7 +6,13 @@ import cv2
 import numpy as np
 import pytest
 
-from vae_ood_monitor.images import FrameError, decode_compressed, decode_message, decode_raw
+from vae_ood_monitor.images import (
+    FrameDecoder,
+    FrameError,
+    decode_compressed,
+    decode_message,
+    decode_raw,
+)
 
 
 def test_raw_rgb_with_row_padding_round_trips(frames):
@@ -66,3 +72,72 @@ def test_bad_raw_frames_say_why(args, reason):
 def test_bad_compressed_frames_say_why(data):
     with pytest.raises(FrameError, match="compressed image"):
         decode_compressed(data)
+
+
+def _jpeg_message(rgb: np.ndarray) -> SimpleNamespace:
+    _, jpeg = cv2.imencode(
+        ".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95]
+    )
+    return SimpleNamespace(format="jpeg", data=jpeg.tobytes())
+
+
+def _camera_frame() -> np.ndarray:
+    """A smooth 640x480 picture: a gradient with a bright square."""
+    rgb = np.zeros((480, 640, 3), np.uint8)
+    rgb[..., 0] = np.linspace(0, 255, 640, dtype=np.uint8)[None, :]
+    rgb[..., 1], rgb[..., 2] = 120, 60
+    rgb[200:280, 300:380] = 250
+    return rgb
+
+
+@pytest.mark.parametrize(
+    ("size", "shape"),
+    [
+        ((64, 64), (120, 160)),
+        ((88, 66), (120, 160)),
+        ((200, 150), (240, 320)),
+        ((640, 480), (480, 640)),
+    ],
+)
+def test_reduced_decoding_picks_the_smallest_scale_that_covers_the_model(size, shape):
+    message = _jpeg_message(_camera_frame())
+    decoder = FrameDecoder("reduced", size)
+    assert decoder(message).shape == (480, 640, 3), "the first frame decodes in full"
+    reduced = decoder(message)
+    assert reduced.shape == (*shape, 3)
+    full = cv2.resize(decode_message(message), shape[::-1], interpolation=cv2.INTER_AREA)
+    assert np.abs(reduced.astype(int) - full.astype(int)).mean() < 2.0, "the same picture"
+
+
+def test_reduced_grey_decoding_is_the_luma_and_full_decoding_is_unchanged():
+    message = _jpeg_message(_camera_frame())
+    grey = FrameDecoder("reduced", (88, 66), grey=True)
+    grey(message)
+    luma = grey(message)
+    assert luma.shape == (120, 160)
+    expected = cv2.resize(
+        cv2.cvtColor(decode_message(message), cv2.COLOR_RGB2GRAY),
+        (160, 120),
+        interpolation=cv2.INTER_AREA,
+    )
+    assert np.abs(luma.astype(int) - expected.astype(int)).mean() < 2.0
+    assert np.array_equal(
+        FrameDecoder("full", (88, 66), grey=True)(message), decode_message(message)
+    )
+
+
+def test_reduced_decoding_of_a_raw_image_and_of_bad_bytes(frames):
+    rgb = frames[0]
+    height, width = rgb.shape[:2]
+    raw = SimpleNamespace(
+        encoding="rgb8", height=height, width=width, step=width * 3, data=rgb.tobytes()
+    )
+    assert np.array_equal(
+        FrameDecoder("reduced", (8, 8), grey=True)(raw), cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+    )
+    with pytest.raises(FrameError, match="unreadable compressed image"):
+        FrameDecoder("reduced", (8, 8))(SimpleNamespace(format="jpeg", data=b"\xff\xd8 not a jpeg"))
+    with pytest.raises(FrameError, match="empty"):
+        FrameDecoder("reduced", (8, 8))(SimpleNamespace(format="jpeg", data=b""))
+    with pytest.raises(ValueError, match="decode must be one of"):
+        FrameDecoder("half")
