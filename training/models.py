@@ -115,9 +115,14 @@ class VAE(nn.Module):
         self.encoder = Encoder(config)
         self.decoder = Decoder(config)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(
+        self, x: torch.Tensor, noise: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`noise`: the training sample's N(0, 1) draw (drawn here when None)."""
         mu, logvar = self.encoder(x)
-        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar) if self.training else mu
+        if noise is None and self.training:
+            noise = torch.randn_like(mu)
+        z = mu + noise * torch.exp(0.5 * logvar) if self.training else mu
         return self.decoder(z), mu, logvar
 
 
@@ -128,10 +133,12 @@ class LossTerms:
     kl: torch.Tensor
 
 
-def vae_loss(model: VAE, x: torch.Tensor, beta: float) -> LossTerms:
+def vae_loss(
+    model: VAE, x: torch.Tensor, beta: float, noise: torch.Tensor | None = None
+) -> LossTerms:
     """Per-sample reconstruction + β·KL (summed over pixels and latent dims,
-    averaged over the batch)."""
-    recon, mu, logvar = model(x)
+    averaged over the batch); `noise` as in VAE.forward."""
+    recon, mu, logvar = model(x, noise)
     batch = x.shape[0]
     if model.config.output == "sigmoid":
         reconstruction = F.binary_cross_entropy_with_logits(recon, x, reduction="sum") / batch

@@ -1,20 +1,33 @@
 """A resumable VAE training loop: fixed seeds, tqdm progress, a checkpoint after every epoch.
 
+It runs on any device and data-parallel under torchrun (training.device, training.distributed);
+on one CPU process it trains as it always has, bit for bit.
+
 Checkpoints hold only tensors and plain Python values and are loaded with `weights_only=True`,
 so nothing in them is unpickled as code.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 from tqdm import tqdm
 
+from training.device import CPU, Hardware
+from training.distributed import (
+    Batch,
+    GlobalBatches,
+    batch_loader,
+    from_main,
+    local,
+    parallel,
+    run_epoch,
+)
 from training.models import VAE, VAEConfig, vae_loss
 
 
@@ -33,6 +46,18 @@ def set_seeds(seed: int) -> None:
     np.random.seed(seed)
 
 
+class _Objective(nn.Module):
+    """The VAE's loss as one module, so DistributedDataParallel sees the whole forward pass."""
+
+    def __init__(self, vae: VAE, beta: float) -> None:
+        super().__init__()
+        self.vae, self.beta = vae, beta
+
+    def forward(self, x: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        terms = vae_loss(self.vae, x, self.beta, noise)
+        return terms.total, terms.reconstruction, terms.kl
+
+
 def train_vae(
     config: VAEConfig,
     inputs: np.ndarray,
@@ -40,68 +65,92 @@ def train_vae(
     train: TrainConfig,
     checkpoint: Path,
     desc: str = "train",
+    hardware: Hardware = CPU,
 ) -> tuple[VAE, list[dict[str, float]]]:
-    """Train a VAE on `inputs` (N, C, H, W; converted batch-wise by `to_tensor`).
+    """Train a VAE on `inputs` (N, C, H, W; converted batch-wise by `to_tensor`) on `hardware`.
 
-    Resumes from `checkpoint` when it exists and matches `config`; returns the model in eval mode
-    and the per-epoch history (mean loss, reconstruction and KL per sample).
+    Resumes from `checkpoint` when it exists and matches `config` (under torchrun rank 0 reads it
+    and sends it to the others, so it need not be on a shared disk); returns the model on the CPU
+    in eval mode and the per-epoch history (mean loss, reconstruction and KL per sample).
     """
     torch.set_num_threads(train.threads)
     set_seeds(train.seed)
     model = VAE(config)
+    objective = parallel(_Objective(model, train.beta), hardware)
     optimiser = torch.optim.Adam(model.parameters(), lr=train.learning_rate)
+    scaler = hardware.grad_scaler()
     history: list[dict[str, float]] = []
-    if checkpoint.exists():
-        state = torch.load(checkpoint, weights_only=True)
-        if state["config"] == config.to_dict():
-            model.load_state_dict(state["model"])
-            optimiser.load_state_dict(state["optimiser"])
-            history = state["history"]
-            torch.set_rng_state(state["rng"])
-    checkpoint.parent.mkdir(parents=True, exist_ok=True)
-    generator = np.random.default_rng(train.seed)
-    for epoch in range(train.epochs):
-        order = generator.permutation(len(inputs))  # drawn every epoch, so resumed runs match
-        if epoch < len(history):
-            continue
-        model.train()
-        sums = {"loss": 0.0, "reconstruction": 0.0, "kl": 0.0}
-        batches = range(0, len(order), train.batch_size)
-        bar = tqdm(
-            batches, desc=f"{desc} epoch {epoch + 1}/{train.epochs}", unit="batch", leave=False
+    state = None
+    if hardware.is_main and checkpoint.exists():
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    state = from_main(state, hardware)
+    if state is not None and state["config"] == config.to_dict():
+        model.load_state_dict(state["model"])
+        optimiser.load_state_dict(state["optimiser"])
+        history = state["history"]
+        torch.set_rng_state(state["rng"])
+        if hardware.cuda and "cuda_rng" in state:
+            torch.cuda.set_rng_state(state["cuda_rng"], hardware.device)
+        if "scaler" in state:
+            scaler.load_state_dict(state["scaler"])
+    if hardware.is_main:
+        checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    sampler = GlobalBatches(len(inputs), train.batch_size, train.seed, hardware)
+    loader = batch_loader(inputs, to_tensor, sampler, hardware)
+
+    def loss_terms(batch: Batch) -> tuple[torch.Tensor, ...]:
+        x = batch.inputs.to(hardware.device, non_blocking=True)
+        # Noise for the whole global batch, from the same generator state on every process.
+        noise = torch.randn((batch.total, config.latent), device=hardware.device)
+        with hardware.autocast():
+            return objective(x, noise[batch.start : batch.start + len(x)])
+
+    for epoch in range(len(history), train.epochs):
+        sampler.set_epoch(epoch)
+        objective.train()
+        means = run_epoch(
+            loader,
+            loss_terms,
+            optimiser,
+            scaler,
+            hardware,
+            f"{desc} epoch {epoch + 1}/{train.epochs}",
+            ("loss", "reconstruction", "kl"),
         )
-        for start in bar:
-            batch = to_tensor(inputs[np.sort(order[start : start + train.batch_size])])
-            terms = vae_loss(model, batch, train.beta)
-            if not math.isfinite(terms.total.item()):
-                raise FloatingPointError(
-                    f"{desc}: loss became {terms.total.item()} in epoch {epoch + 1}"
-                )
-            optimiser.zero_grad()
-            terms.total.backward()
-            optimiser.step()
-            size = len(batch)
-            sums["loss"] += terms.total.item() * size
-            sums["reconstruction"] += terms.reconstruction.item() * size
-            sums["kl"] += terms.kl.item() * size
-            bar.set_postfix(loss=f"{terms.total.item():.1f}", kl=f"{terms.kl.item():.1f}")
-        history.append({k: v / len(order) for k, v in sums.items()})
-        tqdm.write(
-            f"{desc} epoch {epoch + 1}: "
-            + ", ".join(f"{k} {v:.2f}" for k, v in history[-1].items())
-        )
-        torch.save(
-            {
-                "config": config.to_dict(),
-                "model": model.state_dict(),
-                "optimiser": optimiser.state_dict(),
-                "history": history,
-                "rng": torch.get_rng_state(),
-            },
-            checkpoint,
-        )
-    model.eval()
-    return model, history
+        history.append(dict(zip(("loss", "reconstruction", "kl"), means)))
+        if hardware.is_main:
+            tqdm.write(
+                f"{desc} epoch {epoch + 1}: "
+                + ", ".join(f"{k} {v:.2f}" for k, v in history[-1].items())
+            )
+            _save(checkpoint, config, model, optimiser, scaler, history, hardware)
+    return local(model), history
+
+
+def _save(
+    checkpoint: Path,
+    config: VAEConfig,
+    model: VAE,
+    optimiser: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    history: list[dict[str, float]],
+    hardware: Hardware,
+) -> None:
+    """Everything a resumed run needs, written whole or not at all (a rename)."""
+    state = {
+        "config": config.to_dict(),
+        "model": model.state_dict(),
+        "optimiser": optimiser.state_dict(),
+        "history": history,
+        "rng": torch.get_rng_state(),
+    }
+    if hardware.cuda:
+        state["cuda_rng"] = torch.cuda.get_rng_state(hardware.device)
+    if scaler.is_enabled():
+        state["scaler"] = scaler.state_dict()
+    partial = checkpoint.with_name(checkpoint.name + ".partial")
+    torch.save(state, partial)
+    partial.replace(checkpoint)
 
 
 @torch.no_grad()

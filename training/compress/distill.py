@@ -10,7 +10,6 @@ logσ² (MSE) on the training frames. No decoder is needed, which keeps distilla
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,6 +21,8 @@ from torch.nn import functional as F
 from torch.nn.utils import prune
 from tqdm import tqdm
 
+from training.device import CPU, Hardware
+from training.distributed import Batch, GlobalBatches, batch_loader, local, parallel, run_epoch
 from training.models import Encoder, VAEConfig
 from training.trainer import TrainConfig, set_seeds
 from vae_ood_monitor.backends import make_encoder
@@ -80,36 +81,43 @@ def distill(
     targets: tuple[np.ndarray, np.ndarray],
     train: TrainConfig,
     desc: str = "distill",
+    hardware: Hardware = CPU,
 ) -> tuple[Encoder, list[float]]:
-    """Fit `student` to the teacher's (μ, logσ²) `targets` for `inputs`; returns it and the per-epoch loss."""
+    """Fit `student` to the teacher's (μ, logσ²) `targets` for `inputs` on `hardware`; returns it
+    (on the CPU, in eval mode) and the per-epoch loss."""
     torch.set_num_threads(train.threads)
     set_seeds(train.seed)
     mu_t, logvar_t = (torch.from_numpy(t) for t in targets)
+    net = parallel(student, hardware)
     optimiser = torch.optim.Adam(student.parameters(), lr=train.learning_rate)
-    generator = np.random.default_rng(train.seed)
+    scaler = hardware.grad_scaler()
+    sampler = GlobalBatches(len(inputs), train.batch_size, train.seed, hardware)
+    loader = batch_loader(inputs, to_tensor, sampler, hardware)
+
+    def loss_terms(batch: Batch) -> tuple[torch.Tensor]:
+        x = batch.inputs.to(hardware.device, non_blocking=True)
+        mu_ref, logvar_ref = (t[batch.indices].to(hardware.device) for t in (mu_t, logvar_t))
+        with hardware.autocast():
+            mu, logvar = net(x)
+            return (F.mse_loss(mu, mu_ref) + F.mse_loss(logvar, logvar_ref),)
+
     history = []
     for epoch in range(train.epochs):
-        student.train()
-        order = generator.permutation(len(inputs))
-        total = 0.0
-        for start in tqdm(
-            range(0, len(order), train.batch_size),
-            desc=f"{desc} epoch {epoch + 1}/{train.epochs}",
-            leave=False,
-        ):
-            index = np.sort(order[start : start + train.batch_size])
-            mu, logvar = student(to_tensor(inputs[index]))
-            loss = F.mse_loss(mu, mu_t[index]) + F.mse_loss(logvar, logvar_t[index])
-            if not math.isfinite(loss.item()):
-                raise FloatingPointError(f"{desc}: loss became {loss.item()} in epoch {epoch + 1}")
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
-            total += loss.item() * len(index)
-        history.append(total / len(order))
-        tqdm.write(f"{desc} epoch {epoch + 1}: latent MSE {history[-1]:.4f}")
-    student.eval()
-    return student, history
+        net.train()
+        sampler.set_epoch(epoch)
+        (mse,) = run_epoch(
+            loader,
+            loss_terms,
+            optimiser,
+            scaler,
+            hardware,
+            f"{desc} epoch {epoch + 1}/{train.epochs}",
+            ("mse",),
+        )
+        history.append(mse)
+        if hardware.is_main:
+            tqdm.write(f"{desc} epoch {epoch + 1}: latent MSE {history[-1]:.4f}")
+    return local(student), history
 
 
 def parameter_count(module: torch.nn.Module) -> int:

@@ -15,14 +15,18 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from dataclasses import replace
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
 from torch.nn import functional as F
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from training.compress.distill import distill
+from training.device import CPU, Hardware
+from training.distributed import replace_modules
 from training.models import Encoder
 from training.trainer import TrainConfig
 
@@ -42,6 +46,9 @@ class FakeQuantized(nn.Module):
 
     def _observe(self, x: torch.Tensor) -> None:
         low, high = x.detach().min(), x.detach().max()
+        if dist.is_initialized() and dist.get_world_size() > 1:  # the range of the global batch
+            dist.all_reduce(low, op=dist.ReduceOp.MIN)
+            dist.all_reduce(high, op=dist.ReduceOp.MAX)
         if not self.observed:
             self.low.copy_(low)
             self.high.copy_(high)
@@ -91,7 +98,8 @@ class FakeQuantized(nn.Module):
 
 
 def fold_batchnorm(encoder: Encoder) -> Encoder:
-    """A copy with every BatchNorm folded into the convolution before it (same outputs in eval mode)."""
+    """A copy with every BatchNorm folded into the convolution before it (same outputs in eval
+    mode)."""
     folded = copy.deepcopy(encoder).eval()
     for block in folded.features:
         if (
@@ -105,19 +113,10 @@ def fold_batchnorm(encoder: Encoder) -> Encoder:
     return folded
 
 
-def _swap_layers(module: nn.Module, wrap: Callable[[nn.Module], nn.Module | None]) -> None:
-    for name, child in module.named_children():
-        replacement = wrap(child)
-        if replacement is not None:
-            setattr(module, name, replacement)
-        else:
-            _swap_layers(child, wrap)
-
-
 def quantization_aware(encoder: Encoder) -> Encoder:
     """A BatchNorm-folded copy whose conv and linear layers are FakeQuantized."""
     model = fold_batchnorm(encoder)
-    _swap_layers(
+    replace_modules(
         model, lambda m: FakeQuantized(m) if isinstance(m, (nn.Conv2d, nn.Linear)) else None
     )
     return model
@@ -125,7 +124,7 @@ def quantization_aware(encoder: Encoder) -> Encoder:
 
 def strip_fake_quantization(encoder: Encoder) -> Encoder:
     """The plain float encoder inside a quantization-aware one (in place), ready for export."""
-    _swap_layers(encoder, lambda m: m.layer if isinstance(m, FakeQuantized) else None)
+    replace_modules(encoder, lambda m: m.layer if isinstance(m, FakeQuantized) else None)
     return encoder.eval()
 
 
@@ -136,10 +135,18 @@ def qat_finetune(
     targets: tuple[np.ndarray, np.ndarray],
     train: TrainConfig,
     desc: str = "qat",
+    hardware: Hardware = CPU,
 ) -> tuple[Encoder, list[float]]:
     """Distil a quantization-aware copy of `encoder` to the teacher's (μ, logσ²) `targets`; returns
-    the float encoder (BatchNorm folded) with the fine-tuned weights and the per-epoch loss."""
+    the float encoder (BatchNorm folded) with the fine-tuned weights and the per-epoch loss.
+    Always in full precision: half-precision activations would blur the INT8 rounding it learns."""
     model, history = distill(
-        quantization_aware(encoder), inputs, to_tensor, targets, train, desc=desc
+        quantization_aware(encoder),
+        inputs,
+        to_tensor,
+        targets,
+        train,
+        desc=desc,
+        hardware=replace(hardware, amp=None),
     )
     return strip_fake_quantization(model), history
