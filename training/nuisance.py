@@ -208,7 +208,8 @@ class Replay:
 
 def score_replay(job: tuple[Episode, str]) -> Replay:
     """One episode under one row, scored in chunks by the worker's detectors (training.evaluate's)
-    as the robot scores a stream: one decision state, the frames' stamps as their arrival times."""
+    as the robot scores a stream: one decision state, the frames' stamps as their header stamps
+    (the flow detector's motion per second) and arrival times (the frozen-camera check)."""
     episode, row_name = job
     detectors, frozen_s = evaluate.worker_detectors()
     watch = FrozenCameraWatch(frozen_s)
@@ -219,13 +220,15 @@ def score_replay(job: tuple[Episode, str]) -> Replay:
     previous: list[np.ndarray] = []  # the last frame of the previous chunk, for frame differences
 
     def flush() -> None:
+        times = stamps[len(stamps) - len(frames) :]
         chunks.append(
             score_frames(
                 frames,
                 detectors,
                 reset=not chunks,
-                times_s=stamps[len(stamps) - len(frames) :],
+                times_s=times,
                 frozen_watch=watch,
+                stamps_ns=[round(t * 1e9) for t in times],
             )
         )
         both = evaluate.baseline_features(previous + frames)

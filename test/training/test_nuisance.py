@@ -1,0 +1,170 @@
+"""The nuisance evaluation (training.nuisance): each row's transform does what it says, and the
+evaluation runs end to end on real bags with the committed tiny bundles (ONNX Runtime)."""
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from support import synthetic_frames, tiny_bundle
+
+from training.data.episodes import EpisodeInfo, EpisodeWriter
+from training.data.generate import MANIFEST_FILE, manifest_entry
+from training.dataset import episodes
+from training.nuisance import (
+    AS_RECORDED,
+    NORMAL_ROWS,
+    ROWS_BY_NAME,
+    Row,
+    contrast,
+    exposure,
+    jpeg,
+    main,
+    noise,
+    replay,
+    resolution,
+    white_balance,
+)
+from vae_ood_monitor.decision import DecisionParams
+
+RNG = np.random.default_rng(0)
+FRAME = RNG.integers(40, 200, (48, 64, 3), dtype=np.uint8)
+
+
+def test_camera_rate_keeps_every_nth_frame_with_the_stamps_it_was_taken_at():
+    indices, stamps = ROWS_BY_NAME["camera 15 Hz"].selection(60.0, 120, seed=1)
+    assert indices.tolist() == list(range(0, 120, 4))
+    np.testing.assert_allclose(stamps, indices / 60.0)  # honest: when the frame was taken
+    indices, stamps = ROWS_BY_NAME["camera 10 Hz"].selection(30.0, 90, seed=1)
+    assert indices.tolist() == list(range(0, 90, 3))
+    np.testing.assert_allclose(np.diff(stamps), 0.1)
+    indices, stamps = AS_RECORDED.selection(60.0, 10, seed=1)
+    assert indices.tolist() == [0, 2, 4, 6, 8]
+
+
+def test_lost_frames_drop_that_share_keep_the_first_and_the_stamps_of_the_rest():
+    row = ROWS_BY_NAME["30 % frames lost"]
+    full_indices, full_stamps = AS_RECORDED.selection(30.0, 301, seed=3)
+    indices, stamps = row.selection(30.0, 301, seed=3)
+    assert len(indices) == 301 - 90  # 30 % of the 300 frames after the first
+    assert indices[0] == 0 and np.all(np.diff(indices) > 0)
+    np.testing.assert_allclose(stamps, full_stamps[indices])  # a lost frame leaves a gap
+    assert np.array_equal(indices, row.selection(30.0, 301, seed=3)[0])
+    assert not np.array_equal(indices, row.selection(30.0, 301, seed=4)[0])
+    assert len(full_indices) == 301
+
+
+def test_half_speed_stamps_every_rendered_frame_at_the_camera_rate():
+    row = ROWS_BY_NAME["half speed"]
+    indices, stamps = row.selection(60.0, 120, seed=0)
+    assert indices.tolist() == list(range(120))  # half the distance per second ...
+    np.testing.assert_allclose(np.diff(stamps), 1 / 30)  # ... at 30 frames per second
+    assert row.applies_to(60.0) and not row.applies_to(30.0)
+    with pytest.raises(ValueError, match="half speed.*whole multiple of 60 Hz, got 30 Hz"):
+        row.selection(30.0, 100, seed=0)
+
+
+def test_exposure_scales_pixel_values_and_saturates():
+    frame = np.array([[[100, 50, 200]]], np.uint8)
+    assert exposure(0.7)(frame, RNG).tolist() == [[[70, 35, 140]]]
+    assert exposure(1.4)(frame, RNG).tolist() == [[[140, 70, 255]]]
+
+
+def test_contrast_scales_distances_from_the_mean():
+    out = contrast(1.2)(FRAME, RNG).astype(float)
+    mean = FRAME.mean()
+    np.testing.assert_allclose(out - mean, 1.2 * (FRAME - mean), atol=0.51)
+    assert contrast(0.8)(FRAME, RNG).std() == pytest.approx(0.8 * FRAME.std(), rel=0.01)
+
+
+def test_white_balance_shifts_red_and_blue_the_opposite_ways():
+    frame = np.full((2, 2, 3), 100, np.uint8)
+    assert white_balance(0.1)(frame, RNG)[0, 0].tolist() == [110, 100, 90]
+    assert white_balance(-0.1)(frame, RNG)[0, 0].tolist() == [90, 100, 110]
+
+
+def test_jpeg_resolution_and_noise():
+    smooth = np.repeat(np.linspace(0, 255, 64, dtype=np.uint8)[None, :, None], 48, 0).repeat(3, 2)
+    textured = np.clip(smooth + RNG.normal(0, 20, smooth.shape), 0, 255).astype(np.uint8)
+    error = np.abs(jpeg(30)(textured, RNG).astype(int) - textured).mean()
+    assert 1.0 < error < 20.0  # lossy, but the same picture
+    assert resolution(320, 240)(np.zeros((480, 640, 3), np.uint8), RNG).shape == (240, 320, 3)
+    assert resolution(1280, 960)(np.zeros((480, 640, 3), np.uint8), RNG).shape == (960, 1280, 3)
+    grey = np.full((200, 200, 3), 128, np.uint8)
+    first, second = noise(4.0)(grey, RNG), noise(4.0)(grey, RNG)
+    assert first.astype(float).std() == pytest.approx(4.0, rel=0.05)
+    assert not np.array_equal(first, second)  # new noise in every frame
+
+
+def _dataset(root: Path, specs: list[tuple[str, str, float, int, int | None]]) -> Path:
+    """Real bags (EpisodeWriter) of synthetic frames and a manifest; an onset turns them black."""
+    entries = []
+    for name, scenario, fps, frames, onset in specs:
+        path = root / "test" / name
+        category = "id" if scenario == "id" else "sensor"
+        info = EpisodeInfo(name, scenario, category, onset_frame=onset, fps=fps, map="synthetic")
+        with EpisodeWriter(path, info) as writer:
+            for i, rgb in enumerate(synthetic_frames(frames)):
+                ood = onset is not None and i >= onset
+                writer.add_frame(np.zeros_like(rgb) if ood else rgb, ood)
+        entries.append(manifest_entry(path, "test", name))
+    manifest = {"splits": {"test": [e["name"] for e in entries]}, "episodes": entries}
+    (root / MANIFEST_FILE).write_text(json.dumps(manifest))
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("nuisance")
+    _dataset(
+        root / "plain",
+        [("test_id_001", "id", 60.0, 150, None), ("test_black_onset_001", "black", 30.0, 75, 45)],
+    )
+    _dataset(root / "decorated", [("test_id_001", "id", 60.0, 120, None)])
+    return root
+
+
+def test_replay_delivers_the_rows_frames_stamps_and_labels(tiny_data):
+    onset = next(e for e in episodes(tiny_data / "plain", "test") if e.onset_frame)
+    delivered = list(replay(onset, ROWS_BY_NAME["camera 15 Hz"]))
+    assert len(delivered) == 38  # frames 0, 2, ..., 74
+    assert [s for _, s, _ in delivered][:3] == pytest.approx([0.0, 2 / 30, 4 / 30])
+    assert [label for _, _, label in delivered] == [i >= 45 for i in range(0, 75, 2)]
+    dark = list(replay(onset, Row("dark", transform=exposure(0.5))))
+    assert dark[0][0].mean() == pytest.approx(0.5 * delivered[0][0].mean(), abs=1.0)
+
+
+@pytest.mark.parametrize(("threshold", "flagged"), [(-1e9, "100.0 %"), (1e12, "0.0 %")])
+def test_evaluation_runs_end_to_end_and_writes_table_and_plot(
+    tiny_data, tmp_path, threshold, flagged
+):
+    """Detectors that always / never flag give 100 % / 0 % on every row: the share is measured."""
+    decision = DecisionParams(mode="threshold", threshold=threshold)
+    bundles = [tiny_bundle(n, tmp_path, decision) for n in ("bvae_tiny", "flow_tiny")]
+    rows = ["camera 10 Hz", "exposure x1.4", "half speed", "decorated town"]
+    out = tmp_path / "report"
+    argv = ["--data", str(tiny_data / "plain"), "--decorated", str(tiny_data / "decorated")]
+    argv += ["--bvae", str(bundles[0]), "--flow", str(bundles[1]), "--out", str(out)]
+    assert main([*argv, "--rows", *rows, "--workers", "1", "--frozen-s", "0"]) == 0
+    for name in ("report.md", "rows.csv", "scenarios.csv", "nuisance.png"):
+        assert (out / name).stat().st_size > 0
+    with (out / "rows.csv").open() as handle:
+        table = {r["row"]: r for r in csv.DictReader(handle)}
+    assert list(table) == [AS_RECORDED.name, *rows]
+    # Past the first second: 60 Hz drives of 150 frames are 2.5 s, the decorated one 2 s.
+    assert int(table[AS_RECORDED.name]["id_frames"]) == 45
+    assert int(table["camera 10 Hz"]["id_frames"]) == 15
+    assert int(table["half speed"]["id_frames"]) == 120
+    assert int(table["decorated town"]["id_frames"]) == 30
+    assert table["half speed"]["ood_set"] == "as recorded"  # the onsets are 30 Hz drives
+    assert table["camera 10 Hz"]["ood_set"] == "this row"
+    report = (out / "report.md").read_text()
+    assert report.count(f"| {flagged} |") >= len(table)
+    if threshold < 0:
+        assert table["camera 10 Hz"]["onsets_within_bar"] == "1/1"
+        assert table["camera 10 Hz"]["stopped_before_onset"] == "1/1"
+
+
+def test_every_row_of_the_normal_table_has_a_unique_name():
+    assert len(ROWS_BY_NAME) == len(NORMAL_ROWS)
