@@ -21,7 +21,7 @@ export ROS_AUTOMATIC_DISCOVERY_RANGE ?= LOCALHOST
 
 RECIPES := training/configs
 
-.PHONY: help demo test lint venv sim-venv system-deps dataset models compress eval promote clean
+.PHONY: help demo test lint venv sim-venv system-deps dataset models compress eval promote adapt clean
 
 help:  ## this list
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 12
@@ -87,6 +87,12 @@ eval: venv  ## evaluate the defaults and teachers on the test split into reports
 
 promote: venv  ## make BVAE=<bundle> and/or FLOW=<bundle> the runtime defaults (models/defaults.json)
 	$(VENV)/bin/python -m training.promote $(if $(BVAE),--bvae $(BVAE)) $(if $(FLOW),--flow $(FLOW))
+
+# Your robot's world from your own recordings (docs/adapt.md): BAGS="a.mcap b.bag" [OUT=runs/adapt].
+OUT ?= runs/adapt
+adapt: venv  ## adapt the defaults to BAGS="drive1.mcap drive2.bag" into OUT (default runs/adapt)
+	@test -n "$(BAGS)" || { echo 'make adapt: give BAGS="drive1.mcap drive2.bag"' >&2; exit 2; }
+	$(VENV)/bin/python -m training.adapt $(addprefix --bag ,$(BAGS)) --out $(OUT)
 
 clean:  ## remove the virtual environments and build outputs (not datasets/ or runs/)
 	rm -rf $(VENV) $(SIM_VENV) build *.egg-info
