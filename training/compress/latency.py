@@ -102,7 +102,9 @@ from pathlib import Path
 import numpy as np
 from vae_ood_monitor.backends import OnnxRuntimeEncoder
 for path, shape in zip(sys.argv[1::2], sys.argv[2::2]):
-    OnnxRuntimeEncoder(Path(path), threads=1, providers=("CPUExecutionProvider",))(np.zeros((1, *map(int, shape.split("x"))), np.float32))
+    OnnxRuntimeEncoder(Path(path), threads=1, providers=("CPUExecutionProvider",))(
+        np.zeros((1, *map(int, shape.split("x"))), np.float32)
+    )
 status = Path("/proc/self/status").read_text().splitlines()
 print(next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024.0)
 """
@@ -122,6 +124,7 @@ def peak_memory_mb(files: dict[str, Path], shapes: dict[str, tuple[int, ...]]) -
     )
     if result.returncode != 0:
         raise RuntimeError(
-            f"measuring memory of {', '.join(map(str, files.values()))} failed: {result.stderr.strip()[-300:]}"
+            f"measuring memory of {', '.join(map(str, files.values()))} failed: "
+            f"{result.stderr.strip()[-300:]}"
         )
     return float(result.stdout.strip())

@@ -38,7 +38,8 @@ class Perturbations:
         of the input left), half mixed with another random input (weight 0.2–0.8)."""
         if frames < 2 or copies_per_frame < 1:
             raise ValueError(
-                f"perturbed copies need at least 2 frames and 1 copy per frame, got {frames} frames, {copies_per_frame} copies"
+                "perturbed copies need at least 2 frames and 1 copy per frame, "
+                f"got {frames} frames, {copies_per_frame} copies"
             )
         rng = np.random.default_rng(seed)
         source = np.tile(np.arange(frames), copies_per_frame)

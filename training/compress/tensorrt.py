@@ -2,7 +2,8 @@
 the GPU and TensorRT version they were built with).
 
     python -m training.compress.tensorrt models/bvae_baseline --precision fp16
-    python -m training.compress.tensorrt models/bvae_baseline --precision int8 --calibration datasets/default
+    python -m training.compress.tensorrt models/bvae_baseline --precision int8 \
+        --calibration datasets/default
 
 Targets: Jetson Nano — JetPack 4.6.x, TensorRT 8.2 (binding API, `max_workspace_size`);
 Jetson Orin — JetPack 6, TensorRT 8.6 / 10.x (named tensors, memory pools). The engine lands beside
@@ -36,7 +37,8 @@ def _tensorrt():  # type: ignore[no-untyped-def]
         from cuda import cudart
     except ImportError as err:
         raise TensorRTUnavailable(
-            f"TensorRT is not available here ({err}); build engines on the Jetson (JetPack ships it)"
+            f"TensorRT is not available here ({err}); "
+            "build engines on the Jetson (JetPack ships it)"
         ) from None
     return trt, cudart
 

@@ -2,9 +2,12 @@
 
 Layout of an episode directory (a normal rosbag2 bag that `ros2 bag play` and `rosbags` read):
 
-    <episode>/metadata.yaml, <episode>_0.mcap   the bag: sensor_msgs/CompressedImage on the camera topic
-    <episode>/ground_truth.csv                  per-frame label, scenario, onset (vae_ood_monitor.ground_truth)
-    <episode>/episode.json                      how it was made: scenario, map, seed, onset, intensity, source
+    <episode>/metadata.yaml, <episode>_0.mcap
+        the bag: sensor_msgs/CompressedImage on the camera topic
+    <episode>/ground_truth.csv
+        per-frame label, scenario, onset (vae_ood_monitor.ground_truth)
+    <episode>/episode.json
+        how it was made: scenario, map, seed, onset, intensity, source
 """
 
 from __future__ import annotations
@@ -83,7 +86,7 @@ class EpisodeWriter:
         self._writer = Writer(path, version=Writer.VERSION_LATEST, storage_plugin=STORAGES[storage])
         self._connection: Any = None
 
-    def __enter__(self) -> EpisodeWriter:
+    def __enter__(self) -> EpisodeWriter:  # noqa: PYI034 never subclassed here
         self._writer.open()
         self._connection = self._writer.add_connection(
             self._topic, COMPRESSED_IMAGE_TYPE, typestore=_TYPESTORE

@@ -208,7 +208,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"import: {err}", file=sys.stderr)
         return 1
     print(
-        f"imported {info.frames} frames {info.width}x{info.height} from {args.source} into {args.out}"
+        f"imported {info.frames} frames {info.width}x{info.height} "
+        f"from {args.source} into {args.out}"
     )
     return 0
 

@@ -1,6 +1,7 @@
 """Merge dataset folders into one, so calibration and validation see more of the world.
 
-    python -m training.data.merge datasets/default datasets/intersections --out datasets/default_plus
+    python -m training.data.merge datasets/default datasets/intersections \
+        --out datasets/default_plus
     python -m training.data.merge datasets/default --add calibration=datasets/real/drive_01 \
         --add validation=datasets/real/drive_02 --out datasets/default_real
 
@@ -15,9 +16,10 @@ validation split holds the OOD onsets the decision is tuned on.
 Episodes are linked (symlinks to the source bags), not copied. The first dataset keeps its episode
 names, later ones are prefixed with their folder name, added episodes with their parent folder's
 name. All datasets and added episodes must share camera topic, frame size and rate. The merged
-manifest names its sources; its dataset hash covers every episode's bag and labels. Generated episodes of
-different datasets that drive the same map from the same seed start alike and repeat each other's
-frames (until an onset): the merge warns and lists them in the manifest as `repeated_drives`.
+manifest names its sources; its dataset hash covers every episode's bag and labels. Generated
+episodes of different datasets that drive the same map from the same seed start alike and repeat
+each other's frames (until an onset): the merge warns and lists them in the manifest as
+`repeated_drives`.
 """
 
 from __future__ import annotations
@@ -95,7 +97,8 @@ def merge(sources: list[Path], out: Path, added: list[tuple[str, Path]] = ()) ->
         raise DatasetError("merge needs a dataset and at least one more dataset or --add episode")
     if len({source.name for source in sources}) < len(sources):
         raise DatasetError(
-            f"datasets must have different folder names (they prefix episode names): {', '.join(map(str, sources))}"
+            "datasets must have different folder names (they prefix episode names): "
+            f"{', '.join(map(str, sources))}"
         )
     manifests = [load_manifest(source) for source in sources]
     for source, manifest in zip(sources, manifests):
@@ -194,13 +197,15 @@ def main(argv: list[str] | None = None) -> int:
         shown = "; ".join(" = ".join(names) for names in manifest["repeated_drives"][:3])
         more = len(manifest["repeated_drives"]) - 3
         print(
-            f"merge: warning: {len(manifest['repeated_drives'])} drives repeat (same map and seed, so the same frames until an onset): "
+            f"merge: warning: {len(manifest['repeated_drives'])} drives repeat "
+            "(same map and seed, so the same frames until an onset): "
             f"{shown}{f'; {more} more' if more > 0 else ''} (manifest.json: repeated_drives)",
             file=sys.stderr,
         )
     sizes = ", ".join(f"{split} {len(names)}" for split, names in manifest["splits"].items())
     print(
-        f"{args.out}: {len(manifest['episodes'])} episodes ({sizes}), dataset sha256 {manifest['dataset_sha256'][:16]}…"
+        f"{args.out}: {len(manifest['episodes'])} episodes ({sizes}), "
+        f"dataset sha256 {manifest['dataset_sha256'][:16]}…"
     )
     return 0
 

@@ -100,7 +100,8 @@ OBSTACLE_PIXEL_DIFFERENCE = (
 )
 LANE_PATH_STEP_M = 0.05
 # The simulator's `4way` map hangs its traffic light this high, at this offset from the tile centre
-# (metres, map frame) and heading; other corners are the same pose turned by multiples of 90 degrees.
+# (metres, map frame) and heading; other corners are the same pose turned by
+# multiples of 90 degrees.
 TRAFFIC_LIGHT_HEIGHT_M = 0.4
 TRAFFIC_LIGHT_CORNER_M = (-0.18, -0.18)
 TRAFFIC_LIGHT_HEADING_DEG = 135.0
