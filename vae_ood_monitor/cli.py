@@ -1,9 +1,11 @@
 """`vae-ood-monitor`: the monitor's command line (ONNX Runtime only, no torch).
 
 vae-ood-monitor demo                                   # shipped demo bag through the graph over DDS
-vae-ood-monitor bench [--runs N]                       # keep-up, onset-to-stop latency, memory
+vae-ood-monitor bench [--runs N] [--baseline-ref REF]  # keep-up, latency, CPU per frame, memory
+vae-ood-monitor bench --soak MINUTES                   # long ID drive: RSS over time, keep-up, stops
+vae-ood-monitor bench --offline                        # camera rates / lost frames, before vs after
 vae-ood-monitor monitor [--params-file F] [--bag B]    # the whole graph in one process
-vae-ood-monitor score --bag PATH [--topic T] --out scores.csv
+vae-ood-monitor score --bag PATH [--topic T] [--every N] [--drop P] --out scores.csv
 vae-ood-monitor eval --bag PATH [--bag PATH ...]
 """
 
@@ -13,6 +15,7 @@ import argparse
 import csv
 import math
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -20,10 +23,11 @@ import numpy as np
 from vae_ood_monitor.backends import BACKENDS, BackendError
 from vae_ood_monitor.bags import BagError
 from vae_ood_monitor.bundle import BundleError
-from vae_ood_monitor.detector import ModelOutputError, OODDetector
+from vae_ood_monitor.detector import DEFAULT_DECODE, ModelOutputError, OODDetector
 from vae_ood_monitor.ground_truth import GroundTruthError, read_ground_truth
+from vae_ood_monitor.images import DECODES
 from vae_ood_monitor.metrics import auroc, detection_delay, fpr_at_tpr, rising_edges
-from vae_ood_monitor.offline import DETECTORS, default_bundle, score_bag
+from vae_ood_monitor.offline import DETECTORS, default_bundle, score_bag, thinned
 from vae_ood_monitor.safety import SafetyConfig
 
 SCORE_COLUMNS = ("stamp_ns", "bvae_score", "flow_score", "ood")
@@ -41,7 +45,9 @@ def _detectors(args: argparse.Namespace) -> dict[str, OODDetector]:
     detectors = {}
     for name in DETECTORS:
         path = getattr(args, name) or default_bundle(name)
-        detectors[name] = OODDetector.from_path(path, backend=args.backend, threads=args.threads)
+        detectors[name] = OODDetector.from_path(
+            path, backend=args.backend, threads=args.threads, decode=args.decode
+        )
     return detectors
 
 
@@ -51,7 +57,13 @@ def _rows(
     """(stamp, β-VAE score, flow score, fused flag, surprise per detector) for every decodable frame."""
     rows = []
     for stamps, results in score_bag(
-        bag, detectors, args.topic, on_bad_frame=_warn, frozen_s=args.frozen_s
+        bag,
+        detectors,
+        args.topic,
+        on_bad_frame=_warn,
+        frozen_s=args.frozen_s,
+        select=lambda messages: thinned(messages, args.every, args.drop, args.seed, args.speed),
+        stamps=not args.per_frame,
     ):
         fused = results.fused_flags
         for i, stamp in enumerate(stamps):
@@ -163,9 +175,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from vae_ood_monitor.bench import run_bench
+    from vae_ood_monitor.bench import run_bench, run_offline_table
     from vae_ood_monitor.demo import demo_bag
 
+    if args.offline:
+        return run_offline_table(args.bag or demo_bag(), {"bvae": args.bvae, "flow": args.flow})
     return run_bench(
         args.bag or demo_bag(),
         args.runs,
@@ -198,6 +212,49 @@ def _add_detector_options(parser: argparse.ArgumentParser) -> None:
         help="the fused decision also stops on byte-identical frames for longer than this, as the "
         "safety stop does [s] (default: %(default)s; 0: detectors only)",
     )
+    parser.add_argument(
+        "--decode",
+        choices=DECODES,
+        default=DEFAULT_DECODE,
+        help="JPEG decoding, as the detector nodes' `decode` parameter (default: %(default)s)",
+    )
+    camera = parser.add_argument_group("camera variations (honest header stamps)")
+    camera.add_argument(
+        "--every", type=_ranged(int, 1), default=1, help="keep every N-th frame (2: 15 Hz)"
+    )
+    camera.add_argument(
+        "--drop", type=_ranged(float, 0.0, 1.0), default=0.0, help="share of frames lost at random"
+    )
+    camera.add_argument("--seed", type=int, default=0, help="seed of the lost frames")
+    camera.add_argument(
+        "--speed",
+        type=_ranged(float, 0.0, None, low_open=True),
+        default=1.0,
+        help="stamps run this much faster (a real speed-up; eval: stamps no longer match labels)",
+    )
+    camera.add_argument(
+        "--per-frame",
+        action="store_true",
+        help="ignore the header stamps: flow per received frame (the behaviour before 2026-12-06)",
+    )
+
+
+def _ranged(
+    kind: type, low: float, high: float | None = None, low_open: bool = False
+) -> Callable[[str], float]:
+    """argparse type: a number of `kind` >= low (> low with `low_open`) and < high."""
+
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a {kind.__name__}: '{text}'") from None
+        if value < low or (low_open and value == low) or (high is not None and value >= high):
+            bounds = f"{'>' if low_open else '>='} {low}" + (f" and < {high}" if high else "")
+            raise argparse.ArgumentTypeError(f"must be {bounds}, got {text}")
+        return value
+
+    return parse
 
 
 def non_negative_seconds(text: str) -> float:
@@ -252,6 +309,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--runs", type=int, default=5)
     bench.add_argument("--out", type=Path, default=Path("build/bench"), help="node logs per run")
     bench.add_argument("--rate", type=float, default=1.0)
+    bench.add_argument(
+        "--offline",
+        action="store_true",
+        help="no graph: the bag scored as `score` does at 30/15/10 Hz, 25 %% lost and a 2x "
+        "speed-up, per frame (before) vs per second, full vs reduced decoding",
+    )
     _add_bundle_options(bench)
     bench.set_defaults(run=cmd_bench)
     monitor = commands.add_parser(
