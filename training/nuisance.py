@@ -1,9 +1,11 @@
 """Nuisance evaluation: held-out ID drives replayed through every row of the normal table.
 
-    python -m training.nuisance --data datasets/heldout_id --decorated datasets/decorated_test \\
-        --onsets datasets/heldout_onsets --out reports/nuisance
+    python -m training.nuisance --data datasets/heldout_id --data datasets/heldout_onsets \\
+        --decorated datasets/decorated_test --out reports/nuisance
 
-(also `python -m training.evaluate nuisance ...`). docs/normal.md is the table this measures: each
+(also `python -m training.evaluate nuisance ...`;
+`python -m training.nuisance photometric ...` writes a β-VAE bundle with photometric
+normalisation on, for comparison). docs/normal.md is the table this measures: each
 row changes the drives the way a real camera, link or town changes them (camera rate with honest
 header stamps, lost frames, exposure, contrast, white balance, JPEG, resolution, sensor noise,
 half speed, a decorated town) and replays them through the onboard detectors (the runtime's
@@ -21,12 +23,14 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import math
+import shutil
 import sys
 import zlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import cv2
@@ -34,14 +38,22 @@ import numpy as np
 from tqdm import tqdm
 
 from training import evaluate
-from training.dataset import DatasetError, Episode, episodes
+from training.dataset import DatasetError, Episode, episodes, iter_frames, load_manifest
 from vae_ood_monitor.bags import read_camera_messages
-from vae_ood_monitor.bundle import BundleError, default_bundle, load_bundle
+from vae_ood_monitor.bundle import (
+    BUNDLE_FILE,
+    SUMS_FILE,
+    BundleError,
+    default_bundle,
+    load_bundle,
+    write_sums,
+)
 from vae_ood_monitor.cli import non_negative_seconds
 from vae_ood_monitor.ground_truth import read_ground_truth
 from vae_ood_monitor.images import decode_message
 from vae_ood_monitor.metrics import auroc, detection_delay
 from vae_ood_monitor.offline import score_frames
+from vae_ood_monitor.preprocessing import ImagePreprocessing, PhotometricRanges
 from vae_ood_monitor.safety import FrozenCameraWatch, SafetyConfig
 
 NOMINAL_HZ = 30.0
@@ -545,7 +557,86 @@ def _plot(summaries: list[dict[str, object]], path: Path) -> None:
     plt.close(fig)
 
 
+PHOTOMETRIC_QUANTILE = 0.005  # the ranges hold all but the 0.5 % most extreme reference frames
+
+
+def fit_photometric(
+    items: list[Episode], prep: ImagePreprocessing, quantile: float = PHOTOMETRIC_QUANTILE
+) -> tuple[PhotometricRanges, int]:
+    """The ranges of the model input's photometric statistics over ID frames (and their count)."""
+    plain = replace(prep, photometric=None)
+    stats = np.array(
+        [
+            PhotometricRanges.statistics(plain.resize(rgb))
+            for episode in items
+            for rgb, _ in iter_frames(episode)
+        ]
+    )
+    if not len(stats):
+        raise DatasetError("no reference frames for the photometric ranges")
+    low, high = np.quantile(stats, [quantile, 1.0 - quantile], axis=0)
+    names = ("brightness", "red", "blue", "contrast")
+    ranges = {n: (round(float(a), 4), round(float(b), 4)) for n, a, b in zip(names, low, high)}
+    return PhotometricRanges(**ranges), len(stats)
+
+
+def write_photometric_bundle(
+    bundle: Path, data: list[Path], split: str, out: Path, quantile: float = PHOTOMETRIC_QUANTILE
+) -> PhotometricRanges:
+    """A copy of a β-VAE bundle with photometric normalisation on, its ranges fitted on the ID
+    drives of `data` (recorded in its provenance); the encoder and calibration are unchanged."""
+    loaded = load_bundle(bundle)
+    if not isinstance(loaded.preprocessing, ImagePreprocessing):
+        raise BundleError(f"{bundle}: photometric normalisation is for β-VAE bundles")
+    items = [e for e in _load(data, split) if e.scenario == "id"]
+    ranges, frames = fit_photometric(items, loaded.preprocessing, quantile)
+    if out.exists():
+        shutil.rmtree(out)
+    shutil.copytree(loaded.path, out, ignore=shutil.ignore_patterns(SUMS_FILE))
+    meta = json.loads((out / BUNDLE_FILE).read_text())
+    meta["preprocessing"]["photometric"] = ranges.to_dict()
+    meta["provenance"]["photometric"] = {
+        "data": [str(d) for d in data],
+        "dataset_sha256": [load_manifest(d).get("dataset_sha256") for d in data],
+        "split": split,
+        "frames": frames,
+        "quantiles": [quantile, 1.0 - quantile],
+        "from_bundle": str(bundle),
+    }
+    (out / BUNDLE_FILE).write_text(json.dumps(meta, indent=1) + "\n")
+    write_sums(out)
+    load_bundle(out)
+    return ranges
+
+
+def photometric_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m training.nuisance photometric",
+        description="Write a copy of a β-VAE bundle with photometric normalisation on, its ranges "
+        "fitted on ID drives (e.g. datasets/photometric_reference, train maps).",
+    )
+    parser.add_argument("--data", type=Path, action="append", required=True)
+    parser.add_argument("--split", default="train")
+    parser.add_argument("--bvae", type=Path, help="β-VAE bundle (default: the runtime's)")
+    parser.add_argument("--quantile", type=float, default=PHOTOMETRIC_QUANTILE)
+    parser.add_argument("--out", type=Path, required=True, help="the new bundle's folder")
+    args = parser.parse_args(argv)
+    try:
+        ranges = write_photometric_bundle(
+            args.bvae or default_bundle("bvae"), args.data, args.split, args.out, args.quantile
+        )
+    except (DatasetError, BundleError) as err:
+        print(f"nuisance photometric: {err}", file=sys.stderr)
+        return 1
+    print(f"{args.out}: photometric ranges {ranges.to_dict()}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:
+        argv = sys.argv[1:]
+    if argv[:1] == ["photometric"]:
+        return photometric_main(argv[1:])
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )

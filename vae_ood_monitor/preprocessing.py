@@ -37,26 +37,105 @@ WARM_START_INTERVALS = 1.5
 # keep their full strength instead of being averaged away, and the resize is cheaper.
 IMAGE_INTERPOLATIONS = {"area": cv2.INTER_AREA, "nearest": cv2.INTER_NEAREST}
 
+# The normal table's photometric changes (docs/normal.md): exposure gain 0.7-1.4, white balance
+# ±10 %, contrast ±20 %. Photometric normalisation undoes at most these.
+EXPOSURE_LIMITS = (0.7, 1.4)
+WHITE_BALANCE_LIMIT = 0.1
+CONTRAST_LIMIT = 0.2
+
+
+def _correction(value: float, low: float, high: float, least: float, most: float) -> float:
+    """How far `value` lies beyond [low, high], as a factor (1 inside), limited to [least, most]."""
+    return float(np.clip(value / np.clip(value, low, high), least, most))
+
+
+@dataclass(frozen=True)
+class PhotometricRanges:
+    """Photometric normalisation: the (low, high) range of four statistics of the model input on
+    in-distribution frames — mean level, red / green and blue / green means, grey standard
+    deviation. A frame outside a range is brought back towards it by at most the normal table's
+    change, so ordinary exposure, white balance and contrast look like ID frames, while darkness,
+    glare and fog, far beyond them, stay out of distribution. A frame inside every range is left
+    as it is: a bundle's calibration stays valid for the frames it was calibrated on."""
+
+    brightness: tuple[float, float]
+    red: tuple[float, float]
+    blue: tuple[float, float]
+    contrast: tuple[float, float]
+
+    def __post_init__(self) -> None:
+        for name, (low, high) in self.to_dict().items():
+            if not 0.0 < low <= high:
+                raise ValueError(
+                    f"photometric range {name} needs 0 < low <= high, got {low}, {high}"
+                )
+
+    @staticmethod
+    def statistics(image: np.ndarray) -> tuple[float, float, float, float]:
+        """(mean level, red / green, blue / green, grey standard deviation) of an RGB image."""
+        pixels = image.reshape(-1, 3).astype(np.float32)
+        means = pixels.mean(axis=0) + np.float32(1e-3)
+        return (
+            float(means.mean()),
+            float(means[0] / means[1]),
+            float(means[2] / means[1]),
+            float(pixels.mean(axis=1).std()),
+        )
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        """The uint8 RGB image normalised (white balance, then exposure gain, then contrast)."""
+        level, red, blue, spread = self.statistics(image)
+        balance = (1.0 - WHITE_BALANCE_LIMIT, 1.0 + WHITE_BALANCE_LIMIT)
+        gains = np.array(
+            [
+                1.0 / _correction(red, *self.red, *balance),
+                1.0,
+                1.0 / _correction(blue, *self.blue, *balance),
+            ],
+            np.float32,
+        )
+        exposure = _correction(level, *self.brightness, *EXPOSURE_LIMITS)
+        stretch = _correction(
+            spread / exposure, *self.contrast, 1.0 - CONTRAST_LIMIT, 1.0 + CONTRAST_LIMIT
+        )
+        if exposure == 1.0 and stretch == 1.0 and np.all(gains == 1.0):
+            return image
+        x = image.astype(np.float32) * (gains / np.float32(exposure))
+        mean = x.mean()
+        x = (x - mean) / np.float32(stretch) + mean
+        return np.clip(x, 0, 255).round().astype(np.uint8)
+
+    def to_dict(self) -> dict[str, tuple[float, float]]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, object]) -> PhotometricRanges:
+        return cls(**{k: tuple(v) for k, v in data.items()})  # type: ignore[arg-type]
+
 
 @dataclass(frozen=True)
 class ImagePreprocessing:
-    """β-VAE input: RGB resized to width×height, float32 in [0, 1], channels first."""
+    """β-VAE input: RGB resized to width×height, float32 in [0, 1], channels first; with
+    `photometric`, normalised at that size (PhotometricRanges; None: as the camera gave it)."""
 
     width: int = 224
     height: int = 224
     interpolation: str = "area"  # see IMAGE_INTERPOLATIONS
+    photometric: PhotometricRanges | None = None
 
     def __post_init__(self) -> None:
         if self.interpolation not in IMAGE_INTERPOLATIONS:
             raise ValueError(
-                f"image interpolation must be one of {tuple(IMAGE_INTERPOLATIONS)}, got '{self.interpolation}'"
+                f"image interpolation must be one of {tuple(IMAGE_INTERPOLATIONS)}, "
+                f"got '{self.interpolation}'"
             )
 
     def resize(self, rgb: np.ndarray) -> np.ndarray:
         """uint8 HWC at the model size (training keeps this form to save memory)."""
-        return cv2.resize(
+        image = cv2.resize(
             rgb, (self.width, self.height), interpolation=IMAGE_INTERPOLATIONS[self.interpolation]
         )
+        return image if self.photometric is None else self.photometric(image)
 
     def __call__(self, rgb: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(
@@ -64,15 +143,22 @@ class ImagePreprocessing:
         ) / np.float32(255.0)
 
     def to_dict(self) -> dict[str, object]:
-        return {"kind": "image", **asdict(self)}
+        """Without `photometric` when it is off, so bundles without it read as before."""
+        data: dict[str, object] = {"kind": "image", **asdict(self)}
+        if self.photometric is None:
+            del data["photometric"]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, object]) -> ImagePreprocessing:
-        """As to_dict wrote it; bundles written before `interpolation` existed keep the area resize."""
+        """As to_dict wrote it; bundles written before `interpolation` existed keep the area resize,
+        those without `photometric` leave the frames' colours as they are."""
+        photometric = data.get("photometric")
         return cls(
             width=data["width"],
             height=data["height"],
             interpolation=data.get("interpolation", cls.interpolation),
+            photometric=None if photometric is None else PhotometricRanges.from_dict(photometric),
         )  # type: ignore[arg-type]
 
 

@@ -3,6 +3,7 @@ evaluation runs end to end on real bags with the committed tiny bundles (ONNX Ru
 
 import csv
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ from support import synthetic_frames, tiny_bundle
 
 from training.data.episodes import EpisodeInfo, EpisodeWriter
 from training.data.generate import MANIFEST_FILE, manifest_entry
-from training.dataset import episodes
+from training.dataset import episodes, iter_frames
 from training.nuisance import (
     AS_RECORDED,
     NORMAL_ROWS,
@@ -26,7 +27,9 @@ from training.nuisance import (
     resolution,
     white_balance,
 )
+from vae_ood_monitor.bundle import load_bundle
 from vae_ood_monitor.decision import DecisionParams
+from vae_ood_monitor.preprocessing import ImagePreprocessing, PhotometricRanges
 
 RNG = np.random.default_rng(0)
 FRAME = RNG.integers(40, 200, (48, 64, 3), dtype=np.uint8)
@@ -168,3 +171,62 @@ def test_evaluation_runs_end_to_end_and_writes_table_and_plot(
 
 def test_every_row_of_the_normal_table_has_a_unique_name():
     assert len(ROWS_BY_NAME) == len(NORMAL_ROWS)
+
+
+RANGES = PhotometricRanges(
+    brightness=(90.0, 130.0), red=(0.95, 1.05), blue=(0.95, 1.05), contrast=(20.0, 60.0)
+)
+
+
+def _scene() -> np.ndarray:
+    """A frame inside every range of RANGES: mean ~110, neutral colour, grey spread ~35."""
+    return np.clip(np.random.default_rng(5).normal(110, 35, (64, 64, 3)), 0, 255).astype(np.uint8)
+
+
+def test_photometric_normalisation_leaves_normal_frames_alone_and_undoes_the_normal_table():
+    scene = _scene()
+    assert RANGES(scene) is scene  # inside every range: the very frame the bundle was calibrated on
+    level = PhotometricRanges.statistics
+    assert level(RANGES(exposure(0.7)(scene, RNG)))[0] == pytest.approx(90.0, abs=1.0)
+    assert level(RANGES(exposure(1.4)(scene, RNG)))[0] == pytest.approx(130.0, abs=1.5)
+    warm = RANGES(white_balance(0.1)(scene, RNG))
+    assert level(warm)[1] == pytest.approx(1.05, abs=0.01)
+    assert level(warm)[2] == pytest.approx(0.95, abs=0.01)
+    flat = np.clip((scene - 110.0) * 0.5 + 110.0, 0, 255).astype(np.uint8)  # grey spread ~17
+    assert level(RANGES(flat))[3] == pytest.approx(level(flat)[3] / 0.8, rel=0.02)
+
+
+def test_photometric_normalisation_keeps_darkness_and_glare_out_of_the_normal_range():
+    scene = _scene()
+    darkness = exposure(0.3)(scene, RNG)  # far darker than any exposure change of the table
+    level = PhotometricRanges.statistics(RANGES(darkness))[0]
+    assert level == pytest.approx(PhotometricRanges.statistics(darkness)[0] / 0.7, rel=0.01)
+    assert level < 0.7 * 90.0  # brightened by at most 1/0.7: still darker than a normal frame
+    bright = RANGES(np.clip(scene * 2.4 + 25, 0, 255).astype(np.uint8))  # the glare's gain
+    assert PhotometricRanges.statistics(bright)[0] > 130.0 * 1.2
+
+
+def test_image_preprocessing_without_photometric_reads_and_writes_as_before():
+    old = {"kind": "image", "width": 64, "height": 64, "interpolation": "nearest"}
+    prep = ImagePreprocessing.from_dict(old)
+    assert prep.photometric is None and prep.to_dict() == old
+    on = replace(prep, photometric=RANGES)
+    assert ImagePreprocessing.from_dict(json.loads(json.dumps(on.to_dict()))) == on
+    with pytest.raises(ValueError, match="photometric range red"):
+        PhotometricRanges(brightness=(1, 2), red=(2, 1), blue=(1, 2), contrast=(1, 2))
+
+
+def test_photometric_bundle_is_fitted_on_id_drives_and_loads(tiny_data, tmp_path):
+    bundle = tiny_bundle("bvae_tiny", tmp_path)
+    out = tmp_path / "bvae_photometric"
+    argv = ["photometric", "--data", str(tiny_data / "plain"), "--split", "test"]
+    assert main([*argv, "--bvae", str(bundle), "--out", str(out)]) == 0
+    loaded = load_bundle(out)
+    ranges = loaded.preprocessing.photometric
+    drive = next(e for e in episodes(tiny_data / "plain", "test") if e.scenario == "id")
+    plain = replace(loaded.preprocessing, photometric=None)
+    levels = [PhotometricRanges.statistics(plain.resize(f))[0] for f, _ in iter_frames(drive)]
+    assert ranges.brightness[0] <= np.median(levels) <= ranges.brightness[1]
+    assert ranges.brightness[0] == pytest.approx(np.quantile(levels, 0.005), abs=1e-3)
+    assert loaded.provenance["photometric"]["frames"] == 150  # the ID drive only, not the onset
+    assert load_bundle(bundle).preprocessing.photometric is None  # the source is untouched

@@ -9,6 +9,7 @@
     python -m training.data.generate --preset heldout_id     # held-out ID drives at 60 Hz (docs/normal.md)
     python -m training.data.generate --preset decorated_test # the same on decorated test maps
     python -m training.data.generate --preset heldout_onsets # one onset per OOD scenario, test maps
+    python -m training.data.generate --preset photometric_reference  # 1.8k ID frames, train maps
 
 The simulator runs in its own venv (numpy 1.23, pyglet 1.5) as `training.data.sim_worker`
 subprocesses that stream raw frames; this process (main venv) applies camera-side corruptions,

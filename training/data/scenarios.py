@@ -282,6 +282,17 @@ PRESETS: dict[str, Preset] = {
         seed_offset=40_000,
         fps=30.0,
     ),
+    # ID drives on the train maps (new seeds): the per-frame colour, brightness and contrast ranges
+    # of normal frames a bundle's photometric normalisation keeps (training.nuisance photometric).
+    "photometric_reference": Preset(
+        name="photometric_reference",
+        frames=300,
+        onset_range=(0, 0),
+        splits={"train": SplitPlan(TRAIN_MAPS, id_episodes=6)},
+        scenarios=(),
+        seed_offset=25_000,
+        fps=30.0,
+    ),
     # One in-distribution drive that turns foggy: the shipped demo bag (demo/demo_fog_onset).
     "demo": Preset(
         name="demo",
