@@ -198,6 +198,18 @@ def from_arguments(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
 
 
 @contextlib.contextmanager
+def session(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Iterator[Hardware]:
+    """An entry point's Hardware from its arguments, for the length of its run: other ranks kept
+    quiet, the process group left at the end."""
+    hardware = from_arguments(args, parser)
+    try:
+        with quiet_unless_main(hardware):
+            yield hardware
+    finally:
+        shutdown()
+
+
+@contextlib.contextmanager
 def quiet_unless_main(hardware: Hardware) -> Iterator[None]:
     """Silence the prints and progress bars of every process but rank 0 (errors still show)."""
     if hardware.is_main:

@@ -23,7 +23,6 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.distributed.nn.functional as dist_nn
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -110,6 +109,22 @@ def batch_loader(
     )
 
 
+class _AllReduce(torch.autograd.Function):
+    """A sum over all processes whose gradient is the sum of the processes' gradients."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        summed = x.clone()
+        dist.all_reduce(summed)
+        return summed
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        summed = grad.clone()
+        dist.all_reduce(summed)
+        return summed
+
+
 class CPUSyncBatchNorm(nn.BatchNorm2d):
     """BatchNorm over the global batch for gloo on CPUs, where torch's SyncBatchNorm refuses to
     run: per-channel sums and sums of squares are all-reduced through autograd, so the gradient
@@ -120,7 +135,7 @@ class CPUSyncBatchNorm(nn.BatchNorm2d):
             return super().forward(x)
         channels, wide = x.shape[1], x.double()
         count = wide.new_full((1,), x.numel() // channels)
-        stats = dist_nn.all_reduce(
+        stats = _AllReduce.apply(
             torch.cat([wide.sum((0, 2, 3)), (wide * wide).sum((0, 2, 3)), count])
         )
         count = stats[-1]

@@ -1,10 +1,12 @@
 """Train, calibrate and bundle the detectors from one command.
 
-    python -m training.pipeline --data datasets/default --config default            # both detectors
+    python -m training.pipeline --data datasets/default --config default      # both detectors
     python -m training.pipeline --data /tmp/ds --config tiny --detectors bvae --out /tmp/run
-    python -m training.pipeline --data my_town --recalibrate models/bvae_baseline --out models/bvae_my_town
-    python -m training.pipeline --data datasets/default_plus --recalibrate models/bvae_nearest --out runs/bvae_pooled \
-        --ship-name bvae_pooled --make-default                                        # ship a recalibration
+    python -m training.pipeline --data my_town --recalibrate models/bvae_baseline \
+        --out models/bvae_my_town
+    python -m training.pipeline --data datasets/default_plus --recalibrate models/bvae_nearest \
+        --out runs/bvae_pooled --ship-name bvae_pooled --make-default     # ship a recalibration
+    torchrun --nproc_per_node=2 -m training.pipeline --device cuda ...    # docs/gpu.md
 
 Per detector: train the VAE(s) on the train split (resumable checkpoints), export the encoders to
 ONNX, fit the latent score on the calibration split with ONNX Runtime (the onboard code path) and
@@ -52,6 +54,7 @@ from training.dataset import (
     load_inputs,
     load_manifest,
 )
+from training.device import CPU, Hardware, add_arguments, session
 from training.export import BandMax, add_pooled_output, band_count, export_encoder, write_bundle
 from training.models import VAEConfig
 from training.trainer import TrainConfig, train_vae
@@ -152,8 +155,18 @@ def _flow_tensor(batch: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(batch.astype(np.float32))
 
 
-def fit_detector(config: DetectorConfig, data: Path, out: Path, workers: int = 2) -> Path:
-    """Train, export, calibrate and tune one detector; returns the bundle folder."""
+def fit_detector(
+    config: DetectorConfig,
+    data: Path,
+    out: Path,
+    workers: int = 2,
+    hardware: Hardware = CPU,
+) -> Path | None:
+    """Train (on `hardware`), export, calibrate and tune one detector; returns the bundle folder.
+
+    Under torchrun every process trains; rank 0 alone exports, calibrates and writes the bundle,
+    the others return None.
+    """
     check_calibration_splits(
         data
     )  # fail before the long work when the dataset cannot be calibrated on
@@ -179,14 +192,18 @@ def fit_detector(config: DetectorConfig, data: Path, out: Path, workers: int = 2
             config.train,
             work / f"{encoder_name}.pt",
             desc=f"{config.kind}/{encoder_name}",
+            hardware=hardware,
         )
-        onnx_files[encoder_name] = export_encoder(
-            model.encoder,
-            (config.vae.in_channels, config.vae.height, config.vae.width),
-            work / "onnx" / f"{encoder_name}.onnx",
-        )
+        if hardware.is_main:
+            onnx_files[encoder_name] = export_encoder(
+                model.encoder,
+                (config.vae.in_channels, config.vae.height, config.vae.width),
+                work / "onnx" / f"{encoder_name}.onnx",
+            )
     del loaded
     train_seconds = time.monotonic() - started
+    if not hardware.is_main:
+        return None
 
     provenance = {
         "config": {
@@ -197,6 +214,7 @@ def fit_detector(config: DetectorConfig, data: Path, out: Path, workers: int = 2
         },
         "train_history": histories,
         "train_seconds": round(train_seconds, 1),
+        "train_hardware": hardware.describe(),
     }
     return calibrate_and_bundle(
         config.kind,
@@ -312,7 +330,8 @@ def calibrate_and_bundle(
     auroc_text = ", ".join(f"{name} {value:.3f}" for name, value in score_table.items())
     print(
         f"{kind}: score {chosen.name} (validation AUROC {auroc_text}), decision {tuning.params}, "
-        f"validation delay {tuning.mean_delay:.1f} frames, missed {tuning.missed}, {tuning.within_bar} onsets within {DELAY_BAR_FRAMES} frames"
+        f"validation delay {tuning.mean_delay:.1f} frames, missed {tuning.missed}, "
+        f"{tuning.within_bar} onsets within {DELAY_BAR_FRAMES} frames"
     )
     return CalibratedBundle(bundle_dir, validation)
 
@@ -333,9 +352,10 @@ def recalibrate(
     on calibration and validation recordings of the town the robot will drive in; `extrapolate`:
     tune a decision whose p-values go on beyond the calibration range, `cross_fit`: how the
     calibration scores are held out, `id_budget`: the share of validation ID frames the alarm level
-    may leave above it, `score_kinds`: the score kinds validation chooses among (training.calibrate),
-    `band_max`: pooled features gain these band maxima (training.export.BandMax); None: as the
-    bundle was; `mixture_seed`: seeds the mixture scores' EM starts (None: as the bundle was, else 0)."""
+    may leave above it, `score_kinds`: the score kinds validation chooses among
+    (training.calibrate), `band_max`: pooled features gain these band maxima
+    (training.export.BandMax); None: as the bundle was; `mixture_seed`: seeds the mixture scores'
+    EM starts (None: as the bundle was, else 0)."""
     check_calibration_splits(data)
     bundle = load_bundle(bundle_dir)
     if extrapolate is None:
@@ -344,7 +364,8 @@ def recalibrate(
         cross_fit = bundle.provenance.get("score_selection", {}).get("cross_fit", "halves")
         if cross_fit not in CROSS_FITS:
             raise BundleError(
-                f"{bundle_dir}: provenance.score_selection.cross_fit must be one of {CROSS_FITS}, got {cross_fit!r}"
+                f"{bundle_dir}: provenance.score_selection.cross_fit must be one of "
+                f"{CROSS_FITS}, got {cross_fit!r}"
             )
     if id_budget is None:  # bundles from before the budget existed were tuned without one
         id_budget = bundle.provenance.get("decision_tuning", {}).get("id_budget", 0.0)
@@ -354,13 +375,15 @@ def recalibrate(
             or not 0.0 <= id_budget <= MAX_ID_BUDGET
         ):
             raise BundleError(
-                f"{bundle_dir}: provenance.decision_tuning.id_budget must be a number within 0..{MAX_ID_BUDGET}, got {id_budget!r}"
+                f"{bundle_dir}: provenance.decision_tuning.id_budget must be a number within "
+                f"0..{MAX_ID_BUDGET}, got {id_budget!r}"
             )
     if mixture_seed is None:  # bundles from before the record were fitted with seed 0
         mixture_seed = bundle.provenance.get("score_selection", {}).get("mixture_seed", 0)
         if not isinstance(mixture_seed, int) or isinstance(mixture_seed, bool) or mixture_seed < 0:
             raise BundleError(
-                f"{bundle_dir}: provenance.score_selection.mixture_seed must be a whole number >= 0, got {mixture_seed!r}"
+                f"{bundle_dir}: provenance.score_selection.mixture_seed must be a whole number "
+                f">= 0, got {mixture_seed!r}"
             )
     if (
         score_kinds is None
@@ -375,7 +398,8 @@ def recalibrate(
             or any(name not in SCORE_CANDIDATES for name in recorded)
         ):
             raise BundleError(
-                f"{bundle_dir}: provenance.score_selection.candidates must be a list of score kinds among {', '.join(SCORE_CANDIDATES)}, got {recorded!r}"
+                f"{bundle_dir}: provenance.score_selection.candidates must be a list of score "
+                f"kinds among {', '.join(SCORE_CANDIDATES)}, got {recorded!r}"
             )
         score_kinds = tuple(recorded)
     mu_output = onnx.load(str(next(iter(bundle.encoders.values())))).graph.output[
@@ -427,7 +451,8 @@ def recalibrate(
 
 
 def ship_bundle(bundle: Path, detector: str, name: str, make_default: bool = True) -> Path:
-    """Copy a bundle to models/<name> and (by default) make it the runtime default for `detector`."""
+    """Copy a bundle to models/<name> and (by default) make it the runtime default for
+    `detector`."""
     models = REPO_ROOT / "models"
     target = models / name
     shutil.rmtree(target, ignore_errors=True)
@@ -486,7 +511,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--extrapolate-tail",
         action=argparse.BooleanOptionalAction,
-        help="with --recalibrate: p-values beyond the calibration maximum follow a Pareto tail — far-out frames (fog, a black camera) stop the robot sooner, at the price of more false alarms "
+        help="with --recalibrate: p-values beyond the calibration maximum follow a Pareto tail "
+        "— far-out frames (fog, a black camera) stop the robot sooner, at the price of "
+        "more false alarms "
         "(default: as the bundle's decision does)",
     )
     parser.add_argument(
@@ -497,42 +524,53 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--make-default",
         action="store_true",
-        help="with --ship-name: make it the runtime default (models/defaults.json) — after checking it on the test split and the bench",
+        help="with --ship-name: make it the runtime default (models/defaults.json) — after "
+        "checking it on the test split and the bench",
     )
     parser.add_argument(
         "--cross-fit",
         choices=CROSS_FITS,
-        help="with --recalibrate: hold calibration scores out on halves of the calibration episodes or one episode at a time — "
-        "'episodes' gives sharper p-values: faster stops, more false ones (default: as the bundle was, else halves)",
+        help="with --recalibrate: hold calibration scores out on halves of the calibration "
+        "episodes or one episode at a time — "
+        "'episodes' gives sharper p-values: faster stops, more false ones (default: as the "
+        "bundle was, else halves)",
     )
     parser.add_argument(
         "--id-budget",
         type=float,
         metavar="SHARE",
-        help=f"with --recalibrate: the share of validation ID frames (0..{MAX_ID_BUDGET}) the alarm level may leave above it — "
-        "one odd moment of one drive then does not set the level for every onset (default: as the bundle was, else 0)",
+        help=f"with --recalibrate: the share of validation ID frames (0..{MAX_ID_BUDGET}) the "
+        "alarm level may leave above it — "
+        "one odd moment of one drive then does not set the level for every onset (default: as "
+        "the bundle was, else 0)",
     )
     parser.add_argument(
         "--scores",
         type=_score_candidates,
         metavar="KIND,...",
-        help=f"with --recalibrate: the score kinds validation chooses among, of {', '.join(SCORE_CANDIDATES)} "
-        "(default: those the bundle was chosen among; the mixtures only by name — README, Training step 3)",
+        help="with --recalibrate: the score kinds validation chooses among, of "
+        f"{', '.join(SCORE_CANDIDATES)} "
+        "(default: those the bundle was chosen among; the mixtures only by name — README, "
+        "Training step 3)",
     )
     parser.add_argument(
         "--band-max",
         type=_band_max,
         metavar="BLOCK/TOP/COUNT",
-        help="with --recalibrate: the pooled features also hold the per-channel max of conv block BLOCK over each of the TOP highest "
-        "of COUNT horizontal bands, where obstacles ahead first show (e.g. 1/3/8; README, Training step 3; default: as the bundle was)",
+        help="with --recalibrate: the pooled features also hold the per-channel max of conv "
+        "block BLOCK over each of the TOP highest "
+        "of COUNT horizontal bands, where obstacles ahead first show (e.g. 1/3/8; README, "
+        "Training step 3; default: as the bundle was)",
     )
     parser.add_argument(
         "--mixture-seed",
         type=int,
         metavar="N",
-        help="with --recalibrate: seed of the mixture scores' EM starts — how much a result rests on one fit "
+        help="with --recalibrate: seed of the mixture scores' EM starts — how much a result "
+        "rests on one fit "
         "(README, Results; default: as the bundle was, else 0)",
     )
+    add_arguments(parser)
     args = parser.parse_args(argv)
     if args.mixture_seed is not None and not args.recalibrate:
         parser.error("--mixture-seed needs --recalibrate BUNDLE")
@@ -555,32 +593,39 @@ def main(argv: list[str] | None = None) -> int:
     if args.make_default and not args.ship_name:
         parser.error("--make-default needs --ship-name NAME")
     out = args.out or REPO_ROOT / "runs" / args.config
-    try:
-        if args.recalibrate:
-            bundle = recalibrate(
-                args.recalibrate,
-                args.data,
-                args.out or args.recalibrate,
-                args.extrapolate_tail,
-                args.cross_fit,
-                args.id_budget,
-                args.scores,
-                args.band_max,
-                args.mixture_seed,
-            )
-            print(f"recalibrated {bundle}")
-            if args.ship_name:
-                print(
-                    f"shipped {ship_bundle(bundle, load_bundle(bundle).detector, args.ship_name, make_default=args.make_default)}"
+    with session(args, parser) as hardware:
+        try:
+            if args.recalibrate:
+                if not hardware.is_main:  # nothing to train: under torchrun rank 0 does it alone
+                    return 0
+                bundle = recalibrate(
+                    args.recalibrate,
+                    args.data,
+                    args.out or args.recalibrate,
+                    args.extrapolate_tail,
+                    args.cross_fit,
+                    args.id_budget,
+                    args.scores,
+                    args.band_max,
+                    args.mixture_seed,
                 )
-            return 0
-        for kind in args.detectors:
-            bundle = fit_detector(CONFIGS[args.config][kind], args.data, out, args.workers)
-            if args.ship:
-                print(f"shipped {ship_bundle(bundle, kind, f'{kind}_baseline')}")
-    except (DatasetError, BundleError) as err:
-        print(f"pipeline: {err}", file=sys.stderr)
-        return 1
+                print(f"recalibrated {bundle}")
+                if args.ship_name:
+                    detector = load_bundle(bundle).detector
+                    shipped = ship_bundle(
+                        bundle, detector, args.ship_name, make_default=args.make_default
+                    )
+                    print(f"shipped {shipped}")
+                return 0
+            for kind in args.detectors:
+                bundle = fit_detector(
+                    CONFIGS[args.config][kind], args.data, out, args.workers, hardware
+                )
+                if args.ship and bundle is not None:
+                    print(f"shipped {ship_bundle(bundle, kind, f'{kind}_baseline')}")
+        except (DatasetError, BundleError) as err:
+            print(f"pipeline: {err}", file=sys.stderr)
+            return 1
     return 0
 
 
