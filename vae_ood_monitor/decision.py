@@ -10,6 +10,15 @@ once OOD frames arrive and drifts down on ID frames. A CUSUM with decay (`drift`
 frame, floored at 0) accumulates that evidence and flags OOD above `threshold` (RTCSA 2022).
 A plain threshold on the score is available as `mode="threshold"`.
 
+The CUSUM has a ceiling, `ceiling` alarm levels (`ceiling * threshold`, default 2): without one, a
+long or strong OOD episode banks evidence that in-distribution frames must first pay back — after
+60 s of fog the stop could not be reset for many seconds of normal driving. With the ceiling,
+recovery takes at most the `window` frames the martingale still remembers plus the descent from the
+ceiling to the alarm level, however long or strong the episode was. Onset detection is unchanged:
+below the ceiling the capped and uncapped CUSUM are the same numbers, and the ceiling lies above
+the alarm level, so the first crossing happens on the same frame. Derived from the alarm level, it
+needs no new field in existing bundles (a bundle may set `ceiling`; 0 removes it).
+
 A conformal p-value cannot go below 1/(n+1): a frame just past the most unusual calibration frame
 and a frame a hundred times further out would bet alike. With `extrapolate` the upper tail goes on
 beyond the calibration maximum as a Pareto tail, p = (s / s_max)^(-α) / (n+1), its index α
@@ -44,6 +53,7 @@ class DecisionParams:
     drift: float = 0.0  # CUSUM decay per frame, in log-martingale units
     threshold: float = 10.0  # CUSUM alarm level, or the score threshold in threshold mode
     extrapolate: bool = False  # Pareto upper tail beyond the calibration maximum (module docstring)
+    ceiling: float = 2.0  # CUSUM ceiling in alarm levels: bounds recovery (module doc); 0: off
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -55,7 +65,20 @@ class DecisionParams:
         if self.window < 1:
             raise ValueError(f"window must be >= 1, got {self.window}")
         if not isinstance(self.extrapolate, bool):
-            raise ValueError(f"extrapolate must be true or false, got {self.extrapolate!r}")
+            message = f"extrapolate must be true or false, got {self.extrapolate!r}"
+            raise ValueError(message)  # noqa: TRY004 (a bad value in a bundle's JSON, like the rest)
+        if self.ceiling != 0.0 and not self.ceiling > 1.0:
+            raise ValueError(
+                f"ceiling must be > 1 alarm level (or 0: no ceiling), got {self.ceiling}"
+            )
+
+    @property
+    def cusum_cap(self) -> float:
+        """The highest value the CUSUM takes: `ceiling` alarm levels (inf without a ceiling or a
+        positive alarm level)."""
+        if self.ceiling == 0.0 or not self.threshold > 0.0:
+            return math.inf
+        return self.ceiling * self.threshold
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -79,7 +102,8 @@ def conformal_p_values(
 ) -> np.ndarray:
     """Conformal p-values of `scores`: the share of calibration scores at least as extreme (with
     the conservative +1 correction; two-sided: twice the smaller tail, at most 1). With a
-    `tail_index` the upper tail is extrapolated beyond the calibration maximum (module docstring)."""
+    `tail_index` the upper tail is extrapolated beyond the calibration maximum (module
+    docstring)."""
     n = sorted_calibration.size
     upper = (n - np.searchsorted(sorted_calibration, scores, side="left") + 1) / (n + 1)
     if tail_index is not None:
@@ -103,7 +127,8 @@ class Decision:
 
 
 class ConformalDecider:
-    """Stateful per-stream decision maker; `update` once per scored frame, `reset` on a new stream."""
+    """Stateful per-stream decision maker: `update` once per scored frame, `reset` on a new
+    stream."""
 
     def __init__(self, calibration_scores: np.ndarray, params: DecisionParams) -> None:
         scores = np.sort(np.asarray(calibration_scores, dtype=np.float64))
@@ -114,6 +139,7 @@ class ConformalDecider:
         self._tail_index = pareto_tail_index(scores) if params.extrapolate else None
         self._log_bets: deque[float] = deque(maxlen=params.window)
         self._cusum = 0.0
+        self._cap = params.cusum_cap
 
     @property
     def cusum(self) -> float:
@@ -137,7 +163,7 @@ class ConformalDecider:
         eps = self.params.epsilon
         self._log_bets.append(math.log(eps) + (eps - 1.0) * math.log(p))
         log_martingale = sum(self._log_bets)
-        self._cusum = max(0.0, self._cusum + log_martingale - self.params.drift)
+        self._cusum = min(self._cap, max(0.0, self._cusum + log_martingale - self.params.drift))
         if self.params.mode == "threshold":
             ood = score > self.params.threshold
         else:
