@@ -74,8 +74,9 @@ def test_adding_the_pooled_output_keeps_the_encoder_and_is_done_once(tmp_path):
 
 
 def test_band_maxima_join_the_pooled_features_and_agree_with_torch(tmp_path):
-    """`pooled` rebuilt with BandMax(0, 2, 4): the block means as before, then per channel the max of
-    block 0's output over each of its top two of four horizontal bands; μ and logσ² do not move."""
+    """`pooled` rebuilt with BandMax(0, 2, 4): the block means as before, then per channel the max
+    of block 0's output over each of its top two of four horizontal bands; μ and logσ² do not
+    move."""
     model, bundle_dir = build_image_bundle(tmp_path)
     banded = add_pooled_output(
         Path(shutil.copy(bundle_dir / "image.onnx", tmp_path / "banded.onnx")), BandMax(0, 2, 4)
@@ -158,7 +159,7 @@ def test_bundle_round_trips_its_metadata(tmp_path):
 
 
 def test_image_interpolation_travels_in_the_bundle_and_older_bundles_keep_area(tmp_path):
-    model, _ = build_image_bundle(tmp_path / "area")
+    _model, _ = build_image_bundle(tmp_path / "area")
     onnx = tmp_path / "area" / "work" / "image.onnx"
     nearest = ImagePreprocessing(32, 32, interpolation="nearest")
     write_bundle(

@@ -1,6 +1,5 @@
 """Decision tuning (training/calibrate, training/tradeoff) against the onboard decider."""
 
-
 import numpy as np
 import pytest
 
@@ -20,7 +19,8 @@ def _episode(name, category, onset, shift, rng):
 
 def test_decision_is_tuned_on_the_onsets_of_the_detector_s_own_categories():
     """A flow detector cannot see fog: its miss would cost every candidate alike. Tuned on its own
-    categories, it is timed on the motion onset it does see; without data of them, on every onset."""
+    categories, it is timed on the motion onset it does see; without data of them, on every
+    onset."""
     from training.calibrate import tune_decision
 
     rng = np.random.default_rng(3)
@@ -64,9 +64,10 @@ def test_decision_tuning_stops_the_most_onsets_within_the_bar_first():
 
 
 def test_an_id_budget_keeps_one_odd_moment_from_setting_the_alarm_level():
-    """Eight ID frames far out (a robot put down facing the road's edge) lift every candidate's level
-    above an onset's evidence; a budget of 1 % of the ID frames leaves them (and the CUSUM's decay
-    after them) above the level, and the onset is stopped within the bar. A larger budget is refused."""
+    """Eight ID frames far out (a robot put down facing the road's edge) lift every candidate's
+    level above an onset's evidence; a budget of 1 % of the ID frames leaves them (and the CUSUM's
+    decay after them) above the level, and the onset is stopped within the bar. A larger budget is
+    refused."""
     from training.calibrate import DELAY_BAR_FRAMES, cusum_trace, tune_decision
 
     rng = np.random.default_rng(11)

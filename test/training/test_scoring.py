@@ -1,4 +1,5 @@
-"""Latent scores (KL, Mahalanobis, Mahalanobis and Gaussian mixture with pooled conv features): fitting on calibration latents, selection on validation, storage."""
+"""Latent scores (KL, Mahalanobis, Mahalanobis and Gaussian mixture with pooled conv features):
+fitting on calibration latents, selection on validation, storage."""
 
 import json
 
@@ -76,7 +77,8 @@ def test_leaving_one_episode_out_keeps_a_manoeuvre_two_episodes_share():
 
 def test_the_mixture_seed_reaches_the_mixture_fits():
     """8 components over two kinds of driving leave EM many equally good fits: the same seed
-    gives the same fit, another seed another (the shipped β-VAE's ducks depend on it: README, Results)."""
+    gives the same fit, another seed another (the shipped β-VAE's ducks depend on it:
+    docs/results.md)."""
     rng = np.random.default_rng(16)
     calibration = [_two_kinds_of_driving(rng, 300) for _ in range(2)]
     fits = [
@@ -135,7 +137,8 @@ def _with_pooled(
     latents: dict[str, EncoderOutputs], rng: np.random.Generator, shift: float = 0.0
 ) -> dict[str, EncoderOutputs]:
     """The same posteriors plus 5 pooled conv features (two that co-vary), `shift` standard
-    deviations off on the first: a local change (a bus in view) that leaves the latent code alone."""
+    deviations off on the first: a local change (a bus in view) that leaves the latent code
+    alone."""
     frames = len(latents["image"].mu)
     pooled = rng.normal(1.0, 0.2, (frames, 5))
     pooled[:, 1] = pooled[:, 0] + rng.normal(0.0, 0.02, frames)
@@ -180,7 +183,8 @@ def test_the_pooled_scores_are_candidates_only_where_every_encoder_exports_poole
 
 
 def test_the_mixture_is_a_candidate_only_where_each_fit_has_enough_frames():
-    """13 features × 8 components: a half of 100 frames cannot pin a full covariance per component."""
+    """13 features × 8 components: a half of 100 frames cannot pin a full covariance per
+    component."""
     rng = np.random.default_rng(10)
     assert MIXTURE_COMPONENTS * 13 > 100
     calibration = [_with_pooled(_id_latents(rng, 100), rng) for _ in range(2)]
@@ -233,7 +237,7 @@ def test_a_mixture_sees_what_lies_between_two_kinds_of_normal_driving():
     )
 
 
-def test_a_one_component_mixture_is_the_mahalanobis_distance_and_more_never_score_below_the_nearest():
+def test_a_one_component_mixture_is_the_mahalanobis_distance_and_more_never_score_below_the_nearest():  # noqa: E501 descriptive test name
     rng = np.random.default_rng(12)
     latents = _with_pooled(_id_latents(rng, 50), rng)
     size = 13
@@ -303,7 +307,8 @@ def _random_mixture(rng: np.random.Generator, components: int, size: int) -> Mix
 
 def test_the_band_mixture_score_adds_a_mixture_over_the_band_maxima_to_one_over_the_rest():
     """Pooled features 0..2 are block means, 3..4 band maxima: the score is the rest's mixture
-    score plus the band maxima's, each as a mixture_pooled score over just those features would give."""
+    score plus the band maxima's, each as a mixture_pooled score over just those features would
+    give."""
     rng = np.random.default_rng(14)
     latents = _with_pooled(_id_latents(rng, 50), rng)
     rest, band = _random_mixture(rng, 3, 11), _random_mixture(rng, 2, 2)
@@ -358,8 +363,9 @@ def test_the_band_mixture_is_a_candidate_only_where_the_pooled_features_end_in_b
 
 
 def test_the_band_peak_score_adds_the_most_raised_band_maximum_to_the_rest_s_mixture():
-    """Pooled features 3..4 are band maxima: the score is the rest's mixture score plus the largest
-    squared rise of a band maximum above its mean, in its standard deviations; falls count nothing."""
+    """Pooled features 3..4 are band maxima: the score is the rest's mixture score plus the
+    largest squared rise of a band maximum above its mean, in its standard deviations; falls count
+    nothing."""
     rng = np.random.default_rng(16)
     latents = _with_pooled(_id_latents(rng, 50), rng)
     rest = _random_mixture(rng, 3, 11)
