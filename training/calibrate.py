@@ -13,7 +13,7 @@ candidate fitted on all the others). Fitted on half the driving, a rare manoeuvr
 sharp recovery turn) scores far beyond most OOD frames at test time, which then look as ordinary as
 the top few per cent of the calibration frames: p-values stay coarse and decisions slow. Leaving
 one episode out keeps the tail near the deployed fit's: sharper p-values, faster stops, and on the
-shipped detectors more false ones on the test maps (measured in docs/training.md). The candidate
+shipped detectors more false ones on the test maps (measured in docs/experiments.md). The candidate
 whose conformal surprise has the highest frame-level AUROC on the validation split wins, with the
 p-value tail (one- or two-sided) that achieved it.
 
@@ -91,7 +91,7 @@ VARIANCE_FLOOR = 1e-6  # keeps the precision finite for latent dimensions that n
 # with this much added to each component's covariance diagonal (keeps a small component's
 # precision bounded), best of several seeded starts. 8 components: the smallest count of the
 # plateau on the lit validation split (mean β-VAE delay 39 / 32 / 21 / 22 / 21 frames for 2 / 4 /
-# 8 / 12 / 16 components, docs/training.md).
+# 8 / 12 / 16 components, docs/experiments.md).
 MIXTURE_COMPONENTS = 8
 MIXTURE_REGULARISATION = 1e-2
 MIXTURE_STARTS = 4
