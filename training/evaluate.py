@@ -1,13 +1,15 @@
 """Evaluate detector bundles on a dataset split: AUROC, FPR@95%TPR, delays, false alarms, plots.
 
-    python -m training.evaluate --data datasets/default --bvae models/bvae_baseline --flow models/flow_baseline --out reports/baseline
+    python -m training.evaluate --data datasets/default --bvae models/bvae_teacher \
+        --flow models/flow_teacher --out reports/teacher
     python -m training.evaluate nuisance --data datasets/heldout_id ... (training.nuisance)
 
 Frames are scored by the onboard detector class (ONNX Runtime), beside two non-learned baselines
 that the learned detectors must beat: brightness deviation and mean frame difference, each as a
 |z-score| against the calibration split, and their maximum ("baseline"). The fused decision is
 where the safety stop would stop the robot: either detector's decision, or its frozen-camera check
-(byte-identical frames for longer than `--frozen-s`); the detectors' own delay is reported beside it.
+(byte-identical frames for longer than `--frozen-s`); the detectors' own delay is reported beside
+it.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import csv
 import sys
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -58,7 +61,7 @@ class EpisodeResult:
 def baseline_features(frames: list[np.ndarray]) -> dict[str, np.ndarray]:
     grey = [f.mean(axis=2, dtype=np.float32) for f in frames]
     brightness = np.array([g.mean() for g in grey])
-    framediff = np.array([np.nan] + [np.abs(b - a).mean() for a, b in zip(grey, grey[1:])])
+    framediff = np.array([np.nan] + [np.abs(b - a).mean() for a, b in pairwise(grey)])
     return {"brightness": brightness, "framediff": framediff}
 
 
@@ -125,7 +128,8 @@ def score_split(
 
 
 def _baseline_scores(results: list[EpisodeResult], calibration: list[EpisodeResult]) -> None:
-    """Turn raw brightness / frame-difference features into |z| against calibration, and their max."""
+    """Turn raw brightness / frame-difference features into |z| against calibration, and their
+    max."""
     for feature in ("brightness", "framediff"):
         values = np.concatenate([r.scores[feature] for r in calibration])
         mean, std = np.nanmean(values), np.nanstd(values) + 1e-9
@@ -274,7 +278,8 @@ def id_alarm_summary(results: list[EpisodeResult]) -> dict[str, float]:
         summary[f"{name}_flagged_id_frames"] = flagged / max(frames, 1)
         summary[f"{name}_false_alarms_per_min"] = alarms / max(minutes, 1e-9)
     summary["id_minutes"] = minutes
-    # The ceiling over all ID windows, and over those past a drive's first frames (start-up transients).
+    # The ceiling over all ID windows, and over those past a drive's first frames (start-up
+    # transients).
     for name in DETECTORS:
         id_means = [_window_means(r.scores[name])[: _id_frames(r)] for r in results]
         for suffix, first in (
@@ -326,15 +331,19 @@ def _tradeoff_lines(points: list[OperatingPoint]) -> list[str]:
             if group.startswith("[")
         )
         return (
-            f"level {p.level:.4g}: {100 * p.id_flagged:.2f} % of ID frames flagged, median delay {delays}, "
-            f"{100 * p.within_bar:.0f} % of onsets within {DELAY_BAR_FRAMES} frames"
+            f"level {p.level:.4g}: {100 * p.id_flagged:.2f} % of ID frames flagged, "
+            f"median delay {delays}, {100 * p.within_bar:.0f} % of onsets within "
+            f"{DELAY_BAR_FRAMES} frames"
         )
 
     lines = [
         "## Decision trade-off",
         "",
-        "Each detector's alarm level swept on this split, everything else in the fused decision as evaluated "
-        "(`tradeoff.csv`, training/tradeoff.py). Insight, not a choice: bundles choose their level on validation data.",
+        (
+            "Each detector's alarm level swept on this split, everything else in the fused "
+            "decision as evaluated (`tradeoff.csv`, training/tradeoff.py). Insight, not a choice: "
+            "bundles choose their level on validation data."
+        ),
         "",
     ]
     for detector in dict.fromkeys(p.detector for p in points):
@@ -411,13 +420,17 @@ def write_report(
     ]
     lines += [
         "",
-        f"Delays in frames from onset, median over onset episodes: evidence = first frame either detector scores at p ≤ "
-        f"{10**-EVIDENCE_SURPRISE:g}; detectors = first OOD decision of either detector; fused = first stop of the safety "
-        f"stop: a detector's decision or its frozen-camera check (inf: not within the episode). Early evidence = a "
-        f"detector's mean surprise over the first {DELAY_BAR_FRAMES} frames after the onset (median over onsets); "
-        f"where it stays below the detector's ID ceiling (the highest {DELAY_BAR_FRAMES}-frame mean on ID driving, "
-        f"listed below), no decision on that mean meets the {DELAY_BAR_FRAMES}-frame bar without stopping normal "
-        f"driving: the detector, not the decision, is what is slow.",
+        (
+            "Delays in frames from onset, median over onset episodes: evidence = first frame "
+            f"either detector scores at p ≤ {10**-EVIDENCE_SURPRISE:g}; detectors = first OOD "
+            "decision of either detector; fused = first stop of the safety stop: a detector's "
+            "decision or its frozen-camera check (inf: not within the episode). Early evidence = "
+            f"a detector's mean surprise over the first {DELAY_BAR_FRAMES} frames after the onset "
+            "(median over onsets); where it stays below the detector's ID ceiling (the highest "
+            f"{DELAY_BAR_FRAMES}-frame mean on ID driving, listed below), no decision on that mean "
+            f"meets the {DELAY_BAR_FRAMES}-frame bar without stopping normal driving: the "
+            "detector, not the decision, is what is slow."
+        ),
         "",
         "In-distribution driving (ID episodes and pre-onset frames):",
         "",
@@ -432,9 +445,12 @@ def write_report(
         within = sum(_within_bar(o["delay_fused"]) for o in onsets)  # type: ignore[arg-type]
         lines += [
             "",
-            f"Onsets (`onsets.csv`): {within} of {len(onsets)} stopped within {DELAY_BAR_FRAMES} frames. Effect began: the "
-            "frame the effect started on where its label starts later, once it shows (an obstacle in view, a reversing robot "
-            "moving backwards); delays in frames from the onset, – never.",
+            (
+                f"Onsets (`onsets.csv`): {within} of {len(onsets)} stopped within "
+                f"{DELAY_BAR_FRAMES} frames. Effect began: the frame the effect started on where "
+                "its label starts later, once it shows (an obstacle in view, a reversing robot "
+                "moving backwards); delays in frames from the onset, – never."
+            ),
             "",
             "| " + " | ".join(onsets[0]) + " |",
             "|" + "---|" * len(onsets[0]),
@@ -491,11 +507,9 @@ def _plots(results: list[EpisodeResult], rows: list[dict[str, object]], out: Pat
             ]
             + [1.0]
         )
-        ax.plot(
-            fpr,
-            tpr,
-            label=f"{name} (AUROC {auroc(np.r_[np.zeros(len(negatives)), np.ones(len(positives))], np.r_[negatives, positives]):.3f})",
-        )
+        labels = np.r_[np.zeros(len(negatives)), np.ones(len(positives))]
+        area = auroc(labels, np.r_[negatives, positives])
+        ax.plot(fpr, tpr, label=f"{name} (AUROC {area:.3f})")
     ax.plot([0, 1], [0, 1], ":", color="grey")
     ax.set(
         xlabel="false-positive rate (ID frames)",
@@ -613,7 +627,8 @@ def main(argv: list[str] | None = None) -> int:
         "--frozen-s",
         type=non_negative_seconds,
         default=SafetyConfig.frozen_s,
-        help="the safety stop's frozen-camera limit [s], part of the fused decision (0: detectors only)",
+        help="the safety stop's frozen-camera limit [s], part of the fused decision "
+        "(0: detectors only)",
     )
     args = parser.parse_args(argv)
     try:

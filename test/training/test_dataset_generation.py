@@ -1,6 +1,7 @@
 """The Duckietown generator end to end: real simulator subprocesses, real bags, real labels."""
 
 import json
+from itertools import pairwise
 
 import numpy as np
 import pytest
@@ -162,7 +163,8 @@ def test_extra_validation_onsets_stay_off_the_default_maps():
 
 
 def _drives_of_other_presets(name: str) -> set[tuple[str, int]]:
-    """(map, seed) of every drive the presets other than `name` plan: a drive it shares repeats one."""
+    """(map, seed) of every drive the presets other than `name` plan: a drive it shares repeats
+    one."""
     return {
         (p.map, p.seed)
         for preset in PRESETS
@@ -501,8 +503,8 @@ def test_the_portable_sun_flare_is_albumentations_flare(intensity):
         )
         if not np.array_equal(library, blend_table(alpha)[top, bottom]):
             pytest.skip(
-                f"simsimd's 8-bit blend on this CPU is not the 32-bit fused multiply-add (alpha {alpha}): "
-                "albumentations' own flare differs here"
+                "simsimd's 8-bit blend on this CPU is not the 32-bit fused multiply-add "
+                f"(alpha {alpha}): albumentations' own flare differs here"
             )
     frame = np.random.default_rng(1).integers(0, 256, (120, 160, 3), dtype=np.uint8)
     settings = {
@@ -546,7 +548,8 @@ def test_episodes_made_with_an_older_scenario_revision_are_rendered_again(
 
 def test_a_reversing_robot_is_labelled_ood_from_its_first_frame_backwards():
     """Commanded in reverse while driving forward, the simulated robot brakes first — slow forward
-    motion, as at every drive's start — and the label waits for the first frame that moved backwards."""
+    motion, as at every drive's start — and the label waits for the first frame that moved
+    backwards."""
     skip_without_simulator()
     onset = 10
     spec = {
@@ -565,7 +568,7 @@ def test_a_reversing_robot_is_labelled_ood_from_its_first_frame_backwards():
     for meta, rgb in SimulatorStream(spec, DEFAULT_SIM_PYTHON):
         metas.append(meta)
         labels.append(in_view(meta, rgb, meta["i"] >= onset))
-    steps = [_forward_step(a, b) for a, b in zip(metas, metas[1:])]  # steps[i]: from frame i to i+1
+    steps = [_forward_step(a, b) for a, b in pairwise(metas)]  # steps[i]: from frame i to i+1
     first = labels.index(True)
     assert not any(m["reset"] for m in metas)
     assert min(steps[:onset]) > -BACKWARD_STEP_M and steps[onset - 1] > 0, (
@@ -580,3 +583,27 @@ def test_a_reversing_robot_is_labelled_ood_from_its_first_frame_backwards():
         "other effects show at once"
     )
     assert not EffectInView("spin")(metas[onset], np.zeros((2, 2, 3), np.uint8), False)
+
+
+def test_nuisance_presets_are_new_drives_on_held_out_maps():
+    """The nuisance evaluation's drives (docs/normal.md): test maps only (decorated ones for
+    `decorated_test`), 60 Hz where rates and half speed are derived, none a drive of another
+    preset; the photometric reference drives on the train maps, never a test map."""
+    from training.data.scenarios import DECORATED_TEST_MAPS, TEST_MAPS
+
+    expected = {
+        "heldout_id": (set(TEST_MAPS), 60.0),
+        "decorated_test": (set(DECORATED_TEST_MAPS), 60.0),
+        "heldout_onsets": (set(TEST_MAPS), 30.0),
+        "photometric_reference": (set(TRAIN_MAPS), 30.0),
+    }
+    for name, (maps, fps) in expected.items():
+        drives = plan_episodes(PRESETS[name])
+        assert {p.map for p in drives} <= maps and PRESETS[name].fps == fps
+        assert not {(p.map, p.seed) for p in drives} & _drives_of_other_presets(name)
+    onsets = plan_episodes(PRESETS["heldout_onsets"])
+    assert sorted(p.scenario for p in onsets) == sorted(set(SCENARIOS) - {"id"})
+    assert {p.scenario for p in plan_episodes(PRESETS["heldout_id"])} == {"id"}
+    assert not set(DECORATED_TEST_MAPS) & {
+        p.map for n in ("default", "intersections", "more_maps") for p in plan_episodes(PRESETS[n])
+    }

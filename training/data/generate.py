@@ -1,15 +1,14 @@
 """Build a Duckietown dataset: simulator episodes → corruptions → rosbag2 episodes + manifest.
 
-    python -m training.data.generate --preset default        # ~39k frames, all scenarios
-    python -m training.data.generate --preset small --out /tmp/ds   # seconds, for tests
-    python -m training.data.generate --preset intersections  # 6k ID frames on intersection maps, to merge
-    python -m training.data.generate --preset intersections_more  # 10.8k more ID train frames there
-    python -m training.data.generate --preset more_maps      # 14.4k ID train frames on 12 more maps
-    python -m training.data.generate --preset traffic_lights # 6k ID frames by traffic lights, to merge
-    python -m training.data.generate --preset heldout_id     # held-out ID drives at 60 Hz (docs/normal.md)
-    python -m training.data.generate --preset decorated_test # the same on decorated test maps
-    python -m training.data.generate --preset heldout_onsets # one onset per OOD scenario, test maps
-    python -m training.data.generate --preset photometric_reference  # 1.8k ID frames, train maps
+    python -m training.data.generate --preset default         # ~39k frames, all scenarios
+    python -m training.data.generate --preset small --out /tmp/ds  # seconds, for tests
+
+Presets to merge into a dataset (training.data.merge): intersections (6k ID frames on intersection
+maps), intersections_more (10.8k more there), more_maps (14.4k ID train frames on 12 more maps),
+traffic_lights (6k ID frames by traffic lights). Held-out drives for the nuisance evaluation
+(docs/normal.md): heldout_id (ID drives at 60 Hz on the test maps), decorated_test (the same on
+decorated test maps), heldout_onsets (one onset per OOD scenario); photometric_reference (1.8k ID
+frames on the train maps).
 
 The simulator runs in its own venv (numpy 1.23, pyglet 1.5) as `training.data.sim_worker`
 subprocesses that stream raw frames; this process (main venv) applies camera-side corruptions,
@@ -84,7 +83,7 @@ class SimulatorStream:
 
     def __init__(self, spec: dict[str, Any], sim_python: Path) -> None:
         self._shape = (int(spec["height"]), int(spec["width"]), 3)
-        self._log = tempfile.TemporaryFile()
+        self._log = tempfile.TemporaryFile()  # noqa: SIM115 - open for the worker's lifetime
         self.process = subprocess.Popen(
             [str(sim_python), "-m", "training.data.sim_worker"],
             stdin=subprocess.PIPE,
@@ -182,7 +181,8 @@ def render_episode(
             error = stream.finish()
             if error is not None or writer.frames_written != plan.frames:
                 raise GenerationError(
-                    f"{plan.name}: simulator stopped after {writer.frames_written} of {plan.frames} frames: {error}"
+                    f"{plan.name}: simulator stopped after {writer.frames_written} of "
+                    f"{plan.frames} frames: {error}"
                 )
     finally:
         stream.close()
@@ -197,7 +197,8 @@ def _made_with_older_revision(path: Path, plan: EpisodePlan) -> bool:
         return False
     try:
         extra = json.loads((path / EPISODE_FILE).read_text()).get("extra", {})
-        # Episodes written before scenario revisions recorded only their corruption's, under another key.
+        # Episodes written before scenario revisions recorded only their corruption's, under
+        # another key.
         recorded = extra.get("scenario_revision", extra.get("corruption_revision", 1))
     except (OSError, ValueError, AttributeError):
         return True
@@ -325,8 +326,8 @@ def generate(
     stale = [p.name for p in plans if _made_with_older_revision(out_dir / p.split / p.name, p)]
     if stale and progress:
         print(
-            f"{preset_name}: rendering again {len(stale)} episodes made with an older revision of their scenario "
-            f"(or with an unreadable episode.json): {', '.join(stale)}",
+            f"{preset_name}: rendering again {len(stale)} episodes made with an older revision "
+            f"of their scenario (or with an unreadable episode.json): {', '.join(stale)}",
             file=sys.stderr,
         )
     todo = [
@@ -379,9 +380,8 @@ def generate(
 def _summary(manifest_path: Path, seconds: float) -> str:
     manifest = json.loads(manifest_path.read_text())
     root = manifest_path.parent
-    lines = [
-        f"dataset {root} ({manifest['preset']}, {manifest['width']}x{manifest['height']} @ {manifest['fps']:g} Hz) in {seconds:.0f} s"
-    ]
+    camera = f"{manifest['width']}x{manifest['height']} @ {manifest['fps']:g} Hz"
+    lines = [f"dataset {root} ({manifest['preset']}, {camera}) in {seconds:.0f} s"]
     for split, names in manifest["splits"].items():
         episodes = [e for e in manifest["episodes"] if e["split"] == split]
         frames = sum(e["frames"] for e in episodes)
@@ -391,7 +391,8 @@ def _summary(manifest_path: Path, seconds: float) -> str:
         size = sum(f.stat().st_size for f in (root / split).rglob("*") if f.is_file())
         scenarios = sorted({e["scenario"] for e in episodes})
         lines.append(
-            f"  {split:12s} {len(names):4d} episodes {frames:7d} frames ({ood_frames} OOD) {size / 1e6:8.1f} MB  scenarios: {', '.join(scenarios)}"
+            f"  {split:12s} {len(names):4d} episodes {frames:7d} frames ({ood_frames} OOD) "
+            f"{size / 1e6:8.1f} MB  scenarios: {', '.join(scenarios)}"
         )
     lines.append(f"  manifest: {manifest_path}  dataset sha256 {manifest['dataset_sha256'][:16]}…")
     return "\n".join(lines)

@@ -21,7 +21,8 @@ class Scenario:
     sim_effect: str | None = None
     corruption: str | None = None
     # Bumped when what the scenario renders or how its frames are labelled changes: `generate`
-    # renders again the episodes made with an older revision (episode.json, extra.scenario_revision).
+    # renders again the episodes made with an older revision (episode.json,
+    # extra.scenario_revision).
     revision: int = 1
 
 
@@ -102,7 +103,9 @@ class Preset:
     onset_range: tuple[int, int]
     splits: dict[str, SplitPlan]
     scenarios: tuple[str, ...] = OOD_SCENARIOS
-    seed_offset: int = 0  # added to every split's seed base (< 100 000, their spacing): a preset on another preset's maps draws new drives
+    # Added to every split's seed base (< 100 000, their spacing): a preset on another preset's
+    # maps draws new drives.
+    seed_offset: int = 0
     traffic_lights: bool = False  # a traffic light at every intersection (sim_worker spec)
     fps: float | None = None  # the camera rate it is rendered at; None: generate's --fps
 
@@ -122,11 +125,11 @@ INTERSECTION_MAPS = ("ETH_small_intersect", "ETH_large_intersect")
 INTERSECTION_VALIDATION_MAPS = ("TTIC_ripltown",)
 # Twelve more maps of the simulator with no object but flat floor tags, none a validation or test
 # map or a variant of one, each checked to drive (2 drives of 300 frames, no reset): other
-# surroundings (black void, grass), other bends, intersections. Failed the check: calibration_map_ext
-# (19 resets per drive), field1 (no drivable tile). Not taken: maps with objects by the road
-# (loop_obstacles, loop_pedestrians, loop_dyn_duckiebots, zigzag_dists*, udem1, robotarium*,
-# regress_4way_adam), calibration_map_int (a checkerboard), the straight roads, bordered copies and
-# ETH_small_loop_1/2/3 (variants of ETH_small_loop).
+# surroundings (black void, grass), other bends, intersections. Failed the check:
+# calibration_map_ext (19 resets per drive), field1 (no drivable tile). Not taken: maps with
+# objects by the road (loop_obstacles, loop_pedestrians, loop_dyn_duckiebots, zigzag_dists*,
+# udem1, robotarium*, regress_4way_adam), calibration_map_int (a checkerboard), the straight
+# roads, bordered copies and ETH_small_loop_1/2/3 (variants of ETH_small_loop).
 # Standard maps with houses, trees, buses and ducks *beside* the road, kept for the test split: a
 # normal town (docs/normal.md) is in distribution. udem1 is the test map udem1_empty decorated.
 DECORATED_TEST_MAPS = ("udem1", "zigzag_dists")
