@@ -1,17 +1,21 @@
 """Design-space search for a compressed detector — the RTCSA 2024 methodology, automated.
 
-    python -m training.compress.search --data datasets/default --detector bvae --teacher runs/default/bvae --out runs/compress/bvae --ship
+    python -m training.compress.search --data datasets/default --detector bvae \
+        --teacher runs/default/bvae --out runs/compress/bvae --ship
+    torchrun --nproc_per_node=2 -m training.compress.search --device cuda ...   # docs/gpu.md
 
 Structures: the teacher; channel-pruned copies at several homogeneous ratios (torch-pruning) and
 with the per-layer policy the sensitivity analysis proposes; a globally unstructured-pruned copy
 (masks only, for comparison: no fewer multiply-adds in a dense runtime); narrower encoders at a
-lower input resolution (for the flow detector also on the cheaper DIS flow). Every structure but the teacher is distilled to the teacher's latent posterior on the
-train split (training.compress.distill). Precisions: FP32, INT8 (static QDQ, per-channel, ID
-calibration), INT8 with the policy's FP32 layers, FP16, and — for structures whose post-training
-INT8 loses more than `qat_trigger` validation AUROC — INT8 after quantization-aware fine-tuning
-(training.compress.qat). For every candidate: validation AUROC of
-the monitor's own score, file size, encoder latency measured side by side with the baseline in
-one run (ONNX Runtime, 1 thread, median of `--runs`), and peak memory of a process running it.
+lower input resolution (for the flow detector also on the cheaper DIS flow). Every structure but
+the teacher is distilled to the teacher's latent posterior on the train split
+(training.compress.distill). Precisions: FP32, INT8 (static QDQ, per-channel, ID calibration),
+INT8 with the policy's FP32 layers, FP16, and — for structures whose post-training INT8 loses
+more than `qat_trigger` validation AUROC — INT8 after quantization-aware fine-tuning
+(training.compress.qat). Under torchrun every process distils, rank 0 alone does the rest.
+For every candidate: validation AUROC of the monitor's own score, file size, encoder latency
+measured side by side with the baseline in one run (ONNX Runtime, 1 thread, median of `--runs`),
+and peak memory of a process running it.
 The candidate with the cheapest frame (detector latency: preprocessing + encoders) within
 `--tolerance` AUROC of the baseline is selected, calibrated in full
 (score, decision) into a bundle, and with --ship copied to models/<detector>_compressed (and with
@@ -22,10 +26,12 @@ the search never looks at). Writes search.csv, search.md, pareto.png and sensiti
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import itertools
 import json
 import sys
+import tempfile
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -63,6 +69,8 @@ from training.compress.sensitivity import (
     propose_policy,
 )
 from training.dataset import DatasetError, check_calibration_splits, episodes, iter_frames
+from training.device import CPU, Hardware, add_arguments, session
+from training.distributed import from_main
 from training.export import export_encoder
 from training.models import VAE, Encoder, VAEConfig
 from training.pipeline import REPO_ROOT, calibrate_and_bundle, ship_bundle
@@ -102,7 +110,9 @@ class SearchSpace:
     qat_lr_scale: float = (
         0.1  # fine-tuning a trained encoder: a tenth of the distillation learning rate
     )
-    perturbed_copies: int = 0  # label-free perturbed copies of every training input to distil on too (training.compress.perturb)
+    # label-free perturbed copies of every training input to distil on too
+    # (training.compress.perturb)
+    perturbed_copies: int = 0
 
 
 # Students see the flow at a lower resolution (max_flow scales with it): fewer pixels for the
@@ -140,7 +150,8 @@ _FLOW_STUDENTS = SearchSpace(
 )
 # The shipped flow student's structure on smaller Farneback windows (the teacher's 15 at 160x120 is
 # about 8 at 88x66 in scene terms): a smaller window keeps more sensor noise in the flow, and sees
-# less of the zero flow of a frozen or black camera (README, Compression: 11 shipped as flow_window).
+# less of the zero flow of a frozen or black camera (README, Compression: 11 shipped as
+# flow_window).
 FLOW_STUDENT_WINDOWS = (13, 11, 9, 7, 5)
 _BVAE_NARROW = StudentSpec("student64_narrow", ImagePreprocessing(64, 64), (16, 16, 8, 8), (128,))
 _BVAE_NARROW_NEAREST = StudentSpec(
@@ -214,8 +225,9 @@ SPACES: dict[str, dict[str, SearchSpace]] = {
         }
         for w in FLOW_STUDENT_WINDOWS
     },
-    # The β-VAE student beside the same student on nearest-sampled input (preprocessing.IMAGE_INTERPOLATIONS):
-    # measured, not shipped — it sees sensor noise but flags ID drive starts on unseen maps (README, Compression).
+    # The β-VAE student beside the same student on nearest-sampled input
+    # (preprocessing.IMAGE_INTERPOLATIONS): measured, not shipped — it sees sensor noise but flags
+    # ID drive starts on unseen maps (README, Compression).
     "students_nearest": {
         "bvae": replace(_BVAE_STUDENTS, students=(_BVAE_NARROW, _BVAE_NARROW_NEAREST))
     },
@@ -314,19 +326,22 @@ class Teacher:
 
     @classmethod
     def load(cls, path: Path) -> Teacher:
-        """A training run folder (<encoder>.pt and bundle/) or a bundle folder (e.g. models/flow_baseline)."""
+        """A training run folder (<encoder>.pt and bundle/) or a bundle folder (e.g.
+        models/flow_baseline)."""
         if (path / "bundle").is_dir():
             bundle = load_bundle(path / "bundle")
             return cls(path, bundle, load_teacher(path, tuple(bundle.encoders)))
         if not path.is_dir():
             raise FileNotFoundError(
-                f"{path}: no teacher (a training run folder from `python -m training.pipeline`, or a model bundle)"
+                f"{path}: no teacher (a training run folder from `python -m training.pipeline`, "
+                "or a model bundle)"
             )
         return cls(path, load_bundle(path), None)
 
 
 def onnx_parameter_count(files: dict[str, Path]) -> int:
-    """Non-zero weights of exported encoders (BatchNorm folded into the convolutions by the export)."""
+    """Non-zero weights of exported encoders (BatchNorm folded into the convolutions by the
+    export)."""
     return int(
         sum(
             np.count_nonzero(numpy_helper.to_array(t))
@@ -346,6 +361,7 @@ def _distilled(
     targets: dict[str, tuple[np.ndarray, np.ndarray]],
     train: TrainConfig,
     desc: str,
+    hardware: Hardware,
 ) -> tuple[dict[str, Encoder], float]:
     histories = []
     for index, name in enumerate(students):
@@ -356,6 +372,7 @@ def _distilled(
             targets[name],
             train,
             desc=f"{desc}/{name}",
+            hardware=hardware,
         )
         histories.append(history[-1])
     return students, float(np.mean(histories))
@@ -388,7 +405,8 @@ def _exported(
 def _precisions(
     structure: Candidate, inputs: SplitInputs, policy: Policy | None, work: Path
 ) -> list[Candidate]:
-    """FP32 (as given), INT8, and for the policy INT8 with its FP32 layers; FP16 of the baseline and the policy."""
+    """FP32 (as given), INT8, and for the policy INT8 with its FP32 layers; FP16 of the baseline
+    and the policy."""
     variants = [structure]
     batches = {name: calibration_batches(inputs, i) for i, name in enumerate(structure.files)}
 
@@ -447,15 +465,22 @@ def _pruned_structures(
     baseline_auroc: float,
     space: SearchSpace,
     work: Path,
+    hardware: Hardware,
 ) -> tuple[list[Candidate], dict[str, dict[str, Encoder]], list[LayerSensitivity], Policy]:
     """Sensitivity analysis, the policy it proposes, channel-pruned copies (homogeneous ratios and
-    the policy) and the mask-only comparison point, each distilled to the teacher."""
-    all_int8, sensitivity = analyse(
-        teachers, shapes, inputs, work / "sensitivity", space.sensitivity_ratio
-    )
-    policy = propose_policy(baseline_auroc, all_int8, sensitivity)
+    the policy) and the mask-only comparison point, each distilled to the teacher. Under torchrun
+    rank 0 alone analyses and sends the policy to the others."""
+    sensitivity: list[LayerSensitivity] = []
+    policy = None
+    if hardware.is_main:
+        all_int8, sensitivity = analyse(
+            teachers, shapes, inputs, work / "sensitivity", space.sensitivity_ratio
+        )
+        policy = propose_policy(baseline_auroc, all_int8, sensitivity)
+    policy = from_main(policy, hardware)
     print(
-        f"sensitivity-guided policy: ratios {policy.layer_ratios}, FP32 layers {policy.keep_fp32 or 'none'}"
+        f"sensitivity-guided policy: ratios {policy.layer_ratios}, FP32 layers "
+        f"{policy.keep_fp32 or 'none'}"
     )
     structures: list[Candidate] = []
     trained: dict[str, dict[str, Encoder]] = {}
@@ -464,7 +489,7 @@ def _pruned_structures(
         ("policy", 0.0, policy.layer_ratios)
     ]:
         students = {n: prune_encoder(teachers[n], shapes[n], ratio, layer_ratios) for n in teachers}
-        students, mse = _distilled(students, inputs, targets, space.distill, name)
+        students, mse = _distilled(students, inputs, targets, space.distill, name, hardware)
         structures.append(_exported(name, students, prep, shapes, work, mse))
         trained[name] = students
     if space.unstructured:  # masks only: as many multiply-adds as the teacher in a dense runtime
@@ -476,6 +501,7 @@ def _pruned_structures(
             targets,
             fine_tune,
             name,
+            hardware,
         )
         structures.append(
             _exported(
@@ -499,6 +525,7 @@ def _distilled_student(
     targets: dict[str, tuple[np.ndarray, np.ndarray]],
     space: SearchSpace,
     work: Path,
+    hardware: Hardware,
 ) -> tuple[Candidate, dict[str, Encoder]]:
     """A from-scratch student of `spec`, distilled to the teacher's latents, exported to ONNX."""
     shapes = input_shapes(detector, spec.preprocessing)
@@ -516,7 +543,7 @@ def _distilled_student(
             ),
             space.distill.seed,
         )
-    students, mse = _distilled(students, inputs, targets, space.distill, spec.name)
+    students, mse = _distilled(students, inputs, targets, space.distill, spec.name, hardware)
     return _exported(spec.name, students, spec.preprocessing, shapes, work, mse), students
 
 
@@ -539,13 +566,19 @@ def search(
     tolerance: float,
     space: SearchSpace,
     workers: int = 2,
-) -> SearchResult:
+    hardware: Hardware = CPU,
+) -> SearchResult | None:
+    """Under torchrun every process distils (and fine-tunes quantization-aware); rank 0 alone
+    quantizes, evaluates and measures, sends the others its choices of what to train, and returns
+    the result — the others return None."""
     teacher_bundle, teachers = teacher.bundle, teacher.encoders
     encoders = tuple(teacher_bundle.encoders)
     if teachers is None:
         print(
-            f"{teacher.path}: a bundle without its training checkpoint — searching distilled students and their precisions only "
-            "(pruning, the sensitivity analysis and QAT of the teacher start from its torch weights)"
+            f"{teacher.path}: a bundle without its training checkpoint — searching distilled "
+            "students and their precisions only "
+            "(pruning, the sensitivity analysis and QAT of the teacher start from its torch "
+            "weights)"
         )
     work = out / "work"
     work.mkdir(parents=True, exist_ok=True)
@@ -570,8 +603,9 @@ def search(
     baseline = Candidate(
         "baseline/fp32", "baseline", "fp32", teacher_prep, dict(teacher_bundle.encoders), parameters
     )
-    baseline.auroc, baseline.score_kind = validation_auroc(baseline.files, inputs)
-    print(f"baseline validation AUROC {baseline.auroc:.4f} ({baseline.score_kind})")
+    if hardware.is_main:
+        baseline.auroc, baseline.score_kind = validation_auroc(baseline.files, inputs)
+        print(f"baseline validation AUROC {baseline.auroc:.4f} ({baseline.score_kind})")
 
     structures: list[Candidate] = [baseline]
     trained: dict[str, dict[str, Encoder]] = {}  # torch encoders of each structure, for QAT
@@ -581,7 +615,7 @@ def search(
         trained["baseline"] = teachers
         if space.ratios:
             pruned, pruned_trained, sensitivity, policy = _pruned_structures(
-                teachers, shapes, inputs, targets, baseline.auroc, space, work
+                teachers, shapes, inputs, targets, baseline.auroc, space, work, hardware
             )
             structures += pruned
             trained |= pruned_trained
@@ -605,42 +639,60 @@ def search(
             targets,
             space,
             work,
+            hardware,
         )
         structures.append(structure)
 
     candidates: list[Candidate] = []
-    for structure in structures:
-        candidates += _precisions(structure, student_inputs[structure.preprocessing], policy, work)
-    for candidate in tqdm(candidates, desc="validation AUROC", unit="candidate"):
-        _evaluate(
-            candidate,
-            detector,
-            student_inputs[candidate.preprocessing],
-            skip_auroc=candidate is baseline,
-        )
-    by_name = {c.name: c for c in candidates}
-    for name, encoders_fp32 in trained.items():
-        fp32, int8 = by_name[f"{name}/fp32"], by_name[f"{name}/int8"]
-        if space.qat_epochs and fp32.auroc - int8.auroc > space.qat_trigger:
-            s_inputs = student_inputs[fp32.preprocessing]
-            qat = _quantization_aware(
+    qat_structures: list[str] | None = None
+    if hardware.is_main:
+        for structure in structures:
+            candidates += _precisions(
+                structure, student_inputs[structure.preprocessing], policy, work
+            )
+        for candidate in tqdm(candidates, desc="validation AUROC", unit="candidate"):
+            _evaluate(
+                candidate,
                 detector,
-                fp32,
-                encoders_fp32,
-                s_inputs,
-                targets,
-                replace(
-                    space.distill,
-                    epochs=space.qat_epochs,
-                    learning_rate=space.distill.learning_rate * space.qat_lr_scale,
-                ),
-                work,
+                student_inputs[candidate.preprocessing],
+                skip_auroc=candidate is baseline,
             )
-            _evaluate(qat, detector, s_inputs)
-            print(
-                f"{name}: INT8 validation AUROC {int8.auroc:.4f} post-training, {qat.auroc:.4f} quantization-aware (FP32 {fp32.auroc:.4f})"
-            )
-            candidates.insert(candidates.index(int8) + 1, qat)
+        by_name = {c.name: c for c in candidates}
+        qat_structures = [
+            name
+            for name in trained
+            if space.qat_epochs
+            and by_name[f"{name}/fp32"].auroc - by_name[f"{name}/int8"].auroc > space.qat_trigger
+        ]
+    fp32_of = {structure.structure: structure for structure in structures}
+    for name in from_main(qat_structures, hardware):
+        fp32 = fp32_of[name]
+        s_inputs = student_inputs[fp32.preprocessing]
+        qat = _quantization_aware(
+            detector,
+            fp32,
+            trained[name],
+            s_inputs,
+            targets,
+            replace(
+                space.distill,
+                epochs=space.qat_epochs,
+                learning_rate=space.distill.learning_rate * space.qat_lr_scale,
+            ),
+            work,
+            hardware,
+        )
+        if not hardware.is_main:
+            continue
+        _evaluate(qat, detector, s_inputs)
+        int8 = by_name[f"{name}/int8"]
+        print(
+            f"{name}: INT8 validation AUROC {int8.auroc:.4f} post-training, {qat.auroc:.4f} "
+            f"quantization-aware (FP32 {fp32.auroc:.4f})"
+        )
+        candidates.insert(candidates.index(int8) + 1, qat)
+    if not hardware.is_main:
+        return None
     _measure_latency(candidates, detector, runs)
     _measure_detector_latency(candidates, data, runs)
     return SearchResult(
@@ -672,6 +724,7 @@ def _quantization_aware(
     targets: dict[str, tuple[np.ndarray, np.ndarray]],
     train: TrainConfig,
     work: Path,
+    hardware: Hardware,
 ) -> Candidate:
     """INT8 of a structure after quantization-aware fine-tuning (training.compress.qat), quantized
     with the same calibration as its post-training INT8."""
@@ -685,6 +738,7 @@ def _quantization_aware(
             targets[name],
             train,
             desc=f"{fp32.structure}/{name} QAT",
+            hardware=hardware,
         )
         exported = export_encoder(tuned, shapes[name], work / f"{fp32.structure}_qat_{name}.onnx")
         files[name] = quantize_int8(
@@ -816,9 +870,15 @@ def write_report(result: SearchResult, out: Path, tolerance: float, detector: st
     lines = [
         f"# Compression search: {detector}",
         "",
-        f"Validation AUROC of the monitor's score, encoder latency (ONNX Runtime, 1 thread, median, measured side by side with the baseline in one run), "
-        f"detector latency (encoders + the preprocessing of one camera frame, {'resize' if detector == 'bvae' else 'resize, CLAHE and optical flow'}, OpenCV 1 thread, timed side by side on validation frames), "
-        f"file size, peak RSS of a process running the encoders. Selected: the candidate with the lowest detector latency within {tolerance} AUROC of the baseline.",
+        (
+            "Validation AUROC of the monitor's score, encoder latency (ONNX Runtime, 1 thread, "
+            "median, measured side by side with the baseline in one run), "
+            "detector latency (encoders + the preprocessing of one camera frame, "
+            f"{'resize' if detector == 'bvae' else 'resize, CLAHE and optical flow'}, OpenCV 1 "
+            "thread, timed side by side on validation frames), "
+            "file size, peak RSS of a process running the encoders. Selected: the candidate with "
+            f"the lowest detector latency within {tolerance} AUROC of the baseline."
+        ),
         "",
         "| " + " | ".join(columns) + " |",
         "|" + "---|" * len(columns),
@@ -832,22 +892,33 @@ def write_report(result: SearchResult, out: Path, tolerance: float, detector: st
         + " |"
         for r in rows
     ]
-    # The compression issue's bars: the β-VAE's encoder, the flow detector's whole frame (optical flow included).
+    # The compression issue's bars: the β-VAE's encoder, the flow detector's whole frame (optical
+    # flow included).
     bar = 0.2 if detector == "bvae" else 1 / 3
     meets_speed = (selected.latency_ratio if detector == "bvae" else selected.detector_ratio) <= bar
     lines += [
         "",
-        f"**Selected: {selected.name}** — encoder latency {selected.latency_ratio:.3f}× baseline ({selected.latency_ms:.2f} ms vs {baseline.latency_ms:.2f} ms), "
-        f"whole detector {selected.detector_ratio:.3f}× ({selected.detector_ms:.2f} ms vs {baseline.detector_ms:.2f} ms; {'≤' if selected.detector_ratio <= bar else '>'} {bar:.2g}×), "
-        f"AUROC drop {baseline.auroc - selected.auroc:+.4f}, size {selected.size_mb / baseline.size_mb:.3f}× "
-        f"(bar: ≤ {'0.2× encoder' if detector == 'bvae' else '0.33× detector'} latency {'met' if meets_speed else 'MISSED'}, "
-        f"≤ 1/8 size {'met' if selected.size_mb <= baseline.size_mb * SIZE_BAR else 'MISSED'}).",
+        (
+            f"**Selected: {selected.name}** — encoder latency {selected.latency_ratio:.3f}× "
+            f"baseline ({selected.latency_ms:.2f} ms vs {baseline.latency_ms:.2f} ms), "
+            f"whole detector {selected.detector_ratio:.3f}× ({selected.detector_ms:.2f} ms vs "
+            f"{baseline.detector_ms:.2f} ms; {'≤' if selected.detector_ratio <= bar else '>'} "
+            f"{bar:.2g}×), "
+            f"AUROC drop {baseline.auroc - selected.auroc:+.4f}, size "
+            f"{selected.size_mb / baseline.size_mb:.3f}× "
+            f"(bar: ≤ {'0.2× encoder' if detector == 'bvae' else '0.33× detector'} latency "
+            f"{'met' if meets_speed else 'MISSED'}, "
+            f"≤ 1/8 size {'met' if selected.size_mb <= baseline.size_mb * SIZE_BAR else 'MISSED'})."
+        ),
         "",
     ]
     if policy is None:
         lines += [
-            "No pruning or sensitivity analysis in this search: its space has no pruning ratios, or the teacher was a bundle without its training checkpoint "
-            "(then no QAT of the teacher either).",
+            (
+                "No pruning or sensitivity analysis in this search: its space has no pruning "
+                "ratios, or the teacher was a bundle without its training checkpoint "
+                "(then no QAT of the teacher either)."
+            ),
             "",
         ]
     else:
@@ -863,13 +934,19 @@ def write_report(result: SearchResult, out: Path, tolerance: float, detector: st
         ]
         lines += [
             "",
-            f"Proposed policy: per-layer pruning ratios {policy.layer_ratios}; FP32 layers in INT8 models: {list(policy.keep_fp32) or 'none'}.",
+            (
+                f"Proposed policy: per-layer pruning ratios {policy.layer_ratios}; FP32 layers in "
+                f"INT8 models: {list(policy.keep_fp32) or 'none'}."
+            ),
             "",
         ]
     if result.perturbed_copies:
         lines += [
-            f"Distilled on the training frames and {result.perturbed_copies} label-free perturbed cop{'y' if result.perturbed_copies == 1 else 'ies'} of each "
-            "(blends towards a uniform colour, mixes of two frames; training.compress.perturb).",
+            (
+                f"Distilled on the training frames and {result.perturbed_copies} label-free "
+                f"perturbed cop{'y' if result.perturbed_copies == 1 else 'ies'} of each "
+                "(blends towards a uniform colour, mixes of two frames; training.compress.perturb)."
+            ),
             "",
         ]
     lines += ["![Pareto](pareto.png)", ""]
@@ -976,7 +1053,8 @@ def main(argv: list[str] | None = None) -> int:
         "--teacher",
         type=Path,
         help="teacher run folder with <encoder>.pt and bundle/ (default runs/default/<detector>), "
-        "or a bundle folder such as models/flow_baseline: then only distilled students and their precisions are searched",
+        "or a bundle folder such as models/flow_baseline: then only distilled students and "
+        "their precisions are searched",
     )
     parser.add_argument("--out", type=Path, help="default runs/compress/<detector>")
     parser.add_argument(
@@ -998,70 +1076,90 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--make-default",
         action="store_true",
-        help="with --ship: make it the runtime default (models/defaults.json) — after checking it on the test split and the bench",
+        help="with --ship: make it the runtime default (models/defaults.json) — after checking "
+        "it on the test split and the bench",
     )
+    add_arguments(parser)
     args = parser.parse_args(argv)
     if args.ship_name is not None and (
         not args.ship_name.replace("_", "").replace("-", "").isalnum()
     ):
         parser.error(
-            f"--ship-name must be a plain folder name (letters, digits, _ and -), got '{args.ship_name}'"
+            "--ship-name must be a plain folder name (letters, digits, _ and -), got "
+            f"'{args.ship_name}'"
         )
     if args.detector not in SPACES[args.space]:
         parser.error(
-            f"search space '{args.space}' has no {args.detector} detector (it has: {', '.join(SPACES[args.space])})"
+            f"search space '{args.space}' has no {args.detector} detector (it has: "
+            f"{', '.join(SPACES[args.space])})"
         )
     teacher = args.teacher or REPO_ROOT / "runs" / "default" / args.detector
-    out = args.out or REPO_ROOT / "runs" / "compress" / args.detector
-    out.mkdir(parents=True, exist_ok=True)
-    try:
-        check_calibration_splits(args.data)  # the selected bundle is calibrated at the end
-        result = search(
-            args.data,
-            args.detector,
-            Teacher.load(teacher),
-            out,
-            args.runs,
-            args.tolerance,
-            SPACES[args.space][args.detector],
-            args.workers,
+    with (
+        session(args, parser) as hardware,
+        contextlib.nullcontext() if hardware.is_main else tempfile.TemporaryDirectory() as scratch,
+    ):
+        # Under torchrun the other processes keep their work files in a scratch folder of their own.
+        out = (
+            Path(scratch)
+            if scratch
+            else args.out or REPO_ROOT / "runs" / "compress" / args.detector
         )
-        report = write_report(result, out, args.tolerance, args.detector)
-        selected, baseline = result.selected, result.candidates[0]
-        provenance = {
-            "compression": {
-                "candidate": selected.name,
-                "teacher": str(teacher),
-                "policy": asdict(result.policy) if result.policy else None,
-                "search_validation_auroc": selected.auroc,
-                "baseline_validation_auroc": baseline.auroc,
-                "latency_ratio": selected.latency_ratio,
-                "detector_latency_ratio": selected.detector_ratio,
-            }
-        }
-        bundle = calibrate_and_bundle(
-            args.detector,
-            selected.preprocessing,
-            selected.files,
-            result.latent,
-            args.data,
-            out / "bundle",
-            provenance,
-        ).path
-        print(report.read_text())
-        print(f"selected bundle: {bundle}")
-        if args.ship:
-            name = args.ship_name or f"{args.detector}_compressed"
-            print(
-                f"shipped {ship_bundle(bundle, args.detector, name, make_default=args.make_default)}"
+        out.mkdir(parents=True, exist_ok=True)
+        try:
+            check_calibration_splits(args.data)  # the selected bundle is calibrated at the end
+            result = search(
+                args.data,
+                args.detector,
+                Teacher.load(teacher),
+                out,
+                args.runs,
+                args.tolerance,
+                SPACES[args.space][args.detector],
+                args.workers,
+                hardware,
             )
-        (out / "selected.json").write_text(
-            json.dumps({"selected": selected.name, "bundle": str(bundle)}, indent=1) + "\n"
-        )
-    except (DatasetError, BundleError, FileNotFoundError, RuntimeError) as err:
-        print(f"search: {err}", file=sys.stderr)
-        return 1
+            if result is not None:
+                _bundle_selected(result, args, teacher, out)
+        except (DatasetError, BundleError, FileNotFoundError, RuntimeError) as err:
+            print(f"search: {err}", file=sys.stderr)
+            return 1
     return 0
+
+
+def _bundle_selected(
+    result: SearchResult, args: argparse.Namespace, teacher: Path, out: Path
+) -> None:
+    """Report the search, calibrate the selected candidate into a bundle and ship it if asked."""
+    report = write_report(result, out, args.tolerance, args.detector)
+    selected, baseline = result.selected, result.candidates[0]
+    provenance = {
+        "compression": {
+            "candidate": selected.name,
+            "teacher": str(teacher),
+            "policy": asdict(result.policy) if result.policy else None,
+            "search_validation_auroc": selected.auroc,
+            "baseline_validation_auroc": baseline.auroc,
+            "latency_ratio": selected.latency_ratio,
+            "detector_latency_ratio": selected.detector_ratio,
+        }
+    }
+    bundle = calibrate_and_bundle(
+        args.detector,
+        selected.preprocessing,
+        selected.files,
+        result.latent,
+        args.data,
+        out / "bundle",
+        provenance,
+    ).path
+    print(report.read_text())
+    print(f"selected bundle: {bundle}")
+    if args.ship:
+        name = args.ship_name or f"{args.detector}_compressed"
+        print(f"shipped {ship_bundle(bundle, args.detector, name, make_default=args.make_default)}")
+    (out / "selected.json").write_text(
+        json.dumps({"selected": selected.name, "bundle": str(bundle)}, indent=1) + "\n"
+    )
 
 
 if __name__ == "__main__":
