@@ -11,17 +11,33 @@ resident memory.
 
 from __future__ import annotations
 
+import csv
+import json
+import os
+import signal
+import subprocess
 import sys
-from dataclasses import dataclass
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from vae_ood_monitor.demo import GraphRun, Recording, onset_stamp, stop_events
+from vae_ood_monitor.demo import (
+    GraphRun,
+    Recording,
+    onset_stamp,
+    resident_mb,
+    start_node,
+    stop_events,
+)
 from vae_ood_monitor.detector import OODDetector
 from vae_ood_monitor.ground_truth import read_ground_truth
 from vae_ood_monitor.offline import DETECTORS, default_bundle, score_bag, thinned
 from vae_ood_monitor.safety import SafetyConfig
+from vae_ood_monitor.stream import CameraClient, Drive, load_drive
 
 
 def frames_published(recording: Recording) -> int:
@@ -223,4 +239,432 @@ def run_offline_table(
                 f"{np.median([r.flagged['bvae'] for r in replays]):9.1%} "
                 f"{np.median([r.flagged['fused'] for r in replays]):7.1%} {delay:>10s}"
             )
+    return 0
+
+
+# ---- Live: an independent client streams JPEG frames into the graph; CPU per frame per node ----
+
+NODE_NAMES = ("bvae_detector", "flow_detector", "safety_stop")
+READY = {"ood_monitor/bvae_detector", "ood_monitor/flow_detector", "ood_monitor/safety_stop"}
+GRAPHS = ("nodes", "monitor")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, all its threads (Linux /proc); NaN once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+@dataclass
+class Side:
+    """A version of the monitor under test: its code checkout and the bundles it ships."""
+
+    name: str
+    root: Path
+
+    def bundles(self) -> dict[str, Path]:
+        """The version's default bundles, from its own models/defaults.json."""
+        models = self.root / "models"
+        defaults = json.loads((models / "defaults.json").read_text())
+        return {name: models / defaults[name] for name in DETECTORS}
+
+
+def checkout(ref: str, out_dir: Path) -> Side:
+    """A `git worktree` of `ref` under `out_dir` (kept for the next run), as a Side."""
+    repo = Path(__file__).resolve().parents[1]
+    sha = subprocess.run(
+        ["git", "-C", str(repo), "rev-parse", "--verify", f"{ref}^{{commit}}"],
+        capture_output=True,
+        text=True,
+    )
+    if sha.returncode != 0:
+        raise ValueError(f"--baseline-ref {ref}: not a commit of {repo} ({sha.stderr.strip()})")
+    path = (out_dir / f"baseline-{sha.stdout.strip()[:10]}").resolve()
+    if not (path / "vae_ood_monitor").exists():
+        out_dir.mkdir(parents=True, exist_ok=True)
+        subprocess.run(
+            ["git", "-C", str(repo), "worktree", "add", "--detach", str(path), sha.stdout.strip()],
+            check=True,
+            capture_output=True,
+        )
+    return Side(ref, path)
+
+
+class LiveGraph:
+    """The monitor's three nodes as processes: each started alone ("nodes", as the launch file
+    does) or by one `vae-ood-monitor monitor` command ("monitor"), from `side`'s code."""
+
+    def __init__(self, side: Side, graph: str, log_dir: Path) -> None:
+        log_dir.mkdir(parents=True, exist_ok=True)
+        self.log_dir = log_dir
+        bundles = side.bundles()
+        if graph == "nodes":
+            self.processes = {
+                name: start_node(
+                    name,
+                    {"bundle": bundles[name.split("_")[0]]} if name != "safety_stop" else {},
+                    log_dir / f"{name}.log",
+                    cwd=side.root,
+                )
+                for name in NODE_NAMES
+            }
+        else:
+            params = log_dir / "monitor.yaml"
+            params.write_text(
+                "".join(
+                    f"/**/{kind}_detector:\n  ros__parameters:\n    bundle: {path}\n"
+                    for kind, path in bundles.items()
+                )
+            )
+            command = [sys.executable, "-m", "vae_ood_monitor.cli", "monitor"]
+            with (log_dir / "monitor.log").open("w") as log:
+                self.processes = {
+                    "monitor": subprocess.Popen(
+                        [*command, "--params-file", str(params)],
+                        cwd=side.root,
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                    )
+                }
+
+    def pids(self) -> dict[str, int]:
+        """Node → process id; a one-process monitor is one entry, a supervising one its children."""
+        pids = {name: p.pid for name, p in self.processes.items()}
+        if "monitor" in pids:
+            for child in _children(pids["monitor"]):
+                line = _cmdline(child)
+                name = next((n for n in NODE_NAMES if n in line or n.split("_")[0] in line), None)
+                if name is not None:
+                    pids[name] = child
+        return pids
+
+    def dead(self) -> list[str]:
+        return [name for name, p in self.processes.items() if p.poll() is not None]
+
+    def close(self) -> None:
+        for process in self.processes.values():
+            if process.poll() is None:
+                process.send_signal(signal.SIGINT)
+        for process in self.processes.values():
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+@dataclass
+class LiveResult:
+    """One live run: what the bar asks, per node CPU and memory."""
+
+    published: int = 0
+    processed: dict[str, float] = field(default_factory=dict)  # share of published frames
+    cpu_ms_per_frame: dict[str, float] = field(default_factory=dict)  # per process, ID segment
+    rss_mb: dict[str, float] = field(default_factory=dict)
+    false_stop_s: float | None = None  # first stop during ID driving, from its start
+    silence_stop_s: float | None = None  # camera silence → stop
+    reset_after_s: float | None = None  # ID driving after the silence → reset accepted
+    onset_stop_s: float | None = None  # first OOD frame published → stop received
+    notes: list[str] = field(default_factory=list)
+
+
+def _processed(client: CameraClient, published: int) -> dict[str, float]:
+    shares = {}
+    for kind in DETECTORS:
+        values = client.log.diagnostics.get(f"ood_monitor/{kind}_detector", {})
+        shares[kind] = int(values.get("processed", 0)) / max(published, 1)
+    return shares
+
+
+def _reset_while(client: CameraClient, play: Callable[[], None], start: float) -> float | None:
+    """Run `play` and ask for a reset every 0.25 s meanwhile; seconds from `start` to the first
+    accepted reset (None: none was)."""
+    accepted: list[float] = []
+    done = threading.Event()
+
+    def ask() -> None:
+        while not done.is_set() and not accepted:
+            ok, _ = client.reset(timeout=1.0)
+            if ok and client.stopped() is False:
+                accepted.append(time.monotonic() - start)
+            done.wait(0.25)
+
+    asker = threading.Thread(target=ask, daemon=True)
+    asker.start()
+    play()
+    done.set()
+    asker.join(timeout=3.0)
+    return accepted[0] if accepted else None
+
+
+def live_run(
+    side: Side, graph: str, drive: Drive, rate_hz: float, id_s: float, log_dir: Path
+) -> LiveResult:
+    """Start the graph, wait until it reports, then: ID driving (`id_s`, CPU measured), camera
+    silence, ID driving with resets asked for, the drive's OOD part; the stop timed at the client."""
+    result = LiveResult()
+    client = CameraClient()
+    run = LiveGraph(side, graph, log_dir)
+    try:
+        deadline = time.monotonic() + 90.0
+        while not READY <= set(client.log.diagnostics) or client.subscribers() < 3:
+            if run.dead() or time.monotonic() > deadline:
+                result.notes.append(f"graph did not come up; see {log_dir}")
+                return result
+            time.sleep(0.2)
+        ids = drive.in_distribution
+        client.play(ids, rate_hz, seconds=3.0)  # the safety stop releases the robot
+        if client.stopped():
+            result.notes.append("not released after 3 s of ID driving")
+        pids = run.pids()
+        start, published = time.monotonic(), client.log.published
+        cpu = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        client.play(ids, rate_hz, seconds=id_s)
+        frames = client.log.published - published
+        for name, pid in pids.items():
+            result.cpu_ms_per_frame[name] = (cpu_seconds(pid) - cpu[name]) / frames * 1000.0
+            result.rss_mb[name] = resident_mb(pid)
+        stop = client.stop_since(start)
+        result.false_stop_s = None if stop is None else stop - start
+        if client.stopped():
+            _reset_while(client, lambda: client.play(ids, rate_hz, seconds=4.0), time.monotonic())
+        silent = time.monotonic()
+        client.silence(1.5)
+        stop = client.stop_since(silent)
+        result.silence_stop_s = None if stop is None else stop - silent
+        resumed = time.monotonic()
+        result.reset_after_s = _reset_while(
+            client, lambda: client.play(ids, rate_hz, seconds=4.0), resumed
+        )
+        client.play(ids, rate_hz)  # up to the last frame before the onset
+        onset = time.monotonic()
+        client.play(drive.out_of_distribution, rate_hz, follows=True)
+        time.sleep(0.5)
+        stop = client.stop_since(onset)
+        result.onset_stop_s = None if stop is None else stop - onset
+        time.sleep(1.5)  # one more 1 Hz diagnostics round
+        result.published = client.log.published
+        result.processed = _processed(client, result.published)
+    finally:
+        run.close()
+        client.close()
+    return result
+
+
+def _seconds(value: float | None) -> str:
+    return "—" if value is None else f"{value:.3f} s"
+
+
+def run_live_bench(
+    bag: Path,
+    out_dir: Path,
+    baseline_ref: str | None,
+    graph: str = "nodes",
+    rates: tuple[float, ...] = (30.0,),
+    id_s: float = 20.0,
+    id_bag: Path | None = None,
+) -> int:
+    """CPU per frame per node, keep-up and stop times of the graph, this checkout beside
+    `baseline_ref` (a git worktree of it, with its own default bundles), at each camera rate."""
+    drive = load_drive(bag)
+    if not drive.out_of_distribution:
+        print(f"bench: {bag} has no labelled onset", file=sys.stderr)
+        return 1
+    if id_bag is not None:
+        drive = Drive(load_drive(id_bag).in_distribution + drive.out_of_distribution, None)
+        drive.onset = len(drive.jpeg) - len(load_drive(bag).out_of_distribution)
+    sides = [Side("this checkout", Path(__file__).resolve().parents[1])]
+    if baseline_ref is not None:
+        sides.insert(0, checkout(baseline_ref, out_dir))
+    results: dict[str, LiveResult] = {}
+    for rate in rates:
+        for side in sides:
+            label = f"{side.name} @ {rate:g} Hz"
+            print(f"running {graph} graph of {label} ...", flush=True)
+            results[label] = live_run(
+                side,
+                graph,
+                drive,
+                rate,
+                id_s,
+                out_dir / f"{side.name}_{rate:g}hz".replace(" ", "_"),
+            )
+    width = max(len(k) for k in results) + 2
+    print(f"\nlive bench ({graph} graph): {bag.name}, ID driving {id_s:g} s, independent client")
+    print(f"{'':34s}" + "".join(f"{k:>{width}s}" for k in results))
+    rows: list[tuple[str, Callable[[LiveResult], str]]] = [
+        ("frames published", lambda r: str(r.published)),
+        *(
+            (
+                f"CPU ms/frame {name}",
+                lambda r, n=name: f"{r.cpu_ms_per_frame.get(n, float('nan')):.2f}",
+            )
+            for name in (*NODE_NAMES, "monitor")
+        ),
+        ("CPU ms/frame whole graph", lambda r: f"{sum(r.cpu_ms_per_frame.values()):.2f}"),
+        *(
+            (f"processed {kind} / published", lambda r, k=kind: f"{r.processed.get(k, 0.0):.1%}")
+            for kind in DETECTORS
+        ),
+        (
+            "stop during ID driving",
+            lambda r: "none" if r.false_stop_s is None else f"after {r.false_stop_s:.1f} s",
+        ),
+        ("camera silence → stop", lambda r: _seconds(r.silence_stop_s)),
+        ("reset accepted after ID", lambda r: _seconds(r.reset_after_s)),
+        ("onset → stop", lambda r: _seconds(r.onset_stop_s)),
+        *(
+            (f"RSS MB {name}", lambda r, n=name: f"{r.rss_mb.get(n, float('nan')):.0f}")
+            for name in (*NODE_NAMES, "monitor")
+        ),
+    ]
+    for title, cell in rows:
+        print(f"{title:34s}" + "".join(f"{cell(r):>{width}s}" for r in results.values()))
+    for label, result in results.items():
+        for note in result.notes:
+            print(f"note ({label}): {note}")
+    return 0
+
+
+def _plot_soak(rows: list[dict[str, float | str]], path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for name in sorted({str(r["process"]) for r in rows}):
+        mine = [r for r in rows if r["process"] == name]
+        ax.plot(
+            [float(r["t_s"]) / 60 for r in mine], [float(r["rss_mb"]) for r in mine], label=name
+        )
+    ax.set_xlabel("minutes of ID driving")
+    ax.set_ylabel("resident memory [MB]")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def run_soak(
+    bag: Path,
+    out_dir: Path,
+    minutes: float,
+    graph: str = "nodes",
+    rate_hz: float = 30.0,
+    id_bag: Path | None = None,
+    baseline_ref: str | None = None,
+    sample_s: float = 10.0,
+) -> int:
+    """Stream ID driving for `minutes` (the drive looped; at each loop the stamps jump, a camera
+    hiccup the flow detector restarts on, not a cut it would see as motion) into the graph; every
+    `sample_s` record each node's resident memory and CPU time; report RSS growth, frames
+    processed against frames the client published, CPU per frame and every stop (each followed
+    by a reset so the soak goes on)."""
+    side = (
+        checkout(baseline_ref, out_dir)
+        if baseline_ref
+        else Side("this checkout", Path(__file__).resolve().parents[1])
+    )
+    ids = load_drive(id_bag or bag).in_distribution
+    out_dir.mkdir(parents=True, exist_ok=True)
+    client = CameraClient()
+    run = LiveGraph(side, graph, out_dir / "soak_logs")
+    rows: list[dict[str, float | str]] = []
+    try:
+        deadline = time.monotonic() + 90.0
+        while not READY <= set(client.log.diagnostics) or client.subscribers() < 3:
+            if run.dead() or time.monotonic() > deadline:
+                print(f"bench: graph did not come up; see {out_dir}/soak_logs", file=sys.stderr)
+                return 1
+            time.sleep(0.2)
+        client.play(ids, rate_hz, seconds=3.0)
+        pids = run.pids()
+        start, published0 = time.monotonic(), client.log.published
+        counts0 = {
+            kind: int(client.log.diagnostics[f"ood_monitor/{kind}_detector"]["processed"])
+            for kind in DETECTORS
+        }
+        cpu0 = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        done = threading.Event()
+
+        def sample() -> None:
+            while not done.wait(sample_s):
+                now = time.monotonic() - start
+                for name, pid in pids.items():
+                    rows.append(
+                        {
+                            "t_s": round(now, 1),
+                            "process": name,
+                            "rss_mb": round(resident_mb(pid), 1),
+                            "cpu_s": round(cpu_seconds(pid) - cpu0[name], 2),
+                            "published": client.log.published - published0,
+                        }
+                    )
+                if client.stopped():
+                    _reset_while(client, lambda: time.sleep(3.0), time.monotonic())
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        client.play(ids, rate_hz, seconds=minutes * 60.0)
+        done.set()
+        sampler.join(timeout=10.0)
+        published = client.log.published - published0
+        time.sleep(1.5)
+        processed = {
+            kind: int(client.log.diagnostics[f"ood_monitor/{kind}_detector"]["processed"])
+            - counts0[kind]
+            for kind in DETECTORS
+        }
+        stop_events_s = [t - start for t, v in client.log.estop if v and t >= start]
+    finally:
+        run.close()
+        client.close()
+    with (out_dir / "soak.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(
+            handle, fieldnames=["t_s", "process", "rss_mb", "cpu_s", "published"]
+        )
+        writer.writeheader()
+        writer.writerows(rows)
+    plotted = _plot_soak(rows, out_dir / "soak.png")
+    print(f"\nsoak ({graph} graph, {side.name}): {minutes:g} min of ID driving at {rate_hz:g} Hz")
+    print(f"frames published by the client: {published}")
+    for kind, count in processed.items():
+        print(f"{kind} detector processed {count} ({count / max(published, 1):.1%} of published)")
+    for name in pids:
+        mine = [r for r in rows if r["process"] == name]
+        if len(mine) >= 2:
+            first = next((r for r in mine if float(r["t_s"]) >= 60.0), mine[0])
+            growth = float(mine[-1]["rss_mb"]) / float(first["rss_mb"]) - 1.0
+            cpu_ms = float(mine[-1]["cpu_s"]) / max(int(mine[-1]["published"]), 1) * 1000.0
+            print(
+                f"{name:14s} RSS {float(first['rss_mb']):6.1f} MB at {float(first['t_s']):4.0f} s → "
+                f"{float(mine[-1]['rss_mb']):6.1f} MB at {float(mine[-1]['t_s']):4.0f} s "
+                f"({growth:+.1%}), CPU {cpu_ms:.2f} ms/frame"
+            )
+    shown = ", ".join(f"{t:.1f} s" for t in stop_events_s) or "none"
+    print(f"stops during ID driving: {len(stop_events_s)} ({shown})")
+    print(
+        f"per-sample CSV: {out_dir / 'soak.csv'}"
+        + (f", plot: {out_dir / 'soak.png'}" if plotted else "")
+    )
     return 0

@@ -175,17 +175,22 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from vae_ood_monitor.bench import run_bench, run_offline_table
+    from vae_ood_monitor.bench import run_bench, run_live_bench, run_offline_table, run_soak
     from vae_ood_monitor.demo import demo_bag
 
+    bag = args.bag or demo_bag()
     if args.offline:
-        return run_offline_table(args.bag or demo_bag(), {"bvae": args.bvae, "flow": args.flow})
-    return run_bench(
-        args.bag or demo_bag(),
-        args.runs,
-        args.out,
-        args.rate,
-        {"bvae": args.bvae, "flow": args.flow},
+        return run_offline_table(bag, {"bvae": args.bvae, "flow": args.flow})
+    if args.replay:
+        return run_bench(
+            bag, args.runs, args.out, args.rate, {"bvae": args.bvae, "flow": args.flow}
+        )
+    if args.soak is not None:
+        return run_soak(
+            bag, args.out, args.soak, args.graph, args.camera_hz[0], args.id_bag, args.baseline_ref
+        )
+    return run_live_bench(
+        bag, args.out, args.baseline_ref, args.graph, tuple(args.camera_hz), args.id_s, args.id_bag
     )
 
 
@@ -301,20 +306,58 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(run=cmd_demo)
     bench = commands.add_parser(
         "bench",
-        help="30 Hz keep-up, onset-to-stop latency, processing time and memory of the graph",
+        help="CPU per frame per node, keep-up, stop times and memory of the graph under an "
+        "independent 30 Hz camera client (docs/performance.md)",
     )
     bench.add_argument(
         "--bag", type=Path, help="labelled bag with an onset (default: the shipped demo bag)"
     )
-    bench.add_argument("--runs", type=int, default=5)
-    bench.add_argument("--out", type=Path, default=Path("build/bench"), help="node logs per run")
-    bench.add_argument("--rate", type=float, default=1.0)
+    bench.add_argument("--out", type=Path, default=Path("build/bench"), help="logs, CSV, plot")
+    bench.add_argument(
+        "--baseline-ref",
+        help="also run this git ref's code and default bundles (a git worktree under --out), "
+        "side by side",
+    )
+    bench.add_argument(
+        "--graph",
+        choices=("nodes", "monitor"),
+        default="nodes",
+        help="nodes: one process per node, as launch does; monitor: `vae-ood-monitor monitor`",
+    )
+    bench.add_argument(
+        "--camera-hz",
+        type=_ranged(float, 0.0, 30.0 + 1e-9, low_open=True),
+        nargs="+",
+        default=[30.0],
+        help="camera rates to stream (every n-th recorded 30 Hz frame, honest stamps)",
+    )
+    bench.add_argument(
+        "--id-s", type=float, default=20.0, help="seconds of ID driving (CPU measured over them)"
+    )
+    bench.add_argument(
+        "--id-bag",
+        type=Path,
+        help="a longer in-distribution drive to stream instead of the bag's part before the onset",
+    )
+    bench.add_argument(
+        "--soak",
+        type=_ranged(float, 0.0, None, low_open=True),
+        metavar="MINUTES",
+        help="stream ID driving this long: RSS and CPU per node over time (CSV, PNG), stops",
+    )
     bench.add_argument(
         "--offline",
         action="store_true",
         help="no graph: the bag scored as `score` does at 30/15/10 Hz, 25 %% lost and a 2x "
         "speed-up, per frame (before) vs per second, full vs reduced decoding",
     )
+    bench.add_argument(
+        "--replay",
+        action="store_true",
+        help="the earlier bench: replay the bag --runs times with the bag player, onset latency",
+    )
+    bench.add_argument("--runs", type=int, default=5, help="with --replay")
+    bench.add_argument("--rate", type=float, default=1.0, help="with --replay: replay speed")
     _add_bundle_options(bench)
     bench.set_defaults(run=cmd_bench)
     monitor = commands.add_parser(
