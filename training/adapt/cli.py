@@ -1,0 +1,579 @@
+"""Adapt the monitor to the robot's own world from recorded in-distribution bags, in one command.
+
+    python -m training.adapt --bag town_a.mcap --bag town_b.bag --out runs/my_town
+    python -m training.adapt --bag drive.mcap --ood-bag fog.mcap --onset-s 12.5 --out runs/my_town
+    vae-ood-monitor score --bag new.mcap --bvae runs/town/bvae --flow runs/town/flow --out x.csv
+
+Writes OUT/bvae and OUT/flow (bundles, verified as the runtime verifies them) and OUT/report.md with
+its plots. Work happens in OUT.partial (state.json, checkpoints): an interrupted run continues
+where it stopped when the same command is run again, and OUT appears only once everything is
+written. docs/adapt.md is the user's page; training.adapt describes the method.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from training.adapt.encoders import (
+    EncoderRebuildError,
+    TuneSet,
+    bundle_band_max,
+    export_adapted,
+    fine_tune,
+    model_inputs,
+    onnx_input_shape,
+    run_onnx,
+    torch_encoder,
+)
+from training.adapt.faults import FAULTS, OnsetEpisode, onset_episodes
+from training.adapt.recordings import AdaptError, Recording, read_recording
+from training.adapt.report import Stream, markdown, plot, replay_stream, summarise
+from training.adapt.scores import DEFAULT_WORLD_SHARE, adapt_score, check_mergeable, tune
+from training.calibrate import ScoredEpisode
+from training.dataset import DatasetError, episodes
+from training.device import DeviceError, setup
+from training.export import write_bundle
+from vae_ood_monitor.bags import BagError, read_camera_messages
+from vae_ood_monitor.bundle import Bundle, BundleError, default_bundle, load_bundle
+from vae_ood_monitor.decision import DecisionParams
+from vae_ood_monitor.demo import demo_bag
+from vae_ood_monitor.detector import OODDetector
+from vae_ood_monitor.scoring import LatentScore, concatenate_outputs
+
+STATE_FILE = "state.json"
+CACHE = "cache"  # checkpoints and probe bundles, removed before the final rename
+DETECTORS = ("bvae", "flow")
+QUICK_FAULTS = ("haze", "black", "frozen", "spin")
+EPOCHS = 3
+MAX_REPLAY_FRAMES = 1500
+
+
+def _read_messages(path: Path, limit: int | None = None) -> tuple[list, list[int]]:
+    messages, stamps = [], []
+    for message in read_camera_messages(path):
+        if limit is not None and message.index >= limit:
+            break
+        messages.append(message.msg)
+        stamps.append(message.stamp_ns)
+    return messages, stamps
+
+
+def replay_streams(dataset: Path | None) -> list[tuple[str, list, list[int]]]:
+    """Default-world frames the fine-tuning anchors the encoders on: the demo bag before its
+    onset, and the in-distribution episodes of a project dataset (`--replay`), up to
+    MAX_REPLAY_FRAMES in all."""
+    demo = demo_bag()
+    onset = json.loads((demo / "episode.json").read_text())["onset_frame"]
+    streams = [(str(demo), *_read_messages(demo, onset))]
+    if dataset is not None:
+        left = MAX_REPLAY_FRAMES - len(streams[0][1])
+        for episode in episodes(dataset, "calibration"):
+            if episode.onset_frame is None and left > 0:
+                messages, stamps = _read_messages(episode.path, left)
+                streams.append((str(episode.path), messages, stamps))
+                left -= len(messages)
+    return streams
+
+
+def _decoded(detector: OODDetector, messages: list) -> list[np.ndarray]:
+    return [detector.decode(m) for m in messages]
+
+
+def _stacked_inputs(
+    bundle: Bundle, detector: OODDetector, streams: list[tuple[list, list[int]]]
+) -> tuple[list[np.ndarray], dict[str, np.ndarray]]:
+    """Per stream the frame indices with an input, and every encoder's inputs, all streams."""
+    indices, rows = [], {name: [] for name in bundle.encoders}
+    for messages, stamps in streams:
+        found = list(model_inputs(bundle, _decoded(detector, messages), stamps))
+        indices.append(np.array([i for i, _ in found], dtype=int))
+        for name in rows:
+            rows[name] += [inputs[name] for _, inputs in found]
+    return indices, {name: np.stack(r) for name, r in rows.items()}
+
+
+def _aligned(student: list[np.ndarray], teacher: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Row numbers, in the students' and the teacher's inputs, of the frames both have."""
+    own, other, offset_own, offset_other = [], [], 0, 0
+    for a, b in zip(student, teacher):
+        common = np.intersect1d(a, b)
+        own.append(offset_own + np.searchsorted(a, common))
+        other.append(offset_other + np.searchsorted(b, common))
+        offset_own += len(a)
+        offset_other += len(b)
+    return np.concatenate(own), np.concatenate(other)
+
+
+def fine_tuned_encoders(
+    kind: str,
+    shipped: Bundle,
+    teacher: Bundle,
+    recordings: list[Recording],
+    replay: list[tuple[str, list, list[int]]],
+    cache: Path,
+    epochs: int,
+    hardware,
+    seed: int,
+) -> tuple[dict[str, Path], dict[str, object]]:
+    """The shipped student's encoders fine-tuned (training.adapt.encoders) and exported."""
+    student_det, teacher_det = OODDetector(shipped, threads=2), OODDetector(teacher, threads=2)
+    fit = [(r.messages[r.parts["fit"]], r.stamps("fit")) for r in recordings]
+    own_idx, new_rows = _stacked_inputs(shipped, student_det, fit)
+    teacher_idx, teacher_rows = _stacked_inputs(teacher, teacher_det, fit)
+    rows_own, rows_teacher = _aligned(own_idx, teacher_idx)
+    _, replay_rows = _stacked_inputs(shipped, student_det, [(m, s) for _, m, s in replay])
+    band_max = bundle_band_max(shipped)
+    files, history = {}, {}
+    for name, path in shipped.encoders.items():
+        targets = run_onnx(teacher.encoders[name], teacher_rows[name][rows_teacher])
+        anchor = run_onnx(path, replay_rows[name])
+        data = TuneSet(
+            new_rows[name][rows_own],
+            (targets["mu"], targets["logvar"]),
+            replay_rows[name],
+            (anchor["mu"], anchor["logvar"], anchor["pooled"]),
+        )
+        encoder, history[name] = fine_tune(
+            torch_encoder(path),
+            data,
+            band_max,
+            epochs,
+            cache / kind / f"{name}.pt",
+            f"{kind}/{name}",
+            hardware,
+            seed=seed,
+        )
+        files[name] = export_adapted(
+            encoder, onnx_input_shape(path), band_max, cache / kind / f"{name}.onnx"
+        )
+    info = {
+        "epochs": epochs,
+        "teacher": str(teacher.path),
+        "teacher_sha256": teacher.sha256,
+        "new_world_rows": len(rows_own),
+        "replay_rows": len(next(iter(replay_rows.values()))),
+        "replay": [source for source, _, _ in replay],
+        "history": history,
+    }
+    return files, info
+
+
+def _stream_scores(
+    detector: OODDetector, score: LatentScore, frames: list[np.ndarray], stamps: list[int]
+) -> np.ndarray:
+    count, rows, latents = detector.encode_stream(frames, stamps_ns=stamps)
+    scores = np.full(count, np.nan)
+    if rows.size:
+        scores[rows] = score(latents)
+    return scores
+
+
+def adapt_detector(
+    kind: str,
+    shipped: Bundle,
+    teacher: Bundle,
+    recordings: list[Recording],
+    validation_onsets: list[OnsetEpisode],
+    recorded: list[Stream],
+    replay: list[tuple[str, list, list[int]]],
+    work: Path,
+    args: argparse.Namespace,
+    hardware,
+) -> dict[str, object]:
+    """Fine-tune, merge the score, tune the decision and write WORK/<kind>; returns what the
+    report says about it."""
+    cache = work / CACHE
+    if args.epochs > 0:
+        files, tuning_info = fine_tuned_encoders(
+            kind, shipped, teacher, recordings, replay, cache, args.epochs, hardware, args.seed
+        )
+    else:
+        files, tuning_info = dict(shipped.encoders), {"epochs": 0}
+    latent = {name: list(range(len(dims))) for name, dims in shipped.score.dims.items()}
+    probe_dir = write_bundle(
+        cache / f"{kind}_probe",
+        kind,
+        shipped.preprocessing,
+        files,
+        LatentScore("kl", latent),
+        np.zeros(1),
+        DecisionParams(),
+        {},
+    )
+    probe = OODDetector(load_bundle(probe_dir), threads=2)
+    halves: list[list] = [[], []]
+    for recording in tqdm(recordings, desc=f"{kind}: new-world features", unit="bag"):
+        part = recording.parts["fit"]
+        middle = (part.start + part.stop) // 2
+        for half, span in zip(halves, (slice(part.start, middle), slice(middle, part.stop))):
+            frames = _decoded(probe, recording.messages[span])
+            stamps = [int(s) for s in recording.stamps_ns[span]]
+            half.append(probe.encode_stream(frames, stamps_ns=stamps)[2])
+    halves_latents = tuple(
+        {name: concatenate_outputs([h[name] for h in half]) for name in half[0]} for half in halves
+    )
+    adapted = adapt_score(shipped, halves_latents, args.seed)
+    validation = [
+        ScoredEpisode(
+            f"{r.path}/validation",
+            _stream_scores(
+                probe,
+                adapted.score,
+                _decoded(probe, r.messages[r.parts["validation"]]),
+                r.stamps("validation"),
+            ),
+            None,
+        )
+        for r in recordings
+    ]
+    for episode in tqdm(validation_onsets + recorded, desc=f"{kind}: validation onsets"):
+        frames = episode.frames if isinstance(episode, OnsetEpisode) else episode.frames[kind]
+        validation.append(
+            ScoredEpisode(
+                episode.name,
+                _stream_scores(probe, adapted.score, frames, episode.stamps_ns),
+                episode.onset,
+                episode.category if isinstance(episode, OnsetEpisode) else "recorded",
+            )
+        )
+    tuning = tune(kind, shipped, adapted.calibration, validation)
+    provenance = {
+        "adapted_from": {"bundle": str(shipped.path), "sha256": shipped.sha256},
+        "bags": [r.describe() for r in recordings],
+        "ood_bags": [{"bag": s.name, "onset_frame": s.onset} for s in recorded],
+        "fine_tuning": tuning_info,
+        "score_merge": {
+            "kind": adapted.score.kind,
+            "default_world_share": DEFAULT_WORLD_SHARE,
+            "default_calibration_shift": round(adapted.shift, 4),
+            "new_world_calibration_scores": adapted.new_world_calibration,
+        },
+        "decision_tuning": {
+            "id_budget": shipped.provenance.get("decision_tuning", {}).get("id_budget", 0.0),
+            "faults": sorted({e.fault for e in validation_onsets}),
+            "mean_delay_frames": tuning.mean_delay,
+            "missed_onsets": tuning.missed,
+            "onsets_within_bar": tuning.within_bar,
+        },
+        "command": " ".join(sys.argv),
+    }
+    if "pooled_band_max" in shipped.provenance:
+        provenance["pooled_band_max"] = shipped.provenance["pooled_band_max"]
+    write_bundle(
+        work / kind,
+        kind,
+        shipped.preprocessing,
+        files,
+        adapted.score,
+        adapted.calibration,
+        tuning.params,
+        provenance,
+    )
+    load_bundle(work / kind)  # verified as the runtime verifies it
+    return {
+        "epochs": args.epochs,
+        "score": adapted.score.kind,
+        "new_components": int(
+            len(adapted.score.weights)
+            - (1 if shipped.score.weights is None else len(shipped.score.weights))
+        ),
+        "decision": tuning.params.to_dict(),
+        "validation_mean_delay_frames": round(tuning.mean_delay, 1),
+        "validation_missed": tuning.missed,
+        "fine_tuning_loss": tuning_info.get("history"),
+    }
+
+
+def _by_detector(detectors: dict[str, OODDetector], messages: list) -> dict[str, list]:
+    return {name: _decoded(d, messages) for name, d in detectors.items()}
+
+
+def check_streams(
+    recordings: list[Recording],
+    faults: tuple[str, ...],
+    defaults: list[tuple[str, list, list[int], int | None]],
+    recorded: list[tuple[str, list, list[int], int]],
+    detectors: dict[str, OODDetector],
+) -> list[Stream]:
+    """Everything the report replays through a monitor (training.adapt.report)."""
+    streams = []
+    for r in recordings:
+        check = r.messages[r.parts["check"]]
+        streams.append(
+            Stream("check_id", str(r.path), _by_detector(detectors, check), r.stamps("check"))
+        )
+        for episode in onset_episodes(str(r.path), r.frames("check"), r.stamps("check"), faults):
+            streams.append(
+                Stream(
+                    "check_fault",
+                    episode.name,
+                    episode.frames,
+                    episode.stamps_ns,
+                    episode.onset,
+                    episode.fault,
+                )
+            )
+    for name, messages, stamps, onset in defaults:
+        streams.append(Stream("default_id", name, _by_detector(detectors, messages), stamps, onset))
+    for name, messages, stamps, onset in recorded:
+        streams.append(
+            Stream("recorded_ood", name, _by_detector(detectors, messages), stamps, onset)
+        )
+    return streams
+
+
+class WorkFolder:
+    """OUT.partial: state.json (inputs and finished stages) and the stages' outputs."""
+
+    def __init__(self, out: Path, fingerprint: str) -> None:
+        self.path = out.with_name(out.name + ".partial")
+        state_file = self.path / STATE_FILE
+        state = json.loads(state_file.read_text()) if state_file.exists() else None
+        if state is not None and state.get("fingerprint") != fingerprint:
+            print(f"adapt: {self.path} holds a run with other inputs or options; starting over")
+            shutil.rmtree(self.path)
+            state = None
+        elif state is not None:
+            print(f"adapt: resuming from {self.path} (done: {', '.join(state['done']) or 'none'})")
+        self.state = state or {"fingerprint": fingerprint, "done": [], "info": {}, "seconds": 0.0}
+        self._started, self._before = time.monotonic(), self.state["seconds"]
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.save()
+
+    def save(self) -> None:
+        (self.path / STATE_FILE).write_text(json.dumps(self.state, indent=1) + "\n")
+
+    def done(self, stage: str) -> bool:
+        return stage in self.state["done"]
+
+    def finish(self, stage: str, info: object) -> None:
+        self.state["done"].append(stage)
+        self.state["info"][stage] = info
+        self.state["seconds"] = self.seconds
+        self.save()
+
+    @property
+    def seconds(self) -> float:
+        """Time spent on this run, over every invocation that worked on it."""
+        return self._before + time.monotonic() - self._started
+
+
+def _fingerprint(args: argparse.Namespace, recordings: list[Recording]) -> str:
+    relevant = {
+        key: str(value)
+        for key, value in vars(args).items()
+        if key not in ("out", "force", "device")
+    }
+    relevant["bags"] = [r.sha256 for r in recordings]
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m training.adapt",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--bag", type=Path, action="append", required=True, help="an ID recording (repeat)"
+    )
+    p.add_argument("--out", type=Path, required=True, help="folder for bvae/, flow/, report.md")
+    p.add_argument("--topic", help="camera topic (default: as `score` chooses)")
+    p.add_argument(
+        "--ood-bag",
+        type=Path,
+        action="append",
+        default=[],
+        help="a recording with an OOD onset (repeat; with --onset-s)",
+    )
+    p.add_argument(
+        "--onset-s",
+        type=float,
+        action="append",
+        default=[],
+        help="seconds from the start of each --ood-bag to its onset",
+    )
+    p.add_argument(
+        "--replay",
+        type=Path,
+        help="a project dataset whose calibration ID episodes are replayed too "
+        "(always: the demo bag before its onset)",
+    )
+    p.add_argument(
+        "--default-bag",
+        type=Path,
+        action="append",
+        default=[],
+        help="a default-world ID recording to check forgetting on (report only; repeat)",
+    )
+    p.add_argument("--bvae", default=None, help="β-VAE bundle to adapt (default: the runtime's)")
+    p.add_argument("--flow", default=None, help="flow bundle to adapt (default: the runtime's)")
+    p.add_argument("--bvae-teacher", default="bvae_teacher")
+    p.add_argument("--flow-teacher", default="flow_teacher")
+    p.add_argument(
+        "--epochs",
+        type=int,
+        default=EPOCHS,
+        help=f"fine-tuning epochs (0: score and decision only; default {EPOCHS})",
+    )
+    p.add_argument(
+        "--hold-out",
+        type=float,
+        default=0.25,
+        help="share of each bag kept for the report (default 0.25)",
+    )
+    p.add_argument(
+        "--validation",
+        type=float,
+        default=0.2,
+        help="share of each bag the decision is tuned on (default 0.2)",
+    )
+    p.add_argument(
+        "--faults",
+        default=",".join(FAULTS),
+        help=f"synthetic faults (default all: {','.join(FAULTS)})",
+    )
+    p.add_argument(
+        "--quick", action="store_true", help=f"faults {','.join(QUICK_FAULTS)} only (tests)"
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto|cpu|cuda|cuda:N (training.device)")
+    p.add_argument("--force", action="store_true", help="replace an existing --out")
+    return p
+
+
+def _recorded(bags: list[Path], onsets_s: list[float]) -> list[tuple[str, list, list[int], int]]:
+    streams = []
+    for bag, onset_s in zip(bags, onsets_s):
+        messages, stamps = _read_messages(bag)
+        if not messages:
+            raise AdaptError(f"{bag}: no camera frames")
+        start = stamps[0] + round(onset_s * 1e9)
+        onset = int(np.searchsorted(np.asarray(stamps), start))
+        if not 0 < onset < len(stamps):
+            raise AdaptError(
+                f"{bag}: --onset-s {onset_s} is outside its {(stamps[-1] - stamps[0]) * 1e-9:.1f} s"
+            )
+        streams.append((str(bag), messages, stamps, onset))
+    return streams
+
+
+def run(args: argparse.Namespace) -> int:
+    hardware = setup(args.device)
+    faults = QUICK_FAULTS if args.quick else tuple(f for f in args.faults.split(",") if f)
+    unknown = [f for f in faults if f not in FAULTS]
+    if unknown:
+        raise AdaptError(f"unknown fault(s) {', '.join(unknown)} (known: {', '.join(FAULTS)})")
+    recordings = [
+        read_recording(bag, args.topic, args.hold_out, args.validation)
+        for bag in tqdm(args.bag, desc="reading bags", unit="bag")
+    ]
+    shipped = {k: load_bundle(getattr(args, k) or default_bundle(k)) for k in DETECTORS}
+    for bundle in shipped.values():
+        check_mergeable(bundle)
+    teachers = {k: load_bundle(getattr(args, f"{k}_teacher")) for k in DETECTORS}
+    recorded = _recorded(args.ood_bag, args.onset_s)
+    work = WorkFolder(args.out, _fingerprint(args, recordings))
+    replay = replay_streams(args.replay)
+    validation_onsets = [
+        episode
+        for r in recordings
+        for episode in onset_episodes(
+            str(r.path), r.frames("validation"), r.stamps("validation"), faults
+        )
+    ]
+    for kind in DETECTORS:
+        if work.done(kind):
+            continue
+        detector = OODDetector(shipped[kind], threads=2)
+        tuned_on = [
+            Stream("recorded_ood", name, _by_detector({kind: detector}, m), s, onset)
+            for name, m, s, onset in recorded
+        ]
+        info = adapt_detector(
+            kind,
+            shipped[kind],
+            teachers[kind],
+            recordings,
+            validation_onsets,
+            tuned_on,
+            replay,
+            work.path,
+            args,
+            hardware,
+        )
+        work.finish(kind, info)
+    if not work.done("report"):
+        demo = demo_bag()
+        onset = json.loads((demo / "episode.json").read_text())["onset_frame"]
+        defaults = [(str(demo), *_read_messages(demo), onset)]
+        defaults += [(str(b), *_read_messages(b), None) for b in args.default_bag]
+        results = {}
+        for monitor, bundles in (
+            ("shipped", shipped),
+            ("adapted", {k: load_bundle(work.path / k) for k in DETECTORS}),
+        ):
+            detectors = {k: OODDetector(b, threads=2) for k, b in bundles.items()}
+            streams = check_streams(recordings, faults, defaults, recorded, detectors)
+            results[monitor] = [
+                replay_stream(s, detectors)
+                for s in tqdm(streams, desc=f"report: {monitor}", unit="stream")
+            ]
+        summary = summarise(results)
+        figures = plot(results, summary, work.path)
+        facts = {
+            "command": "python -m training.adapt " + " ".join(sys.argv[1:]),
+            "seconds": work.seconds,
+            "device": str(hardware.device),
+            "bags": [r.describe() for r in recordings],
+            "hold_out": args.hold_out,
+            "validation": args.validation,
+            "detectors": work.state["info"],
+        }
+        (work.path / "report.md").write_text(markdown(summary, facts, figures))
+        (work.path / "summary.json").write_text(json.dumps(summary, indent=1, default=float) + "\n")
+        work.finish("report", {"seconds": round(facts["seconds"], 1)})
+    shutil.rmtree(work.path / CACHE, ignore_errors=True)
+    if args.out.exists():
+        shutil.rmtree(args.out)
+    work.path.rename(args.out)
+    print(f"adapt: wrote {args.out}/bvae, {args.out}/flow and {args.out}/report.md")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = parser()
+    args = p.parse_args(argv)
+    if len(args.onset_s) != len(args.ood_bag):
+        p.error(
+            f"give one --onset-s per --ood-bag "
+            f"({len(args.ood_bag)} bags, {len(args.onset_s)} onsets)"
+        )
+    if not 0.05 <= args.hold_out <= 0.5 or not 0.05 <= args.validation <= 0.4:
+        p.error("--hold-out must be within 0.05..0.5 and --validation within 0.05..0.4")
+    if args.epochs < 0:
+        p.error(f"--epochs must be >= 0, got {args.epochs}")
+    if args.out.exists() and not args.force:
+        print(f"adapt: {args.out} exists; pass --force to replace it", file=sys.stderr)
+        return 2
+    try:
+        return run(args)
+    except (
+        AdaptError,
+        BagError,
+        BundleError,
+        DatasetError,
+        DeviceError,
+        EncoderRebuildError,
+    ) as err:
+        print(f"adapt: {err}", file=sys.stderr)
+        return 1
