@@ -4,11 +4,11 @@ States:
 - WAITING: not every input has been heard yet (start-up). The robot is held, not latched: it
   drives as soon as the camera and every enabled detector are live and in distribution.
 - RUNNING: inputs live and fused decision in distribution.
-- STOPPED: latched by an OOD decision, a silent camera or detector (older than `timeout_s`), a
-  frozen camera (byte-identical frames for longer than `frozen_s`: a stuck driver republishing
-  its last buffer is as blind as a silent one — a real sensor's noise never repeats a frame
-  exactly), or a detector error. Only `request_reset` leaves it, and only while every input is
-  live and ID.
+- STOPPED: latched by an OOD decision, a silent camera or detector (older than `timeout_s`; 0
+  disables the silence check, as nav2's `source_timeout`), a frozen camera (byte-identical
+  frames for longer than `frozen_s`: a stuck driver republishing its last buffer is as blind as
+  a silent one — a real sensor's noise never repeats a frame exactly), or a detector error. Only
+  `request_reset` leaves it, and only while every input is live and ID.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ class SafetyConfig:
     detectors: tuple[str, ...] = ("bvae", "flow")
     fusion: str = "any"
     k: int = 1  # with fusion "k_of_n": stop when at least k detectors say OOD
-    timeout_s: float = 0.5
+    timeout_s: float = 0.5  # silence of an input that stops the robot; 0: no silence check
     # Identical camera frames for longer than this stop the robot; 0: no check. 0.3 s (9 repeats at
     # 30 fps) flags a hung driver inside the 0.5 s detection bar, and is twice the longest repeat in
     # ID data (the simulator holds the first 5 frames of a drive: 0.13 s).
@@ -51,8 +51,10 @@ class SafetyConfig:
             raise ValueError("at least one detector must be enabled")
         if self.fusion == "k_of_n" and not 1 <= self.k <= len(self.detectors):
             raise ValueError(f"k must be between 1 and {len(self.detectors)}, got {self.k}")
-        if self.timeout_s <= 0:
-            raise ValueError(f"timeout_s must be positive, got {self.timeout_s}")
+        if self.timeout_s < 0:
+            raise ValueError(
+                f"timeout_s must be >= 0 (0 disables the silence check), got {self.timeout_s}"
+            )
         if self.frozen_s < 0:
             raise ValueError(
                 f"frozen_s must be >= 0 (0 disables the frozen-camera check), got {self.frozen_s}"
@@ -60,14 +62,15 @@ class SafetyConfig:
 
 
 def frame_fingerprint(data: bytes | memoryview) -> int:
-    """A cheap checksum of a frame's bytes: equal for a republished buffer, never for live frames."""
+    """A cheap checksum of a frame's bytes: equal for a republished buffer, not for live frames."""
     return zlib.crc32(data)
 
 
 @dataclass
 class FrozenCameraWatch:
-    """How long the camera has been repeating one frame; frozen once that exceeds `limit_s` (0: never).
-    Shared by the safety stop and offline replays, so a report stops where the robot would."""
+    """How long the camera has been repeating one frame; frozen once that exceeds `limit_s` (0:
+    never). Shared by the safety stop and offline replays, so a report stops where the robot
+    would."""
 
     limit_s: float
     frozen_for: float = 0.0  # at the last frame's arrival
@@ -75,7 +78,8 @@ class FrozenCameraWatch:
     _since: float = 0.0  # when the current frame content first arrived
 
     def on_frame(self, now: float, fingerprint: int | None) -> bool:
-        """A frame arrived at `now`; None (no fingerprint) counts as new content. True when frozen."""
+        """A frame arrived at `now`; None (no fingerprint) counts as new content. True when
+        frozen."""
         if fingerprint is None or fingerprint != self._fingerprint:
             self._fingerprint, self._since, self.frozen_for = fingerprint, now, 0.0
         else:
@@ -136,21 +140,36 @@ class SafetyStop:
         for name, source in (("camera", self._camera), *self._detectors.items()):
             if source.last_seen is None:
                 problems.append(f"{name}: not heard yet")
-            elif now - source.last_seen > self.config.timeout_s:
+            elif self.config.timeout_s and now - source.last_seen > self.config.timeout_s:
                 problems.append(
-                    f"{name}: silent for {now - source.last_seen:.2f} s (timeout {self.config.timeout_s:.2f} s)"
+                    f"{name}: silent for {now - source.last_seen:.2f} s "
+                    f"(timeout {self.config.timeout_s:.2f} s)"
                 )
             elif source.error:
                 problems.append(f"{name}: error: {source.error}")
         if self._frames.frozen:
             problems.append(
-                f"camera: frozen, the same frame for {self._frames.frozen_for:.2f} s (limit {self.config.frozen_s:.2f} s)"
+                f"camera: frozen, the same frame for {self._frames.frozen_for:.2f} s "
+                f"(limit {self.config.frozen_s:.2f} s)"
             )
         if self.fused_ood():
             problems.append(
                 f"out of distribution: {', '.join(self.ood_votes())} ({self.config.fusion})"
             )
         return problems
+
+    @property
+    def reason(self) -> str:
+        """Why the wheels stand still, in one line: the latched stop's reasons, the inputs not heard
+        yet while waiting, empty while running. Changes only with the state, so it can be
+        published on change."""
+        if self.state is State.STOPPED:
+            return "; ".join(self.stop_reasons)
+        if self.state is State.WAITING:
+            sources = (("camera", self._camera), *self._detectors.items())
+            unheard = [name for name, source in sources if source.last_seen is None]
+            return "waiting for " + ", ".join(unheard) if unheard else "waiting"
+        return ""
 
     def update(self, now: float) -> bool:
         """Advance the state at time `now`; True when the stop latched at this call."""

@@ -20,12 +20,12 @@ import numpy as np
 import pytest
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
-from geometry_msgs.msg import Twist, Vector3
+from geometry_msgs.msg import Twist, TwistStamped, Vector3
 from rclpy._rclpy_pybind11 import NodeNameNonExistentError
 from rclpy.executors import MultiThreadedExecutor
 from rclpy.node import Node
 from sensor_msgs.msg import CompressedImage
-from std_msgs.msg import Bool, Float32
+from std_msgs.msg import Bool, Float32, String
 from std_srvs.srv import Trigger
 from support import synthetic_frames, tiny_bundle, write_ros2_bag
 
@@ -38,6 +38,7 @@ from vae_ood_monitor.safety import SafetyConfig
 REPO = Path(__file__).resolve().parents[2]
 CAMERA = "/duckiebot/camera_node/image/compressed"
 ESTOP = "/duckiebot/wheels_driver_node/emergency_stop"
+STOP_REASON = "/ood_monitor/stop_reason"
 # Never decides OOD: these tests are about plumbing, not about what an untrained model thinks.
 NEVER_OOD = DecisionParams(mode="threshold", threshold=1e12)
 
@@ -77,7 +78,8 @@ def jpeg(rgb: np.ndarray) -> bytes:
 class Robot(Node):
     """The peer: camera, optional fake detectors and cmd_vel source; records what comes back."""
 
-    def __init__(self) -> None:
+    def __init__(self, stamped: bool = False) -> None:
+        """`stamped`: commands as TwistStamped (the safety stop's enable_stamped_cmd_vel)."""
         super().__init__(f"robot_{os.getpid()}_{time.monotonic_ns()}")
         self.frames = [jpeg(rgb) for rgb in synthetic_frames(30, 160, 120)]
         self.camera_on = True
@@ -87,6 +89,7 @@ class Robot(Node):
         self.fake_decisions: dict[str, bool] = {}
         self.estop: list[bool] = []
         self.cmd_out: list[float] = []
+        self.cmd_out_stamped: list[TwistStamped] = []
         self.scores: dict[str, list[float]] = {"bvae": [], "flow": []}
         self.diagnostics: dict[str, DiagnosticStatus] = {}
         self._tick = 0
@@ -95,11 +98,11 @@ class Robot(Node):
             n: self.create_publisher(Bool, f"/ood_monitor/{n}/ood", RELIABLE_QOS)
             for n in ("bvae", "flow")
         }
-        self._cmd = self.create_publisher(Twist, "cmd_vel_in", RELIABLE_QOS)
+        self._stamped = stamped
+        command = TwistStamped if stamped else Twist
+        self._cmd = self.create_publisher(command, "cmd_vel_in", RELIABLE_QOS)
+        self.create_subscription(command, "cmd_vel_out", self._on_command, RELIABLE_QOS)
         self.create_subscription(Bool, ESTOP, lambda m: self.estop.append(m.data), LATCHED_QOS)
-        self.create_subscription(
-            Twist, "cmd_vel_out", lambda m: self.cmd_out.append(m.linear.x), RELIABLE_QOS
-        )
         for name in self.scores:
             self.create_subscription(
                 Float32,
@@ -117,6 +120,12 @@ class Robot(Node):
         for status in msg.status:
             self.diagnostics[status.name] = status
 
+    def _on_command(self, msg: Twist | TwistStamped) -> None:
+        if self._stamped:
+            self.cmd_out_stamped.append(msg)
+            msg = msg.twist
+        self.cmd_out.append(msg.linear.x)
+
     def _publish(self) -> None:
         self._tick += 1
         if self.camera_on:
@@ -131,7 +140,13 @@ class Robot(Node):
                 self._camera.publish(msg)
         for name, ood in self.fake_decisions.items():
             self._decisions[name].publish(Bool(data=ood))
-        self._cmd.publish(Twist(linear=Vector3(x=0.3)))
+        if self._stamped:
+            command = TwistStamped(twist=Twist(linear=Vector3(x=0.3)))
+            command.header.stamp = self.get_clock().now().to_msg()
+            command.header.frame_id = "base_link"
+            self._cmd.publish(command)
+        else:
+            self._cmd.publish(Twist(linear=Vector3(x=0.3)))
 
     def reset(self, timeout: float = 10.0) -> Trigger.Response:
         assert self.reset_client.wait_for_service(timeout_sec=timeout), (
@@ -146,8 +161,8 @@ class Robot(Node):
 
 
 @pytest.fixture
-def robot() -> Iterator[Robot]:
-    node = Robot()
+def robot(request) -> Iterator[Robot]:
+    node = Robot(**getattr(request, "param", {}))
     executor = MultiThreadedExecutor(num_threads=2)
     executor.add_node(node)
     thread = threading.Thread(target=executor.spin, daemon=True)
@@ -287,6 +302,67 @@ def test_stop_reaches_a_late_joiner(robot, safety_stop):
         rclpy.spin_once(late, timeout_sec=0.1)
     late.destroy_node()
     assert received == [True], "TRANSIENT_LOCAL hands the current stop to nodes that start later"
+
+
+@pytest.mark.parametrize("robot", [{"stamped": True}], indirect=True)
+@pytest.mark.parametrize(
+    "safety_stop", [{"timeout_s": 2.0, "enable_stamped_cmd_vel": True}], indirect=True
+)
+def test_twist_stamped_commands_are_gated(robot, safety_stop):
+    robot.fake_decisions = {"bvae": False, "flow": False}
+    wait_for(lambda: robot.estop and robot.estop[-1] is False, 20, "running")
+    wait_for(
+        lambda: robot.cmd_out and robot.cmd_out[-1] == pytest.approx(0.3),
+        5,
+        "stamped commands to pass through",
+    )
+    assert robot.cmd_out_stamped[-1].header.frame_id == "base_link"
+    robot.fake_decisions["bvae"] = True
+    wait_for(lambda: robot.estop[-1] is True, 2, "emergency_stop after an OOD decision")
+    time.sleep(0.3)
+    zero = robot.cmd_out_stamped[-1]
+    assert zero.twist.linear.x == 0.0, "zero TwistStamped commands while stopped"
+    assert zero.header.frame_id == "base_link" and zero.header.stamp.sec > 0
+
+
+@pytest.mark.parametrize("safety_stop", [{"timeout_s": 0.0}], indirect=True)
+def test_a_zero_timeout_disables_the_silence_stop(robot, safety_stop):
+    robot.fake_decisions = {"bvae": False, "flow": False}
+    wait_for(lambda: robot.estop and robot.estop[-1] is False, 20, "running")
+    robot.camera_on = False
+    robot.fake_decisions = {}
+    time.sleep(2.0)
+    assert robot.estop[-1] is False, "2 s of silence with timeout_s 0: no stop"
+    robot.camera_on = True
+    robot.fake_decisions = {"bvae": True, "flow": False}
+    wait_for(lambda: robot.estop[-1] is True, 2, "an OOD decision still stops")
+
+
+@TOLERATES_STARVATION
+def test_the_stop_reason_is_latched_for_late_joiners(robot, safety_stop):
+    robot.fake_decisions = {"bvae": False, "flow": False}
+    wait_for(lambda: robot.estop and robot.estop[-1] is False, 20, "running")
+    robot.fake_decisions["flow"] = True
+    wait_for(lambda: robot.estop[-1] is True, 2, "emergency_stop after an OOD decision")
+
+    def latched_reason() -> list[str]:
+        late = rclpy.create_node(f"late_reason_{os.getpid()}_{time.monotonic_ns()}")
+        received: list[str] = []
+        late.create_subscription(
+            String, STOP_REASON, lambda m: received.append(m.data), LATCHED_QOS
+        )
+        deadline = time.monotonic() + 10
+        while not received and time.monotonic() < deadline:
+            rclpy.spin_once(late, timeout_sec=0.1)
+        late.destroy_node()
+        return received
+
+    assert latched_reason() == ["out of distribution: flow (any)"]
+    robot.fake_decisions["flow"] = False
+    time.sleep(0.3)
+    assert robot.reset().success
+    wait_for(lambda: robot.estop[-1] is False, 2, "the stop to release after reset")
+    assert latched_reason() == [""], "empty while running"
 
 
 @pytest.fixture

@@ -91,7 +91,7 @@ def test_reset_when_running_is_a_no_op():
         ({"fusion": "majority"}, "fusion"),
         ({"detectors": ()}, "at least one"),
         ({"fusion": "k_of_n", "k": 3}, "k must"),
-        ({"timeout_s": 0}, "timeout"),
+        ({"timeout_s": -0.1}, "timeout"),
         ({"frozen_s": -1.0}, "frozen_s"),
     ],
 )
@@ -137,3 +137,27 @@ def test_the_frozen_check_can_be_switched_off():
         stop.on_decision("bvae", False, step * 0.1)
         stop.on_decision("flow", False, step * 0.1)
         assert not stop.update(step * 0.1)
+
+
+def test_a_zero_timeout_disables_the_silence_check():
+    stop = SafetyStop(SafetyConfig(timeout_s=0.0))
+    _live(stop, 0.0)
+    assert not stop.update(100.0) and stop.state is State.RUNNING, "silent for 100 s: no stop"
+    stop.on_decision("bvae", True, 100.0)
+    assert stop.update(100.0), "an OOD decision still stops"
+
+
+def test_the_reason_says_why_the_wheels_stand_still():
+    stop = SafetyStop(SafetyConfig())
+    assert stop.reason == "waiting for camera, bvae, flow"
+    stop.on_camera(0.0)
+    stop.on_decision("bvae", False, 0.0)
+    stop.update(0.0)
+    assert stop.reason == "waiting for flow"
+    _live(stop, 0.1)
+    assert stop.reason == ""
+    _live(stop, 0.2, flow=True)
+    assert stop.reason == "out of distribution: flow (any)"
+    _live(stop, 0.3)
+    stop.request_reset(0.3)
+    assert stop.reason == ""

@@ -2,8 +2,10 @@
 
 Relative names (defaults resolved by `ros_arguments()` / the launch files in brackets): publishes
 std_msgs/Bool on `emergency_stop` [/duckiebot/wheels_driver_node/emergency_stop] (TRANSIENT_LOCAL,
-reliable; true = stop) whenever the state changes, the fused decision on `ood` [/ood_monitor/ood],
-and gates `cmd_vel_in` → `cmd_vel_out` (zero Twists while stopped). A silent or frozen camera
+reliable; true = stop) and why on `stop_reason` [/ood_monitor/stop_reason] (std_msgs/String, same
+QoS; empty while running) whenever they change, the fused decision on `ood` [/ood_monitor/ood], and
+gates `cmd_vel_in` → `cmd_vel_out` [/cmd_vel_in → /cmd_vel_out] (geometry_msgs/Twist, or
+TwistStamped with `enable_stamped_cmd_vel`; zero commands while stopped). A silent or frozen camera
 (`camera/image/compressed`), a silent detector (`<name>/ood`), a detector's ERROR on /diagnostics,
 or an OOD decision latch the stop until `~/reset` [/ood_monitor/safety_stop/reset]
 (std_srvs/Trigger) succeeds.
@@ -15,9 +17,9 @@ import time
 from typing import Any
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
-from geometry_msgs.msg import Twist
+from geometry_msgs.msg import Twist, TwistStamped
 from rclpy.node import Node
-from std_msgs.msg import Bool
+from std_msgs.msg import Bool, Header, String
 from std_srvs.srv import Trigger
 
 from vae_ood_monitor.nodes.common import (
@@ -52,7 +54,7 @@ class SafetyStopNode(Node):
             self,
             "timeout_s",
             SafetyConfig.timeout_s,
-            "silence of the camera or a detector that stops the robot [s]",
+            "silence of the camera or a detector that stops the robot [s]; 0 disables",
         )
         frozen = declare(
             self,
@@ -62,6 +64,12 @@ class SafetyStopNode(Node):
         )
         transport = declare(
             self, "image_transport", "compressed", "camera message type: compressed or raw"
+        )
+        self._stamped = declare(
+            self,
+            "enable_stamped_cmd_vel",
+            False,
+            "cmd_vel_in/out are geometry_msgs/TwistStamped (else Twist), as nav2's parameter",
         )
         rate = declare(
             self,
@@ -73,12 +81,17 @@ class SafetyStopNode(Node):
             self.logic = SafetyStop(SafetyConfig(tuple(detectors), fusion, k, timeout, frozen))
         except ValueError as err:
             raise StartupError(f"safety_stop parameters: {err}") from None
+        if not timeout:
+            self.get_logger().warning("timeout_s is 0: a silent camera or detector does not stop")
         self._stop_pub = self.create_publisher(
             Bool, robot_topic(self, "emergency_stop", veh), LATCHED_QOS
         )
+        self._reason_pub = self.create_publisher(String, "stop_reason", LATCHED_QOS)
         self._fused_pub = self.create_publisher(Bool, "ood", RELIABLE_QOS)
-        self._cmd_pub = self.create_publisher(Twist, "cmd_vel_out", RELIABLE_QOS)
-        self.create_subscription(Twist, "cmd_vel_in", self._on_cmd_vel, RELIABLE_QOS)
+        command = TwistStamped if self._stamped else Twist
+        self._cmd_pub = self.create_publisher(command, "cmd_vel_out", RELIABLE_QOS)
+        self.create_subscription(command, "cmd_vel_in", self._on_cmd_vel, RELIABLE_QOS)
+        self._cmd_frame = ""  # frame_id of the last stamped command, kept on the zero ones
         subscribe_camera(
             self,
             transport,
@@ -97,7 +110,7 @@ class SafetyStopNode(Node):
             DiagnosticArray, "/diagnostics", self._on_diagnostics, RELIABLE_QOS
         )
         self.create_service(Trigger, "~/reset", self._on_reset)
-        self._published: bool | None = None
+        self._published: tuple[bool, str] | None = None
         self.stop_count = 0
         self.create_timer(1.0 / rate, self._tick)
         Diagnostics(self, "ood_monitor/safety_stop", self.get_namespace(), self._report)
@@ -114,8 +127,16 @@ class SafetyStopNode(Node):
             if name is not None and status.level == DiagnosticStatus.ERROR:
                 self.logic.on_error(name, status.message)
 
-    def _on_cmd_vel(self, msg: Twist) -> None:
-        self._cmd_pub.publish(Twist() if self.logic.stopped else msg)
+    def _on_cmd_vel(self, msg: Twist | TwistStamped) -> None:
+        if self._stamped:
+            self._cmd_frame = msg.header.frame_id
+        self._cmd_pub.publish(self._zero_command() if self.logic.stopped else msg)
+
+    def _zero_command(self) -> Twist | TwistStamped:
+        if not self._stamped:
+            return Twist()
+        header = Header(stamp=self.get_clock().now().to_msg(), frame_id=self._cmd_frame)
+        return TwistStamped(header=header)
 
     def _tick(self) -> None:
         if self.logic.update(time.monotonic()):
@@ -123,12 +144,16 @@ class SafetyStopNode(Node):
             self.get_logger().error("STOP: " + "; ".join(self.logic.stop_reasons))
         self._publish_stop()
         if self.logic.stopped:
-            self._cmd_pub.publish(Twist())
+            self._cmd_pub.publish(self._zero_command())
 
     def _publish_stop(self) -> None:
-        if self._published != self.logic.stopped:
-            self._published = self.logic.stopped
-            self._stop_pub.publish(Bool(data=self.logic.stopped))
+        """The stop and its reason, latched, whenever either changes."""
+        state = (self.logic.stopped, self.logic.reason)
+        if self._published != state:
+            self._reason_pub.publish(String(data=state[1]))  # first: a stop comes with its reason
+            if self._published is None or self._published[0] != state[0]:
+                self._stop_pub.publish(Bool(data=state[0]))
+            self._published = state
 
     def _on_reset(self, _: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
         response.success, response.message = self.logic.request_reset(time.monotonic())
@@ -151,7 +176,12 @@ class SafetyStopNode(Node):
         return (
             level,
             message,
-            {"state": state.value, "stops": self.stop_count, "fusion": self.logic.config.fusion},
+            {
+                "state": state.value,
+                "stop_reason": self.logic.reason,
+                "stops": self.stop_count,
+                "fusion": self.logic.config.fusion,
+            },
         )
 
 
