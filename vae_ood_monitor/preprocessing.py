@@ -6,7 +6,6 @@ trained on. Parameters travel in the model bundle's JSON (`to_dict` / `from_dict
 
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import asdict, dataclass
 
 import cv2
@@ -247,7 +246,11 @@ class FlowStacker:
         self._previous: np.ndarray | None = None
         self._previous_ns: int | None = None
         self._per_interval: np.ndarray | None = None  # the last flow, per training frame interval
-        self._flows: deque[np.ndarray] = deque(maxlen=params.stack)
+        # The last `stack` flows, oldest first, as (component, flow, y, x): the encoders' inputs
+        # are this buffer's two components, with no stacking per frame.
+        _, _, width, height = params.crop
+        self._stack = np.zeros((2, params.stack, height, width), np.float32)
+        self._filled = 0
         self._clahe = cv2.createCLAHE(clipLimit=2.0, tileGridSize=(8, 8)) if params.clahe else None
         self._dis = (
             cv2.DISOpticalFlow_create(DIS_PRESETS[params.dis_preset])
@@ -259,7 +262,7 @@ class FlowStacker:
         self._previous = None
         self._previous_ns = None
         self._per_interval = None
-        self._flows.clear()
+        self._filled = 0
 
     def _grey(self, image: np.ndarray) -> np.ndarray:
         """The model's grey frame from an RGB image or an already grey one (a reduced decode)."""
@@ -328,11 +331,13 @@ class FlowStacker:
         flow = self._flow(previous, grey, 1.0 / scale)
         self._per_interval = flow * np.float32(scale)
         x, y, w, h = self.params.crop
-        limit = self.params.max_flow / scale
-        self._flows.append(
-            np.clip(flow[y : y + h, x : x + w] / limit, -1.0, 1.0).astype(np.float32)
-        )
-        if len(self._flows) < self.params.stack:
+        limit = np.float32(self.params.max_flow / scale)
+        self._stack[:, :-1] = self._stack[:, 1:]
+        for component in (0, 1):
+            newest = self._stack[component, -1]
+            np.divide(flow[y : y + h, x : x + w, component], limit, out=newest)
+            np.clip(newest, -1.0, 1.0, out=newest)
+        self._filled = min(self._filled + 1, self.params.stack)
+        if self._filled < self.params.stack:
             return None
-        stacked = np.stack(self._flows)  # (stack, h, w, 2)
-        return np.ascontiguousarray(stacked[..., 0]), np.ascontiguousarray(stacked[..., 1])
+        return self._stack[0].copy(), self._stack[1].copy()

@@ -78,11 +78,11 @@ def test_repeated_backward_and_late_stamps(flow_params, drive):
     assert result is not None, "a full stack after stack + 1 frames"
     last = drive[flow_params.stack][1]
     assert stacker.push(second, last) is None, "a repeated stamp is ignored"
-    assert len(stacker._flows) == flow_params.stack, "... and keeps the stack"
-    assert stacker.push(second, t1) is None and not stacker._flows, "a stamp going back restarts"
+    assert stacker._filled == flow_params.stack, "... and keeps the stack"
+    assert stacker.push(second, t1) is None and not stacker._filled, "a stamp going back restarts"
     stacker.push(first, t0)
     late = t0 + round((flow_params.max_gap_s + 0.1) * 1e9)
-    assert stacker.push(second, late) is None and not stacker._flows, "a long gap restarts"
+    assert stacker.push(second, late) is None and not stacker._filled, "a long gap restarts"
 
 
 def test_bundles_without_a_frame_interval_keep_the_30hz_camera(flow_params):
