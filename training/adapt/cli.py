@@ -136,11 +136,14 @@ def fine_tuned_encoders(
     for name, path in shipped.encoders.items():
         targets = run_onnx(teacher.encoders[name], teacher_rows[name][rows_teacher])
         anchor = run_onnx(path, replay_rows[name])
+        shipped_new = run_onnx(path, new_rows[name])
+        outputs = ("mu", "logvar", "pooled")
         data = TuneSet(
             new_rows[name][rows_own],
             (targets["mu"], targets["logvar"]),
             replay_rows[name],
-            (anchor["mu"], anchor["logvar"], anchor["pooled"]),
+            tuple(anchor[key] for key in outputs),
+            tuple(np.concatenate([anchor[key], shipped_new[key]]).std(axis=0) for key in outputs),
         )
         encoder, history[name] = fine_tune(
             torch_encoder(path),
@@ -473,10 +476,13 @@ def run(args: argparse.Namespace) -> int:
     unknown = [f for f in faults if f not in FAULTS]
     if unknown:
         raise AdaptError(f"unknown fault(s) {', '.join(unknown)} (known: {', '.join(FAULTS)})")
-    recordings = [
-        read_recording(bag, args.topic, args.hold_out, args.validation)
-        for bag in tqdm(args.bag, desc="reading bags", unit="bag")
-    ]
+    recordings = []
+    for bag in args.bag:
+        recordings.append(read_recording(bag, args.topic, args.hold_out, args.validation))
+        print(
+            f"adapt: {bag}: {len(recordings[-1].messages)} frames, "
+            f"{recordings[-1].duration_s:.1f} s at {recordings[-1].rate_hz:.1f} Hz"
+        )
     shipped = {k: load_bundle(getattr(args, k) or default_bundle(k)) for k in DETECTORS}
     for bundle in shipped.values():
         check_mergeable(bundle)

@@ -9,8 +9,10 @@ Fine-tuning (`fine_tune`): on the new world's frames the student moves its (μ, 
 teacher's, which the student was distilled to match on the default world; on replayed
 default-world frames it is anchored to its own shipped outputs, pooled conv features included,
 because the shipped score's default-world components (training.adapt.scores) read exactly those.
-Both terms are mean squared errors in units of the targets' standard deviations. BatchNorm stays
-frozen (eval mode): the folded statistics are the shipped ones.
+Both terms are mean squared errors in units of standard deviations: the teacher's over the new
+frames, and the shipped student's over the new and the replayed frames together (the few replayed
+frames of one drive vary too little to be the unit). BatchNorm stays frozen (eval mode): the
+folded statistics are the shipped ones.
 """
 
 from __future__ import annotations
@@ -150,16 +152,18 @@ def run_onnx(path: Path, rows: np.ndarray, threads: int = 2) -> dict[str, np.nda
 @dataclass
 class TuneSet:
     """One encoder's training rows: new-world inputs with the teacher's (μ, logσ²), and replayed
-    default-world inputs with the shipped student's (μ, logσ², pooled)."""
+    default-world inputs with the shipped student's (μ, logσ², pooled); `anchor_scale`: the
+    shipped student's standard deviation of each over both sets of frames."""
 
     new: np.ndarray
     teacher: tuple[np.ndarray, np.ndarray]
     replay: np.ndarray
     anchor: tuple[np.ndarray, np.ndarray, np.ndarray]
+    anchor_scale: tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
-def _scale(values: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(values.std(axis=0) + 1e-3).float()
+def _scale(*values: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.concatenate(values).std(axis=0) + 1e-3).float()
 
 
 def _standardised_mse(a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -193,7 +197,7 @@ def fine_tune(
     teacher = [torch.from_numpy(t).float() for t in data.teacher]
     anchor = [torch.from_numpy(t).float() for t in data.anchor]
     teacher_scale = [_scale(t) for t in data.teacher]
-    anchor_scale = [_scale(t) for t in data.anchor]
+    anchor_scale = [torch.from_numpy(s + 1e-3).float() for s in data.anchor_scale]
     rng = np.random.default_rng(seed)
     for epoch in range(start, epochs):
         order = np.random.default_rng([seed, epoch]).permutation(len(data.new))
