@@ -1,46 +1,115 @@
-"""The whole monitor graph in one process (`vae-ood-monitor monitor`), for machines without launch.
+"""The whole monitor graph from one command (`vae-ood-monitor monitor`), for robots without launch.
 
-Same nodes, same parameter file as launch/monitor.launch.py; a multi-threaded executor runs them,
-so one slow detector does not hold up the safety stop's watchdog.
+Same nodes, same parameter file as launch/monitor.launch.py. Each node runs in its own process, as
+launch starts them: one Python process cannot run the three nodes on 2 cores at 30 Hz (the
+detectors fell silent for up to 0.94 s and stopped the robot in ID driving; docs/performance.md),
+separate processes can. This process supervises them: a node that dies is restarted (the safety
+stop halts the robot meanwhile: its inputs fall silent), a node that refuses to start (exit code 2)
+ends the monitor with that code, and Ctrl-C or SIGTERM stops every node cleanly before it exits.
 """
 
 from __future__ import annotations
 
+import ctypes
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
-from rclpy.node import Node
-from rclpy.parameter import Parameter
-
-from vae_ood_monitor.nodes.bag_player import BagPlayerNode
-from vae_ood_monitor.nodes.common import run_nodes
-from vae_ood_monitor.nodes.detector import DetectorNode
-from vae_ood_monitor.nodes.safety_stop import SafetyStopNode
+from vae_ood_monitor.demo import NODES
 from vae_ood_monitor.offline import share_dir
+
+GRAPH = ("bvae_detector", "flow_detector", "safety_stop")
+MAX_RESTARTS = 5  # per node, then the monitor gives up and exits 1
+STARTUP_REFUSED = 2  # run_nodes' exit code for a StartupError: restarting would not help
 
 
 def default_params_file() -> Path:
     return share_dir() / "config" / "monitor.yaml"
 
 
+def die_with_parent() -> None:
+    """SIGTERM to this process when its parent dies, even by SIGKILL (Linux prctl PDEATHSIG)."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
+
+
+def _start(name: str, ros_args: list[str]) -> subprocess.Popen:
+    module, function = NODES[name].split(":")
+    code = (
+        "import sys; from vae_ood_monitor.graph import die_with_parent; die_with_parent(); "
+        f"from {module} import {function}; sys.exit({function}(sys.argv))"
+    )
+    # Its own process group: a terminal's Ctrl-C reaches the monitor only, which passes it on once.
+    return subprocess.Popen(
+        [sys.executable, "-c", code, "--ros-args", *ros_args], start_new_session=True
+    )
+
+
+def _stop(processes: dict[str, subprocess.Popen], timeout: float = 10.0) -> None:
+    """SIGINT to every node (rclpy shuts down cleanly); SIGKILL after `timeout`."""
+    for process in processes.values():
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+    deadline = time.monotonic() + timeout
+    for process in processes.values():
+        try:
+            process.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 def run_monitor(
     params_file: Path, bag: Path | None = None, rate: float = 1.0, ros_args: list[str] | None = None
 ) -> int:
-    """Run detectors and safety stop (and a bag player with `bag`) until Ctrl-C or the bag ends."""
+    """Run detectors and safety stop (and a bag player with `bag`) as supervised processes until
+    Ctrl-C, SIGTERM or the bag's end. Returns 0, or the exit code that ended the monitor."""
+    common = ["--params-file", str(params_file), *(ros_args or [])]
+    args = {name: common for name in GRAPH}
+    if bag is not None:
+        # Play only once the detectors and the safety stop listen to the camera.
+        args["bag_player"] = [
+            *common,
+            *("-p", f"bag:={bag}", "-p", f"rate:={rate}", "-p", "wait_for_subscribers:=3"),
+        ]
+    stopping: list[int] = []
 
-    def nodes() -> list[Node]:
-        graph: list[Node] = [DetectorNode("bvae"), DetectorNode("flow"), SafetyStopNode()]
-        if bag is not None:
-            # Play only once the detectors and the safety stop listen to the camera.
-            overrides = [
-                Parameter("bag", value=str(bag)),
-                Parameter("rate", value=rate),
-                Parameter("wait_for_subscribers", value=3),
-            ]
-            graph.append(BagPlayerNode(parameter_overrides=overrides))
-        return graph
+    def on_signal(signum: int, _frame: object) -> None:
+        stopping.append(signum)
 
-    def bag_done(graph: list[Node]) -> bool:
-        return any(isinstance(node, BagPlayerNode) and node.finished.is_set() for node in graph)
-
-    args = ["vae-ood-monitor", "--ros-args", "--params-file", str(params_file), *(ros_args or [])]
-    return run_nodes(nodes, args, bag_done, threads=4)
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    processes = {name: _start(name, node_args) for name, node_args in args.items()}
+    restarts = dict.fromkeys(processes, 0)
+    code = 0
+    log = "vae-ood-monitor monitor:"
+    try:
+        while not stopping:
+            time.sleep(0.1)
+            for name, process in list(processes.items()):
+                status = process.poll()
+                if status is None:
+                    continue
+                if name == "bag_player":
+                    code = status
+                    stopping.append(0)
+                elif status == STARTUP_REFUSED or restarts[name] >= MAX_RESTARTS:
+                    print(f"{log} {name} exited with code {status}; stopping", file=sys.stderr)
+                    code = status or 1
+                    stopping.append(0)
+                else:
+                    restarts[name] += 1
+                    print(
+                        f"{log} {name} exited with code {status}; restart {restarts[name]} "
+                        f"of {MAX_RESTARTS}",
+                        file=sys.stderr,
+                    )
+                    processes[name] = _start(name, args[name])
+    finally:
+        _stop(processes)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    return code
