@@ -14,7 +14,8 @@ import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import ParameterDescriptor
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.experimental import EventsExecutor
 from rclpy.node import Node
 from rclpy.qos import (
     DurabilityPolicy,
@@ -198,8 +199,10 @@ def run_nodes(
     and exit code 2; otherwise the highest `exit_code` attribute of the nodes (default 0)."""
     rclpy.init(args=args if args is not None else sys.argv)
     nodes: list[Node] = []
+    # One thread: rclpy's EventsExecutor (C++) costs a fraction of the Python executor's CPU per
+    # callback (docs/performance.md); several: the multi-threaded one.
     executor = (
-        MultiThreadedExecutor(num_threads=threads) if threads > 1 else SingleThreadedExecutor()
+        MultiThreadedExecutor(num_threads=threads) if threads > 1 else EventsExecutor()
     )
     try:
         nodes = factory()
