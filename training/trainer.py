@@ -9,6 +9,7 @@ so nothing in them is unpickled as code.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,12 +67,14 @@ def train_vae(
     checkpoint: Path,
     desc: str = "train",
     hardware: Hardware = CPU,
+    on_epoch: Callable[[int, float], None] | None = None,
 ) -> tuple[VAE, list[dict[str, float]]]:
     """Train a VAE on `inputs` (N, C, H, W; converted batch-wise by `to_tensor`) on `hardware`.
 
     Resumes from `checkpoint` when it exists and matches `config` (under torchrun rank 0 reads it
     and sends it to the others, so it need not be on a shared disk); returns the model on the CPU
     in eval mode and the per-epoch history (mean loss, reconstruction and KL per sample).
+    `on_epoch(epoch, seconds)` hears of every epoch trained (training.bench_device times them).
     """
     torch.set_num_threads(train.threads)
     set_seeds(train.seed)
@@ -106,6 +109,7 @@ def train_vae(
             return objective(x, noise[batch.start : batch.start + len(x)])
 
     for epoch in range(len(history), train.epochs):
+        started = time.perf_counter()
         sampler.set_epoch(epoch)
         objective.train()
         means = run_epoch(
@@ -118,12 +122,18 @@ def train_vae(
             ("loss", "reconstruction", "kl"),
         )
         history.append(dict(zip(("loss", "reconstruction", "kl"), means)))
+        if hardware.cuda:
+            torch.cuda.synchronize(hardware.device)
+        seconds = time.perf_counter() - started
         if hardware.is_main:
             tqdm.write(
                 f"{desc} epoch {epoch + 1}: "
                 + ", ".join(f"{k} {v:.2f}" for k, v in history[-1].items())
+                + f" ({seconds:.1f} s)"
             )
             _save(checkpoint, config, model, optimiser, scaler, history, hardware)
+        if on_epoch is not None:
+            on_epoch(epoch, seconds)
     return local(model), history
 
 
