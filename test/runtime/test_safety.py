@@ -161,3 +161,47 @@ def test_the_reason_says_why_the_wheels_stand_still():
     _live(stop, 0.3)
     stop.request_reset(0.3)
     assert stop.reason == ""
+
+
+def _serialized(msg_type, stamp_s: int, **fields) -> bytes:
+    from builtin_interfaces.msg import Time
+    from rclpy.serialization import serialize_message
+    from std_msgs.msg import Header
+
+    header = Header(stamp=Time(sec=stamp_s, nanosec=123), frame_id="camera")
+    return serialize_message(msg_type(header=header, **fields))
+
+
+def test_the_message_fingerprint_ignores_the_stamp_and_sees_new_frames():
+    """The safety stop hashes serialized messages: a buffer republished with fresh stamps, or an
+    identical frame JPEG-encoded again (bit-identical, as before), is the same frame; live ones
+    differ — for JPEG (hashed whole) and for large raw frames (sampled)."""
+    import cv2
+    import numpy as np
+    from sensor_msgs.msg import CompressedImage, Image
+
+    from vae_ood_monitor.safety import MAX_HASHED_BYTES, message_fingerprint
+
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 256, (480, 640, 3), dtype=np.uint8) for _ in range(2)]
+
+    def jpeg(frame: np.ndarray, stamp_s: int) -> bytes:
+        data = cv2.imencode(".jpg", frame)[1].tobytes()
+        return _serialized(CompressedImage, stamp_s, format="jpeg", data=data)
+
+    def raw(frame: np.ndarray, stamp_s: int) -> bytes:
+        fields = {"height": 480, "width": 640, "encoding": "rgb8", "step": 1920}
+        return _serialized(Image, stamp_s, data=frame.tobytes(), **fields)
+
+    for encode in (jpeg, raw):
+        assert message_fingerprint(encode(frames[0], 1)) == message_fingerprint(
+            encode(frames[0], 2)
+        )
+        assert message_fingerprint(encode(frames[0], 1)) != message_fingerprint(
+            encode(frames[1], 1)
+        )
+    noisy = np.clip(frames[0].astype(int) + rng.integers(-2, 3, frames[0].shape), 0, 255)
+    assert message_fingerprint(raw(frames[0], 1)) != message_fingerprint(
+        raw(noisy.astype(np.uint8), 1)
+    ), "a live sensor's noise changes the sampled bytes"
+    assert len(raw(frames[0], 1)) > MAX_HASHED_BYTES, "the raw frame is sampled"

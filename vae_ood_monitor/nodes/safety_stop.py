@@ -35,7 +35,7 @@ from vae_ood_monitor.nodes.common import (
     subscribe_camera,
 )
 from vae_ood_monitor.nodes.detector import diagnostic_name
-from vae_ood_monitor.safety import FUSIONS, SafetyConfig, SafetyStop, State, frame_fingerprint
+from vae_ood_monitor.safety import FUSIONS, SafetyConfig, SafetyStop, State, message_fingerprint
 
 
 class SafetyStopNode(Node):
@@ -96,7 +96,9 @@ class SafetyStopNode(Node):
             self,
             transport,
             robot_topic(self, camera_topic(transport), veh),
-            lambda msg: self.logic.on_camera(time.monotonic(), frame_fingerprint(msg.data)),
+            # Serialized bytes (raw): liveness and frozen frames need no decoded message.
+            lambda data: self.logic.on_camera(time.monotonic(), message_fingerprint(data)),
+            raw=True,
         )
         for name in detectors:
             self.create_subscription(
