@@ -47,7 +47,7 @@ from vae_ood_monitor.bundle import Bundle, BundleError, default_bundle, load_bun
 from vae_ood_monitor.decision import DecisionParams
 from vae_ood_monitor.demo import demo_bag
 from vae_ood_monitor.detector import OODDetector
-from vae_ood_monitor.scoring import LatentScore, concatenate_outputs
+from vae_ood_monitor.scoring import LatentScore
 
 STATE_FILE = "state.json"
 CACHE = "cache"  # checkpoints and probe bundles, removed before the final rename
@@ -213,7 +213,7 @@ def adapt_detector(
         {},
     )
     probe = OODDetector(load_bundle(probe_dir), threads=2)
-    halves: list[list] = [[], []]
+    halves: tuple[list, list] = ([], [])
     for recording in tqdm(recordings, desc=f"{kind}: new-world features", unit="bag"):
         part = recording.parts["fit"]
         middle = (part.start + part.stop) // 2
@@ -221,11 +221,14 @@ def adapt_detector(
             frames = _decoded(probe, recording.messages[span])
             stamps = [int(s) for s in recording.stamps_ns[span]]
             half.append(probe.encode_stream(frames, stamps_ns=stamps)[2])
-    halves_latents = tuple(
-        {name: concatenate_outputs([h[name] for h in half]) for name in half[0]} for half in halves
-    )
-    adapted = adapt_score(shipped, halves_latents, args.seed)
+    adapted = adapt_score(shipped, halves, args.seed)
+    # The fit frames' held-out scores are ID drives too, and longer than the validation parts: the
+    # alarm level must hold over them as well.
     validation = [
+        ScoredEpisode(f"fit part {i} (held out)", scores, None)
+        for i, scores in enumerate(adapted.held_out)
+    ]
+    validation += [
         ScoredEpisode(
             f"{r.path}/validation",
             _stream_scores(

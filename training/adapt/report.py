@@ -134,7 +134,8 @@ def summarise(results: dict[str, list[Result]]) -> dict[str, Any]:
             d: _share(groups["check_id"], d) for d in ("bvae", "flow", "fused")
         }
         summary["default_flag_share"][monitor] = {
-            r.stream.name: _share([r]) for r in groups["default_id"]
+            r.stream.name: {d: _share([r], d) for d in ("bvae", "flow", "fused")}
+            for r in groups["default_id"]
         }
     if by_group["shipped"]["check_fault"]:
         summary["faults"] = _fault_rows(
@@ -197,8 +198,8 @@ def plot(results: dict[str, list[Result]], summary: dict[str, Any], out: Path) -
     after.append(summary["id_flag_share"]["adapted"]["fused"])
     for name, value in summary["default_flag_share"]["shipped"].items():
         labels.append(f"default: {Path(name).name}")
-        before.append(value)
-        after.append(summary["default_flag_share"]["adapted"][name])
+        before.append(value["fused"])
+        after.append(summary["default_flag_share"]["adapted"][name]["fused"])
     figure, axis = plt.subplots(figsize=(max(5, 1.6 * len(labels)), 3.5))
     x = np.arange(len(labels))
     axis.bar(x - 0.2, np.array(before) * 100, 0.4, color="tab:red", label="shipped")
@@ -250,11 +251,12 @@ def markdown(summary: dict[str, Any], facts: dict[str, Any], figures: list[str])
             f"{_pct(share['flow'])} | {_pct(share['fused'])} |"
         )
     for name in summary["default_flag_share"]["shipped"]:
-        lines.append(
-            f"| default world: {name} | shipped → adapted | | | "
-            f"{_pct(summary['default_flag_share']['shipped'][name])} → "
-            f"{_pct(summary['default_flag_share']['adapted'][name])} |"
-        )
+        for monitor in MONITORS:
+            share = summary["default_flag_share"][monitor][name]
+            lines.append(
+                f"| default world: {name} | {monitor} | {_pct(share['bvae'])} | "
+                f"{_pct(share['flow'])} | {_pct(share['fused'])} |"
+            )
     if summary.get("faults"):
         lines += [
             "",

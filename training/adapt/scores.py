@@ -27,8 +27,10 @@ from sklearn.mixture import GaussianMixture
 
 from training.adapt.recordings import AdaptError
 from training.calibrate import (
+    DETECTOR_CATEGORIES,
     MIXTURE_COMPONENTS,
     MIXTURE_REGULARISATION,
+    SCORE_TAILS,
     VARIANCE_FLOOR,
     ScoredEpisode,
     TuningResult,
@@ -42,6 +44,7 @@ from vae_ood_monitor.scoring import (
     LatentScore,
     Mixture,
     band_mask,
+    concatenate_outputs,
     posterior_features,
 )
 
@@ -164,28 +167,32 @@ class AdaptedScore:
     calibration: np.ndarray
     shift: float
     new_world_calibration: int  # how many of the calibration scores are the new world's
+    held_out: list[np.ndarray]  # per recording and half, its frames' held-out scores in order
 
 
-def adapt_score(shipped: Bundle, halves: tuple[Latents, Latents], seed: int = 0) -> AdaptedScore:
-    """The merged score fitted on both halves of the new world's fit frames, and its
-    calibration scores (module docstring)."""
-    held_out = []
+def _joined(parts: list[Latents]) -> Latents:
+    return {name: concatenate_outputs([p[name] for p in parts]) for name in parts[0]}
+
+
+def adapt_score(
+    shipped: Bundle, halves: tuple[list[Latents], list[Latents]], seed: int = 0
+) -> AdaptedScore:
+    """The merged score fitted on both halves of the new world's fit frames (per recording, its
+    first and its second half), and its calibration scores (module docstring)."""
+    held_out: list[np.ndarray] = []
     for held, fitted in (halves, halves[::-1]):
-        partial, _ = merged_score(shipped.score, fitted, seed=seed)
-        held_out.append(partial(held))
-    both = {
-        name: type(halves[0][name])(
-            *(
-                None if a is None else np.concatenate([a, b])
-                for a, b in zip(halves[0][name], halves[1][name])
-            )
-        )
-        for name in halves[0]
-    }
-    score, shift = merged_score(shipped.score, both, seed=seed)
+        partial, _ = merged_score(shipped.score, _joined(fitted), seed=seed)
+        held_out += [partial(latents) for latents in held]
+    score, shift = merged_score(shipped.score, _joined(halves[0] + halves[1]), seed=seed)
     new_scores = np.concatenate(held_out)
     default_scores = _quantiles(shipped.calibration_scores, len(new_scores)) + shift
-    return AdaptedScore(score, np.concatenate([new_scores, default_scores]), shift, len(new_scores))
+    return AdaptedScore(
+        score,
+        np.concatenate([new_scores, default_scores]),
+        shift,
+        len(new_scores),
+        held_out,
+    )
 
 
 def tune(
@@ -193,8 +200,6 @@ def tune(
 ) -> TuningResult:
     """The shipped decision's kind of decision (tail, extrapolation, ID budget) tuned anew on the
     validation episodes; recorded OOD onsets (category 'recorded') count for both detectors."""
-    from training.calibrate import DETECTOR_CATEGORIES, SCORE_TAILS
-
     budget = shipped.provenance.get("decision_tuning", {}).get("id_budget", 0.0)
     return tune_decision(
         calibration,
