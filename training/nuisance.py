@@ -157,6 +157,7 @@ class Row:
         return indices, stamps
 
     def applies_to(self, source_fps: float) -> bool:
+        """Whether drives recorded at `source_fps` can be replayed through this row."""
         try:
             self.selection(source_fps, 1, 0)
         except ValueError:
