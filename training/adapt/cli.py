@@ -170,6 +170,21 @@ def fine_tuned_encoders(
     return files, info
 
 
+def teacher_mismatch(student: Bundle, teacher: Bundle) -> str | None:
+    """Why `teacher` cannot be the target of `student`'s fine-tuning (None: it can): a student's
+    latent dimensions mean what its own teacher's mean, so only that teacher will do. Its name is
+    in the student's provenance (compression.teacher); bundles without the record are taken as
+    given."""
+    recorded = student.provenance.get("compression", {}).get("teacher")
+    names = {teacher.path.name, teacher.provenance.get("shipped_as", {}).get("formerly")}
+    if recorded is None or Path(recorded).name in names:
+        return None
+    return (
+        f"{student.path.name} was distilled from {recorded}, not from {teacher.path.name} "
+        "(give its teacher with --bvae-teacher/--flow-teacher)"
+    )
+
+
 def _stream_scores(
     detector: OODDetector, score: LatentScore, frames: list[np.ndarray], stamps: list[int]
 ) -> np.ndarray:
@@ -195,12 +210,16 @@ def adapt_detector(
     """Fine-tune, merge the score, tune the decision and write WORK/<kind>; returns what the
     report says about it."""
     cache = work / CACHE
-    if args.epochs > 0:
+    mismatch = teacher_mismatch(shipped, teacher)
+    if args.epochs > 0 and mismatch is None:
         files, tuning_info = fine_tuned_encoders(
             kind, shipped, teacher, recordings, replay, cache, args.epochs, hardware, args.seed
         )
     else:
-        files, tuning_info = dict(shipped.encoders), {"epochs": 0}
+        files = dict(shipped.encoders)
+        tuning_info = {"epochs": 0, "skipped": mismatch or "--epochs 0"}
+        if args.epochs > 0:
+            print(f"adapt: {kind}: encoders not fine-tuned: {mismatch}")
     latent = {name: list(range(len(dims))) for name, dims in shipped.score.dims.items()}
     probe_dir = write_bundle(
         cache / f"{kind}_probe",
