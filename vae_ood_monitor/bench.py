@@ -326,7 +326,7 @@ class LiveGraph:
                 for name in NODE_NAMES
             }
         else:
-            params = log_dir / "monitor.yaml"
+            params = (log_dir / "monitor.yaml").resolve()  # the node runs in side.root
             params.write_text(
                 "".join(
                     f"/**/{kind}_detector:\n  ros__parameters:\n    bundle: {path}\n"
