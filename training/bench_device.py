@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         median = statistics.median(time_epochs(hardware, args.config, args.frames, args.repeats))
         cpu_median = cpu_median or median
         rows.append(
-            f"| {name} | {median:.2f} | {args.frames / median:.0f} | {cpu_median / median:.1f}× |"
+            f"| {name} | {median:.2f} | {args.frames / median:.1f} | {cpu_median / median:.1f}× |"
         )
     print("\n| variant | s per epoch | frames/s | speed-up over CPU |\n|---|---|---|---|")
     print("\n".join(rows))

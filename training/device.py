@@ -133,7 +133,9 @@ def _torchrun() -> tuple[int, int, int | None]:
     return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"])
 
 
-def setup(device: str = "auto", amp: bool | None = None, loader_workers: int | None = None):
+def setup(
+    device: str = "auto", amp: bool | None = None, loader_workers: int | None = None
+) -> Hardware:
     """The Hardware of this process; joins the torchrun process group when there is more than one.
 
     Call once per process, at the start of an entry point, and `shutdown` at its end.

@@ -16,8 +16,8 @@ from ddp_worker import CONFIG, TRAIN, run, to_tensor
 from torch import nn
 
 from training.device import CPU, DeviceError, Hardware, amp_dtype, resolve_device, setup
-from training.models import VAE
-from training.trainer import TrainConfig, train_vae
+from training.models import VAE, vae_loss
+from training.trainer import TrainConfig, set_seeds, train_vae
 
 REPO = Path(__file__).resolve().parents[2]
 WORKER = Path(__file__).with_name("ddp_worker.py")
@@ -87,6 +87,38 @@ def test_ddp_two_gloo_processes_under_torchrun_take_the_steps_of_one_process(tmp
     assert "train epoch 2: loss" in rank0 and "distill epoch 2/2" in rank0  # log and bar
     assert "epoch" not in rank1  # no log lines or progress bars from rank 1
     assert [p.name for p in (tmp_path / "two" / "checkpoints").iterdir()] == ["vae.pt"]
+
+
+def _plain_loop(data: np.ndarray, train: TrainConfig) -> tuple[VAE, list[float]]:
+    """The training loop as it was before devices and torchrun: one process, no DataLoader."""
+    torch.set_num_threads(train.threads)
+    set_seeds(train.seed)
+    model = VAE(CONFIG)
+    optimiser = torch.optim.Adam(model.parameters(), lr=train.learning_rate)
+    generator = np.random.default_rng(train.seed)
+    losses = []
+    for _ in range(train.epochs):
+        order = generator.permutation(len(data))
+        model.train()
+        total = 0.0
+        for start in range(0, len(order), train.batch_size):
+            batch = to_tensor(data[np.sort(order[start : start + train.batch_size])])
+            terms = vae_loss(model, batch, train.beta)
+            optimiser.zero_grad()
+            terms.total.backward()
+            optimiser.step()
+            total += terms.total.item() * len(batch)
+        losses.append(total / len(order))
+    return model.eval(), losses
+
+
+def test_one_cpu_process_trains_bit_for_bit_as_the_plain_loop(tmp_path):
+    data = np.random.default_rng(5).integers(0, 255, (40, 3, 16, 16), dtype=np.uint8)
+    expected, losses = _plain_loop(data, TRAIN)
+    model, history = train_vae(CONFIG, data, to_tensor, TRAIN, tmp_path / "vae.pt")
+    assert [h["loss"] for h in history] == losses
+    for name, weight in expected.state_dict().items():
+        assert torch.equal(weight, model.state_dict()[name]), name
 
 
 def test_devices_resolve_and_the_cpu_keeps_todays_settings():
