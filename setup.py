@@ -42,6 +42,7 @@ setup(
             "flow_detector = vae_ood_monitor.nodes.detector:main_flow",
             "safety_stop = vae_ood_monitor.nodes.safety_stop:main",
             "bag_player = vae_ood_monitor.nodes.bag_player:main",
+            "live_view = vae_ood_monitor.nodes.live_view:main",
         ],
     },
 )

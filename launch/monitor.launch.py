@@ -1,18 +1,20 @@
 """The monitor graph on a robot with full ROS 2: both detectors and the safety stop.
 
 ros2 launch vae_ood_monitor monitor.launch.py [namespace:=ood_monitor] [params_file:=...]
-    [veh:=duckiebot]
+    [veh:=duckiebot] [live_view:=false]
 
 The nodes use relative names. `namespace` holds the monitor's own topics and services
 (/ood_monitor/bvae/score, /ood_monitor/safety_stop/reset, ...); the robot's topics are remapped to
 the Duckietown names of vehicle `veh` (/<veh>/camera_node/image/compressed,
 /<veh>/wheels_driver_node/emergency_stop) and cmd_vel_in/out to /cmd_vel_in, /cmd_vel_out.
+`live_view:=true` adds the annotated picture on <namespace>/live_view/image/compressed.
 """
 
 import os
 
 from ament_index_python.packages import get_package_share_directory
 from launch.actions import DeclareLaunchArgument
+from launch.conditions import IfCondition
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
@@ -47,8 +49,11 @@ def generate_launch_description() -> LaunchDescription:
             parameters=[LaunchConfiguration("params_file")],
             remappings=remappings(),
             output="screen",
+            condition=IfCondition(LaunchConfiguration("live_view"))
+            if name == "live_view"
+            else None,
         )
-        for name in ("bvae_detector", "flow_detector", "safety_stop")
+        for name in ("bvae_detector", "flow_detector", "safety_stop", "live_view")
     ]
     return LaunchDescription(
         [
@@ -66,6 +71,11 @@ def generate_launch_description() -> LaunchDescription:
                 "veh",
                 default_value=DEFAULT_VEHICLE,
                 description="Duckietown vehicle: camera and emergency stop remapped under /<veh>",
+            ),
+            DeclareLaunchArgument(
+                "live_view",
+                default_value="false",
+                description="also run the annotated picture for rqt_image_view / Foxglove",
             ),
             *nodes,
         ]

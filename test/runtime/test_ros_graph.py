@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 import pytest
 import rclpy
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import Twist, TwistStamped, Vector3
 from rclpy._rclpy_pybind11 import NodeNameNonExistentError
 from rclpy.executors import MultiThreadedExecutor
@@ -39,6 +39,7 @@ REPO = Path(__file__).resolve().parents[2]
 CAMERA = "/duckiebot/camera_node/image/compressed"
 ESTOP = "/duckiebot/wheels_driver_node/emergency_stop"
 STOP_REASON = "/ood_monitor/stop_reason"
+LIVE_VIEW = "/ood_monitor/live_view/image/compressed"
 # Never decides OOD: these tests are about plumbing, not about what an untrained model thinks.
 NEVER_OOD = DecisionParams(mode="threshold", threshold=1e12)
 
@@ -87,6 +88,8 @@ class Robot(Node):
             None  # a list: published back to back
         )
         self.fake_decisions: dict[str, bool] = {}
+        self.fake_scores: dict[str, float] = {}
+        self.live_view: list[bytes] = []
         self.estop: list[bool] = []
         self.cmd_out: list[float] = []
         self.cmd_out_stamped: list[TwistStamped] = []
@@ -113,6 +116,13 @@ class Robot(Node):
         self.create_subscription(
             DiagnosticArray, "/diagnostics", self._on_diagnostics, RELIABLE_QOS
         )
+        self.create_subscription(
+            CompressedImage, LIVE_VIEW, lambda m: self.live_view.append(bytes(m.data)), 1
+        )
+        self._scores = {
+            n: self.create_publisher(Float32, f"/ood_monitor/{n}/score", RELIABLE_QOS)
+            for n in ("bvae", "flow")
+        }
         self.reset_client = self.create_client(Trigger, "/ood_monitor/safety_stop/reset")
         self.create_timer(1 / 30, self._publish)
 
@@ -140,6 +150,8 @@ class Robot(Node):
                 self._camera.publish(msg)
         for name, ood in self.fake_decisions.items():
             self._decisions[name].publish(Bool(data=ood))
+        for name, score in self.fake_scores.items():
+            self._scores[name].publish(Float32(data=score))
         if self._stamped:
             command = TwistStamped(twist=Twist(linear=Vector3(x=0.3)))
             command.header.stamp = self.get_clock().now().to_msg()
@@ -365,6 +377,55 @@ def test_the_stop_reason_is_latched_for_late_joiners(robot, safety_stop):
     assert latched_reason() == [""], "empty while running"
 
 
+def banner_colour(picture: np.ndarray, camera_height: int) -> np.ndarray:
+    """BGR colour of the state banner just under the camera frame (median of a strip)."""
+    strip = picture[camera_height + 1 : camera_height + 4, -40:-2]
+    return np.median(strip.reshape(-1, 3), axis=0)
+
+
+@TOLERATES_STARVATION
+def test_the_live_view_draws_frame_state_and_scores_when_enabled(
+    robot, safety_stop, untrained_bundles, tmp_path
+):
+    from vae_ood_monitor.live_view import GREEN, RED
+
+    view = start_node("live_view", {"rate_hz": 10.0}, tmp_path / "live_view.log")
+    try:
+        robot.fake_decisions = {"bvae": False, "flow": False}
+        robot.fake_scores = {"bvae": 5.0, "flow": 7.0}
+        # the detectors report their bundles on /diagnostics: the view draws their alarm levels
+        reports = robot.create_publisher(DiagnosticArray, "/diagnostics", RELIABLE_QOS)
+        statuses = [
+            DiagnosticStatus(
+                name=f"ood_monitor/{name}_detector",
+                values=[KeyValue(key="bundle", value=str(path))],
+            )
+            for name, path in untrained_bundles.items()
+        ]
+        robot.create_timer(1.0, lambda: reports.publish(DiagnosticArray(status=statuses)))
+        wait_for(lambda: robot.estop and robot.estop[-1] is False, 20, "running")
+        wait_for(lambda: len(robot.live_view) >= 3, 30, "pictures from the live view")
+        picture = cv2.imdecode(np.frombuffer(robot.live_view[-1], np.uint8), cv2.IMREAD_COLOR)
+        # the 160x120 camera upscaled to the 320 px width, then the banner and two panels
+        assert picture.shape[1] == 320 and picture.shape[0] > 240 + 2 * 50
+        camera = cv2.cvtColor(picture[:240], cv2.COLOR_BGR2RGB).astype(float)
+        sent = [cv2.resize(f, (320, 240)).astype(float) for f in synthetic_frames(30, 160, 120)]
+        assert min(np.abs(camera - f).mean() for f in sent) < 12, "the camera frame is shown"
+        assert np.abs(banner_colour(picture, 240) - GREEN).max() < 40, "running: green"
+
+        robot.fake_decisions["bvae"] = True
+        wait_for(lambda: robot.estop[-1] is True, 3, "emergency_stop after an OOD decision")
+        seen = len(robot.live_view)
+        wait_for(lambda: len(robot.live_view) >= seen + 3, 10, "pictures after the stop")
+        picture = cv2.imdecode(np.frombuffer(robot.live_view[-1], np.uint8), cv2.IMREAD_COLOR)
+        assert np.abs(banner_colour(picture, 240) - RED).max() < 40, "stopped: red"
+        assert view.poll() is None
+        (tmp_path / "live_view.jpg").write_bytes(robot.live_view[-1])
+    finally:
+        stop_process(view)
+    assert "no alarm level" not in (tmp_path / "live_view.log").read_text()
+
+
 @pytest.fixture
 def untrained_bundles(tmp_path) -> dict[str, Path]:
     return {
@@ -495,6 +556,29 @@ def test_default_names_resolve_to_the_contract(robot, safety_stop, untrained_bun
         stop_process(detector)
 
 
+def test_the_foxglove_layout_shows_the_default_topics():
+    """config/foxglove_layout.json names topics the default graph (and live_view) publishes."""
+    import json
+
+    layout = json.loads((REPO / "config" / "foxglove_layout.json").read_text())
+    topics = set()
+    for config in layout["configById"].values():
+        topics.add(config.get("imageMode", {}).get("imageTopic"))
+        topics.add(config.get("topicPath", "").rsplit(".", 1)[0])
+        topics.update(path["value"].rsplit(".", 1)[0] for path in config.get("paths", []))
+    topics -= {None, ""}
+    published = {
+        CAMERA,
+        ESTOP,
+        STOP_REASON,
+        LIVE_VIEW,
+        "/ood_monitor/ood",
+        *(f"/ood_monitor/{n}/{t}" for n in ("bvae", "flow") for t in ("score", "ood")),
+    }
+    assert topics and topics <= published, topics - published
+    assert LIVE_VIEW in topics
+
+
 def start_with_ros_args(name: str, ros_args: list[str], log: Path) -> subprocess.Popen:
     """Node `name` in its own process with exactly `ros_args` (no default names)."""
     module, function = demo.NODES[name].split(":")
@@ -596,10 +680,16 @@ def test_monitor_runs_the_whole_graph_in_one_process(robot, untrained_bundles, t
         stdout=log.open("w"),
         stderr=subprocess.STDOUT,
     )
+    live_view_publishers = 0
     try:
-        assert monitor.wait(timeout=90) == 0, log.read_text()
+        deadline = time.monotonic() + 90
+        while monitor.poll() is None and time.monotonic() < deadline:
+            live_view_publishers = max(live_view_publishers, robot.count_publishers(LIVE_VIEW))
+            time.sleep(0.2)
+        assert monitor.wait(timeout=1) == 0, log.read_text()
     finally:
         stop_process(monitor)
+    assert live_view_publishers == 0 and not robot.live_view, "the live view is off by default"
     # How many frames get scored depends on the machine's load (the detectors skip stale frames);
     # that the graph keeps up is the benchmark's business (`vae-ood-monitor bench`).
     assert len(robot.scores["bvae"]) >= 5, "the β-VAE detector scored replayed frames"
