@@ -1,12 +1,14 @@
-"""`vae-ood-monitor bench`: does the graph keep up with 30 Hz camera input, and how fast does it stop?
+"""`vae-ood-monitor bench`: what the graph costs and whether it keeps up (docs/performance.md).
 
-Replays a labelled bag (default: the shipped demo bag, 640×480 JPEG at 30 Hz, in distribution and
-then foggy) `--runs` times through fresh node processes over DDS and reports, side by side:
-onset-to-stop latency (first OOD frame arrived at a peer → emergency_stop true received at that
-peer, decision window included) p50 / p95 / max; per detector the frames handled (processed or
-deliberately dropped as stale) against frames published, processing time p50 and
-receive-to-decision latency p50 and the warm-up before it subscribed; and each node's peak
-resident memory.
+- live (default): an independent client (vae_ood_monitor.stream) streams the bag's 640×480 JPEG
+  frames into the graph over DDS: ID driving, camera silence, ID driving with resets, the onset.
+  Per node the CPU seconds per frame (from /proc), frames processed against frames the client
+  actually published, stop times and resident memory; `--baseline-ref` runs a git worktree of an
+  earlier version beside this checkout, in the same run.
+- `--soak MINUTES`: ID driving that long; resident memory and CPU per node over time (CSV, PNG).
+- `--offline`: no graph; the bag scored as `score` does on a slower or lossy camera.
+- `--replay`: the earlier bench — the bag player replays the bag `--runs` times, onset latency
+  p50 / p95 / max, frames handled, processing time, peak memory.
 """
 
 from __future__ import annotations
@@ -81,7 +83,7 @@ def run_bench(
         onset_time = recording.frames.get(onset_ns) if onset_ns is not None else None
         _, stops = stop_events(recording)
         published = frames_published(recording)
-        for name in handled:
+        for name, shares in handled.items():
             values = recording.diagnostics[f"ood_monitor/{name}_detector"]
             done = (
                 int(values["processed"])
@@ -89,7 +91,7 @@ def run_bench(
                 + int(values["bad_frames"])
                 + int(values["model_errors"])
             )
-            handled[name].append(done / max(published, 1))
+            shares.append(done / max(published, 1))
             processing[name].append(float(values["processing_ms_p50"]))
             decision_latency[name].append(float(values["latency_ms_p50"]))
             warm_up[name].append(float(values["warm_up_ms"]))
@@ -112,17 +114,19 @@ def run_bench(
     if latencies:
         p50, p95 = np.percentile(latencies, [50, 95])
         print(
-            f"onset-to-stop latency: p50 {p50:.3f} s, p95 {p95:.3f} s, max {max(latencies):.3f} s ({misses} missed, {false_stops} false stops)"
+            f"onset-to-stop latency: p50 {p50:.3f} s, p95 {p95:.3f} s, "
+            f"max {max(latencies):.3f} s ({misses} missed, {false_stops} false stops)"
         )
     else:
         print(
             f"onset-to-stop latency: no stop measured ({misses} missed, {false_stops} false stops)"
         )
-    for name in handled:
+    for name, shares in handled.items():
         print(
-            f"{name:5s} detector ({Path(bundle_paths[name]).name}): frames handled {np.median(handled[name]):.2%} of published, "
-            f"processing p50 {np.median(processing[name]):.1f} ms, receive-to-decision p50 {np.median(decision_latency[name]):.1f} ms, "
-            f"warm-up {np.median(warm_up[name]):.0f} ms"
+            f"{name:5s} detector ({Path(bundle_paths[name]).name}): frames handled "
+            f"{np.median(shares):.2%} of published, processing p50 "
+            f"{np.median(processing[name]):.1f} ms, receive-to-decision p50 "
+            f"{np.median(decision_latency[name]):.1f} ms, warm-up {np.median(warm_up[name]):.0f} ms"
         )
     for name, values in rss.items():
         print(f"peak resident memory {name:14s} {np.median(values):7.1f} MB")
@@ -215,9 +219,11 @@ def run_offline_table(
 ) -> int:
     """Print, per camera (rate, lost frames) and variant (per frame or per second, full or
     reduced decode): median scores of the ID frames after the first second, the share flagged
-    (flow detector, fused decision) and the onset delay. Lost frames: medians over `seeds` draws."""
+    (flow detector, fused decision) and the onset delay. Lost frames: medians over `seeds`
+    draws."""
     print(
-        f"offline replay of {bag.name}: ID = frames before the onset, after the first {settle_s:g} s"
+        f"offline replay of {bag.name}: ID = frames before the onset, "
+        f"after the first {settle_s:g} s"
     )
     print(
         f"{'camera':18s} {'variant':34s} {'ID fr':>5s} {'flow med':>9s} {'bvae med':>9s} "
@@ -293,6 +299,7 @@ def checkout(ref: str, out_dir: Path) -> Side:
         ["git", "-C", str(repo), "rev-parse", "--verify", f"{ref}^{{commit}}"],
         capture_output=True,
         text=True,
+        check=False,
     )
     if sha.returncode != 0:
         raise ValueError(f"--baseline-ref {ref}: not a commit of {repo} ({sha.stderr.strip()})")
@@ -417,7 +424,7 @@ def live_run(
     side: Side, graph: str, drive: Drive, rate_hz: float, id_s: float, log_dir: Path
 ) -> LiveResult:
     """Start the graph, wait until it reports, then: ID driving (`id_s`, CPU measured), camera
-    silence, ID driving with resets asked for, the drive's OOD part; the stop timed at the client."""
+    silence, ID driving with resets asked for, the drive's OOD part; stops timed at the client."""
     result = LiveResult()
     client = CameraClient()
     run = LiveGraph(side, graph, log_dir)
@@ -600,10 +607,6 @@ def run_soak(
         client.play(ids, rate_hz, seconds=3.0)
         pids = run.pids()
         start, published0 = time.monotonic(), client.log.published
-        counts0 = {
-            kind: int(client.log.diagnostics[f"ood_monitor/{kind}_detector"]["processed"])
-            for kind in DETECTORS
-        }
         cpu0 = {name: cpu_seconds(pid) for name, pid in pids.items()}
         done = threading.Event()
 
@@ -626,16 +629,17 @@ def run_soak(
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
         client.play(ids, rate_hz, seconds=minutes * 60.0)
+        end = time.monotonic()
         done.set()
         sampler.join(timeout=10.0)
-        published = client.log.published - published0
-        time.sleep(1.5)
+        time.sleep(1.5)  # the detectors' last 1 Hz report; the camera is silent from here on
+        # Every frame since the graph came up, warm-up included: the detectors count them all.
+        published = client.log.published
         processed = {
             kind: int(client.log.diagnostics[f"ood_monitor/{kind}_detector"]["processed"])
-            - counts0[kind]
             for kind in DETECTORS
         }
-        stop_events_s = [t - start for t, v in client.log.estop if v and t >= start]
+        stop_events_s = [t - start for t, v in client.log.estop if v and start <= t <= end]
     finally:
         run.close()
         client.close()
@@ -647,7 +651,7 @@ def run_soak(
         writer.writerows(rows)
     plotted = _plot_soak(rows, out_dir / "soak.png")
     print(f"\nsoak ({graph} graph, {side.name}): {minutes:g} min of ID driving at {rate_hz:g} Hz")
-    print(f"frames published by the client: {published}")
+    print(f"frames published by the client (warm-up included): {published}")
     for kind, count in processed.items():
         print(f"{kind} detector processed {count} ({count / max(published, 1):.1%} of published)")
     for name in pids:
@@ -657,8 +661,8 @@ def run_soak(
             growth = float(mine[-1]["rss_mb"]) / float(first["rss_mb"]) - 1.0
             cpu_ms = float(mine[-1]["cpu_s"]) / max(int(mine[-1]["published"]), 1) * 1000.0
             print(
-                f"{name:14s} RSS {float(first['rss_mb']):6.1f} MB at {float(first['t_s']):4.0f} s → "
-                f"{float(mine[-1]['rss_mb']):6.1f} MB at {float(mine[-1]['t_s']):4.0f} s "
+                f"{name:14s} RSS {float(first['rss_mb']):6.1f} MB at {float(first['t_s']):4.0f} s"
+                f" → {float(mine[-1]['rss_mb']):6.1f} MB at {float(mine[-1]['t_s']):4.0f} s "
                 f"({growth:+.1%}), CPU {cpu_ms:.2f} ms/frame"
             )
     shown = ", ".join(f"{t:.1f} s" for t in stop_events_s) or "none"
