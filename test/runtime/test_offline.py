@@ -78,3 +78,48 @@ def test_a_bag_replay_checks_repeats_by_arrival_time(detectors, tmp_path):
 def test_the_watch_needs_a_time_per_frame(detectors):
     with pytest.raises(ValueError, match="one arrival time per frame"):
         score_frames(synthetic_frames(3), detectors, frozen_watch=FrozenCameraWatch(LIMIT_S))
+
+
+def test_thinned_keeps_every_nth_frame_with_honest_stamps_and_drops_a_share(tmp_path):
+    from vae_ood_monitor.bags import read_camera_messages
+    from vae_ood_monitor.offline import thinned
+
+    bag = write_ros2_bag(tmp_path / "bag", synthetic_frames(60))
+    recorded = {m.index: m.stamp_ns for m in read_camera_messages(bag)}
+    every_2nd = list(thinned(read_camera_messages(bag), every=2))
+    assert [m.index for m in every_2nd] == list(range(0, 60, 2))
+    assert all(m.stamp_ns == recorded[m.index] for m in every_2nd), "stamps stay honest"
+
+    def lost(seed: int) -> list[int]:
+        return [m.index for m in thinned(read_camera_messages(bag), drop=0.25, seed=seed)]
+
+    assert 30 < len(lost(3)) < 60 and lost(3) == lost(3) != lost(4), "seeded"
+    faster = list(thinned(read_camera_messages(bag), every=2, speed=2.0))
+    gaps = np.diff([m.stamp_ns for m in faster])
+    assert np.allclose(gaps, 1e9 / FPS, atol=2), "a 2x speed-up: every 2nd frame, 1/30 s apart"
+    with pytest.raises(ValueError, match="every >= 1"):
+        list(thinned(read_camera_messages(bag), every=0))
+
+
+def test_score_bag_passes_the_stamps_to_the_flow_detector(tmp_path):
+    """A 15 Hz replay scores differently with its stamps (motion per second, as the node) than
+    with the frames taken as consecutive 30 Hz ones (`stamps=False`, the behaviour before)."""
+    from vae_ood_monitor.offline import thinned
+
+    bag = write_ros2_bag(tmp_path / "bag", synthetic_frames(40))
+    flow = {"flow": OODDetector.from_path(tiny_bundle("flow_tiny", tmp_path, NEVER))}
+
+    def scores(stamps: bool) -> np.ndarray:
+        return np.concatenate(
+            [
+                r.scores["flow"]
+                for _, r in score_bag(
+                    bag, flow, select=lambda m: thinned(m, every=2), stamps=stamps
+                )
+            ]
+        )
+
+    with_stamps, per_frame = scores(True), scores(False)
+    assert with_stamps.shape == per_frame.shape == (20,)
+    assert np.isfinite(with_stamps).sum() > 10
+    assert not np.allclose(with_stamps, per_frame, equal_nan=True)
