@@ -14,8 +14,11 @@ import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import ParameterDescriptor
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
-from rclpy.experimental import EventsExecutor
+from rclpy.executors import (
+    ExternalShutdownException,
+    MultiThreadedExecutor,
+    SingleThreadedExecutor,
+)
 from rclpy.node import Node
 from rclpy.qos import (
     DurabilityPolicy,
@@ -26,6 +29,11 @@ from rclpy.qos import (
 )
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
+
+try:  # rclpy's C++ events executor (Jazzy and later); Humble (JetPack 6) has only the Python one
+    from rclpy.experimental import EventsExecutor as SingleThreadExecutor
+except ImportError:
+    SingleThreadExecutor = SingleThreadedExecutor
 
 # The newest two frames: a detector never works through a backlog of stale frames (its callback only
 # keeps the newest), but when frames arrive in a burst and the newest is corrupt it scores the one
@@ -201,9 +209,7 @@ def run_nodes(
     nodes: list[Node] = []
     # One thread: rclpy's EventsExecutor (C++) costs a fraction of the Python executor's CPU per
     # callback (docs/performance.md); several: the multi-threaded one.
-    executor = (
-        MultiThreadedExecutor(num_threads=threads) if threads > 1 else EventsExecutor()
-    )
+    executor = MultiThreadedExecutor(num_threads=threads) if threads > 1 else SingleThreadExecutor()
     try:
         nodes = factory()
         for node in nodes:
