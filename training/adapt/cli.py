@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
 import json
 import shutil
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -200,7 +202,8 @@ def adapt_detector(
     shipped: Bundle,
     teacher: Bundle,
     recordings: list[Recording],
-    validation_onsets: list[OnsetEpisode],
+    validation_onsets: Callable[[], Iterator[OnsetEpisode]],
+    faults: tuple[str, ...],
     recorded: list[Stream],
     replay: list[tuple[str, list, list[int]]],
     work: Path,
@@ -260,7 +263,9 @@ def adapt_detector(
         )
         for r in recordings
     ]
-    for episode in tqdm(validation_onsets + recorded, desc=f"{kind}: validation onsets"):
+    onsets = itertools.chain(validation_onsets(), recorded)
+    count = len(recordings) * len(faults) + len(recorded)
+    for episode in tqdm(onsets, total=count, desc=f"{kind}: validation onsets"):
         frames = episode.frames if isinstance(episode, OnsetEpisode) else episode.frames[kind]
         validation.append(
             ScoredEpisode(
@@ -284,7 +289,7 @@ def adapt_detector(
         },
         "decision_tuning": {
             "id_budget": shipped.provenance.get("decision_tuning", {}).get("id_budget", 0.0),
-            "faults": sorted({e.fault for e in validation_onsets}),
+            "faults": list(faults),
             "mean_delay_frames": tuning.mean_delay,
             "missed_onsets": tuning.missed,
             "onsets_within_bar": tuning.within_bar,
@@ -328,32 +333,25 @@ def check_streams(
     defaults: list[tuple[str, list, list[int], int | None]],
     recorded: list[tuple[str, list, list[int], int]],
     detectors: dict[str, OODDetector],
-) -> list[Stream]:
-    """Everything the report replays through a monitor (training.adapt.report)."""
-    streams = []
+) -> Iterator[Stream]:
+    """Everything the report replays through a monitor (training.adapt.report), made one stream
+    at a time: a fault episode holds a copy of its frames."""
     for r in recordings:
         check = r.messages[r.parts["check"]]
-        streams.append(
-            Stream("check_id", str(r.path), _by_detector(detectors, check), r.stamps("check"))
-        )
+        yield Stream("check_id", str(r.path), _by_detector(detectors, check), r.stamps("check"))
         for episode in onset_episodes(str(r.path), r.frames("check"), r.stamps("check"), faults):
-            streams.append(
-                Stream(
-                    "check_fault",
-                    episode.name,
-                    episode.frames,
-                    episode.stamps_ns,
-                    episode.onset,
-                    episode.fault,
-                )
+            yield Stream(
+                "check_fault",
+                episode.name,
+                episode.frames,
+                episode.stamps_ns,
+                episode.onset,
+                episode.fault,
             )
     for name, messages, stamps, onset in defaults:
-        streams.append(Stream("default_id", name, _by_detector(detectors, messages), stamps, onset))
+        yield Stream("default_id", name, _by_detector(detectors, messages), stamps, onset)
     for name, messages, stamps, onset in recorded:
-        streams.append(
-            Stream("recorded_ood", name, _by_detector(detectors, messages), stamps, onset)
-        )
-    return streams
+        yield Stream("recorded_ood", name, _by_detector(detectors, messages), stamps, onset)
 
 
 class WorkFolder:
@@ -512,13 +510,13 @@ def run(args: argparse.Namespace) -> int:
     recorded = _recorded(args.ood_bag, args.onset_s)
     work = WorkFolder(args.out, _fingerprint(args, recordings))
     replay = replay_streams(args.replay)
-    validation_onsets = [
-        episode
-        for r in recordings
-        for episode in onset_episodes(
-            str(r.path), r.frames("validation"), r.stamps("validation"), faults
-        )
-    ]
+
+    def validation_onsets() -> Iterator[OnsetEpisode]:
+        for r in recordings:
+            yield from onset_episodes(
+                str(r.path), r.frames("validation"), r.stamps("validation"), faults
+            )
+
     for kind in DETECTORS:
         if work.done(kind):
             continue
@@ -533,6 +531,7 @@ def run(args: argparse.Namespace) -> int:
             teachers[kind],
             recordings,
             validation_onsets,
+            faults,
             tuned_on,
             replay,
             work.path,
@@ -552,9 +551,10 @@ def run(args: argparse.Namespace) -> int:
         ):
             detectors = {k: OODDetector(b, threads=2) for k, b in bundles.items()}
             streams = check_streams(recordings, faults, defaults, recorded, detectors)
+            count = len(recordings) * (1 + len(faults)) + len(defaults) + len(recorded)
             results[monitor] = [
                 replay_stream(s, detectors)
-                for s in tqdm(streams, desc=f"report: {monitor}", unit="stream")
+                for s in tqdm(streams, total=count, desc=f"report: {monitor}", unit="stream")
             ]
         summary = summarise(results)
         figures = plot(results, summary, work.path)

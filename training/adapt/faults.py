@@ -13,7 +13,7 @@ rate, as a camera's would.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import cv2
@@ -134,5 +134,7 @@ def onset_episode(
 
 def onset_episodes(
     source: str, frames: list[np.ndarray], stamps_ns: list[int], faults: tuple[str, ...]
-) -> list[OnsetEpisode]:
-    return [onset_episode(source, fault, frames, stamps_ns) for fault in faults]
+) -> Iterator[OnsetEpisode]:
+    """One onset episode per fault, made when asked for (each holds its own frames)."""
+    for fault in faults:
+        yield onset_episode(source, fault, frames, stamps_ns)

@@ -10,7 +10,7 @@ stacks and decisions fill, as training.nuisance does.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -75,7 +75,8 @@ class Result:
 
 
 def replay_stream(stream: Stream, detectors: dict[str, OODDetector]) -> Result:
-    """The stream through fresh detector state, fused with the frozen-camera check."""
+    """The stream through fresh detector state, fused with the frozen-camera check; the result
+    keeps the stream without its frames."""
     times = [s * 1e-9 for s in stream.stamps_ns]
     scores = score_frames(
         stream.frames,
@@ -87,7 +88,7 @@ def replay_stream(stream: Stream, detectors: dict[str, OODDetector]) -> Result:
     )
     surprise = {**scores.surprise, "fused": scores.fused_score}
     flags = {**scores.flags, "fused": scores.fused_flags}
-    return Result(stream, surprise, flags)
+    return Result(replace(stream, frames=[]), surprise, flags)  # the frames are not needed again
 
 
 def _share(results: list[Result], detector: str = "fused") -> float:
