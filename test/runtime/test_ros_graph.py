@@ -377,10 +377,15 @@ def test_the_stop_reason_is_latched_for_late_joiners(robot, safety_stop):
     assert latched_reason() == [""], "empty while running"
 
 
-def banner_colour(picture: np.ndarray, camera_height: int) -> np.ndarray:
-    """BGR colour of the state banner just under the camera frame (median of a strip)."""
-    strip = picture[camera_height + 1 : camera_height + 4, -40:-2]
-    return np.median(strip.reshape(-1, 3), axis=0)
+def latest_picture(robot: Robot) -> np.ndarray:
+    return cv2.imdecode(np.frombuffer(robot.live_view[-1], np.uint8), cv2.IMREAD_COLOR)
+
+
+def banner_is(robot: Robot, colour: tuple[int, int, int], camera_height: int = 240) -> bool:
+    """Whether the state banner under the (320x240) camera frame of the latest picture has
+    `colour` (BGR, JPEG tolerance)."""
+    strip = latest_picture(robot)[camera_height + 1 : camera_height + 4, -40:-2]
+    return bool(np.abs(np.median(strip.reshape(-1, 3), axis=0) - colour).max() < 40)
 
 
 @TOLERATES_STARVATION
@@ -405,20 +410,22 @@ def test_the_live_view_draws_frame_state_and_scores_when_enabled(
         robot.create_timer(1.0, lambda: reports.publish(DiagnosticArray(status=statuses)))
         wait_for(lambda: robot.estop and robot.estop[-1] is False, 20, "running")
         wait_for(lambda: len(robot.live_view) >= 3, 30, "pictures from the live view")
-        picture = cv2.imdecode(np.frombuffer(robot.live_view[-1], np.uint8), cv2.IMREAD_COLOR)
+        # the latched stop reaches the view some time after its first pictures (discovery)
+        wait_for(lambda: banner_is(robot, GREEN), 10, "a green (running) banner")
         # the 160x120 camera upscaled to the 320 px width, then the banner and two panels
+        picture = latest_picture(robot)
         assert picture.shape[1] == 320 and picture.shape[0] > 240 + 2 * 50
-        camera = cv2.cvtColor(picture[:240], cv2.COLOR_BGR2RGB).astype(float)
         sent = [cv2.resize(f, (320, 240)).astype(float) for f in synthetic_frames(30, 160, 120)]
-        assert min(np.abs(camera - f).mean() for f in sent) < 12, "the camera frame is shown"
-        assert np.abs(banner_colour(picture, 240) - GREEN).max() < 40, "running: green"
+
+        def camera_shown() -> bool:
+            camera = cv2.cvtColor(latest_picture(robot)[:240], cv2.COLOR_BGR2RGB).astype(float)
+            return min(np.abs(camera - f).mean() for f in sent) < 12
+
+        wait_for(camera_shown, 10, "the camera frame in the picture")
 
         robot.fake_decisions["bvae"] = True
         wait_for(lambda: robot.estop[-1] is True, 3, "emergency_stop after an OOD decision")
-        seen = len(robot.live_view)
-        wait_for(lambda: len(robot.live_view) >= seen + 3, 10, "pictures after the stop")
-        picture = cv2.imdecode(np.frombuffer(robot.live_view[-1], np.uint8), cv2.IMREAD_COLOR)
-        assert np.abs(banner_colour(picture, 240) - RED).max() < 40, "stopped: red"
+        wait_for(lambda: banner_is(robot, RED), 10, "a red (stopped) banner")
         assert view.poll() is None
         (tmp_path / "live_view.jpg").write_bytes(robot.live_view[-1])
     finally:
@@ -515,26 +522,31 @@ def test_corrupt_bundle_refuses_to_start_and_the_robot_stays_stopped(
     )
 
 
-def names_of(peer: Node, node: str, namespace: str, timeout: float = 20.0) -> dict[str, set]:
-    """The resolved topic and service names of `namespace`/`node`, once it has been discovered."""
+def assert_names(
+    peer: Node, node: str, namespace: str, timeout: float = 20.0, **wanted: set[str]
+) -> None:
+    """`namespace`/`node` has (at least) the `wanted` resolved names — publishers, subscriptions,
+    services — once discovery has caught up (within `timeout`)."""
+    kinds = {
+        "publishers": peer.get_publisher_names_and_types_by_node,
+        "subscriptions": peer.get_subscriber_names_and_types_by_node,
+        "services": peer.get_service_names_and_types_by_node,
+    }
 
-    def lookup() -> dict[str, set]:
-        kinds = {
-            "publishers": peer.get_publisher_names_and_types_by_node,
-            "subscriptions": peer.get_subscriber_names_and_types_by_node,
-            "services": peer.get_service_names_and_types_by_node,
-        }
+    def lookup() -> dict[str, set[str]]:
         try:
-            return {kind: {name for name, _ in get(node, namespace)} for kind, get in kinds.items()}
+            return {kind: {n for n, _ in kinds[kind](node, namespace)} for kind in wanted}
         except NodeNameNonExistentError:  # not discovered yet
-            return {kind: set() for kind in kinds}
+            return {kind: set() for kind in wanted}
 
-    found = lookup()
     deadline = time.monotonic() + timeout
-    while not all(found.values()) and time.monotonic() < deadline:
+    found = lookup()
+    while any(not names <= found[kind] for kind, names in wanted.items()):
+        if time.monotonic() > deadline:
+            missing = {kind: names - found[kind] for kind, names in wanted.items()}
+            pytest.fail(f"{namespace}/{node} lacks {missing}; it has {found}")
         time.sleep(0.2)
         found = lookup()
-    return found
 
 
 def test_default_names_resolve_to_the_contract(robot, safety_stop, untrained_bundles, tmp_path):
@@ -543,15 +555,22 @@ def test_default_names_resolve_to_the_contract(robot, safety_stop, untrained_bun
         "bvae_detector", {"bundle": untrained_bundles["bvae"]}, tmp_path / "bvae.log"
     )
     try:
-        stop = names_of(robot, "safety_stop", "/ood_monitor")
-        assert {ESTOP, "/ood_monitor/ood", "/cmd_vel_out"} <= stop["publishers"], stop
-        assert {CAMERA, "/ood_monitor/bvae/ood", "/ood_monitor/flow/ood", "/cmd_vel_in"} <= stop[
-            "subscriptions"
-        ], stop
-        assert "/ood_monitor/safety_stop/reset" in stop["services"], stop
-        bvae = names_of(robot, "bvae_detector", "/ood_monitor", timeout=60)
-        assert {"/ood_monitor/bvae/score", "/ood_monitor/bvae/ood"} <= bvae["publishers"], bvae
-        assert CAMERA in bvae["subscriptions"], bvae
+        assert_names(
+            robot,
+            "safety_stop",
+            "/ood_monitor",
+            publishers={ESTOP, STOP_REASON, "/ood_monitor/ood", "/cmd_vel_out"},
+            subscriptions={CAMERA, "/ood_monitor/bvae/ood", "/ood_monitor/flow/ood", "/cmd_vel_in"},
+            services={"/ood_monitor/safety_stop/reset"},
+        )
+        assert_names(
+            robot,
+            "bvae_detector",
+            "/ood_monitor",
+            timeout=60,
+            publishers={"/ood_monitor/bvae/score", "/ood_monitor/bvae/ood"},
+            subscriptions={CAMERA},
+        )
     finally:
         stop_process(detector)
 
@@ -596,11 +615,14 @@ def test_namespace_and_vehicle_move_the_names(robot, tmp_path):
         "safety_stop", ros_arguments(namespace="robot7/monitor", veh="robot7"), tmp_path / "s.log"
     )
     try:
-        found = names_of(robot, "safety_stop", "/robot7/monitor")
-        assert "/robot7/wheels_driver_node/emergency_stop" in found["publishers"], found
-        assert "/robot7/monitor/ood" in found["publishers"], found
-        assert "/robot7/camera_node/image/compressed" in found["subscriptions"], found
-        assert "/robot7/monitor/safety_stop/reset" in found["services"], found
+        assert_names(
+            robot,
+            "safety_stop",
+            "/robot7/monitor",
+            publishers={"/robot7/wheels_driver_node/emergency_stop", "/robot7/monitor/ood"},
+            subscriptions={"/robot7/camera_node/image/compressed"},
+            services={"/robot7/monitor/safety_stop/reset"},
+        )
     finally:
         stop_process(node)
 
@@ -609,9 +631,13 @@ def test_the_deprecated_veh_parameter_still_names_the_robot_topics(robot, tmp_pa
     log = tmp_path / "s.log"
     node = start_with_ros_args("safety_stop", [*ros_arguments(), "-p", "veh:=oldbot"], log)
     try:
-        found = names_of(robot, "safety_stop", "/ood_monitor")
-        assert "/oldbot/wheels_driver_node/emergency_stop" in found["publishers"], found
-        assert "/oldbot/camera_node/image/compressed" in found["subscriptions"], found
+        assert_names(
+            robot,
+            "safety_stop",
+            "/ood_monitor",
+            publishers={"/oldbot/wheels_driver_node/emergency_stop"},
+            subscriptions={"/oldbot/camera_node/image/compressed"},
+        )
     finally:
         stop_process(node)
     assert "parameter 'veh' is deprecated" in log.read_text()

@@ -193,15 +193,22 @@ def test_the_message_fingerprint_ignores_the_stamp_and_sees_new_frames():
         fields = {"height": 480, "width": 640, "encoding": "rgb8", "step": 1920}
         return _serialized(Image, stamp_s, data=frame.tobytes(), **fields)
 
-    for encode in (jpeg, raw):
-        assert message_fingerprint(encode(frames[0], 1)) == message_fingerprint(
-            encode(frames[0], 2)
-        )
-        assert message_fingerprint(encode(frames[0], 1)) != message_fingerprint(
-            encode(frames[1], 1)
-        )
+    for encode, is_raw in ((jpeg, False), (raw, True)):
+
+        def fingerprint(serialized: bytes, is_raw: bool = is_raw) -> int | None:
+            return message_fingerprint(serialized, is_raw)
+
+        same = fingerprint(encode(frames[0], 1))
+        assert same is not None and same == fingerprint(encode(frames[0], 2))
+        assert same != fingerprint(encode(frames[1], 1))
+        # alignment padding after the strings, which some serializers leave uninitialised
+        garbled = bytearray(encode(frames[0], 3))
+        for at in (23, 33, 34, 35) if not is_raw else (23, 42, 43):
+            garbled[at] = 0xAB
+        assert fingerprint(bytes(garbled)) == same
     noisy = np.clip(frames[0].astype(int) + rng.integers(-2, 3, frames[0].shape), 0, 255)
-    assert message_fingerprint(raw(frames[0], 1)) != message_fingerprint(
-        raw(noisy.astype(np.uint8), 1)
+    assert message_fingerprint(raw(frames[0], 1), True) != message_fingerprint(
+        raw(noisy.astype(np.uint8), 1), True
     ), "a live sensor's noise changes the sampled bytes"
     assert len(raw(frames[0], 1)) > MAX_HASHED_BYTES, "the raw frame is sampled"
+    assert message_fingerprint(b"\x00\x07\x00\x00" + bytes(100)) is None, "not classic CDR"

@@ -96,10 +96,10 @@ class SafetyStopNode(Node):
             self,
             transport,
             robot_topic(self, camera_topic(transport), veh),
-            # Serialized bytes (raw): liveness and frozen frames need no decoded message.
-            lambda data: self.logic.on_camera(time.monotonic(), message_fingerprint(data)),
-            raw=True,
+            self._on_camera,
+            raw=True,  # serialized bytes: liveness and frozen frames need no decoded message
         )
+        self._raw_image = transport == "raw"
         for name in detectors:
             self.create_subscription(
                 Bool,
@@ -117,6 +117,15 @@ class SafetyStopNode(Node):
         self.create_timer(1.0 / rate, self._tick)
         Diagnostics(self, "ood_monitor/safety_stop", self.get_namespace(), self._report)
         self._publish_stop()
+
+    def _on_camera(self, data: bytes) -> None:
+        fingerprint = message_fingerprint(data, self._raw_image)
+        if fingerprint is None:
+            self.get_logger().warning(
+                "camera message not in classic CDR: the frozen-camera check cannot see repeats",
+                throttle_duration_sec=60.0,
+            )
+        self.logic.on_camera(time.monotonic(), fingerprint)
 
     def _on_decision(self, name: str, msg: Bool) -> None:
         self.logic.on_decision(name, bool(msg.data), time.monotonic())
