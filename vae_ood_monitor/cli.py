@@ -1,10 +1,10 @@
 """`vae-ood-monitor`: the monitor's command line (ONNX Runtime only, no torch).
 
 vae-ood-monitor demo                                   # shipped demo bag through the graph over DDS
-vae-ood-monitor bench [--runs N] [--baseline-ref REF]  # keep-up, latency, CPU per frame, memory
-vae-ood-monitor bench --soak MINUTES                   # long ID drive: RSS over time, keep-up, stops
-vae-ood-monitor bench --offline                        # camera rates / lost frames, before vs after
-vae-ood-monitor monitor [--params-file F] [--bag B]    # the whole graph in one process
+vae-ood-monitor bench [--baseline-ref REF]             # CPU per frame per node, keep-up, stops
+vae-ood-monitor bench --soak MINUTES                   # long ID drive: RSS over time, stops
+vae-ood-monitor bench --offline                        # camera rates / lost frames, before/after
+vae-ood-monitor monitor [--params-file F] [--bag B]    # the whole graph, a process per node
 vae-ood-monitor score --bag PATH [--topic T] [--every N] [--drop P] --out scores.csv
 vae-ood-monitor eval --bag PATH [--bag PATH ...]
 """
@@ -54,7 +54,8 @@ def _detectors(args: argparse.Namespace) -> dict[str, OODDetector]:
 def _rows(
     bag: Path, args: argparse.Namespace, detectors: dict[str, OODDetector]
 ) -> list[tuple[int, float, float, bool, dict[str, float]]]:
-    """(stamp, β-VAE score, flow score, fused flag, surprise per detector) for every decodable frame."""
+    """(stamp, β-VAE score, flow score, fused flag, surprise per detector) for every decodable
+    frame."""
     rows = []
     for stamps, results in score_bag(
         bag,
@@ -149,7 +150,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print("AUROC needs both ID and OOD frames: not computed")
     if id_frames:
         print(
-            f"ID frames flagged by the fused decision: {id_flagged}/{id_frames} ({id_flagged / id_frames:.2%}), "
+            f"ID frames flagged by the fused decision: {id_flagged}/{id_frames} "
+            f"({id_flagged / id_frames:.2%}), "
             f"false alarms per minute of ID driving: {id_alarms / max(id_minutes, 1e-9):.2f}"
         )
     for name, delay, fps in delays:
@@ -293,7 +295,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(run=cmd_eval)
     demo = commands.add_parser(
         "demo",
-        help="replay the demo bag through the graph (separate processes, DDS); timeline, latency, plot",
+        help="replay the demo bag through the graph (separate processes, DDS); timeline, "
+        "latency, plot",
     )
     demo.add_argument(
         "--bag", type=Path, help="bag with ground truth (default: the shipped demo bag)"
@@ -361,7 +364,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_bundle_options(bench)
     bench.set_defaults(run=cmd_bench)
     monitor = commands.add_parser(
-        "monitor", help="run detectors and safety stop in one process (optionally replaying a bag)"
+        "monitor",
+        help="run detectors and safety stop, a supervised process each (optionally a bag player)",
     )
     monitor.add_argument(
         "--params-file", type=Path, help="parameter YAML (default: config/monitor.yaml)"

@@ -52,12 +52,14 @@ class OODDetector:
             ]
             if lacking:
                 hint = (
-                    " (an engine built from an older ONNX? rebuild it with `python -m training.compress.tensorrt`)"
+                    " (an engine built from an older ONNX? rebuild it with "
+                    "`python -m training.compress.tensorrt`)"
                     if backend == "tensorrt"
                     else ""
                 )
                 raise BundleError(
-                    f"{bundle.path}: its {bundle.score.kind} score reads pooled features, but encoder {', '.join(lacking)} on {backend} "
+                    f"{bundle.path}: its {bundle.score.kind} score reads pooled features, but "
+                    f"encoder {', '.join(lacking)} on {backend} "
                     f"has no '{POOLED_OUTPUT}' output{hint}"
                 )
         self._stacker = FlowStacker(bundle.preprocessing) if self.kind == "flow" else None  # type: ignore[arg-type]

@@ -58,7 +58,8 @@ def decode_raw(encoding: str, height: int, width: int, step: int, data: Any) -> 
     buffer = np.frombuffer(data, dtype=np.uint8) if not isinstance(data, np.ndarray) else data
     if buffer.size < step * height:
         raise FrameError(
-            f"truncated image: {buffer.size} bytes, expected {step * height} ({width}x{height} {encoding})"
+            f"truncated image: {buffer.size} bytes, expected {step * height} "
+            f"({width}x{height} {encoding})"
         )
     rows = buffer[: step * height].reshape(height, step)[:, :row_bytes]
     image = rows.reshape(height, width, channels)

@@ -1,4 +1,4 @@
-"""Scoring recorded streams with the onboard detectors: the engine of `score`, `eval` and reports."""
+"""Scoring recorded streams with the onboard detectors: the engine of `score`, `eval`, reports."""
 
 from __future__ import annotations
 
@@ -52,7 +52,8 @@ def score_frames(
     frames for every detector, or each detector's own (as its `decode` gives them). `stamps_ns`:
     the frames' header stamps, so the flow detector measures motion per second as onboard (None:
     frames at the training rate). With `frozen_watch` and the frames' arrival `times_s`, repeated
-    frames are checked as the safety stop checks them (the watch carries its state across chunks)."""
+    frames are checked as the safety stop checks them (the watch carries its state across
+    chunks)."""
     own = frames if isinstance(frames, dict) else dict.fromkeys(detectors, frames)
     reference = next(iter(own.values()))
     if frozen_watch is not None and (times_s is None or len(times_s) != len(reference)):

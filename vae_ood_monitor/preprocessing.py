@@ -22,7 +22,8 @@ DIS_PRESETS = {
 # the camera's size, area-averaged by the largest whole factor that divides it (OpenCV's fast
 # block-average path), then area-resized to the flow size — one channel and a cheap exact step
 # instead of a fractional area resize of three: 0.3 ms instead of 0.7 ms for 640x480 -> 120x90
-# here. The two differ by about 2 grey levels on average, so a model is trained with the one it runs.
+# here. The two differ by about 2 grey levels on average, so a model is trained with the one it
+# runs.
 FLOW_RESIZES = ("area", "grey_stepped")
 # One Farneback iteration underestimates displacements of a few pixels: on the demo drive, with the
 # shipped flow detector's preprocessing, a pair two training intervals apart measured 0.75 of the
@@ -208,7 +209,8 @@ class FlowPreprocessing:
             )
         if not 0 < self.frame_interval_s <= self.max_gap_s:
             raise ValueError(
-                f"need 0 < frame_interval_s <= max_gap_s, got {self.frame_interval_s} and {self.max_gap_s}"
+                "need 0 < frame_interval_s <= max_gap_s, "
+                f"got {self.frame_interval_s} and {self.max_gap_s}"
             )
         x, y, w, h = self.crop
         if x < 0 or y < 0 or x + w > self.width or y + h > self.height or w <= 0 or h <= 0:

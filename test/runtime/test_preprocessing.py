@@ -1,4 +1,4 @@
-"""Flow preprocessing variants: the cheap grey-first resize, DIS presets, and old bundles' defaults."""
+"""Flow preprocessing variants: the cheap grey-first resize, DIS presets, old bundles' defaults."""
 
 import cv2
 import numpy as np
@@ -37,7 +37,8 @@ def test_whole_factor_step_takes_the_largest_exact_divisor():
 
 @pytest.mark.parametrize("width, height", [(160, 120), (120, 90), (96, 72)])
 def test_grey_stepped_resize_is_close_to_the_papers_order(width, height):
-    """Same picture, rounding and area weights aside: a model must still be trained on the one it runs."""
+    """Same picture, rounding and area weights aside: a model must still be trained on the one it
+    runs."""
     rgb = _camera_frames(1)[0]
     area = FlowStacker(
         FlowPreprocessing(width=width, height=height, crop=(0, 0, width, height), clahe=False)
@@ -108,7 +109,8 @@ def test_a_farneback_window_below_3_pixels_or_not_whole_is_refused(winsize):
 
 def test_a_smaller_farneback_window_keeps_sensor_noise_in_the_flow():
     """Fresh per-pixel noise on every frame of a still scene: a 15-pixel window averages it into
-    near-zero flow, a smaller one passes more of it on (why flow students may take a smaller window)."""
+    near-zero flow, a smaller one passes more of it on (why flow students may take a smaller
+    window)."""
     rng = np.random.default_rng(0)
     scene = np.tile(np.linspace(0, 255, 640, dtype=np.float32), (480, 1))[..., None].repeat(
         3, axis=2
@@ -161,7 +163,8 @@ def test_nearest_image_input_keeps_sensor_noise_that_area_averages_away():
         ImagePreprocessing(64, 64, interpolation="nearest")(noisy),
     )
     assert area.shape == nearest.shape == (3, 64, 64)
-    assert nearest.std() > 0.2 > 0.05 > area.std()
+    assert nearest.std() > 0.2
+    assert area.std() < 0.05
 
 
 def test_unknown_image_interpolation_is_refused_with_the_choices():

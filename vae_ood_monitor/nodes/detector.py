@@ -78,7 +78,8 @@ class DetectorNode(Node):
             raise StartupError(str(err)) from None
         if self.detector.kind != kind:
             raise StartupError(
-                f"{self.detector.bundle.path} is a '{self.detector.kind}' bundle, this node needs '{kind}'"
+                f"{self.detector.bundle.path} is a '{self.detector.kind}' bundle, "
+                f"this node needs '{kind}'"
             )
         warm_up_started = time.monotonic()
         try:
@@ -117,7 +118,8 @@ class DetectorNode(Node):
         Diagnostics(self, diagnostic_name(kind), self.get_namespace(), self._report)
         self.get_logger().info(
             f"{kind} detector on {self._topic} with {self.detector.bundle.path.name} "
-            f"({self.detector.backend_name}, sha256 {self.detector.bundle.sha256[:12]}, warm-up {self._warm_up_ms:.0f} ms)"
+            f"({self.detector.backend_name}, sha256 {self.detector.bundle.sha256[:12]}, "
+            f"warm-up {self._warm_up_ms:.0f} ms)"
         )
 
     def _on_frame(self, msg: Any) -> None:
