@@ -388,6 +388,7 @@ class LiveResult:
     silence_stop_s: float | None = None  # camera silence → stop
     reset_after_s: float | None = None  # ID driving after the silence → reset accepted
     onset_stop_s: float | None = None  # first OOD frame published → stop received
+    recovery_s: float | None = None  # ID driving after the OOD part → reset accepted
     notes: list[str] = field(default_factory=list)
 
 
@@ -408,7 +409,7 @@ def _reset_while(client: CameraClient, play: Callable[[], None], start: float) -
     def ask() -> None:
         while not done.is_set() and not accepted:
             ok, _ = client.reset(timeout=1.0)
-            if ok and client.stopped() is False:
+            if ok:  # the safety stop's answer: released (or was not stopped)
                 accepted.append(time.monotonic() - start)
             done.wait(0.25)
 
@@ -465,6 +466,10 @@ def live_run(
         time.sleep(0.5)
         stop = client.stop_since(onset)
         result.onset_stop_s = None if stop is None else stop - onset
+        back = time.monotonic()
+        result.recovery_s = _reset_while(
+            client, lambda: client.play(ids, rate_hz, seconds=5.0), back
+        )
         time.sleep(1.5)  # one more 1 Hz diagnostics round
         result.published = client.log.published
         result.processed = _processed(client, result.published)
@@ -536,6 +541,7 @@ def run_live_bench(
         ("camera silence → stop", lambda r: _seconds(r.silence_stop_s)),
         ("reset accepted after ID", lambda r: _seconds(r.reset_after_s)),
         ("onset → stop", lambda r: _seconds(r.onset_stop_s)),
+        ("reset accepted after OOD → ID", lambda r: _seconds(r.recovery_s)),
         *(
             (f"RSS MB {name}", lambda r, n=name: f"{r.rss_mb.get(n, float('nan')):.0f}")
             for name in (*NODE_NAMES, "monitor")
