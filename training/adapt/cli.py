@@ -49,6 +49,7 @@ from vae_ood_monitor.bundle import Bundle, BundleError, default_bundle, load_bun
 from vae_ood_monitor.decision import DecisionParams
 from vae_ood_monitor.demo import demo_bag
 from vae_ood_monitor.detector import OODDetector
+from vae_ood_monitor.ground_truth import GroundTruthError, read_ground_truth
 from vae_ood_monitor.scoring import LatentScore
 
 STATE_FILE = "state.json"
@@ -432,11 +433,12 @@ def parser() -> argparse.ArgumentParser:
         "(always: the demo bag before its onset)",
     )
     p.add_argument(
-        "--default-bag",
+        "--check-bag",
         type=Path,
         action="append",
         default=[],
-        help="a default-world ID recording to check forgetting on (report only; repeat)",
+        help="a default-world recording to check forgetting on, report only (repeat); where its "
+        "folder has a ground_truth.csv (project episodes) its OOD frames are checked too",
     )
     p.add_argument("--bvae", default=None, help="β-VAE bundle to adapt (default: the runtime's)")
     p.add_argument("--flow", default=None, help="flow bundle to adapt (default: the runtime's)")
@@ -472,6 +474,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto|cpu|cuda|cuda:N (training.device)")
     p.add_argument("--force", action="store_true", help="replace an existing --out")
     return p
+
+
+def _first_ood(bag: Path) -> int | None:
+    """The first OOD frame of a recording by its ground truth (None: none, or no labels)."""
+    try:
+        labels = read_ground_truth(bag)
+    except GroundTruthError as err:
+        raise AdaptError(f"{bag}: {err}") from None
+    return next((label.frame for label in labels or [] if label.ood), None)
 
 
 def _recorded(bags: list[Path], onsets_s: list[float]) -> list[tuple[str, list, list[int], int]]:
@@ -543,7 +554,7 @@ def run(args: argparse.Namespace) -> int:
         demo = demo_bag()
         onset = json.loads((demo / "episode.json").read_text())["onset_frame"]
         defaults = [(str(demo), *_read_messages(demo), onset)]
-        defaults += [(str(b), *_read_messages(b), None) for b in args.default_bag]
+        defaults += [(str(b), *_read_messages(b), _first_ood(b)) for b in args.check_bag]
         results = {}
         for monitor, bundles in (
             ("shipped", shipped),

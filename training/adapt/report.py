@@ -279,15 +279,19 @@ def markdown(summary: dict[str, Any], facts: dict[str, Any], figures: list[str])
     if summary["onsets"]:
         lines += [
             "",
-            "## Recorded onsets (demo bag, --ood-bag)",
+            "## Recorded onsets (demo bag, --check-bag, --ood-bag)",
             "",
-            "| stream | delay shipped | adapted | ID flagged before onset shipped | adapted |",
-            "|---|---|---|---|---|",
+            (
+                "| stream | delay shipped | adapted | OOD frames flagged shipped | adapted | "
+                "ID flagged before onset shipped | adapted |"
+            ),
+            "|---|---|---|---|---|---|---|",
         ]
         for row in summary["onsets"]:
             lines.append(
                 f"| {row['stream']} | {_seconds(row['shipped_delay_s'])} | "
-                f"{_seconds(row['adapted_delay_s'])} | {_pct(row['shipped_false_alarm_share'])} | "
+                f"{_seconds(row['adapted_delay_s'])} | {_pct(row['shipped_ood_flagged'])} | "
+                f"{_pct(row['adapted_ood_flagged'])} | {_pct(row['shipped_false_alarm_share'])} | "
                 f"{_pct(row['adapted_false_alarm_share'])} |"
             )
     lines += ["", "## Adaptation", ""]
