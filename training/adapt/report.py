@@ -148,6 +148,10 @@ def summarise(results: dict[str, list[Result]]) -> dict[str, Any]:
             "stream": shipped.stream.name,
             **{f"{m}_delay_s": r.delay_s for m, r in zip(MONITORS, (shipped, adapted))},
             **{f"{m}_false_alarm_share": _share([r]) for m, r in zip(MONITORS, (shipped, adapted))},
+            **{
+                f"{m}_ood_flagged": float(r.flags["fused"][r.stream.onset :].mean())
+                for m, r in zip(MONITORS, (shipped, adapted))
+            },
         }
         for shipped, adapted in zip(
             *(
