@@ -1,6 +1,7 @@
 """CPU per camera frame of the safety_stop node, read from /proc while this peer streams.
 
-    python test/runtime/safety_stop_cpu.py [--seconds 20] [--windows 3] [--before REV] [--raw]
+    PYTHONPATH=. python test/runtime/safety_stop_cpu.py [--seconds S] [--windows N] \
+        [--before REV] [--raw]
 
 The peer publishes the demo bag's 640×480 JPEG frames (looped, as recorded CDR) at 30 Hz on the
 camera topic and both detectors' decisions (in distribution) at 30 Hz, as the graph does. The node
@@ -8,8 +9,10 @@ runs in its own process with the default names (ros_arguments); its CPU time (us
 /proc/<pid>/stat) over each window is divided by the frames published in it. `--before REV` also
 runs the safety_stop of git revision REV (its vae_ood_monitor/ extracted to a temporary folder)
 beside this tree's, on the same stream at the same time: a paired side-by-side ratio. `--raw`:
-640×480 rgb8 sensor_msgs/Image frames (image_transport raw) instead of JPEG. Not a test (pytest
-does not collect it): a measurement.
+640×480 rgb8 sensor_msgs/Image frames (image_transport raw) instead of JPEG. It also times the
+camera callback's own work on the same frames with time.process_time: the previous deserialize +
+CRC of `data`, and the CRC of `data` found in the serialized bytes. Not a test (pytest does not
+collect it): a measurement.
 """
 
 from __future__ import annotations
@@ -29,12 +32,13 @@ from pathlib import Path
 import numpy as np
 import rclpy
 from rclpy.executors import SingleThreadedExecutor
-from rclpy.serialization import serialize_message
+from rclpy.serialization import deserialize_message, serialize_message
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Bool
 
 from vae_ood_monitor.bags import DEFAULT_CAMERA_TOPIC, read_raw_messages
 from vae_ood_monitor.nodes.common import RELIABLE_QOS, ros_arguments
+from vae_ood_monitor.safety import frame_fingerprint, message_fingerprint
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO_BAG = REPO / "demo" / "demo_fog_onset"
@@ -126,6 +130,31 @@ def measure(code_dirs: list[Path], seconds: float, windows: int, raw: bool) -> l
         node.destroy_node()
 
 
+def callback_ms(raw: bool, repeats: int = 5, calls: int = 300) -> dict[str, float]:
+    """ms of CPU per camera callback (median of `repeats` runs of `calls`), previous and current."""
+    if raw:
+        frames, message_type = raw_frames(10), Image
+    else:
+        frames = [m.cdr for m in read_raw_messages(DEMO_BAG, DEFAULT_CAMERA_TOPIC)]
+        message_type = CompressedImage
+    ways = {
+        "deserialize + CRC of data (before)": lambda cdr: frame_fingerprint(
+            deserialize_message(cdr, message_type).data
+        ),
+        "CRC of data in the CDR bytes (now)": lambda cdr: message_fingerprint(cdr, raw),
+    }
+    results = {}
+    for name, way in ways.items():
+        runs = []
+        for _ in range(repeats):
+            started = time.process_time()
+            for index in range(calls):
+                way(frames[index % len(frames)])
+            runs.append(1000.0 * (time.process_time() - started) / calls)
+        results[name] = float(np.median(runs))
+    return results
+
+
 def extract(rev: str, into: Path) -> Path:
     archive = subprocess.run(
         ["git", "archive", rev, "vae_ood_monitor"], cwd=REPO, capture_output=True, check=True
@@ -159,6 +188,9 @@ def main() -> None:
     if len(results) == 2:
         first, second = (float(np.median(v)) for v in results.values())
         print(f"  ratio before/after: {first / second:.1f}x")
+    print("camera callback's own work, CPU per frame:")
+    for name, value in callback_ms(args.raw).items():
+        print(f"  {name:>36}: {value:.3f} ms")
 
 
 if __name__ == "__main__":
