@@ -16,7 +16,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -36,6 +35,7 @@ from vae_ood_monitor.demo import (
     stop_events,
 )
 from vae_ood_monitor.detector import OODDetector
+from vae_ood_monitor.graph import stop_processes
 from vae_ood_monitor.ground_truth import read_ground_truth
 from vae_ood_monitor.offline import DETECTORS, default_bundle, score_bag, thinned
 from vae_ood_monitor.safety import SafetyConfig
@@ -366,14 +366,7 @@ class LiveGraph:
         return [name for name, p in self.processes.items() if p.poll() is not None]
 
     def close(self) -> None:
-        for process in self.processes.values():
-            if process.poll() is None:
-                process.send_signal(signal.SIGINT)
-        for process in self.processes.values():
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        stop_processes(self.processes, timeout=15.0)
 
 
 @dataclass
@@ -448,14 +441,12 @@ def live_run(
         for name, pid in pids.items():
             result.cpu_ms_per_frame[name] = (cpu_seconds(pid) - cpu[name]) / frames * 1000.0
             result.rss_mb[name] = resident_mb(pid)
-        stop = client.stop_since(start)
-        result.false_stop_s = None if stop is None else stop - start
+        result.false_stop_s = client.stop_since(start)
         if client.stopped():
             _reset_while(client, lambda: client.play(ids, rate_hz, seconds=4.0), time.monotonic())
         silent = time.monotonic()
         client.silence(1.5)
-        stop = client.stop_since(silent)
-        result.silence_stop_s = None if stop is None else stop - silent
+        result.silence_stop_s = client.stop_since(silent)
         resumed = time.monotonic()
         result.reset_after_s = _reset_while(
             client, lambda: client.play(ids, rate_hz, seconds=4.0), resumed
@@ -464,8 +455,7 @@ def live_run(
         onset = time.monotonic()
         client.play(drive.out_of_distribution, rate_hz, follows=True)
         time.sleep(0.5)
-        stop = client.stop_since(onset)
-        result.onset_stop_s = None if stop is None else stop - onset
+        result.onset_stop_s = client.stop_since(onset)
         back = time.monotonic()
         result.recovery_s = _reset_while(
             client, lambda: client.play(ids, rate_hz, seconds=5.0), back

@@ -49,7 +49,7 @@ def _start(name: str, ros_args: list[str]) -> subprocess.Popen:
     )
 
 
-def _stop(processes: dict[str, subprocess.Popen], timeout: float = 10.0) -> None:
+def stop_processes(processes: dict[str, subprocess.Popen], timeout: float = 10.0) -> None:
     """SIGINT to every node (rclpy shuts down cleanly); SIGKILL after `timeout`."""
     for process in processes.values():
         if process.poll() is None:
@@ -109,7 +109,7 @@ def run_monitor(
                     )
                     processes[name] = _start(name, args[name])
     finally:
-        _stop(processes)
+        stop_processes(processes)
         for signum, handler in previous.items():
             signal.signal(signum, handler)
     return code

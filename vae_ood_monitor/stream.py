@@ -169,8 +169,8 @@ class CameraClient:
         return future.result().success, future.result().message
 
     def stop_since(self, since: float) -> float | None:
-        """When the emergency stop first turned true after `since` (None: it did not)."""
-        return next((t for t, v in self.log.estop if v and t >= since), None)
+        """Seconds from `since` to the first emergency stop true received after it (None: none)."""
+        return next((t - since for t, v in self.log.estop if v and t >= since), None)
 
     def stopped(self) -> bool:
         return bool(self.log.estop) and self.log.estop[-1][1]
