@@ -510,6 +510,9 @@ def run_live_bench(
     width = max(len(k) for k in results) + 2
     print(f"\nlive bench ({graph} graph): {bag.name}, ID driving {id_s:g} s, independent client")
     print(f"{'':34s}" + "".join(f"{k:>{width}s}" for k in results))
+    processes = [
+        n for n in (*NODE_NAMES, "monitor") if any(n in r.rss_mb for r in results.values())
+    ]
     rows: list[tuple[str, Callable[[LiveResult], str]]] = [
         ("frames published", lambda r: str(r.published)),
         *(
@@ -517,7 +520,7 @@ def run_live_bench(
                 f"CPU ms/frame {name}",
                 lambda r, n=name: f"{r.cpu_ms_per_frame.get(n, float('nan')):.2f}",
             )
-            for name in (*NODE_NAMES, "monitor")
+            for name in processes
         ),
         ("CPU ms/frame whole graph", lambda r: f"{sum(r.cpu_ms_per_frame.values()):.2f}"),
         *(
@@ -534,7 +537,7 @@ def run_live_bench(
         ("reset accepted after OOD → ID", lambda r: _seconds(r.recovery_s)),
         *(
             (f"RSS MB {name}", lambda r, n=name: f"{r.rss_mb.get(n, float('nan')):.0f}")
-            for name in (*NODE_NAMES, "monitor")
+            for name in processes
         ),
     ]
     for title, cell in rows:
