@@ -311,7 +311,8 @@ def adapt_detector(
     )
     load_bundle(work / kind)  # verified as the runtime verifies it
     return {
-        "epochs": args.epochs,
+        "epochs": tuning_info["epochs"],
+        **({"not_fine_tuned": tuning_info["skipped"]} if "skipped" in tuning_info else {}),
         "score": adapted.score.kind,
         "new_components": int(
             len(adapted.score.weights)
