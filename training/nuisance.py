@@ -548,8 +548,8 @@ def _plot(summaries: list[dict[str, object]], path: Path) -> None:
     )
     left.set_yticks(y, names)
     left.invert_yaxis()
-    left.legend(loc="lower right", fontsize=8)
-    worst = [float(s.get("worst_auroc", np.nan)) for s in summaries]  # type: ignore[arg-type]
+    left.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=4, fontsize=8)
+    worst = [float(s.get("worst_auroc") or np.nan) for s in summaries]  # type: ignore[arg-type]
     right.barh(y, worst, 0.6, color="tab:green")
     right.axvline(0.95, color="black", ls="--", lw=1)
     right.set(xlim=(0.5, 1.0), xlabel="worst scenario's best learned AUROC")
