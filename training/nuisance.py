@@ -3,9 +3,9 @@
     python -m training.nuisance --data datasets/heldout_id --data datasets/heldout_onsets \\
         --decorated datasets/decorated_test --out reports/nuisance
 
-(also `python -m training.evaluate nuisance ...`;
-`python -m training.nuisance photometric ...` writes a β-VAE bundle with photometric
-normalisation on, for comparison). docs/normal.md is the table this measures: each
+(also `python -m training.evaluate nuisance ...`). `python -m training.nuisance photometric ...`
+writes a β-VAE bundle with photometric normalisation on; `... sensitivity ...` sweeps small
+photometric changes through a β-VAE. docs/normal.md is the table this measures: each
 row changes the drives the way a real camera, link or town changes them (camera rate with honest
 header stamps, lost frames, exposure, contrast, white balance, JPEG, resolution, sensor noise,
 half speed, a decorated town) and replays them through the onboard detectors (the runtime's
@@ -49,6 +49,7 @@ from vae_ood_monitor.bundle import (
     write_sums,
 )
 from vae_ood_monitor.cli import non_negative_seconds
+from vae_ood_monitor.detector import OODDetector
 from vae_ood_monitor.ground_truth import read_ground_truth
 from vae_ood_monitor.images import decode_message
 from vae_ood_monitor.metrics import auroc, detection_delay
@@ -633,11 +634,71 @@ def photometric_main(argv: list[str]) -> int:
     return 0
 
 
+SENSITIVITY = (
+    ("exposure", exposure, (0.85, 0.9, 0.95, 1.05, 1.1, 1.15)),
+    ("contrast", contrast, (0.9, 0.95, 1.05, 1.1)),
+    ("white balance", white_balance, (-0.05, -0.025, 0.025, 0.05)),
+)
+
+
+def sensitivity(
+    bvae: Path, items: list[Episode], every: int = 20
+) -> list[tuple[str, float, float]]:
+    """(change, factor, median calibration percentile of the β-VAE's score) for small photometric
+    changes of every `every`-th ID frame, factor 1 first: how far inside the normal table the
+    encoder's scores leave their calibration range."""
+    detector = OODDetector(load_bundle(bvae))
+    calibration = np.sort(detector.bundle.calibration_scores)
+    frames = [
+        rgb
+        for e in items
+        if e.scenario == "id"
+        for i, (rgb, _) in enumerate(iter_frames(e))
+        if i % every == 0
+    ]
+    if not frames:
+        raise DatasetError("no ID frames for the sensitivity sweep")
+    rng = np.random.default_rng(0)
+    sweep = [("none", exposure, 1.0)] + [(n, f, v) for n, f, values in SENSITIVITY for v in values]
+    results = []
+    for name, make, value in sweep:
+        change = make(value)
+        scores = detector.score_stream([change(rgb, rng) for rgb in frames])
+        percentile = np.searchsorted(calibration, scores) / len(calibration)
+        results.append((name, value, float(np.median(percentile))))
+    return results
+
+
+def sensitivity_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m training.nuisance sensitivity",
+        description="Median calibration percentile of a β-VAE's scores on ID frames under small "
+        "exposure, contrast and white-balance changes.",
+    )
+    parser.add_argument("--data", type=Path, action="append", required=True)
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--bvae", type=Path, help="β-VAE bundle (default: the runtime's)")
+    parser.add_argument("--every", type=int, default=20, help="every n-th frame of each drive")
+    args = parser.parse_args(argv)
+    try:
+        bvae = args.bvae or default_bundle("bvae")
+        results = sensitivity(bvae, _load(args.data, args.split), args.every)
+    except (DatasetError, BundleError) as err:
+        print(f"nuisance sensitivity: {err}", file=sys.stderr)
+        return 1
+    print("| change | factor | median calibration percentile |\n|---|---|---|")
+    for name, value, percentile in results:
+        print(f"| {name} | {value:g} | {100 * percentile:.1f} |")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     if argv is None:
         argv = sys.argv[1:]
     if argv[:1] == ["photometric"]:
         return photometric_main(argv[1:])
+    if argv[:1] == ["sensitivity"]:
+        return sensitivity_main(argv[1:])
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )

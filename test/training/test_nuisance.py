@@ -18,6 +18,7 @@ from training.nuisance import (
     AS_RECORDED,
     NORMAL_ROWS,
     ROWS_BY_NAME,
+    SENSITIVITY,
     Row,
     contrast,
     exposure,
@@ -26,6 +27,7 @@ from training.nuisance import (
     noise,
     replay,
     resolution,
+    sensitivity,
     white_balance,
 )
 from vae_ood_monitor.bundle import load_bundle
@@ -233,3 +235,16 @@ def test_photometric_bundle_is_fitted_on_id_drives_and_loads(tiny_data, tmp_path
     assert ranges.brightness[0] == pytest.approx(np.quantile(levels, 0.005), abs=1e-3)
     assert loaded.provenance["photometric"]["frames"] == 150  # the ID drive only, not the onset
     assert load_bundle(bundle).preprocessing.photometric is None  # the source is untouched
+
+
+def test_sensitivity_sweep_reports_every_change_against_the_unchanged_frames(tiny_data, tmp_path):
+    bundle = tiny_bundle("bvae_tiny", tmp_path)
+    drives = episodes(tiny_data / "plain", "test")
+    results = sensitivity(bundle, drives, every=10)
+    assert results[0][:2] == ("none", 1.0)
+    assert {(name, value) for name, value, _ in results[1:]} == {
+        (name, value) for name, _, values in SENSITIVITY for value in values
+    }
+    assert all(0.0 <= percentile <= 1.0 for _, _, percentile in results)
+    argv = ["sensitivity", "--data", str(tiny_data / "plain"), "--bvae", str(bundle)]
+    assert main(argv) == 0
