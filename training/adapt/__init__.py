@@ -12,6 +12,8 @@ docs/adapt.md is the user's page. The modules, in the order the command runs the
   the new frames while anchored to their own outputs on replayed default-world frames.
 - scores: the new world added to the shipped score as mixture components of its own, the
   shipped components kept for the default world; the decision tuned on the synthetic onsets.
+- adapting: one detector through those steps into a verified bundle.
 - report: flag shares, score distributions, AUROC and delays before and after, default world too.
 - cli: the command, its stages, the resumable work folder and the final rename.
+- example: the measured example's bags (docs/adapt.md).
 """

@@ -150,3 +150,15 @@ def read_recording(
     keep_from = parts["validation"].start
     rgb = {i: reduced_rgb(decode_message(messages[i])) for i in range(keep_from, len(messages))}
     return Recording(path, recording_sha256(path), messages, stamps_ns, size, parts, rgb)
+
+
+def read_messages(path: Path, limit: int | None = None) -> tuple[list, list[int]]:
+    """A bag's camera messages and header stamps (the first `limit`), unchecked: for the
+    default-world recordings the report replays."""
+    messages, stamps = [], []
+    for message in read_camera_messages(path):
+        if limit is not None and message.index >= limit:
+            break
+        messages.append(message.msg)
+        stamps.append(message.stamp_ns)
+    return messages, stamps
