@@ -1,0 +1,39 @@
+"""The bench's measuring parts that need no graph: CPU time from /proc, the drive it streams, the
+versions it compares."""
+
+import math
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from vae_ood_monitor.bench import Side, checkout, cpu_seconds
+from vae_ood_monitor.offline import share_dir
+from vae_ood_monitor.stream import load_drive
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_cpu_seconds_counts_this_process_work():
+    before = cpu_seconds(os.getpid())
+    deadline = time.process_time() + 0.2
+    while time.process_time() < deadline:
+        pass
+    assert cpu_seconds(os.getpid()) - before == pytest.approx(0.2, abs=0.05)
+    assert math.isnan(cpu_seconds(2**22 + 7)), "NaN for a process that is gone (past pid_max)"
+
+
+def test_the_demo_drive_splits_at_its_onset():
+    drive = load_drive(share_dir() / "demo" / "demo_fog_onset")
+    assert drive.onset == 90 and len(drive.jpeg) == 180
+    assert len(drive.in_distribution) == 90 and len(drive.out_of_distribution) == 90
+    assert all(frame[:2] == b"\xff\xd8" for frame in drive.jpeg), "JPEG bytes"
+
+
+def test_a_side_runs_its_own_default_bundles(tmp_path):
+    bundles = Side("this checkout", REPO).bundles()
+    assert set(bundles) == {"bvae", "flow"}
+    assert all((path / "bundle.json").exists() for path in bundles.values())
+    with pytest.raises(ValueError, match="not a commit"):
+        checkout("no-such-ref-anywhere", tmp_path)
