@@ -92,8 +92,9 @@ def check_calibration_splits(root: Path) -> None:
     ]
     if missing:
         raise DatasetError(
-            f"{root}: no {', no '.join(missing)}; merge your episodes into a generated dataset, e.g. "
-            f"`python -m training.data.merge datasets/default --add calibration=EPISODE_DIR --out DIR`"
+            f"{root}: no {', no '.join(missing)}; merge your episodes into a generated dataset, "
+            "e.g. `python -m training.data.merge datasets/default "
+            "--add calibration=EPISODE_DIR --out DIR`"
         )
 
 
@@ -126,7 +127,8 @@ def image_inputs(episode: Episode, prep: ImagePreprocessing, stride: int = 1) ->
 
 
 def flow_inputs(episode: Episode, prep: FlowPreprocessing, stride: int = 1) -> EpisodeInputs:
-    """Flow inputs (horizontal, vertical), float16 (N, stack, h, w), from the first full stack on."""
+    """Flow inputs (horizontal, vertical), float16 (N, stack, h, w), from the first full
+    stack on."""
     stacker = FlowStacker(prep)
     horizontal, vertical, frames, ood = [], [], [], []
     for index, (rgb, label) in enumerate(iter_frames(episode)):

@@ -1,4 +1,5 @@
-"""The package installs like an ament_python package: share/ files, ament index marker, no torch onboard."""
+"""The package installs like an ament_python package: share/ files, ament index marker, no
+torch onboard."""
 
 import ast
 import subprocess
@@ -16,7 +17,8 @@ SHARE_FOLDERS = ("launch", "config", "models", "demo")
 def installed_prefix(tmp_path_factory) -> Path:
     """The prefix a real install would create: the wheel pip builds, with its data unpacked.
 
-    (`pip install --prefix` would uninstall the copy in the test venv, so the wheel is read instead.)
+    (`pip install --prefix` would uninstall the copy in the test venv, so the wheel is read
+    instead.)
     """
     wheels = tmp_path_factory.mktemp("wheels")
     subprocess.run(
@@ -40,7 +42,7 @@ def installed_prefix(tmp_path_factory) -> Path:
     prefix = tmp_path_factory.mktemp("prefix")
     with zipfile.ZipFile(next(wheels.glob("vae_ood_monitor-*.whl"))) as wheel:
         for name in wheel.namelist():
-            head, _, rest = name.partition(".data/data/")
+            _, _, rest = name.partition(".data/data/")
             if rest:
                 (prefix / rest).parent.mkdir(parents=True, exist_ok=True)
                 (prefix / rest).write_bytes(wheel.read(name))

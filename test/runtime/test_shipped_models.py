@@ -42,7 +42,7 @@ def test_every_shipped_bundle_loads_and_scores_the_demo_bag(bundle_dir):
 
 
 def test_a_bundle_is_found_by_its_shipped_name(tmp_path, monkeypatch):
-    """A bare name resolves under the installed share/vae_ood_monitor/models; a path stays a path."""
+    """A bare name resolves under the installed share/vae_ood_monitor/models; a path stays one."""
     monkeypatch.chdir(tmp_path)  # no folder of that name here
     resolved = resolve_bundle("flow_teacher")
     assert resolved.name == "flow_teacher" and resolved.parent.name == "models"

@@ -217,7 +217,7 @@ def test_a_new_student_starts_from_its_seed_whatever_ran_before():
     first = new_student(config, seed=3)
     torch.rand(100)  # whatever else drew random numbers in between
     second, other = new_student(config, seed=3), new_student(config, seed=4)
-    for a, b, c in zip(
+    for a, b, _ in zip(
         first.state_dict().values(), second.state_dict().values(), other.state_dict().values()
     ):
         assert torch.equal(a, b)

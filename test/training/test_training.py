@@ -28,7 +28,7 @@ def tiny_run(small_dataset, tmp_path_factory):
     bundles = {
         kind: fit_detector(CONFIGS["tiny"][kind], root, out, workers=2) for kind in ("bvae", "flow")
     }
-    report, rows, alarms = evaluate(root, bundles, out / "report", workers=2)
+    report, rows, _ = evaluate(root, bundles, out / "report", workers=2)
     return root, bundles, {row["scenario"]: row for row in rows}, report
 
 
@@ -170,7 +170,8 @@ def test_compression_search_measures_every_candidate_and_bundles_the_selected(
     tiny_run, tmp_path, detector
 ):
     """The whole methodology on the tiny models: sensitivity, pruning + distillation, students,
-    INT8 / FP16 / quantization-aware INT8, side-by-side latency, Pareto report, and a calibrated bundle of the choice."""
+    INT8 / FP16 / quantization-aware INT8, side-by-side latency, Pareto report, and a calibrated
+    bundle of the choice."""
     from training.compress.search import main as search_main
 
     root, bundles, _, _ = tiny_run
@@ -436,7 +437,8 @@ def test_recalibrating_with_band_maxima_widens_the_pooled_features_and_records_t
 def test_a_bundle_with_a_bad_tuning_record_is_refused_before_recalibrating(
     tiny_run, tmp_path, capsys, field, value
 ):
-    """What a recalibration keeps from the bundle's provenance is checked, named, and refused up front."""
+    """What a recalibration keeps from the bundle's provenance is checked, named, and refused up
+    front."""
     from training.pipeline import main as pipeline_main
 
     root, bundles, _, _ = tiny_run
