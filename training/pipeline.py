@@ -2,22 +2,19 @@
 
     python -m training.pipeline --data datasets/default --config default      # both detectors
     python -m training.pipeline --data /tmp/ds --config tiny --detectors bvae --out /tmp/run
-    python -m training.pipeline --data my_town --recalibrate models/bvae_baseline \
-        --out models/bvae_my_town
-    python -m training.pipeline --data datasets/default_plus --recalibrate models/bvae_nearest \
-        --out runs/bvae_pooled --ship-name bvae_pooled --make-default     # ship a recalibration
+    python -m training.pipeline --data my_town --recalibrate bvae_student --out runs/bvae_my_town
     torchrun --nproc_per_node=2 -m training.pipeline --device cuda ...    # docs/gpu.md
 
 Per detector: train the VAE(s) on the train split (resumable checkpoints), export the encoders to
 ONNX, fit the latent score on the calibration split with ONNX Runtime (the onboard code path) and
 choose it on the validation split, tune the decision there, and write the bundle to
-`<out>/<detector>/bundle` (`--ship` also copies it to models/<detector>_baseline).
+`<out>/<detector>/bundle`. Nothing here touches models/: `python -m training.promote` ships a
+bundle (`make promote`).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 import tempfile
@@ -61,7 +58,6 @@ from training.trainer import TrainConfig, train_vae
 from vae_ood_monitor.bundle import DETECTOR_ENCODERS, BundleError, load_bundle
 from vae_ood_monitor.decision import DecisionParams
 from vae_ood_monitor.detector import OODDetector
-from vae_ood_monitor.offline import DEFAULTS_FILE
 from vae_ood_monitor.preprocessing import FlowPreprocessing, ImagePreprocessing
 from vae_ood_monitor.scoring import LatentScore
 
@@ -102,7 +98,7 @@ CONFIGS: dict[str, dict[str, DetectorConfig]] = {
     # The papers' β-VAE (conv 128/64/32/16, dense 2048/1000/250, n=30, β=1.4) at 112×112, and the
     # RTCSA 2022 flow VAEs (n=12 each). 112×112 rather than the papers' 224×224: on 2 CPU cores
     # the 224 model gets only 3 epochs in the ~45-minute budget and ends up under-trained; at
-    # 112 it trains 16 epochs in that time and separates better (README, "Detectors").
+    # 112 it trains 16 epochs in that time and separates better (docs/training.md, Commands).
     "default": {
         "bvae": DetectorConfig(
             "bvae",
@@ -450,21 +446,6 @@ def recalibrate(
         ).path
 
 
-def ship_bundle(bundle: Path, detector: str, name: str, make_default: bool = True) -> Path:
-    """Copy a bundle to models/<name> and (by default) make it the runtime default for
-    `detector`."""
-    models = REPO_ROOT / "models"
-    target = models / name
-    shutil.rmtree(target, ignore_errors=True)
-    shutil.copytree(bundle, target)
-    if make_default:
-        defaults_file = models / DEFAULTS_FILE
-        defaults = json.loads(defaults_file.read_text()) if defaults_file.exists() else {}
-        defaults[detector] = name
-        defaults_file.write_text(json.dumps(defaults, indent=1, sort_keys=True) + "\n")
-    return target
-
-
 def _progress(items: list[Episode], desc: str) -> Iterator[Episode]:
     return iter(tqdm(items, desc=desc, unit="episode"))
 
@@ -498,11 +479,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="work folder (default runs/<config>)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument(
-        "--ship",
-        action="store_true",
-        help="copy the bundles to models/<detector>_baseline and make them the default",
-    )
-    parser.add_argument(
         "--recalibrate",
         type=Path,
         metavar="BUNDLE",
@@ -515,17 +491,6 @@ def main(argv: list[str] | None = None) -> int:
         "— far-out frames (fog, a black camera) stop the robot sooner, at the price of "
         "more false alarms "
         "(default: as the bundle's decision does)",
-    )
-    parser.add_argument(
-        "--ship-name",
-        metavar="NAME",
-        help="with --recalibrate: copy the recalibrated bundle to models/NAME",
-    )
-    parser.add_argument(
-        "--make-default",
-        action="store_true",
-        help="with --ship-name: make it the runtime default (models/defaults.json) — after "
-        "checking it on the test split and the bench",
     )
     parser.add_argument(
         "--cross-fit",
@@ -550,8 +515,8 @@ def main(argv: list[str] | None = None) -> int:
         metavar="KIND,...",
         help="with --recalibrate: the score kinds validation chooses among, of "
         f"{', '.join(SCORE_CANDIDATES)} "
-        "(default: those the bundle was chosen among; the mixtures only by name — README, "
-        "Training step 3)",
+        "(default: those the bundle was chosen among; the mixtures only by name — "
+        "docs/training.md, Latent scores)",
     )
     parser.add_argument(
         "--band-max",
@@ -559,8 +524,8 @@ def main(argv: list[str] | None = None) -> int:
         metavar="BLOCK/TOP/COUNT",
         help="with --recalibrate: the pooled features also hold the per-channel max of conv "
         "block BLOCK over each of the TOP highest "
-        "of COUNT horizontal bands, where obstacles ahead first show (e.g. 1/3/8; README, "
-        "Training step 3; default: as the bundle was)",
+        "of COUNT horizontal bands, where obstacles ahead first show (e.g. 1/3/8; "
+        "docs/training.md, Latent scores; default: as the bundle was)",
     )
     parser.add_argument(
         "--mixture-seed",
@@ -568,7 +533,7 @@ def main(argv: list[str] | None = None) -> int:
         metavar="N",
         help="with --recalibrate: seed of the mixture scores' EM starts — how much a result "
         "rests on one fit "
-        "(README, Results; default: as the bundle was, else 0)",
+        "(docs/results.md; default: as the bundle was, else 0)",
     )
     add_arguments(parser)
     args = parser.parse_args(argv)
@@ -588,10 +553,6 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--extrapolate-tail / --no-extrapolate-tail need --recalibrate BUNDLE")
     if args.cross_fit is not None and not args.recalibrate:
         parser.error("--cross-fit needs --recalibrate BUNDLE")
-    if args.ship_name and not args.recalibrate:
-        parser.error("--ship-name needs --recalibrate BUNDLE (a trained bundle ships with --ship)")
-    if args.make_default and not args.ship_name:
-        parser.error("--make-default needs --ship-name NAME")
     out = args.out or REPO_ROOT / "runs" / args.config
     with session(args, parser) as hardware:
         try:
@@ -610,19 +571,9 @@ def main(argv: list[str] | None = None) -> int:
                     args.mixture_seed,
                 )
                 print(f"recalibrated {bundle}")
-                if args.ship_name:
-                    detector = load_bundle(bundle).detector
-                    shipped = ship_bundle(
-                        bundle, detector, args.ship_name, make_default=args.make_default
-                    )
-                    print(f"shipped {shipped}")
                 return 0
             for kind in args.detectors:
-                bundle = fit_detector(
-                    CONFIGS[args.config][kind], args.data, out, args.workers, hardware
-                )
-                if args.ship and bundle is not None:
-                    print(f"shipped {ship_bundle(bundle, kind, f'{kind}_baseline')}")
+                fit_detector(CONFIGS[args.config][kind], args.data, out, args.workers, hardware)
         except (DatasetError, BundleError) as err:
             print(f"pipeline: {err}", file=sys.stderr)
             return 1

@@ -458,16 +458,11 @@ def test_a_bundle_with_a_bad_tuning_record_is_refused_before_recalibrating(
     assert not (tmp_path / "out").exists()
 
 
-def test_a_recalibration_ships_under_a_name_and_can_become_the_default(
-    tiny_run, tmp_path, monkeypatch, capsys
-):
+def test_a_recalibration_becomes_the_default_only_when_promoted(tiny_run, tmp_path, capsys):
     from training import pipeline
+    from training.promote import promote
 
     root, bundles, _, _ = tiny_run
-    monkeypatch.setattr(
-        pipeline, "REPO_ROOT", tmp_path
-    )  # ship into a scratch models/, not the repo's
-    (tmp_path / "models").mkdir()
     argv = [
         "--data",
         str(root),
@@ -476,13 +471,12 @@ def test_a_recalibration_ships_under_a_name_and_can_become_the_default(
         "--out",
         str(tmp_path / "run"),
     ]
-    assert pipeline.main(argv + ["--ship-name", "bvae_town", "--make-default"]) == 0
-    shipped = OODDetector.from_path(tmp_path / "models" / "bvae_town").bundle
-    assert shipped.sha256 == OODDetector.from_path(tmp_path / "run").bundle.sha256
-    assert json.loads((tmp_path / "models" / "defaults.json").read_text()) == {"bvae": "bvae_town"}
+    assert pipeline.main(argv) == 0
+    (tmp_path / "models").mkdir()
+    assert promote({"bvae": tmp_path / "run"}, tmp_path / "models") == {"bvae": "bvae_student"}
+    shipped = OODDetector.from_path(tmp_path / "models" / "bvae_student").bundle
+    assert shipped.provenance["shipped_as"]["from"] == str(tmp_path / "run")
     for bad, message in (
-        (["--data", str(root), "--ship-name", "x"], "--ship-name needs --recalibrate"),
-        (argv + ["--make-default"], "--make-default needs --ship-name"),
         (["--data", str(root), "--id-budget", "0.001"], "--id-budget needs --recalibrate"),
         (argv + ["--id-budget", "0.5"], "--id-budget must be within 0..0.01"),
         (["--data", str(root), "--scores", "kl"], "--scores needs --recalibrate"),

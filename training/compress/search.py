@@ -1,7 +1,7 @@
 """Design-space search for a compressed detector — the RTCSA 2024 methodology, automated.
 
     python -m training.compress.search --data datasets/default --detector bvae \
-        --teacher runs/default/bvae --out runs/compress/bvae --ship
+        --teacher runs/teachers/bvae --out runs/compress/bvae
     torchrun --nproc_per_node=2 -m training.compress.search --device cuda ...   # docs/gpu.md
 
 Structures: the teacher; channel-pruned copies at several homogeneous ratios (torch-pruning) and
@@ -18,9 +18,9 @@ measured side by side with the baseline in one run (ONNX Runtime, 1 thread, medi
 and peak memory of a process running it.
 The candidate with the cheapest frame (detector latency: preprocessing + encoders) within
 `--tolerance` AUROC of the baseline is selected, calibrated in full
-(score, decision) into a bundle, and with --ship copied to models/<detector>_compressed (and with
---make-default made the runtime default: a decision for after the test split and the bench, which
-the search never looks at). Writes search.csv, search.md, pareto.png and sensitivity.png to --out.
+(score, decision) into <out>/bundle (shipping it is `python -m training.promote`'s job: a
+decision for after the test split and the bench, which the search never looks at). Writes
+search.csv, search.md, pareto.png and sensitivity.png to --out.
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ from training.device import CPU, Hardware, add_arguments, session
 from training.distributed import from_main
 from training.export import export_encoder
 from training.models import VAE, Encoder, VAEConfig
-from training.pipeline import REPO_ROOT, calibrate_and_bundle, ship_bundle
+from training.pipeline import REPO_ROOT, calibrate_and_bundle
 from training.trainer import TrainConfig
 from vae_ood_monitor.bundle import Bundle, BundleError, load_bundle
 from vae_ood_monitor.preprocessing import FlowPreprocessing, ImagePreprocessing
@@ -126,8 +126,8 @@ _FLOW_DIS = FlowPreprocessing(
     width=128, height=96, crop=(8, 8, 112, 80), max_flow=6.4, method="dis"
 )
 # Cheaper frames (preprocessing.FLOW_RESIZES): grey first, then a whole-factor block average before
-# the last resize; Farneback at 0.6 and 0.55 resolution (96x72, 88x66). In the "students" space
-# (`make compress-fast`), not the default one, so `make compress` still reproduces flow_compressed.
+# the last resize; Farneback at 0.6 and 0.55 resolution (96x72, 88x66). In the "students" space,
+# not the default one, so the full search (compress_search.yaml) keeps its own candidates.
 _FLOW_06_STEPPED = FlowPreprocessing(
     width=96, height=72, crop=(8, 4, 80, 64), max_flow=4.8, resize="grey_stepped"
 )
@@ -150,8 +150,8 @@ _FLOW_STUDENTS = SearchSpace(
 )
 # The shipped flow student's structure on smaller Farneback windows (the teacher's 15 at 160x120 is
 # about 8 at 88x66 in scene terms): a smaller window keeps more sensor noise in the flow, and sees
-# less of the zero flow of a frozen or black camera (README, Compression: 11 shipped as
-# flow_window).
+# less of the zero flow of a frozen or black camera (docs/experiments.md, Compression: 11
+# is flow_student's).
 FLOW_STUDENT_WINDOWS = (13, 11, 9, 7, 5)
 _BVAE_NARROW = StudentSpec("student64_narrow", ImagePreprocessing(64, 64), (16, 16, 8, 8), (128,))
 _BVAE_NARROW_NEAREST = StudentSpec(
@@ -195,16 +195,16 @@ SPACES: dict[str, dict[str, SearchSpace]] = {
             eval_stride=4,
         ),
     },
-    # Distilled students only, e.g. from a shipped bundle (`--teacher models/flow_baseline`): the
+    # Distilled students only, e.g. from a shipped bundle (`--teacher models/flow_teacher`): the
     # per-frame cost of the flow detector, and the β-VAE student on other data and perturbed frames
-    # (perturbed flow stacks raised the flow decision's ID false alarms: README, Compression).
+    # (perturbed flow stacks raised the flow decision's ID false alarms: docs/experiments.md).
     "students": {
         "bvae": _BVAE_STUDENTS,
         "flow": _FLOW_STUDENTS,
     },
     # The shipped flow student's structure distilled on one label-free perturbed copy of every stack
     # too: measured on datasets/default_plus, not shipped — it sees sensor faults and stops motion
-    # sooner, but flags intersection driving on unseen maps (README, Compression).
+    # sooner, but flags intersection driving on unseen maps (docs/experiments.md).
     "students_perturbed": {
         "flow": replace(_FLOW_STUDENTS, students=(_FLOW_055_STUDENT,), perturbed_copies=1)
     },
@@ -226,8 +226,8 @@ SPACES: dict[str, dict[str, SearchSpace]] = {
         for w in FLOW_STUDENT_WINDOWS
     },
     # The β-VAE student beside the same student on nearest-sampled input
-    # (preprocessing.IMAGE_INTERPOLATIONS): measured, not shipped — it sees sensor noise but flags
-    # ID drive starts on unseen maps (README, Compression).
+    # (preprocessing.IMAGE_INTERPOLATIONS): the nearest one sees sensor noise and is bvae_student's
+    # encoder (training/configs/students.yaml; docs/experiments.md).
     "students_nearest": {
         "bvae": replace(_BVAE_STUDENTS, students=(_BVAE_NARROW, _BVAE_NARROW_NEAREST))
     },
@@ -327,7 +327,7 @@ class Teacher:
     @classmethod
     def load(cls, path: Path) -> Teacher:
         """A training run folder (<encoder>.pt and bundle/) or a bundle folder (e.g.
-        models/flow_baseline)."""
+        models/flow_teacher)."""
         if (path / "bundle").is_dir():
             bundle = load_bundle(path / "bundle")
             return cls(path, bundle, load_teacher(path, tuple(bundle.encoders)))
@@ -1053,7 +1053,7 @@ def main(argv: list[str] | None = None) -> int:
         "--teacher",
         type=Path,
         help="teacher run folder with <encoder>.pt and bundle/ (default runs/default/<detector>), "
-        "or a bundle folder such as models/flow_baseline: then only distilled students and "
+        "or a bundle folder such as models/flow_teacher: then only distilled students and "
         "their precisions are searched",
     )
     parser.add_argument("--out", type=Path, help="default runs/compress/<detector>")
@@ -1064,30 +1064,8 @@ def main(argv: list[str] | None = None) -> int:
         "--tolerance", type=float, default=0.02, help="largest validation AUROC drop accepted"
     )
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument(
-        "--ship",
-        action="store_true",
-        help="copy the selected bundle to models/<detector>_compressed (or --ship-name)",
-    )
-    parser.add_argument(
-        "--ship-name",
-        help="with --ship: the folder name under models/ (default <detector>_compressed)",
-    )
-    parser.add_argument(
-        "--make-default",
-        action="store_true",
-        help="with --ship: make it the runtime default (models/defaults.json) — after checking "
-        "it on the test split and the bench",
-    )
     add_arguments(parser)
     args = parser.parse_args(argv)
-    if args.ship_name is not None and (
-        not args.ship_name.replace("_", "").replace("-", "").isalnum()
-    ):
-        parser.error(
-            "--ship-name must be a plain folder name (letters, digits, _ and -), got "
-            f"'{args.ship_name}'"
-        )
     if args.detector not in SPACES[args.space]:
         parser.error(
             f"search space '{args.space}' has no {args.detector} detector (it has: "
@@ -1154,9 +1132,6 @@ def _bundle_selected(
     ).path
     print(report.read_text())
     print(f"selected bundle: {bundle}")
-    if args.ship:
-        name = args.ship_name or f"{args.detector}_compressed"
-        print(f"shipped {ship_bundle(bundle, args.detector, name, make_default=args.make_default)}")
     (out / "selected.json").write_text(
         json.dumps({"selected": selected.name, "bundle": str(bundle)}, indent=1) + "\n"
     )

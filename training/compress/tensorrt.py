@@ -1,8 +1,8 @@
 """TensorRT engines from bundle ONNX encoders — run this on the Jetson itself (engines are tied to
 the GPU and TensorRT version they were built with).
 
-    python -m training.compress.tensorrt models/bvae_baseline --precision fp16
-    python -m training.compress.tensorrt models/bvae_baseline --precision int8 \
+    python -m training.compress.tensorrt models/bvae_student --precision fp16
+    python -m training.compress.tensorrt models/bvae_student --precision int8 \
         --calibration datasets/default
 
 Targets: Jetson Nano — JetPack 4.6.x, TensorRT 8.2 (binding API, `max_workspace_size`);
