@@ -59,7 +59,9 @@ def check_streams(
     for r in recordings:
         check = r.messages[r.parts["check"]]
         yield Stream("check_id", str(r.path), _by_detector(detectors, check), r.stamps("check"))
-        for episode in onset_episodes(str(r.path), r.frames("check"), r.stamps("check"), faults):
+        for episode in onset_episodes(
+            str(r.path), r.frames("check"), r.stamps("check"), faults, f"{r.sha256}:check"
+        ):
             yield Stream(
                 "check_fault",
                 episode.name,
@@ -244,7 +246,11 @@ def run(args: argparse.Namespace) -> int:
     def validation_onsets() -> Iterator[OnsetEpisode]:
         for r in recordings:
             yield from onset_episodes(
-                str(r.path), r.frames("validation"), r.stamps("validation"), faults
+                str(r.path),
+                r.frames("validation"),
+                r.stamps("validation"),
+                faults,
+                f"{r.sha256}:validation",
             )
 
     for kind in DETECTORS:

@@ -113,14 +113,20 @@ def _motion(fault: str, before: list[np.ndarray], after: list[np.ndarray], seed:
 
 
 def onset_episode(
-    source: str, fault: str, frames: list[np.ndarray], stamps_ns: list[int]
+    source: str,
+    fault: str,
+    frames: list[np.ndarray],
+    stamps_ns: list[int],
+    key: str | None = None,
 ) -> OnsetEpisode:
-    """`frames` (one recording's consecutive frames) with `fault` from their middle on."""
+    """`frames` (one recording's consecutive frames) with `fault` from their middle on; random
+    faults are seeded by `key` (default: `source`) and the fault, e.g. the recording's SHA-256, so
+    the same bytes give the same faults wherever the bag lies."""
     if fault not in FAULTS:
         raise ValueError(f"unknown fault '{fault}' (known: {', '.join(FAULTS)})")
     onset = len(frames) // 2
     before, after = frames[:onset], frames[onset:]
-    seed = _seed(source, fault)
+    seed = _seed(key or source, fault)
     if FAULTS[fault] == "motion":
         after = _motion(fault, before, after, seed)
     else:
@@ -133,8 +139,12 @@ def onset_episode(
 
 
 def onset_episodes(
-    source: str, frames: list[np.ndarray], stamps_ns: list[int], faults: tuple[str, ...]
+    source: str,
+    frames: list[np.ndarray],
+    stamps_ns: list[int],
+    faults: tuple[str, ...],
+    key: str | None = None,
 ) -> Iterator[OnsetEpisode]:
     """One onset episode per fault, made when asked for (each holds its own frames)."""
     for fault in faults:
-        yield onset_episode(source, fault, frames, stamps_ns)
+        yield onset_episode(source, fault, frames, stamps_ns, key)
