@@ -13,7 +13,7 @@ bundles choose theirs on validation data (training.calibrate.tune_decision).
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -47,7 +47,9 @@ def alarm_statistic(
     NaN where the detector had no input."""
     if decision.mode == "threshold":
         return np.where(np.isfinite(raw_scores), raw_scores, np.nan)
-    trace = cusum_trace(raw_scores, calibration_scores, decision)
+    # Without the ceiling (decision.py), which sits at a multiple of the shipped level: levels
+    # swept above it must still be reachable. First crossings of any level are the same.
+    trace = cusum_trace(raw_scores, calibration_scores, replace(decision, ceiling=0.0))
     return np.where(np.isfinite(raw_scores), trace, np.nan)
 
 

@@ -154,3 +154,16 @@ def test_the_swept_decision_at_its_own_level_is_the_onboard_decision():
     assert by_level[0].within_bar > shipped[0].within_bar, "a lower level is sooner"
     best = best_within_id_bar(points)
     assert best is not None and best.id_flagged <= ID_BAR
+
+
+def test_the_swept_statistic_is_not_held_at_the_shipped_decision_s_ceiling():
+    """The onboard CUSUM stops at 2 alarm levels (bounded recovery); the trade-off sweep looks at
+    levels above that too, so its statistic runs on without the ceiling."""
+    from training.tradeoff import alarm_statistic
+
+    decision = DecisionParams(threshold=5.0)
+    far_out = np.full(200, 1e6)
+    decider = ConformalDecider(CALIBRATION, decision)
+    onboard = [decider.update(s).cusum for s in far_out][-1]
+    assert onboard == decision.ceiling * decision.threshold
+    assert alarm_statistic(far_out, CALIBRATION, decision)[-1] > 10 * onboard
