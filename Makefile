@@ -88,11 +88,12 @@ eval: venv  ## evaluate the defaults and teachers on the test split into reports
 promote: venv  ## make BVAE=<bundle> and/or FLOW=<bundle> the runtime defaults (models/defaults.json)
 	$(VENV)/bin/python -m training.promote $(if $(BVAE),--bvae $(BVAE)) $(if $(FLOW),--flow $(FLOW))
 
-# Your robot's world from your own recordings (docs/adapt.md): BAGS="a.mcap b.bag" [OUT=runs/adapt].
+# Your robot's world from your own recordings (docs/adapt.md): BAGS="a.mcap b.bag" [OUT=runs/adapt]
+# [FORCE=1: replace an existing OUT]. An interrupted run resumes when started again.
 OUT ?= runs/adapt
 adapt: venv  ## adapt the defaults to BAGS="drive1.mcap drive2.bag" into OUT (default runs/adapt)
 	@test -n "$(BAGS)" || { echo 'make adapt: give BAGS="drive1.mcap drive2.bag"' >&2; exit 2; }
-	$(VENV)/bin/python -m training.adapt $(addprefix --bag ,$(BAGS)) --out $(OUT)
+	$(VENV)/bin/python -m training.adapt $(addprefix --bag ,$(BAGS)) --out $(OUT) $(if $(FORCE),--force)
 
 clean:  ## remove the virtual environments and build outputs (not datasets/ or runs/)
 	rm -rf $(VENV) $(SIM_VENV) build *.egg-info
