@@ -618,8 +618,12 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--data", type=Path, required=True)
-    parser.add_argument("--bvae", type=Path, required=True, help="β-VAE bundle folder")
-    parser.add_argument("--flow", type=Path, required=True, help="optical-flow bundle folder")
+    parser.add_argument(
+        "--bvae", type=Path, required=True, help="β-VAE bundle folder or shipped name"
+    )
+    parser.add_argument(
+        "--flow", type=Path, required=True, help="optical-flow bundle folder or shipped name"
+    )
     parser.add_argument("--split", default="test")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--workers", type=int, default=2)

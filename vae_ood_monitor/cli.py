@@ -198,10 +198,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def _add_bundle_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--bvae", type=Path, help="β-VAE bundle folder (default: models/defaults.json)"
+        "--bvae",
+        type=Path,
+        help="β-VAE bundle folder or shipped name (default: models/defaults.json)",
     )
     parser.add_argument(
-        "--flow", type=Path, help="optical-flow bundle folder (default: models/defaults.json)"
+        "--flow",
+        type=Path,
+        help="optical-flow bundle folder or shipped name (default: models/defaults.json)",
     )
 
 

@@ -52,7 +52,7 @@ class DetectorNode(Node):
         self.kind = kind
         veh = declare_veh(self)
         bundle = declare(
-            self, "bundle", "", "model bundle folder (empty: the default of models/defaults.json)"
+            self, "bundle", "", "bundle folder or shipped name (empty: models/defaults.json)"
         )
         backend = declare(
             self, "backend", "onnxruntime", f"inference backend: {', '.join(BACKENDS)}"
