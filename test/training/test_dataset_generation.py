@@ -136,7 +136,7 @@ def test_rerun_resumes_without_rendering_again(small_dataset, tmp_path):
 
 def test_rendering_again_writes_the_same_bags_and_labels(small_dataset, tmp_path):
     """Bundles record the hash of the dataset they were fitted on: on one machine a dataset must
-    come out byte for byte the same every time it is rendered (README, Data)."""
+    come out byte for byte the same every time it is rendered (docs/data.md)."""
     _, manifest = small_dataset
     again = json.loads(generate("small", tmp_path / "again", progress=False).read_text())
     assert {e["name"]: e["sha256"] for e in again["episodes"]} == {

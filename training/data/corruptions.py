@@ -54,7 +54,7 @@ class PortableSunFlare(A.RandomSunFlare):
     The library blends through albucore's `add_weighted`, i.e. simsimd's `wsum`, whose kernel
     depends on the CPU: on Intel Sapphire Rapids it scales 8-bit pixels in 16-bit floats, elsewhere
     in 32-bit, and the flare's ~30 chained blends then differ — a dataset rendered on one machine
-    was not the dataset rendered on another (README, Data). Where the library computes in 32-bit
+    was not the dataset rendered on another (docs/data.md). Where the library computes in 32-bit
     floats (AMD EPYC here), this gives the very same bytes. Each blend touches only the box around
     the circles drawn so far: elsewhere the overlay equals the output, and blending a pixel with
     itself leaves it as it is.

@@ -211,12 +211,12 @@ PRESETS: dict[str, Preset] = {
     ),
     # Three times the intersections' train drives, on the same maps with other seeds, to merge
     # after `intersections`: does more ID turning data help the flow detector? (Measured: no
-    # further gain over `intersections` alone; README, Compression, `flow_plus_more`.)
+    # further gain over `intersections` alone; docs/experiments.md, `flow_plus_more`.)
     "intersections_more": _more_train_drives(
         "intersections_more", INTERSECTION_MAPS, episodes=36, seed_offset=50_000
     ),
     # In-distribution train drives on twelve more maps, to merge after `intersections` and
-    # `intersections_more`: students distilled on more kinds of roads (README, Compression).
+    # `intersections_more`: students distilled on more kinds of roads (docs/compression.md).
     "more_maps": _more_train_drives("more_maps", MORE_MAPS, episodes=48, seed_offset=60_000),
     # One onset of every OOD scenario on the intersections' validation map: merged into a dataset,
     # it doubles the onsets its validation split tunes the decisions on (one per scenario and map).
