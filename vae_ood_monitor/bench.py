@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vae_ood_monitor.bundle import default_bundle
 from vae_ood_monitor.demo import (
     GraphRun,
     Recording,
@@ -37,7 +38,7 @@ from vae_ood_monitor.demo import (
 from vae_ood_monitor.detector import OODDetector
 from vae_ood_monitor.graph import stop_processes
 from vae_ood_monitor.ground_truth import read_ground_truth
-from vae_ood_monitor.offline import DETECTORS, default_bundle, score_bag, thinned
+from vae_ood_monitor.offline import DETECTORS, score_bag, thinned
 from vae_ood_monitor.safety import SafetyConfig
 from vae_ood_monitor.stream import CameraClient, Drive, load_drive
 

@@ -22,12 +22,12 @@ import numpy as np
 
 from vae_ood_monitor.backends import BACKENDS, BackendError
 from vae_ood_monitor.bags import BagError
-from vae_ood_monitor.bundle import BundleError
+from vae_ood_monitor.bundle import BundleError, default_bundle
 from vae_ood_monitor.detector import DEFAULT_DECODE, ModelOutputError, OODDetector
 from vae_ood_monitor.ground_truth import GroundTruthError, read_ground_truth
 from vae_ood_monitor.images import DECODES
 from vae_ood_monitor.metrics import auroc, detection_delay, fpr_at_tpr, rising_edges
-from vae_ood_monitor.offline import DETECTORS, default_bundle, score_bag, thinned
+from vae_ood_monitor.offline import DETECTORS, score_bag, thinned
 from vae_ood_monitor.safety import SafetyConfig
 
 SCORE_COLUMNS = ("stamp_ns", "bvae_score", "flow_score", "ood")

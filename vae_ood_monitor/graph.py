@@ -17,8 +17,8 @@ import sys
 import time
 from pathlib import Path
 
+from vae_ood_monitor.bundle import share_dir
 from vae_ood_monitor.demo import NODES
-from vae_ood_monitor.offline import share_dir
 
 GRAPH = ("bvae_detector", "flow_detector", "safety_stop")
 MAX_RESTARTS = 5  # per node, then the monitor gives up and exits 1

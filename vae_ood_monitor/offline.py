@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 
 from vae_ood_monitor.bags import BagMessage, read_camera_messages
-from vae_ood_monitor.bundle import DEFAULTS_FILE, default_bundle, models_dir, share_dir  # noqa: F401
 from vae_ood_monitor.detector import OODDetector
 from vae_ood_monitor.images import FrameError
 from vae_ood_monitor.safety import FrozenCameraWatch, frame_fingerprint

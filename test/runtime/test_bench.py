@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from vae_ood_monitor.bench import Side, checkout, cpu_seconds
-from vae_ood_monitor.offline import share_dir
+from vae_ood_monitor.bundle import share_dir
 from vae_ood_monitor.stream import load_drive
 
 REPO = Path(__file__).resolve().parents[2]

@@ -225,9 +225,10 @@ def test_shipped_bvae_recovers_within_3_s_of_a_long_fog_on_the_demo_bag(every):
     fog), replayed at 30 or 15 Hz. In the score domain the fog is repeated to a 2.5 s or a 60 s
     episode, then the driving follows: in distribution for good within 3 s after either episode,
     which without the ceiling is not so after 60 s."""
+    from vae_ood_monitor.bundle import default_bundle
     from vae_ood_monitor.detector import OODDetector
     from vae_ood_monitor.ground_truth import read_ground_truth
-    from vae_ood_monitor.offline import default_bundle, score_bag, thinned
+    from vae_ood_monitor.offline import score_bag, thinned
 
     onset = read_ground_truth(DEMO_BAG)[0].onset_frame
     rate_hz = 30.0 / every

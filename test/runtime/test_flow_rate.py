@@ -11,10 +11,9 @@ import pytest
 from support import tiny_bundle
 
 from vae_ood_monitor.bags import read_camera_messages
-from vae_ood_monitor.bundle import BundleError, load_bundle
+from vae_ood_monitor.bundle import BundleError, load_bundle, share_dir
 from vae_ood_monitor.detector import OODDetector
 from vae_ood_monitor.images import FrameDecoder
-from vae_ood_monitor.offline import share_dir
 from vae_ood_monitor.preprocessing import FlowPreprocessing, FlowStacker
 
 ID_FRAMES = 90  # the demo drive's fog starts at frame 90

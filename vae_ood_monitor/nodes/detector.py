@@ -23,7 +23,7 @@ from rclpy.node import Node
 from std_msgs.msg import Bool, Float32
 
 from vae_ood_monitor.backends import BACKENDS, BackendError
-from vae_ood_monitor.bundle import BundleError
+from vae_ood_monitor.bundle import BundleError, default_bundle
 from vae_ood_monitor.detector import DEFAULT_DECODE, ModelOutputError, OODDetector
 from vae_ood_monitor.images import DECODES, FrameError, stamp_to_ns
 from vae_ood_monitor.nodes.common import (
@@ -38,7 +38,6 @@ from vae_ood_monitor.nodes.common import (
     run_node,
     subscribe_camera,
 )
-from vae_ood_monitor.offline import default_bundle
 
 
 def diagnostic_name(kind: str) -> str:
