@@ -3,7 +3,6 @@ camera frames and the small committed bundles under test/runtime/data."""
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -13,7 +12,7 @@ from rosbags import rosbag1, rosbag2
 from rosbags.typesys import Stores, get_typestore
 
 from vae_ood_monitor.bags import DEFAULT_CAMERA_TOPIC
-from vae_ood_monitor.bundle import BUNDLE_FILE, write_sums
+from vae_ood_monitor.bundle import edit_meta
 from vae_ood_monitor.decision import DecisionParams
 
 FPS = 30.0
@@ -115,15 +114,13 @@ def tiny_bundle(name: str, dest: Path, decision: DecisionParams | None = None) -
     """A copy of a committed untrained tiny bundle (real ONNX, real checksums) under `dest`.
 
     `decision`, when given, replaces the bundle's decision parameters (checksums rewritten), so a
-    test can pick detectors that never or always flag. test/training/builders.py rebuilds them.
+    test can pick detectors that never or always flag. test/training/training_support.py rebuilds
+    them.
     """
     if name not in TINY_BUNDLES:
         raise ValueError(f"no tiny bundle {name!r}; there are {TINY_BUNDLES}")
     target = dest / name
     shutil.copytree(DATA / name, target)
     if decision is not None:
-        meta = json.loads((target / BUNDLE_FILE).read_text())
-        meta["decision"] = decision.to_dict()
-        (target / BUNDLE_FILE).write_text(json.dumps(meta, indent=1) + "\n")
-        write_sums(target)
+        edit_meta(target, lambda meta: meta.update(decision=decision.to_dict()))
     return target

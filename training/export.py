@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import warnings
@@ -17,7 +16,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from training.models import Encoder
 from vae_ood_monitor.backends import POOLED_OUTPUT
-from vae_ood_monitor.bundle import BUNDLE_FILE, FORMAT, write_sums
+from vae_ood_monitor.bundle import FORMAT, write_meta
 from vae_ood_monitor.decision import DecisionParams
 from vae_ood_monitor.preprocessing import FlowPreprocessing, ImagePreprocessing
 from vae_ood_monitor.scoring import LatentScore
@@ -233,6 +232,5 @@ def write_bundle(
         "decision": decision.to_dict(),
         "provenance": {**provenance, "commit": git_commit()},  # the commit that wrote this bundle
     }
-    (path / BUNDLE_FILE).write_text(json.dumps(meta, indent=1) + "\n")
-    write_sums(path)
+    write_meta(path, meta)
     return path

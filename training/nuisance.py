@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import math
 import shutil
 import sys
@@ -41,12 +40,11 @@ from training import evaluate
 from training.dataset import DatasetError, Episode, episodes, iter_frames, load_manifest
 from vae_ood_monitor.bags import read_camera_messages
 from vae_ood_monitor.bundle import (
-    BUNDLE_FILE,
     SUMS_FILE,
     BundleError,
     default_bundle,
+    edit_meta,
     load_bundle,
-    write_sums,
 )
 from vae_ood_monitor.cli import non_negative_seconds
 from vae_ood_monitor.detector import OODDetector
@@ -595,9 +593,7 @@ def write_photometric_bundle(
     if out.exists():
         shutil.rmtree(out)
     shutil.copytree(loaded.path, out, ignore=shutil.ignore_patterns(SUMS_FILE))
-    meta = json.loads((out / BUNDLE_FILE).read_text())
-    meta["preprocessing"]["photometric"] = ranges.to_dict()
-    meta["provenance"]["photometric"] = {
+    fitted_on = {
         "data": [str(d) for d in data],
         "dataset_sha256": [load_manifest(d).get("dataset_sha256") for d in data],
         "split": split,
@@ -605,8 +601,12 @@ def write_photometric_bundle(
         "quantiles": [quantile, 1.0 - quantile],
         "from_bundle": str(bundle),
     }
-    (out / BUNDLE_FILE).write_text(json.dumps(meta, indent=1) + "\n")
-    write_sums(out)
+
+    def turn_on(meta: dict) -> None:
+        meta["preprocessing"]["photometric"] = ranges.to_dict()
+        meta["provenance"]["photometric"] = fitted_on
+
+    edit_meta(out, turn_on)
     load_bundle(out)
     return ranges
 

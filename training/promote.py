@@ -17,7 +17,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from vae_ood_monitor.bundle import BUNDLE_FILE, DEFAULTS_FILE, BundleError, load_bundle, write_sums
+from vae_ood_monitor.bundle import DEFAULTS_FILE, BundleError, edit_meta, load_bundle
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHIPPED_NAMES = {"bvae": "bvae_student", "flow": "flow_student"}
@@ -35,10 +35,10 @@ def promote(bundles: dict[str, Path], models: Path = REPO_ROOT / "models") -> di
             copy = Path(shutil.copytree(bundle.path, Path(staging) / target.name))
             for engine in [*copy.glob("*.engine"), *copy.glob("*.plan")]:
                 engine.unlink()  # TensorRT engines are built per device, on the device
-            meta = json.loads((copy / BUNDLE_FILE).read_text())
-            meta["provenance"]["shipped_as"] = {"name": target.name, "from": str(bundle.path)}
-            (copy / BUNDLE_FILE).write_text(json.dumps(meta, indent=1) + "\n")
-            write_sums(copy)
+            origin = {"name": target.name, "from": str(bundle.path)}
+            edit_meta(
+                copy, lambda meta, origin=origin: meta["provenance"].update(shipped_as=origin)
+            )
             load_bundle(copy)
             shutil.rmtree(target, ignore_errors=True)
             copy.rename(target)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,19 @@ def write_sums(path: Path) -> None:
         if p.is_file() and p.name != SUMS_FILE and p.suffix not in (".engine", ".plan")
     )
     (path / SUMS_FILE).write_text("".join(f"{sha256_file(p)}  {p.name}\n" for p in files))
+
+
+def write_meta(path: Path, meta: dict[str, Any]) -> None:
+    """Write a bundle's bundle.json, then its SHA256SUMS, so the two always agree."""
+    (path / BUNDLE_FILE).write_text(json.dumps(meta, indent=1) + "\n")
+    write_sums(path)
+
+
+def edit_meta(path: Path, edit: Callable[[dict[str, Any]], None]) -> None:
+    """Change a bundle's bundle.json in place through `edit` and write its checksums anew."""
+    meta = json.loads((path / BUNDLE_FILE).read_text())
+    edit(meta)
+    write_meta(path, meta)
 
 
 def verify_sums(path: Path) -> str:
