@@ -43,7 +43,7 @@ import numpy as np
 from sklearn.covariance import LedoitWolf
 from sklearn.mixture import GaussianMixture
 
-from vae_ood_monitor.decision import ConformalDecider, DecisionParams, conformal_p_values
+from vae_ood_monitor.decision import DecisionParams, conformal_p_values, cusum_trace
 from vae_ood_monitor.metrics import auroc
 from vae_ood_monitor.scoring import (
     BAND_KINDS,
@@ -338,19 +338,6 @@ class ScoredEpisode:
     scores: np.ndarray
     onset_frame: int | None  # None: ID episode
     category: str = "id"  # the scenario's: id, appearance, sensor or motion
-
-
-def cusum_trace(scores: np.ndarray, calibration: np.ndarray, params: DecisionParams) -> np.ndarray:
-    """CUSUM value after every frame
-    (NaN frames repeat the previous value, as onboard: no update)."""
-    decider = ConformalDecider(calibration, params)
-    trace = np.zeros(len(scores))
-    current = 0.0
-    for i, score in enumerate(scores):
-        if np.isfinite(score):
-            current = decider.update(float(score)).cusum
-        trace[i] = current
-    return trace
 
 
 def first_alarm(trace: np.ndarray, threshold: float, start: int = 0) -> int | None:

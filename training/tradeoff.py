@@ -18,8 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from training.calibrate import cusum_trace
-from vae_ood_monitor.decision import DecisionParams
+from vae_ood_monitor.decision import DecisionParams, cusum_trace
 from vae_ood_monitor.metrics import detection_delay
 
 ID_BAR = 0.01  # share of ID frames the fused monitor may flag (the Detectors issue's bar)

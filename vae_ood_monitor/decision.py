@@ -169,3 +169,16 @@ class ConformalDecider:
         else:
             ood = self._cusum > self.params.threshold
         return Decision(p, log_martingale, self._cusum, ood)
+
+
+def cusum_trace(scores: np.ndarray, calibration: np.ndarray, params: DecisionParams) -> np.ndarray:
+    """CUSUM value after every frame, replayed with the onboard decider (NaN frames repeat the
+    previous value, as onboard: no update): decision tuning, the trade-off sweep, the demo plot."""
+    decider = ConformalDecider(calibration, params)
+    trace = np.zeros(len(scores))
+    current = 0.0
+    for i, score in enumerate(scores):
+        if np.isfinite(score):
+            current = decider.update(float(score)).cusum
+        trace[i] = current
+    return trace

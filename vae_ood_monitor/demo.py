@@ -33,7 +33,7 @@ from std_msgs.msg import Bool, Float32
 
 from vae_ood_monitor.bags import DEFAULT_CAMERA_TOPIC
 from vae_ood_monitor.bundle import default_bundle, load_bundle, share_dir
-from vae_ood_monitor.decision import ConformalDecider
+from vae_ood_monitor.decision import cusum_trace
 from vae_ood_monitor.ground_truth import read_ground_truth
 from vae_ood_monitor.images import stamp_to_ns
 from vae_ood_monitor.nodes.common import LATCHED_QOS, RELIABLE_QOS, REPLAY_QOS, ros_arguments
@@ -346,14 +346,11 @@ def decision_trace(
     """The decision statistic over the published scores, replayed with the bundle's own decider
     (the node's code and parameters), its alarm level and what it is called."""
     loaded = load_bundle(bundle or default_bundle(kind))
-    decider = ConformalDecider(loaded.calibration_scores, loaded.decision)
+    scores = np.array([v for _, v in series])
     if loaded.decision.mode == "threshold":
-        return np.array([v for _, v in series]), loaded.decision.threshold, "score"
-    return (
-        np.array([decider.update(v).cusum for _, v in series]),
-        loaded.decision.threshold,
-        "CUSUM",
-    )
+        return scores, loaded.decision.threshold, "score"
+    trace = cusum_trace(scores, loaded.calibration_scores, loaded.decision)
+    return trace, loaded.decision.threshold, "CUSUM"
 
 
 def camera_moments(

@@ -68,7 +68,8 @@ def test_an_id_budget_keeps_one_odd_moment_from_setting_the_alarm_level():
     level above an onset's evidence; a budget of 1 % of the ID frames leaves them (and the CUSUM's
     decay after them) above the level, and the onset is stopped within the bar. A larger budget is
     refused."""
-    from training.calibrate import DELAY_BAR_FRAMES, cusum_trace, tune_decision
+    from training.calibrate import DELAY_BAR_FRAMES, tune_decision
+    from vae_ood_monitor.decision import cusum_trace
 
     rng = np.random.default_rng(11)
     validation = [_episode(f"id{i}", "id", None, 0.0, rng) for i in range(4)] + [
