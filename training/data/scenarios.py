@@ -296,6 +296,22 @@ PRESETS: dict[str, Preset] = {
         seed_offset=25_000,
         fps=30.0,
     ),
+    # The β-VAE's photometric fine-tuning (training.photometric): ID drives on the train and
+    # intersection maps to augment, and validation drives with one onset of every OOD scenario on
+    # the validation maps to check that the tuned encoder still separates them.
+    "photometric_tune": Preset(
+        name="photometric_tune",
+        frames=300,
+        onset_range=(90, 180),
+        splits={
+            "train": SplitPlan(TRAIN_MAPS + INTERSECTION_MAPS, id_episodes=15),
+            "validation": SplitPlan(
+                VALIDATION_MAPS + INTERSECTION_VALIDATION_MAPS, id_episodes=4, ood_onset_episodes=1
+            ),
+        },
+        seed_offset=35_000,
+        fps=30.0,
+    ),
     # One in-distribution drive that turns foggy: the shipped demo bag (demo/demo_fog_onset).
     "demo": Preset(
         name="demo",

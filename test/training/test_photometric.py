@@ -1,0 +1,84 @@
+"""training.photometric: the augmentation draws from the normal table's ranges, and tuning makes
+the encoder's features invariant to them while the bundle keeps its score and decision."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+from support import synthetic_frames
+from training_support import build_image_bundle
+
+from training.adapt.encoders import run_onnx
+from training.device import setup
+from training.photometric import PhotometricRanges, augment, tune, write_tuned_bundle
+from vae_ood_monitor.bundle import BUNDLE_FILE, load_bundle
+
+RNG_SEED = 3
+
+
+def test_augment_draws_gain_within_the_normal_range_and_can_leave_frames_alone():
+    grey = np.full((400, 3, 8, 8), 100, np.uint8)
+    only_gain = PhotometricRanges(white_balance=0.0, noise_sigma=0.0, unchanged_share=0.0)
+    means = augment(grey, np.random.default_rng(RNG_SEED), only_gain).mean(axis=(1, 2, 3)) * 255
+    assert means.min() >= 70 - 0.5 and means.max() <= 140 + 0.5
+    assert means.min() < 75 and means.max() > 135  # the whole range is drawn
+    untouched = augment(grey, np.random.default_rng(0), PhotometricRanges(unchanged_share=1.0))
+    assert np.array_equal(untouched, grey / np.float32(255.0))
+
+
+def test_augment_changes_red_and_blue_the_opposite_ways():
+    grey = np.full((200, 3, 4, 4), 100, np.uint8)
+    ranges = PhotometricRanges(gain=(1.0, 1.0), contrast=(1.0, 1.0), noise_sigma=0.0)
+    ranges = PhotometricRanges(**{**ranges.__dict__, "unchanged_share": 0.0})
+    out = augment(grey, np.random.default_rng(RNG_SEED), ranges)[:, :, 0, 0] * 255
+    red, green, blue = out.T
+    assert np.allclose(green, 100)
+    assert np.allclose(red - 100, 100 - blue, atol=1.0)  # rounding
+    assert np.abs(red - 100).max() <= 10.5
+
+
+@pytest.fixture(scope="module")
+def tuned(tmp_path_factory):
+    root = tmp_path_factory.mktemp("photometric")
+    _, source = build_image_bundle(root / "source")
+    frames = [cv2.resize(f, (32, 32)) for f in synthetic_frames(96)]
+    images = np.stack(frames).transpose(0, 3, 1, 2).copy()
+    encoder, history = tune(
+        source, images, root / "work", 40, PhotometricRanges(), setup("cpu"), learning_rate=3e-3
+    )
+    bundle = write_tuned_bundle(source, encoder, root / "tuned", {"frames": len(images)})
+    return source, bundle, images, history
+
+
+def _deviation(encoder, images: np.ndarray, gain: float, reference: dict) -> float:
+    """Mean |feature change| under an exposure gain, per feature in units of its spread over
+    the clean frames (as the tuning's loss measures it)."""
+    changed = np.clip(images.astype(np.float32) * gain, 0, 255).round() / 255
+    out = run_onnx(encoder, changed.astype(np.float32), 1)
+    spreads = {k: v.std(axis=0) + 0.1 * np.median(v.std(axis=0)) for k, v in reference.items()}
+    return float(np.mean([(np.abs(out[k] - v) / spreads[k]).mean() for k, v in reference.items()]))
+
+
+def test_tuning_learns_features_that_exposure_changes_move_less(tuned):
+    source, bundle, images, history = tuned
+    assert history[-1] < history[0]
+    clean = images.astype(np.float32) / 255
+    reference = run_onnx(load_bundle(source).encoders["image"], clean, 1)
+    for gain in (0.7, 1.4):
+        before = _deviation(load_bundle(source).encoders["image"], images, gain, reference)
+        after = _deviation(load_bundle(bundle).encoders["image"], images, gain, reference)
+        assert after < 0.5 * before, (gain, before, after)
+
+
+def test_tuned_bundle_keeps_score_calibration_and_decision_and_records_its_tuning(tuned):
+    source, bundle, _, _ = tuned
+    old = json.loads((source / BUNDLE_FILE).read_text())
+    new = json.loads((bundle / BUNDLE_FILE).read_text())
+    for key in ("score", "calibration_scores", "decision", "preprocessing"):
+        assert new[key] == old[key]
+    assert new["provenance"]["photometric_tuning"] == {"frames": 96}
+    assert (bundle / "image.onnx").read_bytes() != (source / "image.onnx").read_bytes()
+    load_bundle(bundle)  # checksums verified
