@@ -153,6 +153,7 @@ def render_episode(
             "split": plan.split,
             "scenario_revision": scenario.revision,
             "traffic_lights": plan.traffic_lights,
+            **({"decorations": plan.decorations} if plan.decorations else {}),
         },
     )
     path = out_dir / plan.split / plan.name

@@ -69,6 +69,7 @@ class EpisodePlan:
     onset_frame: int | None  # None: in-distribution; 0: OOD from the first frame
     intensity: float
     traffic_lights: bool = False
+    decorations: int = 0  # objects beside the road (sim_worker spec)
 
     def sim_spec(self, width: int, height: int, fps: float) -> dict[str, object]:
         scenario = SCENARIOS[self.scenario]
@@ -83,6 +84,7 @@ class EpisodePlan:
             "onset": self.onset_frame or 0,
             "intensity": self.intensity,
             "traffic_lights": self.traffic_lights,
+            "decorations": self.decorations,
         }
 
 
@@ -108,6 +110,7 @@ class Preset:
     seed_offset: int = 0
     traffic_lights: bool = False  # a traffic light at every intersection (sim_worker spec)
     fps: float | None = None  # the camera rate it is rendered at; None: generate's --fps
+    decorations: int = 0  # objects of a town beside the road in every drive (sim_worker spec)
 
 
 # Train/calibration maps and held-out maps for validation and test: all from sim_worker.ID_MAPS,
@@ -172,6 +175,21 @@ _INTERSECTIONS = Preset(
         "validation": SplitPlan(INTERSECTION_VALIDATION_MAPS, id_episodes=4),
     },
     scenarios=(),
+)
+
+_DECORATED_TUNE = Preset(
+    name="decorated_tune",
+    frames=300,
+    onset_range=(90, 180),
+    splits={
+        "train": SplitPlan(TRAIN_MAPS + INTERSECTION_MAPS, id_episodes=12),
+        "validation": SplitPlan(
+            VALIDATION_MAPS + INTERSECTION_VALIDATION_MAPS, id_episodes=4, ood_onset_episodes=1
+        ),
+    },
+    seed_offset=45_000,
+    fps=30.0,
+    decorations=30,
 )
 
 PRESETS: dict[str, Preset] = {
@@ -312,6 +330,21 @@ PRESETS: dict[str, Preset] = {
         seed_offset=35_000,
         fps=30.0,
     ),
+    # The β-VAE's fine-tuning for decorated towns (issue 30): ID drives on the train and
+    # intersection maps with 30 objects of a town beside the road (houses, buildings, trees, parked
+    # buses and trucks, duckies, cones, barriers, signs; udem1 and zigzag_dists have 10-14 on
+    # maps of their size, the more so most frames see some), and validation drives there with one
+    # onset of every OOD scenario among them: objects *in* the lane must still be flagged.
+    "decorated_tune": _DECORATED_TUNE,
+    # The same train drives without the decorations: the robot drives the same poses frame by
+    # frame (decorations are scenery), so `train/<name>` frame i pairs with decorated_tune's.
+    "decorated_tune_plain": replace(
+        _DECORATED_TUNE,
+        name="decorated_tune_plain",
+        splits={"train": _DECORATED_TUNE.splits["train"]},
+        scenarios=(),
+        decorations=0,
+    ),
     # One in-distribution drive that turns foggy: the shipped demo bag (demo/demo_fog_onset).
     "demo": Preset(
         name="demo",
@@ -356,6 +389,7 @@ def plan_episodes(preset: Preset) -> list[EpisodePlan]:
                     onset_frame=onset_frame,
                     intensity=round(rng.uniform(0.4, 1.0), 3) if scenario != "id" else 0.0,
                     traffic_lights=preset.traffic_lights,
+                    decorations=preset.decorations,
                 )
             )
             seed += 1

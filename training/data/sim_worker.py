@@ -9,12 +9,17 @@ stdin holds one JSON episode spec::
 
     {"map": "loop_empty", "seed": 3, "frames": 300, "width": 640, "height": 480, "fps": 30,
      "effect": null | "fog" | "darkness" | "obstacles" | "spin" | "reverse" | "jitter" | "speedup",
-     "onset": 120, "intensity": 0.7, "traffic_lights": false}
+     "onset": 120, "intensity": 0.7, "traffic_lights": false, "decorations": 0}
 
-`map`, `seed` and `frames` are required; the others default to 640, 480, 30, null, 0, 0.5 and
-false. `onset` is the first frame index with the effect active; `intensity` (0..1) is its strength.
+`map`, `seed` and `frames` are required; the others default to 640, 480, 30, null, 0, 0.5, false
+and 0. `onset` is the first frame index with the effect active; `intensity` (0..1) is its strength.
 `traffic_lights` puts a traffic light on a corner of every intersection tile of a map that has
 none, as the simulator's `4way` map places its one (in-distribution scenery, not an effect).
+`decorations` stands that many objects of a Duckietown town (houses, buildings, trees, parked buses
+and trucks, duckies, cones, barriers, road signs) beside the road: on non-drivable tiles that touch
+a drivable one (the ground around the map's grid counts), clear of the road, drawn from the seed.
+Scenery too: the robot drives as it would without them (the same poses, frame by frame), and they
+are not obstacles (no braking, no `obstacle_pixels`).
 
 stdout carries, for each frame i in 0..frames-1 and flushed after each frame: a 4-byte
 little-endian unsigned length N, N bytes of UTF-8 JSON metadata, then height*width*3 bytes of RGB
@@ -106,6 +111,43 @@ TRAFFIC_LIGHT_HEIGHT_M = 0.4
 TRAFFIC_LIGHT_CORNER_M = (-0.18, -0.18)
 TRAFFIC_LIGHT_HEADING_DEG = 135.0
 INTERSECTION_TILES = ("3way_left", "3way_right", "4way")
+# Scenery beside the road (`decorations`): kind -> (relative frequency, height range in metres),
+# sized as the simulator's decorated towns (udem1, zigzag_dists) size them. "sign" stands for one of
+# SIGN_KINDS. Buses and trucks are the obstacles' meshes: beside the road they are a normal town.
+DECORATION_KINDS: dict[str, tuple[float, tuple[float, float]]] = {
+    "house": (2.0, (0.4, 0.55)),
+    "building": (1.0, (0.5, 0.7)),
+    "tree": (3.0, (0.2, 0.35)),
+    "bus": (1.5, (0.17, 0.22)),
+    "truck": (1.5, (0.18, 0.25)),
+    "duckie": (2.0, (0.06, 0.1)),
+    "cone": (1.0, (0.06, 0.1)),
+    "barrier": (1.0, (0.07, 0.1)),
+    "sign": (2.0, (0.16, 0.2)),
+}
+SIGN_KINDS = (
+    "sign_stop",
+    "sign_yield",
+    "sign_duck_crossing",
+    "sign_pedestrian",
+    "sign_T_intersect",
+    "sign_left_T_intersect",
+    "sign_right_T_intersect",
+    "sign_4_way_intersect",
+    "sign_do_not_enter",
+    "sign_oneway_left",
+    "sign_oneway_right",
+    "sign_no_left_turn",
+    "sign_no_right_turn",
+)
+# A decoration's footprint stays this far (metres) from every drivable tile: the simulator checks
+# only the robot's centre, wheels and nose for the road, so its rear corners can reach a few
+# centimetres past it; further out no decoration can touch the robot or change the drive. And this
+# far from the other objects, so none stand inside each other.
+DECORATION_ROAD_MARGIN_M = 0.1
+DECORATION_GAP_M = 0.03
+DECORATION_TRIES = 100  # draws per object before a full map leaves it out
+MAX_DECORATIONS = 500
 
 _SPEC_DEFAULTS: dict[str, Any] = {
     "width": 640,
@@ -115,6 +157,7 @@ _SPEC_DEFAULTS: dict[str, Any] = {
     "onset": 0,
     "intensity": 0.5,
     "traffic_lights": False,
+    "decorations": 0,
 }
 _SPEC_REQUIRED = ("map", "seed", "frames")
 
@@ -135,6 +178,7 @@ class EpisodeSpec:
     onset: int
     intensity: float
     traffic_lights: bool
+    decorations: int
 
     @classmethod
     def from_json(cls, text: str) -> EpisodeSpec:
@@ -163,6 +207,7 @@ class EpisodeSpec:
             onset=_typed(values, "onset", int),
             intensity=float(_typed(values, "intensity", (int, float))),
             traffic_lights=_typed(values, "traffic_lights", bool),
+            decorations=_typed(values, "decorations", int),
         )
         spec._check_ranges()
         return spec
@@ -182,6 +227,10 @@ class EpisodeSpec:
             raise SpecError(f"intensity must be within 0..1, got {self.intensity}")
         if self.seed < 0:
             raise SpecError(f"seed must be >= 0, got {self.seed}")
+        if not 0 <= self.decorations <= MAX_DECORATIONS:
+            raise SpecError(
+                f"decorations must be within 0..{MAX_DECORATIONS}, got {self.decorations}"
+            )
 
 
 def _typed(values: dict[str, Any], key: str, kind: type | tuple[type, ...]) -> Any:
@@ -234,7 +283,12 @@ class Episode:
         ):
             self.base_objects += self._traffic_lights()
             self._load_objects(self.base_objects)
+        # Placed after the spawn, from a stream of their own: nothing else the seed draws changes.
+        self.decorations = self._decorations() if spec.decorations else []
+        if self.decorations:
+            self._load_objects(self.base_objects + self.decorations)
         self.obstacles: list[Any] = []
+        self.obstacle_descs: list[dict[str, Any]] = []
 
     def _traffic_lights(self) -> list[dict[str, Any]]:
         """A traffic light on one corner (drawn from the seed) of every intersection tile.
@@ -271,6 +325,81 @@ class Episode:
                 }
             )
         return lights
+
+    def _decorations(self) -> list[dict[str, Any]]:
+        """`spec.decorations` objects beside the road, as map object descriptions.
+
+        Each gets a kind and a height, then a non-drivable cell next to a drivable tile, a
+        position in it and a heading are drawn until its footprint (the simulator's own, from
+        the mesh's extent) keeps DECORATION_ROAD_MARGIN_M from every drivable tile and
+        DECORATION_GAP_M from the objects already there; one that finds no room in
+        DECORATION_TRIES draws is left out.
+        """
+        import numpy as np
+        from duckietown_world.world_duckietown.map_loading import get_transform
+        from gym_duckietown.collision import generate_corners
+        from gym_duckietown.objmesh import get_mesh
+
+        env = self.env
+        rng = np.random.default_rng([self.spec.seed, 1])
+        size = env.road_tile_size
+        drivable = {tuple(t["coords"]) for t in env.grid if t is not None and t["drivable"]}
+        cells = sorted(
+            (i, j)
+            for i in range(-1, env.grid_width + 1)
+            for j in range(-1, env.grid_height + 1)
+            if (i, j) not in drivable
+            and any((i + di, j + dj) in drivable for di in (-1, 0, 1) for dj in (-1, 0, 1))
+        )
+        m = DECORATION_ROAD_MARGIN_M
+        road = [
+            np.array(
+                [
+                    [i * size - m, j * size - m],
+                    [(i + 1) * size + m, j * size - m],
+                    [(i + 1) * size + m, (j + 1) * size + m],
+                    [i * size - m, (j + 1) * size + m],
+                ]
+            )
+            for i, j in sorted(drivable)
+        ]
+        taken = [obj.obj_corners for obj in env.objects]
+        kinds = list(DECORATION_KINDS)
+        weights = np.array([DECORATION_KINDS[k][0] for k in kinds])
+        placed: list[dict[str, Any]] = []
+        for _ in range(self.spec.decorations):
+            group = str(rng.choice(kinds, p=weights / weights.sum()))
+            kind = str(rng.choice(SIGN_KINDS)) if group == "sign" else group
+            mesh = get_mesh("sign_generic" if group == "sign" else kind)
+            height = float(rng.uniform(*DECORATION_KINDS[group][1]))
+            for _ in range(DECORATION_TRIES):
+                i, j = cells[int(rng.integers(len(cells)))]
+                x, z = (i + rng.uniform(0, 1)) * size, (j + rng.uniform(0, 1)) * size
+                desc = {
+                    "kind": kind,
+                    # The map's cartesian frame (z flipped), as _place_obstacles writes it.
+                    "pose": {
+                        "~SE2Transform": {
+                            "p": [float(x), env.grid_height * size - float(z)],
+                            "theta_deg": float(rng.uniform(0, 360)),
+                        }
+                    },
+                    "height": height,
+                    "static": True,
+                }
+                pos, angle = env.weird_from_cartesian(
+                    get_transform(desc, env.grid_width, size).as_SE2()
+                )
+                corners = generate_corners(
+                    pos, mesh.min_coords, mesh.max_coords, angle, height / mesh.max_coords[1]
+                )
+                if not any(_overlap(corners, tile, 0.0) for tile in road) and not any(
+                    _overlap(corners, other, DECORATION_GAP_M) for other in taken
+                ):
+                    placed.append(desc)
+                    taken.append(corners)
+                    break
+        return placed
 
     def _load_objects(self, objects: list[dict[str, Any]]) -> None:
         """Replace the scene's objects without a reset (the robot keeps its pose), lit as reset()
@@ -331,11 +460,23 @@ class Episode:
             was_reset = bool(done)
             if done:
                 self.resets += 1
-                env.reset()
-                self._spawn_in_lane()
-                if self.active:
-                    self._apply_scene()
+                self._reset()
                 obs = env.render_obs()
+
+    def _reset(self) -> None:
+        """Put the robot back on the road after it left it, in the scene it had.
+
+        The simulator refuses spawn poses near objects, so the decorations are out while it
+        spawns: the robot restarts where it would without them.
+        """
+        if self.decorations:
+            self._load_objects(self.base_objects + self.obstacle_descs)
+        self.env.reset()
+        self._spawn_in_lane()
+        if self.decorations:
+            self._load_objects(self.base_objects + self.decorations + self.obstacle_descs)
+        if self.active:
+            self._apply_scene()
 
     def _obstacle_pixels(self, obs: np.ndarray) -> int:
         """Pixels of `obs` (the current view) that change when the placed obstacles are hidden."""
@@ -543,7 +684,8 @@ class Episode:
             }
             for k, px, pz, deg, h in placed
         ]
-        self._load_objects(self.base_objects + new)
+        self._load_objects(self.base_objects + self.decorations + new)
+        self.obstacle_descs = new
         # The new objects are the last ones loaded. Not every map object becomes one (the simulator
         # skips floor tags), so counting from the front would miss obstacles: they would never be
         # seen as in view (no OOD label) nor braked for.
@@ -559,6 +701,24 @@ def _object_list(objects: Any) -> list[dict[str, Any]]:
     if objects is None:
         return []
     return list(objects.values()) if isinstance(objects, dict) else list(objects)
+
+
+def _overlap(a: np.ndarray, b: np.ndarray, gap: float) -> bool:
+    """Whether two convex polygons (corners in order, rows (x, z)) come closer than `gap` along
+    every separating axis candidate (the edge normals of both)."""
+    import numpy as np
+
+    for poly in (a, b):
+        edges = np.roll(poly, -1, axis=0) - poly
+        for nx, nz in np.stack([-edges[:, 1], edges[:, 0]], axis=1):
+            norm = math.hypot(nx, nz)
+            if norm == 0:
+                continue
+            pa = (a[:, 0] * nx + a[:, 1] * nz) / norm
+            pb = (b[:, 0] * nx + b[:, 1] * nz) / norm
+            if pa.max() + gap <= pb.min() or pb.max() + gap <= pa.min():
+                return False
+    return True
 
 
 def _lane_path(
