@@ -8,10 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from support import synthetic_frames, tiny_bundle
+from support import tiny_bundle
+from training_support import write_dataset
 
-from training.data.episodes import EpisodeInfo, EpisodeWriter
-from training.data.generate import MANIFEST_FILE, manifest_entry
 from training.dataset import episodes, iter_frames
 from training.evaluate import main as evaluate_main
 from training.nuisance import (
@@ -103,31 +102,14 @@ def test_jpeg_resolution_and_noise():
     assert not np.array_equal(first, second)  # new noise in every frame
 
 
-def _dataset(root: Path, specs: list[tuple[str, str, float, int, int | None]]) -> Path:
-    """Real bags (EpisodeWriter) of synthetic frames and a manifest; an onset turns them black."""
-    entries = []
-    for name, scenario, fps, frames, onset in specs:
-        path = root / "test" / name
-        category = "id" if scenario == "id" else "sensor"
-        info = EpisodeInfo(name, scenario, category, onset_frame=onset, fps=fps, map="synthetic")
-        with EpisodeWriter(path, info) as writer:
-            for i, rgb in enumerate(synthetic_frames(frames)):
-                ood = onset is not None and i >= onset
-                writer.add_frame(np.zeros_like(rgb) if ood else rgb, ood)
-        entries.append(manifest_entry(path, "test", name))
-    manifest = {"splits": {"test": [e["name"] for e in entries]}, "episodes": entries}
-    (root / MANIFEST_FILE).write_text(json.dumps(manifest))
-    return root
-
-
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("nuisance")
-    _dataset(
+    write_dataset(
         root / "plain",
         [("test_id_001", "id", 60.0, 150, None), ("test_black_onset_001", "black", 30.0, 75, 45)],
     )
-    _dataset(root / "decorated", [("test_id_001", "id", 60.0, 120, None)])
+    write_dataset(root / "decorated", [("test_id_001", "id", 60.0, 120, None)])
     return root
 
 

@@ -13,7 +13,8 @@ from training_support import build_image_bundle
 
 from training.adapt.encoders import run_onnx
 from training.device import setup
-from training.photometric import PhotometricRanges, augment, tune, write_tuned_bundle
+from training.invariance import write_tuned_bundle
+from training.photometric import PhotometricRanges, augment, tune
 from vae_ood_monitor.bundle import BUNDLE_FILE, load_bundle
 
 RNG_SEED = 3
@@ -47,9 +48,17 @@ def tuned(tmp_path_factory):
     frames = [cv2.resize(f, (32, 32)) for f in synthetic_frames(96)]
     images = np.stack(frames).transpose(0, 3, 1, 2).copy()
     encoder, history = tune(
-        source, images, root / "work", 40, PhotometricRanges(), setup("cpu"), learning_rate=3e-3
+        load_bundle(source),
+        images,
+        root / "work" / "image.onnx",
+        40,
+        PhotometricRanges(),
+        setup("cpu"),
+        learning_rate=3e-3,
     )
-    bundle = write_tuned_bundle(source, encoder, root / "tuned", {"frames": len(images)})
+    bundle = write_tuned_bundle(
+        source, {"image": encoder}, root / "tuned", "photometric_tuning", {"frames": len(images)}
+    )
     return source, bundle, images, history
 
 

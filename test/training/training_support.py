@@ -7,13 +7,16 @@ test_committed_tiny_bundles_are_what_the_builders_make checks they still match.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from support import synthetic_frames
 
-from training.data.generate import DEFAULT_SIM_PYTHON
+from training.data.episodes import EpisodeInfo, EpisodeWriter
+from training.data.generate import DEFAULT_SIM_PYTHON, MANIFEST_FILE, manifest_entry
 from training.export import export_encoder, write_bundle
 from training.models import VAE, VAEConfig
 from vae_ood_monitor.decision import DecisionParams
@@ -67,6 +70,33 @@ def build_flow_bundle(path: Path, decision: DecisionParams = DecisionParams()):
         {},
     )
     return path / "bundle"
+
+
+SPLITS = ("train", "calibration", "validation", "test")
+
+
+def write_dataset(
+    root: Path, specs: list[tuple[str, str, float, int, int | None]], split: str = "test"
+) -> Path:
+    """A dataset of real bags (EpisodeWriter) of synthetic frames and its manifest: per spec
+    (name, scenario, fps, frames, onset frame), in `split` unless the name starts with another
+    split's name; an onset turns the frames black."""
+    entries, splits = [], {}
+    for name, scenario, fps, frames, onset in specs:
+        part = next(
+            (s for s in ("train", "calibration", "validation") if name.startswith(s)), split
+        )
+        path = root / part / name
+        category = "id" if scenario == "id" else "sensor"
+        info = EpisodeInfo(name, scenario, category, onset_frame=onset, fps=fps, map="synthetic")
+        with EpisodeWriter(path, info) as writer:
+            for i, rgb in enumerate(synthetic_frames(frames)):
+                ood = onset is not None and i >= onset
+                writer.add_frame(np.zeros_like(rgb) if ood else rgb, ood)
+        entries.append(manifest_entry(path, part, name))
+        splits.setdefault(part, []).append(name)
+    (root / MANIFEST_FILE).write_text(json.dumps({"splits": splits, "episodes": entries}))
+    return root
 
 
 def skip_without_simulator() -> None:

@@ -1,0 +1,179 @@
+"""Consistency fine-tuning: make a shipped student's encoder give, for an input changed the way
+normal conditions change it, the outputs its shipped self gives for the unchanged input.
+
+Used for the normal table's photometric rows (training.photometric: the β-VAE, a frame under
+another exposure, contrast, white balance or noise) and its camera-rate rows (training.camera_rate:
+the flow VAE, a flow stack from a 10 or 15 Hz camera or one that lost frames). The target is the
+shipped encoder's own outputs — (μ, logσ²) and the pooled conv features the scores read — so the
+bundle's score, calibration scores and decision, fitted in exactly that feature space, are kept;
+only the encoders change. Each output is compared per feature in units of its spread over the
+unchanged inputs.
+"""
+
+from __future__ import annotations
+
+import csv
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+from tqdm import tqdm
+
+from training import nuisance
+from training.adapt.encoders import (
+    export_adapted,
+    onnx_input_shape,
+    run_onnx,
+    torch_encoder,
+    torch_features,
+)
+from training.dataset import episodes
+from training.device import Hardware
+from training.export import BandMax
+from training.trainer import set_seeds
+from vae_ood_monitor.backends import POOLED_OUTPUT
+from vae_ood_monitor.bundle import edit_meta, load_bundle
+
+OUTPUTS = ("mu", "logvar", POOLED_OUTPUT)
+# Changed inputs and, per row, the row of the unchanged input whose outputs are its target.
+BatchInputs = Callable[[np.ndarray, np.random.Generator], tuple[np.ndarray, np.ndarray]]
+
+
+def consistency_tune(
+    onnx_path: Path,
+    band_max: BandMax | None,
+    unchanged: np.ndarray,
+    count: int,
+    batch_inputs: BatchInputs,
+    out: Path,
+    epochs: int,
+    hardware: Hardware,
+    desc: str,
+    learning_rate: float = 1e-3,
+    batch_size: int = 64,
+    seed: int = 0,
+) -> tuple[Path, list[float]]:
+    """Fine-tune the encoder of `onnx_path` on `count` training rows; `batch_inputs(rows, rng)`
+    gives their changed inputs and the rows of `unchanged` (float32 inputs) they must match.
+    Returns the exported ONNX at `out` and the consistency loss per epoch."""
+    encoder = torch_encoder(onnx_path)
+    shipped = run_onnx(onnx_path, unchanged)
+    targets = [torch.from_numpy(shipped[k]).float() for k in OUTPUTS]
+    # A feature's spread over the unchanged inputs, floored at a tenth of its output's median
+    # spread, so a feature that is nearly constant under the training conditions cannot dominate.
+    scales = [t.std(dim=0) + 0.1 * t.std(dim=0).median() + 1e-6 for t in targets]
+    set_seeds(seed)
+    device = hardware.device
+    encoder = encoder.to(device).eval()  # BatchNorm folded (identity), as rebuilt
+    optimiser = torch.optim.Adam(encoder.parameters(), lr=learning_rate)
+    rng = np.random.default_rng(seed)
+    history: list[float] = []
+    for epoch in range(epochs):
+        order = rng.permutation(count)
+        total = 0.0
+        batches = range(0, count, batch_size)
+        for first in tqdm(batches, desc=f"{desc} epoch {epoch + 1}/{epochs}", leave=False):
+            changed, target_rows = batch_inputs(np.sort(order[first : first + batch_size]), rng)
+            outputs = torch_features(encoder, torch.from_numpy(changed).to(device), band_max)
+            loss = sum(
+                F.mse_loss(output / s.to(device), target[target_rows].to(device) / s.to(device))
+                for output, target, s in zip(outputs, targets, scales)
+            )
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            total += float(loss.detach()) * len(changed)
+        history.append(round(total / count, 5))
+        tqdm.write(f"{desc} epoch {epoch + 1}: consistency loss {history[-1]}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    shape = onnx_input_shape(onnx_path)
+    return export_adapted(encoder.cpu().eval(), shape, band_max, out), history
+
+
+def write_tuned_bundle(
+    source: Path, encoders: dict[str, Path], out: Path, key: str, provenance: dict[str, object]
+) -> Path:
+    """A copy of `source` with its encoders replaced by `encoders` (name: ONNX file) and
+    `provenance[key]` saying how; score, calibration scores and decision kept."""
+    shutil.copytree(load_bundle(source).path, out)
+    for name, file in encoders.items():
+        shutil.copyfile(file, out / f"{name}.onnx")
+
+    def record(meta: dict) -> None:
+        meta["provenance"][key] = provenance
+        meta["provenance"].pop("shipped_as", None)
+
+    edit_meta(out, record)
+    load_bundle(out)
+    return out
+
+
+def validation_report(
+    detector: str,
+    data: Path,
+    bundles: dict[str, Path],
+    rows: tuple[nuisance.Row, ...],
+    out: Path,
+    workers: int,
+    facts: dict[str, object],
+) -> list[dict[str, object]]:
+    """`data`'s validation split through `rows` of the normal table with each of `bundles` (label:
+    bundle) as the only detector: its ID frames flagged and the worst OOD scenario's AUROC, in
+    `out` as rows.csv, validation.png and report.md."""
+    table = []
+    for label, bundle in bundles.items():
+        summaries, _ = nuisance.run_rows(
+            episodes(data, "validation"), [], {detector: bundle}, rows, workers
+        )
+        table += [{"bundle": label, **s} for s in summaries]
+    keys = ["bundle", "row", "id_frames", f"{detector}_flagged", "worst_auroc", "worst_scenario"]
+    keys += ["scenarios_auroc_095", "onsets_within_bar", "median_delay_s"]
+    with (out / "rows.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, keys, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(table)
+    _plot(table, detector, list(bundles), out / "validation.png")
+    lines = [f"# {detector} consistency tuning: validation", ""]
+    lines += [f"- {k}: {v}" for k, v in facts.items()]
+    lines += ["", f"`{data}` validation split, {detector} decision only:", ""]
+    lines += [
+        "| bundle | row | ID flagged | worst AUROC (scenario) | AUROC ≥ 0.95 | onsets in bar |"
+    ]
+    lines += ["|---|---|---|---|---|---|"]
+    for t in table:
+        lines.append(
+            f"| {t['bundle']} | {t['row']} | {100 * float(t[f'{detector}_flagged']):.1f} % "
+            f"| {float(t.get('worst_auroc', float('nan'))):.3f} ({t.get('worst_scenario', '–')}) "
+            f"| {t.get('scenarios_auroc_095', '–')} | {t.get('onsets_within_bar', '–')} |"
+        )
+    (out / "report.md").write_text("\n".join(lines + ["", "![validation](validation.png)", ""]))
+    return table
+
+
+def _plot(table: list[dict[str, object]], detector: str, labels: list[str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    rows = list(dict.fromkeys(str(t["row"]) for t in table))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 1.2 + 0.5 * len(rows)), sharey=True)
+    width = 0.8 / len(labels)
+    for i, label in enumerate(labels):
+        mine = {str(t["row"]): t for t in table if t["bundle"] == label}
+        y = np.arange(len(rows)) + i * width
+        flagged = [100 * float(mine[r][f"{detector}_flagged"]) for r in rows]  # type: ignore[arg-type]
+        axes[0].barh(y, flagged, width, label=label)
+        axes[1].barh(y, [float(mine[r].get("worst_auroc", np.nan)) for r in rows], width)  # type: ignore[arg-type]
+    axes[0].axvline(1.0, color="k", ls="--", lw=1)
+    axes[0].set_xlabel(f"validation ID frames flagged by the {detector} decision (%)")
+    axes[1].axvline(0.95, color="k", ls="--", lw=1)
+    axes[1].set(xlim=(0.5, 1.0), xlabel="worst OOD scenario AUROC")
+    axes[0].set_yticks(np.arange(len(rows)) + 0.4 - width / 2, rows)
+    axes[0].legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
