@@ -1,13 +1,13 @@
 """Consistency fine-tuning: make a shipped student's encoder give, for an input changed the way
 normal conditions change it, the outputs its shipped self gives for the unchanged input.
 
-Used for the normal table's photometric rows (training.photometric: the β-VAE, a frame under
-another exposure, contrast, white balance or noise) and its camera-rate rows (training.camera_rate:
-the flow VAE, a flow stack from a 10 or 15 Hz camera or one that lost frames). The target is the
-shipped encoder's own outputs — (μ, logσ²) and the pooled conv features the scores read — so the
-bundle's score, calibration scores and decision, fitted in exactly that feature space, are kept;
-only the encoders change. Each output is compared per feature in units of its spread over the
-unchanged inputs.
+Used for the β-VAE (training.tune_bvae: a frame under another exposure, contrast, white balance or
+noise, or with houses and trees beside the road) and the flow VAE (training.tune_flow: a flow stack
+from a 10 or 15 Hz camera or one that lost frames), against the normal table (docs/normal.md).
+The target is the shipped encoder's own outputs — (μ, logσ²) and the pooled conv features the
+scores read — so the bundle's score, calibration scores and decision, fitted in exactly that
+feature space, are kept; only the encoders change. Each output is compared per feature in units
+of its spread over the unchanged inputs.
 """
 
 from __future__ import annotations
@@ -113,21 +113,20 @@ def write_tuned_bundle(
 
 def validation_report(
     detector: str,
-    data: Path,
+    data: list[Path],
     bundles: dict[str, Path],
     rows: tuple[nuisance.Row, ...],
     out: Path,
     workers: int,
     facts: dict[str, object],
 ) -> list[dict[str, object]]:
-    """`data`'s validation split through `rows` of the normal table with each of `bundles` (label:
-    bundle) as the only detector: its ID frames flagged and the worst OOD scenario's AUROC, in
-    `out` as rows.csv, validation.png and report.md."""
+    """The validation splits of `data` through `rows` of the normal table with each of `bundles`
+    (label: bundle) as the only detector: its ID frames flagged and the worst OOD scenario's
+    AUROC, in `out` as rows.csv, validation.png and report.md."""
     table = []
     for label, bundle in bundles.items():
-        summaries, _ = nuisance.run_rows(
-            episodes(data, "validation"), [], {detector: bundle}, rows, workers
-        )
+        drives = [e for d in data for e in episodes(d, "validation")]
+        summaries, _ = nuisance.run_rows(drives, [], {detector: bundle}, rows, workers)
         table += [{"bundle": label, **s} for s in summaries]
     keys = ["bundle", "row", "id_frames", f"{detector}_flagged", "worst_auroc", "worst_scenario"]
     keys += ["scenarios_auroc_095", "onsets_within_bar", "median_delay_s"]
@@ -138,7 +137,8 @@ def validation_report(
     _plot(table, detector, list(bundles), out / "validation.png")
     lines = [f"# {detector} consistency tuning: validation", ""]
     lines += [f"- {k}: {v}" for k, v in facts.items()]
-    lines += ["", f"`{data}` validation split, {detector} decision only:", ""]
+    names = ", ".join(f"`{d}`" for d in data)
+    lines += ["", f"Validation splits of {names}, the {detector} decision only:", ""]
     lines += [
         "| bundle | row | ID flagged | worst AUROC (scenario) | AUROC ≥ 0.95 | onsets in bar |"
     ]

@@ -8,7 +8,7 @@ encoders by consistency (training.invariance): at every frame of a 30 Hz train d
 15 Hz, a 10 Hz or a lossy camera would give there must give the shipped encoders' outputs for the
 30 Hz stack at that frame. A robot that really moves faster per second still gives larger flows.
 
-    python -m training.camera_rate --data datasets/photometric_tune --out runs/flow_rate
+    python -m training.tune_flow --data datasets/photometric_tune --out runs/normal/flow
 
 writes OUT/bundle and `report.md`, `rows.csv`, `validation.png`: the validation split through
 the normal table's rate rows, before (the source bundle) and after.
@@ -77,19 +77,24 @@ def episode_pairs(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m training.camera_rate",
+        prog="python -m training.tune_flow",
         description="Fine-tune the flow student's encoders so that a 10-30 Hz camera and lost "
         "frames give the features of a 30 Hz one: OUT/bundle and a report in OUT.",
     )
     parser.add_argument(
         "--data",
         type=Path,
-        action="append",
+        nargs="+",
+        action="extend",
         required=True,
-        help="dataset whose 30 Hz train-split ID drives are replayed (repeatable)",
+        help="datasets whose 30 Hz train-split ID drives are replayed",
     )
     parser.add_argument(
-        "--validation", type=Path, help="dataset with a validation split (default: first --data)"
+        "--validation",
+        type=Path,
+        nargs="+",
+        action="extend",
+        help="datasets with a validation split (default: --data)",
     )
     parser.add_argument("--flow", type=Path, help="bundle to tune (default: the runtime's)")
     parser.add_argument("--epochs", type=int, default=6)
@@ -101,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     source = args.flow or default_bundle("flow")
     if args.out.exists() and not args.force:
-        print(f"camera_rate: {args.out} exists (use --force to replace it)", file=sys.stderr)
+        print(f"tune_flow: {args.out} exists (use --force to replace it)", file=sys.stderr)
         return 1
     try:
         hardware = setup(args.device)
@@ -150,12 +155,12 @@ def main(argv: list[str] | None = None) -> int:
             "loss": history,
         }
         tuned = write_tuned_bundle(
-            source, tuned_files, args.out / "bundle", "camera_rate_tuning", provenance
+            source, tuned_files, args.out / "bundle", "normal_tuning", provenance
         )
         shutil.rmtree(args.out / "work")
         validation_report(
             "flow",
-            args.validation or args.data[0],
+            args.validation or args.data,
             {"source": bundle.path, "tuned": tuned},
             VALIDATION_ROWS,
             args.out,
@@ -163,10 +168,10 @@ def main(argv: list[str] | None = None) -> int:
             {"source": source, "stacks": provenance["stacks"], "loss": history},
         )
     except (DatasetError, BundleError, EncoderRebuildError, DeviceError) as err:
-        print(f"camera_rate: {err}", file=sys.stderr)
+        print(f"tune_flow: {err}", file=sys.stderr)
         return 1
     print((args.out / "report.md").read_text())
-    print(f"camera_rate: tuned bundle {tuned}, report {args.out / 'report.md'}")
+    print(f"tune_flow: tuned bundle {tuned}, report {args.out / 'report.md'}")
     return 0
 
 

@@ -1,4 +1,4 @@
-"""training.camera_rate and training.photometric end to end: real bags, the committed tiny bundles
+"""training.tune_flow and training.tune_bvae end to end: real bags, the committed tiny bundles
 rebuilt in torch, tuned, exported to ONNX, written as verified bundles and validated on the normal
 table's rows."""
 
@@ -12,7 +12,7 @@ import pytest
 from support import tiny_bundle
 from training_support import write_dataset
 
-from training import camera_rate, photometric
+from training import tune_bvae, tune_flow
 from training.dataset import episodes, iter_frames
 from vae_ood_monitor.bundle import BUNDLE_FILE, load_bundle
 from vae_ood_monitor.preprocessing import FlowStacker
@@ -32,7 +32,7 @@ def tiny_data(tmp_path_factory):
 def test_every_rate_rows_stack_is_paired_with_the_30_hz_stack_of_its_own_frame(tiny_data):
     episode = episodes(tiny_data, "train")[0]
     prep = load_bundle(tiny_bundle("flow_tiny", tiny_data.parent)).preprocessing
-    unchanged, changed, targets = camera_rate.episode_pairs((episode, prep))
+    unchanged, changed, targets = tune_flow.episode_pairs((episode, prep))
     assert len(unchanged) == 45 - prep.stack  # a stack from the (stack + 1)-th frame on
     assert len(changed) == len(targets) > 0
     # The 15 Hz camera's first stack ends at frame 2 * stack: the 30 Hz stack there is row `stack`.
@@ -49,8 +49,8 @@ def test_every_rate_rows_stack_is_paired_with_the_30_hz_stack_of_its_own_frame(t
 @pytest.mark.parametrize(
     ("module", "bundle", "flag", "key"),
     [
-        (camera_rate, "flow_tiny", "--flow", "camera_rate_tuning"),
-        (photometric, "bvae_tiny", "--bvae", "photometric_tuning"),
+        (tune_flow, "flow_tiny", "--flow", "normal_tuning"),
+        (tune_bvae, "bvae_tiny", "--bvae", "normal_tuning"),
     ],
 )
 def test_tuning_writes_a_verified_bundle_and_a_validation_report(
@@ -79,5 +79,5 @@ def test_tuning_writes_a_verified_bundle_and_a_validation_report(
 def test_a_bundle_of_the_other_detector_is_refused_in_one_line(tiny_data, tmp_path, capsys):
     source = tiny_bundle("bvae_tiny", tmp_path)
     argv = ["--data", str(tiny_data), "--flow", str(source), "--out", str(tmp_path / "o")]
-    assert camera_rate.main(argv) == 1
+    assert tune_flow.main(argv) == 1
     assert "camera-rate tuning is for flow bundles" in capsys.readouterr().err

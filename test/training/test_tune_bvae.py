@@ -1,5 +1,6 @@
-"""training.photometric: the augmentation draws from the normal table's ranges, and tuning makes
-the encoder's features invariant to them while the bundle keeps its score and decision."""
+"""training.tune_bvae: the augmentation draws from the normal table's ranges, tuning makes the
+encoder's features invariant to them while the bundle keeps its score and decision, and scenery
+pairs are matched drive for drive and frame for frame."""
 
 from __future__ import annotations
 
@@ -8,13 +9,14 @@ import json
 import cv2
 import numpy as np
 import pytest
-from support import synthetic_frames
-from training_support import build_image_bundle
+from support import synthetic_frames, tiny_bundle
+from training_support import build_image_bundle, write_dataset
 
 from training.adapt.encoders import run_onnx
+from training.dataset import DatasetError, episodes
 from training.device import setup
 from training.invariance import write_tuned_bundle
-from training.photometric import PhotometricRanges, augment, tune
+from training.tune_bvae import PhotometricRanges, TuningFrames, _pairs, augment, tune, tuning_frames
 from vae_ood_monitor.bundle import BUNDLE_FILE, load_bundle
 
 RNG_SEED = 3
@@ -49,7 +51,7 @@ def tuned(tmp_path_factory):
     images = np.stack(frames).transpose(0, 3, 1, 2).copy()
     encoder, history = tune(
         load_bundle(source),
-        images,
+        TuningFrames(images, images),
         root / "work" / "image.onnx",
         40,
         PhotometricRanges(),
@@ -57,7 +59,7 @@ def tuned(tmp_path_factory):
         learning_rate=3e-3,
     )
     bundle = write_tuned_bundle(
-        source, {"image": encoder}, root / "tuned", "photometric_tuning", {"frames": len(images)}
+        source, {"image": encoder}, root / "tuned", "normal_tuning", {"frames": len(images)}
     )
     return source, bundle, images, history
 
@@ -88,6 +90,26 @@ def test_tuned_bundle_keeps_score_calibration_and_decision_and_records_its_tunin
     new = json.loads((bundle / BUNDLE_FILE).read_text())
     for key in ("score", "calibration_scores", "decision", "preprocessing"):
         assert new[key] == old[key]
-    assert new["provenance"]["photometric_tuning"] == {"frames": 96}
+    assert new["provenance"]["normal_tuning"] == {"frames": 96}
     assert (bundle / "image.onnx").read_bytes() != (source / "image.onnx").read_bytes()
     load_bundle(bundle)  # checksums verified
+
+
+def test_scenery_pairs_match_by_drive_and_frame_and_a_mismatch_is_refused(tmp_path):
+    specs = [("train_id_001", "id", 30.0, 20, None), ("train_id_002", "id", 30.0, 30, None)]
+    decorated = write_dataset(tmp_path / "decorated", specs)
+    plain = write_dataset(tmp_path / "plain", specs)
+    prep = load_bundle(tiny_bundle("bvae_tiny", tmp_path)).preprocessing
+    pairs = _pairs(decorated, plain)
+    assert [(a.name, b.name) for a, b in pairs] == [("train_id_001",) * 2, ("train_id_002",) * 2]
+    plain_drives = episodes(plain, "train")[:1]
+    frames = tuning_frames(plain_drives, pairs, prep, workers=1)
+    assert len(frames.changed) == len(frames.unchanged) == 20 + 50
+    # the plain drive against itself, each decorated frame against its twin (here: equal frames)
+    assert np.array_equal(frames.changed, frames.unchanged)
+    shorter = write_dataset(tmp_path / "short", [specs[0], ("train_id_002", "id", 30.0, 25, None)])
+    with pytest.raises(DatasetError, match="not a pair rendered from the same drive"):
+        tuning_frames([], _pairs(decorated, shorter), prep, workers=1)
+    other = write_dataset(tmp_path / "other", specs[:1])
+    with pytest.raises(DatasetError, match="do not pair by name"):
+        _pairs(decorated, other)
