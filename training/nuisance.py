@@ -708,14 +708,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--data",
         type=Path,
-        action="append",
+        nargs="+",
+        action="extend",
         required=True,
-        help="dataset(s) on the plain test maps: ID drives and OOD onset drives (repeatable)",
+        help="dataset(s) on the plain test maps: ID drives and OOD onset drives",
     )
     parser.add_argument(
         "--decorated",
         type=Path,
-        action="append",
+        nargs="+",
+        action="extend",
         default=[],
         help="dataset(s) of ID drives on decorated test maps (the decorated-town row)",
     )
