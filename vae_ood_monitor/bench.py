@@ -319,7 +319,9 @@ class LiveGraph:
     """The monitor's three nodes as processes: each started alone ("nodes", as the launch file
     does) or by one `vae-ood-monitor monitor` command ("monitor"), from `side`'s code."""
 
-    def __init__(self, side: Side, graph: str, log_dir: Path) -> None:
+    def __init__(
+        self, side: Side, graph: str, log_dir: Path, rules: list[str] | None = None
+    ) -> None:
         log_dir.mkdir(parents=True, exist_ok=True)
         self.log_dir = log_dir
         bundles = side.bundles()
@@ -330,6 +332,7 @@ class LiveGraph:
                     {"bundle": bundles[name.split("_")[0]]} if name != "safety_stop" else {},
                     log_dir / f"{name}.log",
                     cwd=side.root,
+                    rules=rules,
                 )
                 for name in NODE_NAMES
             }
@@ -546,6 +549,110 @@ def run_live_bench(
     for label, result in results.items():
         for note in result.notes:
             print(f"note ({label}): {note}")
+    return 0
+
+
+def paired_camera(index: int) -> str:
+    return f"/paired_{index}/camera/image/compressed"
+
+
+def paired_rules(index: int) -> list[str]:
+    """Remappings that give the `index`-th of several graphs running at once its own camera topic,
+    namespace, stop and velocity topics."""
+    prefix = f"/paired_{index}"
+    names = {
+        "__ns": prefix,
+        "camera/image/compressed": paired_camera(index),
+        "emergency_stop": f"{prefix}/emergency_stop",
+        "cmd_vel_in": f"{prefix}/cmd_vel_in",
+        "cmd_vel_out": f"{prefix}/cmd_vel_out",
+    }
+    return [arg for name, target in names.items() for arg in ("-r", f"{name}:={target}")]
+
+
+def run_paired_bench(
+    bag: Path,
+    out_dir: Path,
+    baseline_ref: str,
+    rate_hz: float = 30.0,
+    windows: int = 6,
+    window_s: float = 15.0,
+    id_bag: Path | None = None,
+) -> int:
+    """CPU per frame per node of `baseline_ref`'s graph and this checkout's, running at the same
+    time (one process per node, each graph under its own names and fed the same ID drive by its
+    own client): both see the same load from everything else on the machine, which on a shared
+    machine changes CPU time per frame by ±20 % from one minute to the next. Reports each
+    window, the medians, and the median of the per-window ratios of the whole graphs."""
+    ids = load_drive(id_bag or bag).in_distribution
+    sides = [
+        checkout(baseline_ref, out_dir),
+        Side("this checkout", Path(__file__).resolve().parents[1]),
+    ]
+    graphs: list[tuple[Side, LiveGraph, CameraClient]] = []
+    rows: dict[str, list[dict[str, float]]] = {side.name: [] for side in sides}
+    try:
+        for index, side in enumerate(sides):
+            log_dir = out_dir / f"paired_{index}_{side.name}".replace(" ", "_")
+            graph = LiveGraph(side, "nodes", log_dir, paired_rules(index))
+            graphs.append((side, graph, CameraClient(paired_camera(index))))
+        deadline = time.monotonic() + 120.0
+        while any(client.subscribers() < 3 for _, _, client in graphs):
+            if any(graph.dead() for _, graph, _ in graphs) or time.monotonic() > deadline:
+                print(f"bench: a graph did not come up; see {out_dir}/paired_*", file=sys.stderr)
+                return 1
+            time.sleep(0.2)
+
+        def stream(seconds: float) -> None:
+            players = [
+                threading.Thread(target=client.play, args=(ids, rate_hz, seconds))
+                for _, _, client in graphs
+            ]
+            for player in players:
+                player.start()
+            for player in players:
+                player.join()
+
+        stream(4.0)  # warm: the detectors' first frames, the safety stops' release
+        print(f"paired bench: {bag.name} ID drive at {rate_hz:g} Hz, {windows} × {window_s:g} s")
+        for window in range(windows):
+            published = [client.log.published for _, _, client in graphs]
+            before = [
+                {name: cpu_seconds(pid) for name, pid in graph.pids().items()}
+                for _, graph, _ in graphs
+            ]
+            load = os.getloadavg()[0]
+            stream(window_s)
+            for (side, graph, client), count, cpu in zip(graphs, published, before):
+                frames = client.log.published - count
+                row = {
+                    name: (cpu_seconds(pid) - cpu[name]) / frames * 1000.0
+                    for name, pid in graph.pids().items()
+                }
+                row["whole graph"] = sum(row.values())
+                rows[side.name].append(row)
+                print(
+                    f"window {window + 1} (load {load:.1f}) {side.name:>14s}: "
+                    + ", ".join(f"{name} {value:.2f}" for name, value in row.items())
+                )
+    finally:
+        for _, graph, client in graphs:
+            graph.close()
+            client.close()
+    print(f"\nCPU ms/frame, medians over {windows} windows (both graphs running at once)")
+    names = list(rows[sides[0].name][0])
+    print(f"{'':16s}" + "".join(f"{n:>15s}" for n in names))
+    for side in sides:
+        medians = [float(np.median([r[n] for r in rows[side.name]])) for n in names]
+        print(f"{side.name:>16s}" + "".join(f"{m:15.2f}" for m in medians))
+    ratios = [
+        new["whole graph"] / old["whole graph"]
+        for old, new in zip(rows[sides[0].name], rows[sides[1].name])
+    ]
+    print(
+        f"whole graph, this checkout / {baseline_ref}: median {np.median(ratios):.3f} "
+        f"(windows {min(ratios):.3f}-{max(ratios):.3f})"
+    )
     return 0
 
 

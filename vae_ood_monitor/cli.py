@@ -165,7 +165,9 @@ def cmd_monitor(args: argparse.Namespace) -> int:
     from vae_ood_monitor.nodes.common import ros_arguments
 
     params_file = args.params_file or default_params_file()
-    return run_monitor(params_file, args.bag, args.rate, ros_args=ros_arguments())
+    return run_monitor(
+        params_file, args.bag, args.rate, ros_args=ros_arguments(), live_view=args.live_view
+    )
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -177,7 +179,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from vae_ood_monitor.bench import run_bench, run_live_bench, run_offline_table, run_soak
+    from vae_ood_monitor.bench import (
+        run_bench,
+        run_live_bench,
+        run_offline_table,
+        run_paired_bench,
+        run_soak,
+    )
     from vae_ood_monitor.demo import demo_bag
 
     bag = args.bag or demo_bag()
@@ -186,6 +194,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.replay:
         return run_bench(
             bag, args.runs, args.out, args.rate, {"bvae": args.bvae, "flow": args.flow}
+        )
+    if args.paired:
+        if args.baseline_ref is None:
+            print("vae-ood-monitor bench: --paired needs --baseline-ref", file=sys.stderr)
+            return 2
+        return run_paired_bench(
+            bag, args.out, args.baseline_ref, args.camera_hz[0], id_bag=args.id_bag
         )
     if args.soak is not None:
         return run_soak(
@@ -353,6 +368,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="stream ID driving this long: RSS and CPU per node over time (CSV, PNG), stops",
     )
     bench.add_argument(
+        "--paired",
+        action="store_true",
+        help="CPU per frame only: the --baseline-ref graph and this one at the same time, fed by "
+        "a client each (a fair comparison on a loaded machine)",
+    )
+    bench.add_argument(
         "--offline",
         action="store_true",
         help="no graph: the bag scored as `score` does at 30/15/10 Hz, 25 %% lost and a 2x "
@@ -378,6 +399,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--bag", type=Path, help="replay this bag into the graph and stop at its end"
     )
     monitor.add_argument("--rate", type=float, default=1.0)
+    monitor.add_argument(
+        "--live-view",
+        action="store_true",
+        help="also the annotated picture on /ood_monitor/live_view/image/compressed (launch's "
+        "live_view:=true)",
+    )
     monitor.set_defaults(run=cmd_monitor)
     return parser
 

@@ -123,14 +123,18 @@ class Recorder(Node):
 
 
 def start_node(
-    name: str, params: dict[str, object], log: Path | None = None, cwd: Path | None = None
+    name: str,
+    params: dict[str, object],
+    log: Path | None = None,
+    cwd: Path | None = None,
+    rules: list[str] | None = None,
 ) -> subprocess.Popen:
     """Node `name` in its own process with this interpreter (from `cwd`'s code when given);
-    output to `log` or discarded."""
+    output to `log` or discarded. `rules`: remapping arguments that win over the defaults."""
     module, function = NODES[name].split(":")
     code = f"import sys; from {module} import {function}; sys.exit({function}(sys.argv))"
     params_args = [a for k, v in params.items() for a in ("-p", f"{k}:={v}")]
-    args = ["--ros-args", *ros_arguments(), *params_args]
+    args = ["--ros-args", *(rules or []), *ros_arguments(), *params_args]
     output = log.open("w") if log is not None else subprocess.DEVNULL
     return subprocess.Popen(
         [sys.executable, "-c", code, *args], cwd=cwd, stdout=output, stderr=subprocess.STDOUT

@@ -64,12 +64,17 @@ def stop_processes(processes: dict[str, subprocess.Popen], timeout: float = 10.0
 
 
 def run_monitor(
-    params_file: Path, bag: Path | None = None, rate: float = 1.0, ros_args: list[str] | None = None
+    params_file: Path,
+    bag: Path | None = None,
+    rate: float = 1.0,
+    ros_args: list[str] | None = None,
+    live_view: bool = False,
 ) -> int:
-    """Run detectors and safety stop (and a bag player with `bag`) as supervised processes until
-    Ctrl-C, SIGTERM or the bag's end. Returns 0, or the exit code that ended the monitor."""
+    """Run detectors and safety stop (the live view with `live_view`, a bag player with `bag`) as
+    supervised processes until Ctrl-C, SIGTERM or the bag's end. Returns 0, or the exit code that
+    ended the monitor."""
     common = ["--params-file", str(params_file), *(ros_args or [])]
-    args = {name: common for name in GRAPH}
+    args = {name: common for name in (*GRAPH, *(("live_view",) if live_view else ()))}
     if bag is not None:
         # Play only once the detectors and the safety stop listen to the camera.
         args["bag_player"] = [

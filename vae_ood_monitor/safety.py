@@ -13,12 +13,13 @@ States:
 
 from __future__ import annotations
 
-import struct
 import zlib
 from dataclasses import dataclass, field
 from enum import Enum
 
 import numpy as np
+
+from vae_ood_monitor.images import FrameError, parse_serialized_image
 
 FUSIONS = ("any", "all", "k_of_n")
 
@@ -69,45 +70,14 @@ def frame_fingerprint(data: bytes | memoryview) -> int:
     return zlib.crc32(data)
 
 
+def serialized_bool(serialized: bytes) -> bool:
+    """The value of a serialized std_msgs/Bool (classic CDR: 4-byte encapsulation, then the byte):
+    the safety stop reads the detectors' decisions without building a message for each. A
+    message too short to hold it counts as True: a decision that cannot be read stops."""
+    return len(serialized) < 5 or serialized[4] != 0
+
+
 MAX_HASHED_BYTES = 1 << 16
-_CDR_ORDER = {0: ">", 1: "<"}  # encapsulation kind 0x0000 CDR_BE, 0x0001 CDR_LE (ROS 2's)
-
-
-def _cdr_data(serialized: bytes, raw_image: bool) -> memoryview | None:
-    """The `data` field (JPEG or pixel bytes) of a serialized sensor_msgs CompressedImage or Image
-    (classic CDR), found by walking the fields before it; None for anything else. Only `data`
-    counts: the alignment padding after strings is not initialised by every serializer, so two
-    publishes of one buffer can differ there."""
-    view = memoryview(serialized)
-    if len(view) < 4 or view[0] != 0 or view[1] not in _CDR_ORDER:
-        return None
-    order = _CDR_ORDER[view[1]]
-    position = 4 + 8  # encapsulation, header.stamp
-
-    def aligned(at: int) -> int:
-        return 4 + -(-(at - 4) // 4) * 4  # CDR aligns 4-byte fields relative to the payload
-
-    def length_then_skip(at: int) -> tuple[int, int]:
-        at = aligned(at)
-        if at + 4 > len(view):
-            raise ValueError("truncated")
-        (length,) = struct.unpack_from(order + "I", view, at)
-        return at + 4, length
-
-    try:
-        start, length = length_then_skip(position)  # header.frame_id
-        position = start + length
-        if raw_image:
-            position = aligned(position) + 8  # height, width
-            start, length = length_then_skip(position)  # encoding
-            position = aligned(start + length + 1) + 4  # is_bigendian, step
-        else:
-            start, length = length_then_skip(position)  # format
-            position = start + length
-        start, length = length_then_skip(position)  # data
-    except ValueError:
-        return None
-    return view[start : start + length] if start + length <= len(view) else None
 
 
 def message_fingerprint(serialized: bytes, raw_image: bool = False) -> int | None:
@@ -116,8 +86,11 @@ def message_fingerprint(serialized: bytes, raw_image: bool = False) -> int | Non
     frame, and a JPEG re-encoded bit-identically too. Over MAX_HASHED_BYTES (raw frames) every n-th
     byte is hashed; a live sensor's noise changes the samples as surely as the rest. None (counts
     as a new frame) for a message it cannot walk."""
-    data = _cdr_data(serialized, raw_image)
-    if data is None:
+    # Only `data` counts: the alignment padding after strings is not initialised by every
+    # serializer, so two publishes of one buffer can differ there.
+    try:
+        data = parse_serialized_image(serialized, raw_image).data
+    except FrameError:
         return None
     stride = max(1, -(-len(data) // MAX_HASHED_BYTES))
     return zlib.crc32(data if stride == 1 else np.frombuffer(data, np.uint8)[::stride].copy())

@@ -141,3 +141,108 @@ def test_reduced_decoding_of_a_raw_image_and_of_bad_bytes(frames):
         FrameDecoder("reduced", (8, 8))(SimpleNamespace(format="jpeg", data=b""))
     with pytest.raises(ValueError, match="decode must be one of"):
         FrameDecoder("half")
+
+
+def _serialized(message_type: type, stamp: tuple[int, int], **fields: object) -> bytes:
+    from builtin_interfaces.msg import Time
+    from rclpy.serialization import serialize_message
+    from std_msgs.msg import Header
+
+    header = Header(stamp=Time(sec=stamp[0], nanosec=stamp[1]), frame_id="camera_optical")
+    return serialize_message(message_type(header=header, **fields))
+
+
+@pytest.mark.parametrize("frame_id_pad", ["", "x", "xy", "xyz"])
+def test_a_serialized_compressed_image_parses_to_the_message_and_decodes_identically(
+    frame_id_pad,
+):
+    """The detectors take camera messages as serialized bytes (rclpy `raw=True`) and parse the
+    fields themselves: stamp and JPEG bytes equal the deserialized message's, and the model's
+    image decodes bit-identically, for every string alignment."""
+    from builtin_interfaces.msg import Time
+    from rclpy.serialization import deserialize_message, serialize_message
+    from sensor_msgs.msg import CompressedImage
+    from std_msgs.msg import Header
+
+    from vae_ood_monitor.images import SerializedCompressedImage, parse_serialized_image
+
+    jpeg = _jpeg_message(_camera_frame()).data
+    message = CompressedImage(
+        header=Header(stamp=Time(sec=1765000000, nanosec=33_333_333), frame_id=frame_id_pad),
+        format="jpeg" + frame_id_pad,
+        data=jpeg,
+    )
+    serialized = serialize_message(message)
+    parsed = parse_serialized_image(serialized)
+    assert isinstance(parsed, SerializedCompressedImage)
+    assert parsed.stamp_ns == 1765000000 * 10**9 + 33_333_333
+    assert parsed.format == "jpeg" + frame_id_pad and bytes(parsed.data) == jpeg
+    rclpy_message = deserialize_message(serialized, CompressedImage)
+    for grey, size in ((False, (64, 64)), (True, (88, 66))):
+        from_message, from_bytes = (
+            FrameDecoder("reduced", size, grey),
+            FrameDecoder("reduced", size, grey),
+        )
+        for _ in range(2):  # the first frame decodes in full, the next ones reduced
+            assert np.array_equal(from_message(rclpy_message), from_bytes(parsed))
+
+
+def test_a_serialized_raw_image_parses_to_its_fields(frames):
+    from sensor_msgs.msg import Image
+
+    from vae_ood_monitor.images import SerializedImage, parse_serialized_image
+
+    rgb = frames[2]
+    height, width = rgb.shape[:2]
+    serialized = _serialized(
+        Image,
+        (7, 5),
+        height=height,
+        width=width,
+        encoding="bgr8",
+        step=width * 3,
+        data=cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR).tobytes(),
+    )
+    parsed = parse_serialized_image(serialized, raw_image=True)
+    assert isinstance(parsed, SerializedImage)
+    assert (parsed.stamp_ns, parsed.height, parsed.width, parsed.encoding, parsed.step) == (
+        7_000_000_005,
+        height,
+        width,
+        "bgr8",
+        width * 3,
+    )
+    assert np.array_equal(FrameDecoder("reduced", (8, 8))(parsed), rgb)
+
+
+def test_bad_serialized_images_say_why():
+    from sensor_msgs.msg import CompressedImage
+
+    from vae_ood_monitor.images import parse_serialized_image
+
+    serialized = _serialized(CompressedImage, (1, 2), format="jpeg", data=bytes(100))
+    with pytest.raises(FrameError, match="not a classic-CDR"):
+        parse_serialized_image(b"\x00\x07\x00\x00" + serialized[4:])
+    with pytest.raises(FrameError, match="truncated camera message: 50 of 100 data bytes"):
+        parse_serialized_image(serialized[:-50])
+    with pytest.raises(FrameError, match="truncated camera message"):
+        parse_serialized_image(serialized[:20])
+
+
+@pytest.mark.parametrize(
+    ("size", "flag"),
+    [
+        ((320, 240), cv2.IMREAD_REDUCED_COLOR_2),
+        ((64, 64), cv2.IMREAD_REDUCED_COLOR_4),
+        ((32, 32), cv2.IMREAD_REDUCED_COLOR_8),
+    ],
+)
+def test_reduced_colour_decoding_is_libjpegs_bgr_decode_with_channels_swapped(size, flag):
+    """The models' inputs stay bit-identical: RGB asked of libjpeg equals the BGR decode (the
+    earlier path) converted to RGB, at full size (first frame) and at the reduced scale."""
+    message = _jpeg_message(_camera_frame() // 3 + np.arange(640, dtype=np.uint8)[None, :, None])
+    buffer = np.frombuffer(message.data, np.uint8)
+    decoder = FrameDecoder("reduced", size)
+    for expected in (cv2.IMREAD_COLOR, flag):
+        bgr = cv2.imdecode(buffer, expected)
+        assert np.array_equal(decoder(message), cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))

@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import cv2
+import numpy as np
 import pytest
 from support import synthetic_frames, tiny_bundle
 
@@ -50,8 +51,9 @@ def node_children(monitor: subprocess.Popen) -> dict[str, int]:
     return found
 
 
-@pytest.fixture
-def monitor(tmp_path) -> Iterator[tuple[subprocess.Popen, CameraClient, Path]]:
+def start_monitor(tmp_path: Path, *options: str) -> tuple[subprocess.Popen, Path]:
+    """`vae-ood-monitor monitor` with the tiny bundles (never OOD) and `options`, logging to a
+    file."""
     params = tmp_path / "params.yaml"
     params.write_text(
         "".join(
@@ -63,12 +65,18 @@ def monitor(tmp_path) -> Iterator[tuple[subprocess.Popen, CameraClient, Path]]:
     log = tmp_path / "monitor.log"
     code = "import sys; from vae_ood_monitor.cli import main; sys.exit(main(sys.argv[1:]))"
     process = subprocess.Popen(
-        [sys.executable, "-c", code, "monitor", "--params-file", str(params)],
+        [sys.executable, "-c", code, "monitor", "--params-file", str(params), *options],
         cwd=REPO,
         env={**os.environ, "PYTHONPATH": str(REPO)},
         stdout=log.open("w"),
         stderr=subprocess.STDOUT,
     )
+    return process, log
+
+
+@pytest.fixture
+def monitor(tmp_path) -> Iterator[tuple[subprocess.Popen, CameraClient, Path]]:
+    process, log = start_monitor(tmp_path)
     client = CameraClient()
     try:
         yield process, client, log
@@ -113,3 +121,45 @@ def test_a_crashed_node_is_restarted_and_the_stop_can_be_reset(monitor):
     )
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=30) == 0
+
+
+def test_monitor_with_live_view_adds_the_annotated_picture(tmp_path):
+    """`monitor --live-view` starts the live view beside the graph, as launch's live_view:=true."""
+    import rclpy
+    from rclpy.context import Context
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.node import Node
+    from sensor_msgs.msg import CompressedImage
+
+    process, log = start_monitor(tmp_path, "--live-view")
+    client = CameraClient()
+    context = Context()
+    rclpy.init(context=context)
+    node = Node("live_view_watcher", context=context)
+    pictures: list[CompressedImage] = []
+    node.create_subscription(
+        CompressedImage, "/ood_monitor/live_view/image/compressed", pictures.append, 10
+    )
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(node)
+
+    def pictured() -> bool:
+        executor.spin_once(timeout_sec=0.05)
+        return bool(pictures)
+
+    try:
+        assert wait_for(pictured, 90.0, client), log.read_text()
+        assert (
+            cv2.imdecode(np.frombuffer(pictures[-1].data, np.uint8), cv2.IMREAD_COLOR) is not None
+        )
+        assert any("live_view" in _cmdline(pid) for pid in _children(process.pid))
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=30) == 0, log.read_text()
+    finally:
+        executor.shutdown()
+        node.destroy_node()
+        rclpy.shutdown(context=context)
+        client.close()
+        if process.poll() is None:
+            process.kill()
+            process.wait()

@@ -575,6 +575,28 @@ def test_default_names_resolve_to_the_contract(robot, safety_stop, untrained_bun
         stop_process(detector)
 
 
+def test_the_paired_bench_puts_a_graph_under_its_own_names(robot, tmp_path):
+    """`bench --paired` runs two graphs at once: the rules it passes move every name the safety
+    stop uses (camera, stop, velocity, its namespace), and the camera topic it streams to is the
+    one the nodes listen on."""
+    from vae_ood_monitor.bench import paired_camera, paired_rules
+
+    node = demo.start_node(
+        "safety_stop", {}, tmp_path / "safety_stop.log", cwd=REPO, rules=paired_rules(1)
+    )
+    try:
+        assert_names(
+            robot,
+            "safety_stop",
+            "/paired_1",
+            publishers={"/paired_1/emergency_stop", "/paired_1/ood", "/paired_1/cmd_vel_out"},
+            subscriptions={paired_camera(1), "/paired_1/bvae/ood", "/paired_1/cmd_vel_in"},
+            services={"/paired_1/safety_stop/reset"},
+        )
+    finally:
+        stop_process(node)
+
+
 def test_the_foxglove_layout_shows_the_default_topics():
     """config/foxglove_layout.json names topics the default graph (and live_view) publishes."""
     import json

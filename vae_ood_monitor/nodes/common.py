@@ -221,6 +221,11 @@ def run_nodes(
         return 2
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except Exception:
+        if rclpy.ok():
+            raise
+        # Ctrl-C or SIGTERM while the nodes were being built: rclpy's signal handler shut the
+        # context down under them, and the error that follows is the end of the run, not a bug.
     finally:
         executor.shutdown()
         for node in nodes:

@@ -18,6 +18,7 @@ import threading
 import time
 from typing import Any
 
+import cv2
 from diagnostic_msgs.msg import DiagnosticStatus
 from rclpy.node import Node
 from std_msgs.msg import Bool, Float32
@@ -25,7 +26,7 @@ from std_msgs.msg import Bool, Float32
 from vae_ood_monitor.backends import BACKENDS, BackendError
 from vae_ood_monitor.bundle import BundleError, default_bundle
 from vae_ood_monitor.detector import DEFAULT_DECODE, ModelOutputError, OODDetector
-from vae_ood_monitor.images import DECODES, FrameError, stamp_to_ns
+from vae_ood_monitor.images import DECODES, FrameError, parse_serialized_image
 from vae_ood_monitor.nodes.common import (
     RELIABLE_QOS,
     Diagnostics,
@@ -69,6 +70,10 @@ class DetectorNode(Node):
         self._max_bad = declare(
             self, "max_bad_frames", 15, "bad frames in a row before the detector reports an error"
         )
+        # OpenCV's thread pool splits the flow and resize of a 160x120 frame across threads and
+        # spins while it waits: more CPU per frame than one thread doing it (same pixels: the
+        # split is by rows). ONNX Runtime has its own `threads`.
+        cv2.setNumThreads(1)
         try:
             self.detector = OODDetector.from_path(
                 bundle or str(default_bundle(kind)), backend=backend, threads=threads, decode=decode
@@ -89,13 +94,21 @@ class DetectorNode(Node):
         self._score_pub = self.create_publisher(Float32, f"{kind}/score", RELIABLE_QOS)
         self._ood_pub = self.create_publisher(Bool, f"{kind}/ood", RELIABLE_QOS)
         camera = subscribe_camera(
-            self, transport, robot_topic(self, camera_topic(transport), veh), self._on_frame
+            self,
+            transport,
+            robot_topic(self, camera_topic(transport), veh),
+            self._on_frame,
+            raw=True,  # serialized bytes, parsed in the worker: no rclpy message per frame
         )
         self._topic = camera.topic_name
+        self._raw_image = transport == "raw"
+        # One message of each, refilled per frame: building an rclpy message costs more than
+        # setting its field.
+        self._score_msg, self._ood_msg = Float32(), Bool()
 
         self._lock = threading.Lock()
-        self._newest: tuple[Any, float] | None = None
-        self._displaced: tuple[Any, float] | None = (
+        self._newest: tuple[bytes, float] | None = None
+        self._displaced: tuple[bytes, float] | None = (
             None  # the frame _newest replaced, scored if _newest is bad
         )
         self._wake = threading.Event()
@@ -121,12 +134,12 @@ class DetectorNode(Node):
             f"warm-up {self._warm_up_ms:.0f} ms)"
         )
 
-    def _on_frame(self, msg: Any) -> None:
+    def _on_frame(self, serialized: bytes) -> None:
         with self._lock:
             if self._newest is not None:
                 self.counts["dropped_stale"] += 1
                 self._displaced = self._newest
-            self._newest = (msg, time.monotonic())
+            self._newest = (serialized, time.monotonic())
             self.counts["received"] += 1
         self._input_rate.tick()
         self._wake.set()
@@ -156,14 +169,14 @@ class DetectorNode(Node):
                         raise
                     return
 
-    def _process(self, msg: Any, received: float) -> bool:
-        """Score one frame and publish; False for a bad frame (skipped)."""
+    def _process(self, serialized: bytes, received: float) -> bool:
+        """Score one frame (its serialized message) and publish; False for a bad frame (skipped)."""
         started = time.monotonic()
-        # Motion is measured per second by the frames' header stamps; a camera that leaves them
-        # zero is timed by arrival instead.
-        stamp_ns = stamp_to_ns(msg.header.stamp) or int(received * 1e9)
         try:
-            score = self.detector.score_message(msg, stamp_ns)
+            msg = parse_serialized_image(serialized, self._raw_image)
+            # Motion is measured per second by the frames' header stamps; a camera that leaves
+            # them zero is timed by arrival instead.
+            score = self.detector.score_message(msg, msg.stamp_ns or int(received * 1e9))
         except FrameError as err:
             self._bad_frame("bad_frames", f"bad frame skipped: {err}")
             return False
@@ -176,8 +189,10 @@ class DetectorNode(Node):
         if score is None:  # the flow detector is still filling its stack
             return True
         decision = self.detector.decide(score)
-        self._score_pub.publish(Float32(data=score))
-        self._ood_pub.publish(Bool(data=decision.ood))
+        self._score_msg.data = score
+        self._ood_msg.data = decision.ood
+        self._score_pub.publish(self._score_msg)
+        self._ood_pub.publish(self._ood_msg)
         self._latency.tick((time.monotonic() - received) * 1000.0)
         return True
 

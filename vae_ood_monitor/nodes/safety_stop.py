@@ -35,7 +35,14 @@ from vae_ood_monitor.nodes.common import (
     subscribe_camera,
 )
 from vae_ood_monitor.nodes.detector import diagnostic_name
-from vae_ood_monitor.safety import FUSIONS, SafetyConfig, SafetyStop, State, message_fingerprint
+from vae_ood_monitor.safety import (
+    FUSIONS,
+    SafetyConfig,
+    SafetyStop,
+    State,
+    message_fingerprint,
+    serialized_bool,
+)
 
 
 class SafetyStopNode(Node):
@@ -104,9 +111,11 @@ class SafetyStopNode(Node):
             self.create_subscription(
                 Bool,
                 f"{name}/ood",
-                lambda msg, n=name: self._on_decision(n, msg),
+                lambda serialized, n=name: self._on_decision(n, serialized_bool(serialized)),
                 RELIABLE_QOS,
+                raw=True,  # two decisions a frame: read the byte, build no message
             )
+        self._fused_msg = Bool()  # refilled for each decision
         self._watched = {diagnostic_name(name): name for name in detectors}
         self.create_subscription(
             DiagnosticArray, "/diagnostics", self._on_diagnostics, RELIABLE_QOS
@@ -127,9 +136,10 @@ class SafetyStopNode(Node):
             )
         self.logic.on_camera(time.monotonic(), fingerprint)
 
-    def _on_decision(self, name: str, msg: Bool) -> None:
-        self.logic.on_decision(name, bool(msg.data), time.monotonic())
-        self._fused_pub.publish(Bool(data=self.logic.fused_ood()))
+    def _on_decision(self, name: str, ood: bool) -> None:
+        self.logic.on_decision(name, ood, time.monotonic())
+        self._fused_msg.data = self.logic.fused_ood()
+        self._fused_pub.publish(self._fused_msg)
         self._tick()
 
     def _on_diagnostics(self, msg: DiagnosticArray) -> None:
