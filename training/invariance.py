@@ -55,9 +55,11 @@ def consistency_tune(
     learning_rate: float = 1e-3,
     batch_size: int = 64,
     seed: int = 0,
+    rows_per_epoch: int | None = None,
 ) -> tuple[Path, list[float]]:
     """Fine-tune the encoder of `onnx_path` on `count` training rows; `batch_inputs(rows, rng)`
     gives their changed inputs and the rows of `unchanged` (float32 inputs) they must match.
+    An epoch is `rows_per_epoch` rows drawn at random (default: all of them once).
     Returns the exported ONNX at `out` and the consistency loss per epoch."""
     encoder = torch_encoder(onnx_path)
     shipped = run_onnx(onnx_path, unchanged)
@@ -72,9 +74,9 @@ def consistency_tune(
     rng = np.random.default_rng(seed)
     history: list[float] = []
     for epoch in range(epochs):
-        order = rng.permutation(count)
+        order = rng.permutation(count)[:rows_per_epoch]
         total = 0.0
-        batches = range(0, count, batch_size)
+        batches = range(0, len(order), batch_size)
         for first in tqdm(batches, desc=f"{desc} epoch {epoch + 1}/{epochs}", leave=False):
             changed, target_rows = batch_inputs(np.sort(order[first : first + batch_size]), rng)
             outputs = torch_features(encoder, torch.from_numpy(changed).to(device), band_max)
@@ -86,7 +88,7 @@ def consistency_tune(
             loss.backward()
             optimiser.step()
             total += float(loss.detach()) * len(changed)
-        history.append(round(total / count, 5))
+        history.append(round(total / len(order), 5))
         tqdm.write(f"{desc} epoch {epoch + 1}: consistency loss {history[-1]}")
     out.parent.mkdir(parents=True, exist_ok=True)
     shape = onnx_input_shape(onnx_path)

@@ -97,7 +97,13 @@ def main(argv: list[str] | None = None) -> int:
         help="datasets with a validation split (default: --data)",
     )
     parser.add_argument("--flow", type=Path, help="bundle to tune (default: the runtime's)")
-    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument(
+        "--stacks-per-epoch",
+        type=int,
+        default=4096,
+        help="stacks drawn per epoch and encoder (default 4096; 0: all of them)",
+    )
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--workers", type=int, default=2, help="flow/replay processes")
     parser.add_argument("--device", default="auto", help="auto|cpu|cuda|cuda:N (training.device)")
@@ -144,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
                 hardware,
                 f"camera rate {name}",
                 args.learning_rate,
+                rows_per_epoch=args.stacks_per_epoch or None,
             )
         provenance = {
             "from_bundle": str(source),
@@ -152,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
             "rows": [r.name for r in RATE_ROWS],
             "stacks": {"unchanged": len(unchanged), "changed": len(changed) - len(unchanged)},
             "epochs": args.epochs,
+            "stacks_per_epoch": args.stacks_per_epoch,
             "loss": history,
         }
         tuned = write_tuned_bundle(
