@@ -8,7 +8,8 @@ maps), intersections_more (10.8k more there), more_maps (14.4k ID train frames o
 traffic_lights (6k ID frames by traffic lights). Held-out drives for the nuisance evaluation
 (docs/normal.md): heldout_id (ID drives at 60 Hz on the test maps), decorated_test (the same on
 decorated test maps), heldout_onsets (one onset per OOD scenario); photometric_reference (1.8k ID
-frames on the train maps).
+frames on the train maps). decorated_tune (9k frames with objects beside the road) and
+decorated_tune_plain (its 3.6k train frames without them, pose for pose; docs/data.md).
 
 The simulator runs in its own venv (numpy 1.23, pyglet 1.5) as `training.data.sim_worker`
 subprocesses that stream raw frames; this process (main venv) applies camera-side corruptions,

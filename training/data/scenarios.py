@@ -332,9 +332,10 @@ PRESETS: dict[str, Preset] = {
     ),
     # The β-VAE's fine-tuning for decorated towns (issue 30): ID drives on the train and
     # intersection maps with 30 objects of a town beside the road (houses, buildings, trees, parked
-    # buses and trucks, duckies, cones, barriers, signs; udem1 and zigzag_dists have 10-14 on
-    # maps of their size, the more so most frames see some), and validation drives there with one
-    # onset of every OOD scenario among them: objects *in* the lane must still be flagged.
+    # buses and trucks, duckies, cones, barriers, signs; udem1 and zigzag_dists stand 10-14 on
+    # larger maps, these more, so that most frames show some), and validation drives on the
+    # validation maps with one onset of every OOD scenario among them: objects *in* the lane must
+    # still be flagged where objects beside it are normal.
     "decorated_tune": _DECORATED_TUNE,
     # The same train drives without the decorations: the robot drives the same poses frame by
     # frame (decorations are scenery), so `train/<name>` frame i pairs with decorated_tune's.
@@ -344,6 +345,28 @@ PRESETS: dict[str, Preset] = {
         splits={"train": _DECORATED_TUNE.splits["train"]},
         scenarios=(),
         decorations=0,
+    ),
+    # Calibration drives for the students tuned to the normal table (training.tune_bvae,
+    # training.tune_flow): new drives on the train and intersection maps, plain and with a town's
+    # decorations beside the road, to merge with the tuning presets' validation splits.
+    "normal_calibration": Preset(
+        name="normal_calibration",
+        frames=300,
+        onset_range=(90, 180),
+        splits={"calibration": SplitPlan(TRAIN_MAPS + INTERSECTION_MAPS, id_episodes=10)},
+        scenarios=(),
+        seed_offset=55_000,
+        fps=30.0,
+    ),
+    "normal_calibration_decorated": Preset(
+        name="normal_calibration_decorated",
+        frames=300,
+        onset_range=(90, 180),
+        splits={"calibration": SplitPlan(TRAIN_MAPS + INTERSECTION_MAPS, id_episodes=10)},
+        scenarios=(),
+        seed_offset=65_000,
+        fps=30.0,
+        decorations=30,
     ),
     # One in-distribution drive that turns foggy: the shipped demo bag (demo/demo_fog_onset).
     "demo": Preset(
