@@ -33,6 +33,7 @@ from training.adapt.encoders import (
 from training.dataset import episodes
 from training.device import Hardware
 from training.export import BandMax
+from training.pipeline import recalibrate
 from training.trainer import set_seeds
 from vae_ood_monitor.backends import POOLED_OUTPUT
 from vae_ood_monitor.bundle import edit_meta, load_bundle
@@ -96,19 +97,30 @@ def consistency_tune(
 
 
 def write_tuned_bundle(
-    source: Path, encoders: dict[str, Path], out: Path, key: str, provenance: dict[str, object]
+    source: Path,
+    encoders: dict[str, Path],
+    out: Path,
+    key: str,
+    provenance: dict[str, object],
+    calibration: Path | None = None,
 ) -> Path:
     """A copy of `source` with its encoders replaced by `encoders` (name: ONNX file) and
-    `provenance[key]` saying how; score, calibration scores and decision kept."""
-    shutil.copytree(load_bundle(source).path, out)
+    `provenance[key]` saying how. Without `calibration` the score, calibration scores and decision
+    are kept; with it they are fitted again on that dataset's calibration and validation drives,
+    as recorded and as other normal cameras give them (training.pipeline.recalibrate)."""
+    staging = out.with_name(out.name + ".encoders") if calibration else out
+    shutil.copytree(load_bundle(source).path, staging)
     for name, file in encoders.items():
-        shutil.copyfile(file, out / f"{name}.onnx")
+        shutil.copyfile(file, staging / f"{name}.onnx")
 
     def record(meta: dict) -> None:
         meta["provenance"][key] = provenance
         meta["provenance"].pop("shipped_as", None)
 
-    edit_meta(out, record)
+    edit_meta(staging, record)
+    if calibration is not None:
+        recalibrate(staging, calibration, out, normal_variation=True)
+        shutil.rmtree(staging)
     load_bundle(out)
     return out
 

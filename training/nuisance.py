@@ -184,6 +184,31 @@ NORMAL_ROWS: tuple[Row, ...] = (
     Row("decorated town", decorated=True),
 )
 ROWS_BY_NAME = {row.name: row for row in NORMAL_ROWS}
+# The rows a camera-rate variant is drawn from (training.tune_flow, normal_variant).
+RATE_ROWS: tuple[Row, ...] = tuple(
+    r for r in NORMAL_ROWS if (r.rate_hz != NOMINAL_HZ or r.lost) and r.transform is None
+)
+
+
+def photometric(gain: float, contrast_factor: float, shift: float) -> FrameTransform:
+    """White balance and exposure gain, then contrast: one camera's setting within the table."""
+    balance, stretch = white_balance(shift), contrast(contrast_factor)
+    scaled = exposure(gain)
+    return lambda rgb, rng: stretch(scaled(balance(rgb, rng), rng), rng)
+
+
+def normal_variant(detector: str, episode: Episode) -> Row:
+    """A drive as another normal camera would give it, drawn per drive (seeded by its name): for
+    the β-VAE a photometric setting within the table (gain 0.7-1.4 log-uniform, contrast ±20 %,
+    white balance ±10 %), for the flow VAE one of the camera-rate rows. Calibrating on these
+    replays beside the recorded drives makes the table's variation part of the ID scores."""
+    rng = np.random.default_rng(_seed(episode.name, detector, "variant"))
+    if detector == "flow":
+        return RATE_ROWS[int(rng.integers(len(RATE_ROWS)))]
+    gain = float(np.exp(rng.uniform(np.log(0.7), np.log(1.4))))
+    factor, shift = float(rng.uniform(0.8, 1.2)), float(rng.uniform(-0.1, 0.1))
+    name = f"photometric gain {gain:.2f} contrast {factor:.2f} white balance {shift:+.2f}"
+    return Row(name, transform=photometric(gain, factor, shift))
 
 
 def _seed(*parts: str) -> int:

@@ -28,6 +28,7 @@ import onnx
 import torch
 from tqdm import tqdm
 
+from training import nuisance
 from training.calibrate import (
     CROSS_FITS,
     DEFAULT_SCORE_CANDIDATES,
@@ -244,12 +245,15 @@ def calibrate_and_bundle(
     id_budget: float = 0.0,
     score_kinds: tuple[str, ...] = DEFAULT_SCORE_CANDIDATES,
     mixture_seed: int = 0,
+    normal_variation: bool = False,
 ) -> CalibratedBundle:
     """Calibrate exported encoders and tune their decision; writes the bundle to `bundle_dir`.
 
     Everything runs through the onboard detector class (ONNX Runtime, onboard preprocessing): the
     score candidates are fitted on every calibration frame and the best is chosen on the
-    validation split, where the decision is tuned too (training.calibrate).
+    validation split, where the decision is tuned too (training.calibrate). With
+    `normal_variation`, every calibration and validation drive is also replayed as another normal
+    camera would give it (training.nuisance.normal_variant), so the table's variation is ID.
     """
     provenance = {
         **provenance,
@@ -271,17 +275,28 @@ def calibrate_and_bundle(
         np.zeros(1),
         DecisionParams(),
     )
+
+    def streams(episode: Episode) -> Iterator[tuple[list, list[bool], list[int] | None]]:
+        """(frames, labels, header stamps or None) of the drive as recorded, and as replayed."""
+        frames, labels = zip(*iter_frames(episode))
+        yield list(frames), list(labels), None
+        if normal_variation:
+            replayed = list(nuisance.replay(episode, nuisance.normal_variant(kind, episode)))
+            frames, stamps, labels = zip(*replayed)
+            yield list(frames), list(labels), [round(t * 1e9) for t in stamps]
+
     calibration = [
-        detector.encode_stream(rgb for rgb, _ in iter_frames(e))[2]
+        detector.encode_stream(frames, stamps_ns=stamps)[2]
         for e in _progress(episodes(data, "calibration"), f"{kind}: calibration")
+        for frames, _, stamps in streams(e)
     ]
     validation_latents = []
     for episode in _progress(episodes(data, "validation"), f"{kind}: validation"):
-        frames, labels = zip(*iter_frames(episode))
-        count, rows, latents = detector.encode_stream(frames)
-        validation_latents.append(
-            (episode, count, rows, latents, np.asarray(labels, dtype=bool)[rows])
-        )
+        for frames, labels, stamps in streams(episode):
+            count, rows, latents = detector.encode_stream(frames, stamps_ns=stamps)
+            validation_latents.append(
+                (episode, count, rows, latents, np.asarray(labels, dtype=bool)[rows])
+            )
     bands = {
         name: width for name, path in onnx_files.items() if (width := band_count(path))
     }  # the band scores'
@@ -342,6 +357,7 @@ def recalibrate(
     score_kinds: tuple[str, ...] | None = None,
     band_max: BandMax | None = None,
     mixture_seed: int | None = None,
+    normal_variation: bool = False,
 ) -> Path:
     """Refit the score and retune the decision of an existing bundle's encoders on `data` (adding
     their `pooled` output where it is missing, training.export) — e.g.
@@ -351,7 +367,8 @@ def recalibrate(
     may leave above it, `score_kinds`: the score kinds validation chooses among
     (training.calibrate), `band_max`: pooled features gain these band maxima
     (training.export.BandMax); None: as the bundle was; `mixture_seed`: seeds the mixture scores'
-    EM starts (None: as the bundle was, else 0)."""
+    EM starts (None: as the bundle was, else 0); `normal_variation`: calibrate and validate on
+    the drives replayed as other normal cameras give them too (calibrate_and_bundle)."""
     check_calibration_splits(data)
     bundle = load_bundle(bundle_dir)
     if extrapolate is None:
@@ -443,6 +460,7 @@ def recalibrate(
             id_budget=id_budget,
             score_kinds=score_kinds,
             mixture_seed=mixture_seed,
+            normal_variation=normal_variation,
         ).path
 
 
@@ -535,8 +553,17 @@ def main(argv: list[str] | None = None) -> int:
         "rests on one fit "
         "(docs/results.md; default: as the bundle was, else 0)",
     )
+    parser.add_argument(
+        "--normal-variation",
+        action="store_true",
+        help="with --recalibrate: also replay every calibration and validation drive as another "
+        "normal camera gives it (β-VAE: exposure, contrast, white balance; flow: camera rate and "
+        "lost frames; docs/normal.md), so the score and decision take that variation as ID",
+    )
     add_arguments(parser)
     args = parser.parse_args(argv)
+    if args.normal_variation and not args.recalibrate:
+        parser.error("--normal-variation needs --recalibrate BUNDLE")
     if args.mixture_seed is not None and not args.recalibrate:
         parser.error("--mixture-seed needs --recalibrate BUNDLE")
     if args.mixture_seed is not None and args.mixture_seed < 0:
@@ -569,6 +596,7 @@ def main(argv: list[str] | None = None) -> int:
                     args.scores,
                     args.band_max,
                     args.mixture_seed,
+                    args.normal_variation,
                 )
                 print(f"recalibrated {bundle}")
                 return 0

@@ -197,6 +197,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--workers", type=int, default=2, help="decoding/replay processes")
     parser.add_argument("--device", default="auto", help="auto|cpu|cuda|cuda:N (training.device)")
+    parser.add_argument(
+        "--calibration",
+        type=Path,
+        help="dataset to fit score and decision on again, its drives also replayed through the "
+        "normal table (default: keep the source bundle's)",
+    )
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--force", action="store_true", help="replace an existing --out")
     args = parser.parse_args(argv)
@@ -237,7 +243,12 @@ def main(argv: list[str] | None = None) -> int:
             "ranges": asdict(PhotometricRanges()),
         }
         tuned = write_tuned_bundle(
-            source, {"image": encoder}, args.out / "bundle", "normal_tuning", provenance
+            source,
+            {"image": encoder},
+            args.out / "bundle",
+            "normal_tuning",
+            provenance,
+            args.calibration,
         )
         shutil.rmtree(args.out / "work")
         validation_report(

@@ -34,9 +34,7 @@ from training.invariance import consistency_tune, validation_report, write_tuned
 from vae_ood_monitor.bundle import BundleError, default_bundle, load_bundle
 from vae_ood_monitor.preprocessing import FlowPreprocessing, FlowStacker
 
-# The normal table's rate rows (training.nuisance) a train drive is replayed through.
-RATE_ROWS = tuple(r for r in nuisance.NORMAL_ROWS if r.rate_hz != nuisance.NOMINAL_HZ or r.lost)
-RATE_ROWS = tuple(r for r in RATE_ROWS if r.speed == 1.0 and r.transform is None)
+RATE_ROWS = nuisance.RATE_ROWS  # the rate rows a train drive is replayed through
 VALIDATION_ROWS = (nuisance.AS_RECORDED, *RATE_ROWS)
 
 
@@ -107,6 +105,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--workers", type=int, default=2, help="flow/replay processes")
     parser.add_argument("--device", default="auto", help="auto|cpu|cuda|cuda:N (training.device)")
+    parser.add_argument(
+        "--calibration",
+        type=Path,
+        help="dataset to fit score and decision on again, its drives also replayed through the "
+        "normal table (default: keep the source bundle's)",
+    )
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--force", action="store_true", help="replace an existing --out")
     args = parser.parse_args(argv)
@@ -163,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
             "loss": history,
         }
         tuned = write_tuned_bundle(
-            source, tuned_files, args.out / "bundle", "normal_tuning", provenance
+            source, tuned_files, args.out / "bundle", "normal_tuning", provenance, args.calibration
         )
         shutil.rmtree(args.out / "work")
         validation_report(

@@ -12,7 +12,7 @@ import pytest
 from support import tiny_bundle
 from training_support import write_dataset
 
-from training import tune_bvae, tune_flow
+from training import nuisance, tune_bvae, tune_flow
 from training.dataset import episodes, iter_frames
 from vae_ood_monitor.bundle import BUNDLE_FILE, load_bundle
 from vae_ood_monitor.preprocessing import FlowStacker
@@ -23,6 +23,8 @@ def tiny_data(tmp_path_factory):
     specs = [
         ("train_id_001", "id", 30.0, 45, None),
         ("train_id_002", "id", 30.0, 45, None),
+        ("calibration_id_001", "id", 30.0, 60, None),
+        ("calibration_id_002", "id", 30.0, 60, None),
         ("validation_id_001", "id", 30.0, 60, None),
         ("validation_black_onset_001", "black", 30.0, 60, 40),
     ]
@@ -81,3 +83,35 @@ def test_a_bundle_of_the_other_detector_is_refused_in_one_line(tiny_data, tmp_pa
     argv = ["--data", str(tiny_data), "--flow", str(source), "--out", str(tmp_path / "o")]
     assert tune_flow.main(argv) == 1
     assert "camera-rate tuning is for flow bundles" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("module", "bundle", "flag"),
+    [(tune_flow, "flow_tiny", "--flow"), (tune_bvae, "bvae_tiny", "--bvae")],
+)
+def test_with_calibration_the_score_and_decision_are_fitted_again_on_the_varied_drives(
+    tiny_data, tmp_path, module, bundle, flag
+):
+    source = tiny_bundle(bundle, tmp_path)
+    out = tmp_path / "out"
+    argv = ["--data", str(tiny_data), "--epochs", "1", "--workers", "1", "--device", "cpu"]
+    argv += [flag, str(source), "--calibration", str(tiny_data), "--out", str(out)]
+    assert module.main(argv) == 0
+    meta = json.loads((out / "bundle" / BUNDLE_FILE).read_text())
+    assert meta["provenance"]["recalibrated_from"]["bundle"].endswith("bundle.encoders")
+    assert meta["provenance"]["normal_tuning"]["epochs"] == 1
+    assert (
+        meta["calibration_scores"]
+        != json.loads((source / BUNDLE_FILE).read_text())["calibration_scores"]
+    )
+    assert not (out / "bundle.encoders").exists()
+    load_bundle(out / "bundle")
+
+
+def test_normal_variants_are_drawn_per_drive_within_the_table(tiny_data):
+    drive = episodes(tiny_data, "calibration")[0]
+    assert nuisance.normal_variant("flow", drive) in nuisance.RATE_ROWS
+    variant = nuisance.normal_variant("bvae", drive)
+    assert variant == nuisance.normal_variant("bvae", drive)  # seeded by the drive's name
+    rgb = np.full((4, 4, 3), 100, np.uint8)
+    assert 100 * 0.7 * 0.9 - 1 <= variant.transform(rgb, None).mean() <= 100 * 1.4 * 1.1 + 1

@@ -16,7 +16,12 @@ import torch
 from support import synthetic_frames
 
 from training.data.episodes import EpisodeInfo, EpisodeWriter
-from training.data.generate import DEFAULT_SIM_PYTHON, MANIFEST_FILE, manifest_entry
+from training.data.generate import (
+    DEFAULT_SIM_PYTHON,
+    MANIFEST_FILE,
+    dataset_sha256,
+    manifest_entry,
+)
 from training.export import export_encoder, write_bundle
 from training.models import VAE, VAEConfig
 from vae_ood_monitor.decision import DecisionParams
@@ -95,7 +100,8 @@ def write_dataset(
                 writer.add_frame(np.zeros_like(rgb) if ood else rgb, ood)
         entries.append(manifest_entry(path, part, name))
         splits.setdefault(part, []).append(name)
-    (root / MANIFEST_FILE).write_text(json.dumps({"splits": splits, "episodes": entries}))
+    manifest = {"dataset_sha256": dataset_sha256(entries), "splits": splits, "episodes": entries}
+    (root / MANIFEST_FILE).write_text(json.dumps(manifest))
     return root
 
 
