@@ -51,7 +51,9 @@ def paired_episodes(decorated: Path, plain: Path) -> list[tuple[dict[str, Any], 
             continue
         for key in ("map", "seed", "frames"):
             if row[key] != twin[key]:
-                raise SystemExit(f"pairs: {row['path']}: {key} {row[key]} != {twin[key]}")
+                raise SystemExit(
+                    f"pairs: {row['split']}/{row['name']}: {key} {row[key]} != {twin[key]}"
+                )
         pairs.append((row, twin))
     if not pairs:
         raise SystemExit(f"pairs: {decorated} and {plain} have no episode in common")
