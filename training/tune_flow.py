@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         type=Path,
         nargs="+",
         action="extend",
-        help="datasets with a validation split (default: --data)",
+        help="datasets whose validation splits the tuned bundle is checked on (none: no check)",
     )
     parser.add_argument("--flow", type=Path, help="bundle to tune (default: the runtime's)")
     parser.add_argument("--epochs", type=int, default=4)
@@ -110,6 +110,11 @@ def main(argv: list[str] | None = None) -> int:
         type=Path,
         help="dataset to fit score and decision on again, its drives also replayed through the "
         "normal table (default: keep the source bundle's)",
+    )
+    parser.add_argument(
+        "--compare",
+        action="store_true",
+        help="validate the source bundle too, side by side (twice the replays)",
     )
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--force", action="store_true", help="replace an existing --out")
@@ -170,19 +175,21 @@ def main(argv: list[str] | None = None) -> int:
             source, tuned_files, args.out / "bundle", "normal_tuning", provenance, args.calibration
         )
         shutil.rmtree(args.out / "work")
-        validation_report(
-            "flow",
-            args.validation or args.data,
-            {"source": bundle.path, "tuned": tuned},
-            VALIDATION_ROWS,
-            args.out,
-            args.workers,
-            {"source": source, "stacks": provenance["stacks"], "loss": history},
-        )
+        if args.validation:
+            validation_report(
+                "flow",
+                args.validation,
+                {"source": bundle.path, "tuned": tuned} if args.compare else {"tuned": tuned},
+                VALIDATION_ROWS,
+                args.out,
+                args.workers,
+                {"source": source, "stacks": provenance["stacks"], "loss": history},
+            )
     except (DatasetError, BundleError, EncoderRebuildError, DeviceError) as err:
         print(f"tune_flow: {err}", file=sys.stderr)
         return 1
-    print((args.out / "report.md").read_text())
+    if args.validation:
+        print((args.out / "report.md").read_text())
     print(f"tune_flow: tuned bundle {tuned}, report {args.out / 'report.md'}")
     return 0
 

@@ -61,6 +61,7 @@ def test_tuning_writes_a_verified_bundle_and_a_validation_report(
     source = tiny_bundle(bundle, tmp_path)
     out = tmp_path / "out"
     argv = ["--data", str(tiny_data), "--epochs", "2", "--workers", "1", "--device", "cpu"]
+    argv += ["--validation", str(tiny_data), "--compare"]
     assert module.main([*argv, flag, str(source), "--out", str(out)]) == 0
     tuned = load_bundle(out / "bundle")  # checksums verified
     meta = json.loads((out / "bundle" / BUNDLE_FILE).read_text())
