@@ -212,3 +212,15 @@ def test_the_message_fingerprint_ignores_the_stamp_and_sees_new_frames():
     ), "a live sensor's noise changes the sampled bytes"
     assert len(raw(frames[0], 1)) > MAX_HASHED_BYTES, "the raw frame is sampled"
     assert message_fingerprint(b"\x00\x07\x00\x00" + bytes(100)) is None, "not classic CDR"
+
+
+def test_a_serialized_decision_reads_as_its_value_and_an_unreadable_one_as_stop():
+    """The safety stop takes the detectors' std_msgs/Bool decisions serialized."""
+    from rclpy.serialization import serialize_message
+    from std_msgs.msg import Bool
+
+    from vae_ood_monitor.safety import serialized_bool
+
+    assert serialized_bool(serialize_message(Bool(data=True))) is True
+    assert serialized_bool(serialize_message(Bool(data=False))) is False
+    assert serialized_bool(b"\x00\x01\x00") is True, "too short to hold a value: stop"
