@@ -119,7 +119,12 @@ def write_tuned_bundle(
 
     edit_meta(staging, record)
     if calibration is not None:
-        recalibrate(staging, calibration, out, normal_variation=True)
+        # Fitted beside `out` and renamed when done: an interrupted fit leaves no bundle behind
+        # that a recipe's `creates:` would take for a finished one.
+        partial = out.with_name(out.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        recalibrate(staging, calibration, partial, normal_variation=True)
+        partial.rename(out)
         shutil.rmtree(staging)
     load_bundle(out)
     return out
