@@ -271,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if args.validation:
         print((args.out / "report.md").read_text())
-        print(f"tune_bvae: validation report {{args.out / 'report.md'}}")
+        print(f"tune_bvae: validation report {args.out / 'report.md'}")
     print(f"tune_bvae: tuned bundle {tuned}")
     return 0
 

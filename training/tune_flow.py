@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if args.validation:
         print((args.out / "report.md").read_text())
-        print(f"tune_flow: validation report {{args.out / 'report.md'}}")
+        print(f"tune_flow: validation report {args.out / 'report.md'}")
     print(f"tune_flow: tuned bundle {tuned}")
     return 0
 
