@@ -177,5 +177,8 @@ class CameraClient:
 
     def close(self) -> None:
         self._executor.shutdown()
+        # A spin thread still inside rclpy's wait when the interpreter exits aborts the process
+        # ("terminate called without an active exception", ros2/rclpy#1484): let it finish first.
+        self._spin.join(timeout=5.0)
         self._node.destroy_node()
         rclpy.shutdown(context=self._context)
