@@ -103,11 +103,13 @@ def write_tuned_bundle(
     key: str,
     provenance: dict[str, object],
     calibration: Path | None = None,
+    id_budget: float | None = None,
 ) -> Path:
     """A copy of `source` with its encoders replaced by `encoders` (name: ONNX file) and
     `provenance[key]` saying how. Without `calibration` the score, calibration scores and decision
     are kept; with it they are fitted again on that dataset's calibration and validation drives,
-    as recorded and as other normal cameras give them (training.pipeline.recalibrate)."""
+    as recorded and as other normal cameras give them (training.pipeline.recalibrate), the alarm
+    level leaving `id_budget` of the validation ID frames above it (None: as the source)."""
     staging = out.with_name(out.name + ".encoders") if calibration else out
     shutil.copytree(load_bundle(source).path, staging)
     for name, file in encoders.items():
@@ -123,7 +125,7 @@ def write_tuned_bundle(
         # that a recipe's `creates:` would take for a finished one.
         partial = out.with_name(out.name + ".partial")
         shutil.rmtree(partial, ignore_errors=True)
-        recalibrate(staging, calibration, partial, normal_variation=True)
+        recalibrate(staging, calibration, partial, id_budget=id_budget, normal_variation=True)
         partial.rename(out)
         shutil.rmtree(staging)
     load_bundle(out)

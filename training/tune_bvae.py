@@ -37,6 +37,7 @@ import numpy as np
 
 from training import nuisance
 from training.adapt.encoders import EncoderRebuildError, bundle_band_max
+from training.calibrate import MAX_ID_BUDGET
 from training.dataset import (
     DatasetError,
     Episode,
@@ -204,6 +205,12 @@ def main(argv: list[str] | None = None) -> int:
         "normal table (default: keep the source bundle's)",
     )
     parser.add_argument(
+        "--id-budget",
+        type=float,
+        help="with --calibration: the share of validation ID frames the alarm level may leave "
+        "above it (default: the source bundle's)",
+    )
+    parser.add_argument(
         "--compare",
         action="store_true",
         help="validate the source bundle too, side by side (twice the replays)",
@@ -211,6 +218,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--force", action="store_true", help="replace an existing --out")
     args = parser.parse_args(argv)
+    if args.id_budget is not None and not 0.0 <= args.id_budget <= MAX_ID_BUDGET:
+        parser.error(f"--id-budget must be within 0..{MAX_ID_BUDGET}, got {args.id_budget}")
     source = args.bvae or default_bundle("bvae")
     if args.out.exists() and not args.force:
         print(f"tune_bvae: {args.out} exists (use --force to replace it)", file=sys.stderr)
@@ -254,6 +263,7 @@ def main(argv: list[str] | None = None) -> int:
             "normal_tuning",
             provenance,
             args.calibration,
+            args.id_budget,
         )
         shutil.rmtree(args.out / "work")
         if args.validation:
