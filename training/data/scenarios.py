@@ -192,6 +192,16 @@ _DECORATED_TUNE = Preset(
     decorations=30,
 )
 
+_NORMAL_CALIBRATION = Preset(
+    name="normal_calibration",
+    frames=300,
+    onset_range=(90, 180),
+    splits={"calibration": SplitPlan(TRAIN_MAPS + INTERSECTION_MAPS, id_episodes=10)},
+    scenarios=(),
+    seed_offset=55_000,
+    fps=30.0,
+)
+
 PRESETS: dict[str, Preset] = {
     "default": Preset(
         name="default",
@@ -349,23 +359,11 @@ PRESETS: dict[str, Preset] = {
     # Calibration drives for the students tuned to the normal table (training.tune_bvae,
     # training.tune_flow): new drives on the train and intersection maps, plain and with a town's
     # decorations beside the road, to merge with the tuning presets' validation splits.
-    "normal_calibration": Preset(
-        name="normal_calibration",
-        frames=300,
-        onset_range=(90, 180),
-        splits={"calibration": SplitPlan(TRAIN_MAPS + INTERSECTION_MAPS, id_episodes=10)},
-        scenarios=(),
-        seed_offset=55_000,
-        fps=30.0,
-    ),
-    "normal_calibration_decorated": Preset(
+    "normal_calibration": _NORMAL_CALIBRATION,
+    "normal_calibration_decorated": replace(
+        _NORMAL_CALIBRATION,
         name="normal_calibration_decorated",
-        frames=300,
-        onset_range=(90, 180),
-        splits={"calibration": SplitPlan(TRAIN_MAPS + INTERSECTION_MAPS, id_episodes=10)},
-        scenarios=(),
         seed_offset=65_000,
-        fps=30.0,
         decorations=30,
     ),
     # One in-distribution drive that turns foggy: the shipped demo bag (demo/demo_fog_onset).
