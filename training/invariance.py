@@ -12,6 +12,7 @@ of its spread over the unchanged inputs.
 
 from __future__ import annotations
 
+import argparse
 import csv
 import shutil
 from collections.abc import Callable
@@ -36,7 +37,7 @@ from training.export import BandMax
 from training.pipeline import recalibrate
 from training.trainer import set_seeds
 from vae_ood_monitor.backends import POOLED_OUTPUT
-from vae_ood_monitor.bundle import edit_meta, load_bundle
+from vae_ood_monitor.bundle import Bundle, edit_meta, load_bundle
 
 OUTPUTS = ("mu", "logvar", POOLED_OUTPUT)
 # Changed inputs and, per row, the row of the unchanged input whose outputs are its target.
@@ -130,6 +131,80 @@ def write_tuned_bundle(
         shutil.rmtree(staging)
     load_bundle(out)
     return out
+
+
+def add_arguments(parser: argparse.ArgumentParser, detector: str, epochs: int, data: str) -> None:
+    """The options training.tune_bvae and training.tune_flow share; `data`: what --data is for."""
+    parser.add_argument("--data", type=Path, nargs="+", action="extend", required=True, help=data)
+    parser.add_argument(
+        "--validation",
+        type=Path,
+        nargs="+",
+        action="extend",
+        help="datasets whose validation splits the tuned bundle is checked on (none: no check)",
+    )
+    parser.add_argument(f"--{detector}", type=Path, help="bundle to tune (default: the runtime's)")
+    parser.add_argument("--epochs", type=int, default=epochs)
+    parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument("--workers", type=int, default=2, help="decoding/replay processes")
+    parser.add_argument("--device", default="auto", help="auto|cpu|cuda|cuda:N (training.device)")
+    parser.add_argument(
+        "--calibration",
+        type=Path,
+        help="dataset to fit score and decision on again, its drives also replayed through the "
+        "normal table (default: keep the source bundle's)",
+    )
+    parser.add_argument(
+        "--compare",
+        action="store_true",
+        help="validate the source bundle too, side by side (twice the replays)",
+    )
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--force", action="store_true", help="replace an existing --out")
+
+
+def finish(
+    args: argparse.Namespace,
+    detector: str,
+    source: Bundle,
+    encoders: dict[str, Path],
+    provenance: dict[str, object],
+    rows: tuple[nuisance.Row, ...],
+    facts: dict[str, object],
+    id_budget: float | None = None,
+) -> Path:
+    """A tuning run's end: the tuned bundle in OUT/bundle (write_tuned_bundle), the work folder
+    removed, and with --validation the validation report in OUT."""
+    tuned = write_tuned_bundle(
+        source.path,
+        encoders,
+        args.out / "bundle",
+        "normal_tuning",
+        provenance,
+        args.calibration,
+        id_budget,
+    )
+    shutil.rmtree(args.out / "work")
+    if args.validation:
+        compared = {"source": source.path} if args.compare else {}
+        validation_report(
+            detector,
+            args.validation,
+            {**compared, "tuned": tuned},
+            rows,
+            args.out,
+            args.workers,
+            facts,
+        )
+    return tuned
+
+
+def print_result(prog: str, args: argparse.Namespace, tuned: Path) -> None:
+    """What a tuning run made: the validation report (if any) and the bundle."""
+    if args.validation:
+        print((args.out / "report.md").read_text())
+        print(f"{prog}: validation report {args.out / 'report.md'}")
+    print(f"{prog}: tuned bundle {tuned}")
 
 
 def validation_report(

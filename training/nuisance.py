@@ -66,6 +66,12 @@ LEARNED = ("bvae", "flow", "fused", "bvae_raw", "flow_raw")
 BASELINE_QUANTILE = 0.999  # baseline threshold: 0.1 % of the as-recorded ID frames above it
 
 FrameTransform = Callable[[np.ndarray, np.random.Generator], np.ndarray]
+# The table's photometric ranges (docs/normal.md), which training draws normal cameras from:
+# exposure gain (drawn log-uniformly), contrast factor, white-balance shift, noise σ (grey levels).
+EXPOSURE_GAINS = (0.7, 1.4)
+CONTRAST_FACTORS = (0.8, 1.2)
+WHITE_BALANCE_SHIFT = 0.1
+NOISE_SIGMA = 4.0
 
 
 def exposure(gain: float) -> FrameTransform:
@@ -205,8 +211,9 @@ def normal_variant(detector: str, episode: Episode) -> Row:
     rng = np.random.default_rng(_seed(episode.name, detector, "variant"))
     if detector == "flow":
         return RATE_ROWS[int(rng.integers(len(RATE_ROWS)))]
-    gain = float(np.exp(rng.uniform(np.log(0.7), np.log(1.4))))
-    factor, shift = float(rng.uniform(0.8, 1.2)), float(rng.uniform(-0.1, 0.1))
+    gain = float(np.exp(rng.uniform(*np.log(EXPOSURE_GAINS))))
+    factor = float(rng.uniform(*CONTRAST_FACTORS))
+    shift = float(rng.uniform(-WHITE_BALANCE_SHIFT, WHITE_BALANCE_SHIFT))
     name = f"photometric gain {gain:.2f} contrast {factor:.2f} white balance {shift:+.2f}"
     return Row(name, transform=photometric(gain, factor, shift))
 

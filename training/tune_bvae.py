@@ -46,7 +46,7 @@ from training.dataset import (
     load_manifest,
 )
 from training.device import DeviceError, Hardware, setup
-from training.invariance import consistency_tune, validation_report, write_tuned_bundle
+from training.invariance import add_arguments, consistency_tune, finish, print_result
 from vae_ood_monitor.bundle import Bundle, BundleError, default_bundle, load_bundle
 from vae_ood_monitor.preprocessing import ImagePreprocessing
 
@@ -55,10 +55,10 @@ from vae_ood_monitor.preprocessing import ImagePreprocessing
 class PhotometricRanges:
     """The normal table's photometric ranges (docs/normal.md) the augmentation draws from."""
 
-    gain: tuple[float, float] = (0.7, 1.4)  # exposure, drawn log-uniformly
-    contrast: tuple[float, float] = (0.8, 1.2)
-    white_balance: float = 0.1  # red × (1 + s), blue × (1 − s), |s| ≤ this
-    noise_sigma: float = 4.0  # grey levels
+    gain: tuple[float, float] = nuisance.EXPOSURE_GAINS  # drawn log-uniformly
+    contrast: tuple[float, float] = nuisance.CONTRAST_FACTORS
+    white_balance: float = nuisance.WHITE_BALANCE_SHIFT  # red × (1 + s), blue × (1 − s)
+    noise_sigma: float = nuisance.NOISE_SIGMA  # grey levels
     unchanged_share: float = 0.2  # frames left as they are, so the clean features stay put
 
 
@@ -169,13 +169,8 @@ def main(argv: list[str] | None = None) -> int:
         description="Fine-tune the β-VAE student's encoder so that normal photometric variation "
         "and scenery beside the road leave its features where they are: OUT/bundle, report in OUT.",
     )
-    parser.add_argument(
-        "--data",
-        type=Path,
-        nargs="+",
-        action="extend",
-        required=True,
-        help="datasets whose train-split ID drives are changed photometrically",
+    add_arguments(
+        parser, "bvae", 20, "datasets whose train-split ID drives are changed photometrically"
     )
     parser.add_argument(
         "--pairs",
@@ -187,36 +182,11 @@ def main(argv: list[str] | None = None) -> int:
         help="a dataset of drives with scenery beside the road and its twin without (repeatable)",
     )
     parser.add_argument(
-        "--validation",
-        type=Path,
-        nargs="+",
-        action="extend",
-        help="datasets whose validation splits the tuned bundle is checked on (none: no check)",
-    )
-    parser.add_argument("--bvae", type=Path, help="bundle to tune (default: the runtime's)")
-    parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--learning-rate", type=float, default=1e-3)
-    parser.add_argument("--workers", type=int, default=2, help="decoding/replay processes")
-    parser.add_argument("--device", default="auto", help="auto|cpu|cuda|cuda:N (training.device)")
-    parser.add_argument(
-        "--calibration",
-        type=Path,
-        help="dataset to fit score and decision on again, its drives also replayed through the "
-        "normal table (default: keep the source bundle's)",
-    )
-    parser.add_argument(
         "--id-budget",
         type=float,
         help="with --calibration: the share of validation ID frames the alarm level may leave "
         "above it (default: the source bundle's)",
     )
-    parser.add_argument(
-        "--compare",
-        action="store_true",
-        help="validate the source bundle too, side by side (twice the replays)",
-    )
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--force", action="store_true", help="replace an existing --out")
     args = parser.parse_args(argv)
     if args.id_budget is not None and not 0.0 <= args.id_budget <= MAX_ID_BUDGET:
         parser.error(f"--id-budget must be within 0..{MAX_ID_BUDGET}, got {args.id_budget}")
@@ -256,33 +226,20 @@ def main(argv: list[str] | None = None) -> int:
             "loss": history,
             "ranges": asdict(PhotometricRanges()),
         }
-        tuned = write_tuned_bundle(
-            source,
+        tuned = finish(
+            args,
+            "bvae",
+            bundle,
             {"image": encoder},
-            args.out / "bundle",
-            "normal_tuning",
             provenance,
-            args.calibration,
+            VALIDATION_ROWS,
+            {"source": source, **provenance},
             args.id_budget,
         )
-        shutil.rmtree(args.out / "work")
-        if args.validation:
-            validation_report(
-                "bvae",
-                args.validation,
-                {"source": bundle.path, "tuned": tuned} if args.compare else {"tuned": tuned},
-                VALIDATION_ROWS,
-                args.out,
-                args.workers,
-                {"source": source, **provenance},
-            )
     except (DatasetError, BundleError, EncoderRebuildError, DeviceError) as err:
         print(f"tune_bvae: {err}", file=sys.stderr)
         return 1
-    if args.validation:
-        print((args.out / "report.md").read_text())
-        print(f"tune_bvae: validation report {args.out / 'report.md'}")
-    print(f"tune_bvae: tuned bundle {tuned}")
+    print_result("tune_bvae", args, tuned)
     return 0
 
 

@@ -21,7 +21,6 @@ import shutil
 import sys
 import zlib
 from concurrent.futures import ProcessPoolExecutor
-from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
@@ -30,12 +29,11 @@ from training import nuisance
 from training.adapt.encoders import EncoderRebuildError, bundle_band_max
 from training.dataset import DatasetError, Episode, episodes, iter_frames, load_manifest
 from training.device import DeviceError, setup
-from training.invariance import consistency_tune, validation_report, write_tuned_bundle
+from training.invariance import add_arguments, consistency_tune, finish, print_result
 from vae_ood_monitor.bundle import BundleError, default_bundle, load_bundle
 from vae_ood_monitor.preprocessing import FlowPreprocessing, FlowStacker
 
-RATE_ROWS = nuisance.RATE_ROWS  # the rate rows a train drive is replayed through
-VALIDATION_ROWS = (nuisance.AS_RECORDED, *RATE_ROWS)
+VALIDATION_ROWS = (nuisance.AS_RECORDED, *nuisance.RATE_ROWS)
 
 
 def _stacks(
@@ -63,7 +61,7 @@ def episode_pairs(
     reference = _stacks(prep, frames, range(count), np.arange(count) / episode.fps)
     order = {index: row for row, index in enumerate(reference)}
     changed, targets = [], []
-    for rate_row in RATE_ROWS:
+    for rate_row in nuisance.RATE_ROWS:
         seed = zlib.crc32(f"{episode.name}:{rate_row.name}:tuning".encode())
         indices, stamps = rate_row.selection(episode.fps, count, seed)
         for index, stack in _stacks(prep, frames, indices, stamps).items():
@@ -79,45 +77,13 @@ def main(argv: list[str] | None = None) -> int:
         description="Fine-tune the flow student's encoders so that a 10-30 Hz camera and lost "
         "frames give the features of a 30 Hz one: OUT/bundle and a report in OUT.",
     )
-    parser.add_argument(
-        "--data",
-        type=Path,
-        nargs="+",
-        action="extend",
-        required=True,
-        help="datasets whose 30 Hz train-split ID drives are replayed",
-    )
-    parser.add_argument(
-        "--validation",
-        type=Path,
-        nargs="+",
-        action="extend",
-        help="datasets whose validation splits the tuned bundle is checked on (none: no check)",
-    )
-    parser.add_argument("--flow", type=Path, help="bundle to tune (default: the runtime's)")
-    parser.add_argument("--epochs", type=int, default=4)
+    add_arguments(parser, "flow", 4, "datasets whose 30 Hz train-split ID drives are replayed")
     parser.add_argument(
         "--stacks-per-epoch",
         type=int,
         default=4096,
         help="stacks drawn per epoch and encoder (default 4096; 0: all of them)",
     )
-    parser.add_argument("--learning-rate", type=float, default=1e-3)
-    parser.add_argument("--workers", type=int, default=2, help="flow/replay processes")
-    parser.add_argument("--device", default="auto", help="auto|cpu|cuda|cuda:N (training.device)")
-    parser.add_argument(
-        "--calibration",
-        type=Path,
-        help="dataset to fit score and decision on again, its drives also replayed through the "
-        "normal table (default: keep the source bundle's)",
-    )
-    parser.add_argument(
-        "--compare",
-        action="store_true",
-        help="validate the source bundle too, side by side (twice the replays)",
-    )
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--force", action="store_true", help="replace an existing --out")
     args = parser.parse_args(argv)
     source = args.flow or default_bundle("flow")
     if args.out.exists() and not args.force:
@@ -165,33 +131,25 @@ def main(argv: list[str] | None = None) -> int:
             "from_bundle": str(source),
             "data": [str(d) for d in args.data],
             "dataset_sha256": [load_manifest(d).get("dataset_sha256") for d in args.data],
-            "rows": [r.name for r in RATE_ROWS],
+            "rows": [r.name for r in nuisance.RATE_ROWS],
             "stacks": {"unchanged": len(unchanged), "changed": len(changed) - len(unchanged)},
             "epochs": args.epochs,
             "stacks_per_epoch": args.stacks_per_epoch,
             "loss": history,
         }
-        tuned = write_tuned_bundle(
-            source, tuned_files, args.out / "bundle", "normal_tuning", provenance, args.calibration
+        tuned = finish(
+            args,
+            "flow",
+            bundle,
+            tuned_files,
+            provenance,
+            VALIDATION_ROWS,
+            {"source": source, "stacks": provenance["stacks"], "loss": history},
         )
-        shutil.rmtree(args.out / "work")
-        if args.validation:
-            validation_report(
-                "flow",
-                args.validation,
-                {"source": bundle.path, "tuned": tuned} if args.compare else {"tuned": tuned},
-                VALIDATION_ROWS,
-                args.out,
-                args.workers,
-                {"source": source, "stacks": provenance["stacks"], "loss": history},
-            )
     except (DatasetError, BundleError, EncoderRebuildError, DeviceError) as err:
         print(f"tune_flow: {err}", file=sys.stderr)
         return 1
-    if args.validation:
-        print((args.out / "report.md").read_text())
-        print(f"tune_flow: validation report {args.out / 'report.md'}")
-    print(f"tune_flow: tuned bundle {tuned}")
+    print_result("tune_flow", args, tuned)
     return 0
 
 
