@@ -8,6 +8,7 @@ messages and for messages deserialized by `rosbags` (same field names).
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -87,7 +88,7 @@ _REDUCED_FLAGS = {
     4: (cv2.IMREAD_REDUCED_COLOR_4 & ~cv2.IMREAD_COLOR | _RGB, cv2.IMREAD_REDUCED_GRAYSCALE_4),
     8: (cv2.IMREAD_REDUCED_COLOR_8 & ~cv2.IMREAD_COLOR | _RGB, cv2.IMREAD_REDUCED_GRAYSCALE_8),
 }
-DECODES = ("full", "reduced")
+DECODES = ("full", "reduced", "shared")
 
 
 class FrameDecoder:
@@ -96,14 +97,18 @@ class FrameDecoder:
     "full" decodes every frame at the camera's size (RGB, as `decode_message`). "reduced" decodes
     a compressed frame at the largest reduction (1/2, 1/4, 1/8) that still covers `size` (width,
     height), and grey straight from the JPEG luma when `grey`: a 640x480 JPEG for a 64x64 model
-    decodes at 160x120. The reduction follows the previous frame's size (the first frame decodes
-    in full), so a camera that changes resolution costs one frame at a wrong scale, not an error.
+    decodes at 160x120. "shared" decodes as "reduced" but always in colour, and grey from that
+    colour image (`cv2.cvtColor`, within a grey level of the luma): detectors in one process then
+    share one decode per frame (`decode_once`), and a detector alone gets the same pixels. The
+    reduction follows the previous frame's size (the first frame decodes in full), so a camera
+    that changes resolution costs one frame at a wrong scale, not an error.
     """
 
     def __init__(self, decode: str = "full", size: tuple[int, int] = (1, 1), grey: bool = False):
         if decode not in DECODES:
             raise ValueError(f"decode must be one of {DECODES}, got '{decode}'")
-        self.reduced = decode == "reduced"
+        self.reduced = decode != "full"
+        self.luma = grey and decode == "reduced"  # grey decoded by libjpeg, not converted
         self.size = size
         self.grey = grey
         self.scale = 1
@@ -116,20 +121,51 @@ class FrameDecoder:
         ]
         return max(fits, default=1)
 
-    def __call__(self, msg: Any) -> np.ndarray:
-        if not self.reduced or not hasattr(msg, "format"):
-            rgb = decode_message(msg)
-            return cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY) if self.grey and self.reduced else rgb
+    def _scaled(self, msg: Any) -> bool:
+        return self.reduced and hasattr(msg, "format")
+
+    def key(self, msg: Any) -> tuple[object, ...]:
+        """What `decoded(msg)` decodes: decoders with equal keys can share one decode."""
+        return ("jpeg", self.scale, self.luma) if self._scaled(msg) else ("message",)
+
+    def decoded(self, msg: Any) -> np.ndarray:
+        """The frame as this decoder decodes it, before `image` makes it the model's image."""
+        if not self._scaled(msg):
+            return decode_message(msg)
         buffer = np.frombuffer(msg.data, dtype=np.uint8)
         if buffer.size == 0:
             raise FrameError("empty compressed image")
-        image = cv2.imdecode(buffer, _REDUCED_FLAGS[self.scale][int(self.grey)])
+        image = cv2.imdecode(buffer, _REDUCED_FLAGS[self.scale][int(self.luma)])
         if image is None or image.size == 0:
             raise FrameError(
                 f"unreadable compressed image ({buffer.size} bytes, not a decodable JPEG/PNG)"
             )
-        self.scale = self._next_scale(image)
         return image
+
+    def image(self, msg: Any, decoded: np.ndarray) -> np.ndarray:
+        """The model's image of `msg` from `decoded` (this decoder's, or one of an equal `key`);
+        adapts the reduction to the frame's size."""
+        if self._scaled(msg):
+            self.scale = self._next_scale(decoded)
+        if self.grey and self.reduced and decoded.ndim == 3:
+            return cv2.cvtColor(decoded, cv2.COLOR_RGB2GRAY)
+        return decoded
+
+    def __call__(self, msg: Any) -> np.ndarray:
+        return self.image(msg, self.decoded(msg))
+
+
+def decode_once(decoders: Sequence[FrameDecoder], msg: Any) -> list[np.ndarray]:
+    """Each decoder's image of `msg`, the same as each alone would give, with one decode per
+    distinct `key`: one for detectors that all decode "shared" (or all "full")."""
+    decoded: dict[tuple[object, ...], np.ndarray] = {}
+    images = []
+    for decoder in decoders:
+        key = decoder.key(msg)
+        if key not in decoded:
+            decoded[key] = decoder.decoded(msg)
+        images.append(decoder.image(msg, decoded[key]))
+    return images
 
 
 @dataclass(frozen=True)

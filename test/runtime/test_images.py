@@ -11,8 +11,11 @@ from vae_ood_monitor.images import (
     FrameError,
     decode_compressed,
     decode_message,
+    decode_once,
     decode_raw,
 )
+
+_RGB_FLAG = cv2.IMREAD_COLOR_RGB
 
 
 def test_raw_rgb_with_row_padding_round_trips(frames):
@@ -246,3 +249,43 @@ def test_reduced_colour_decoding_is_libjpegs_bgr_decode_with_channels_swapped(si
     for expected in (cv2.IMREAD_COLOR, flag):
         bgr = cv2.imdecode(buffer, expected)
         assert np.array_equal(decoder(message), cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+
+
+def test_shared_decoding_gives_the_grey_of_the_colour_decode_from_one_decode(monkeypatch):
+    """ "shared": the β-VAE's image is the reduced colour decode, the flow's its cvtColor grey,
+    bit for bit, whether each detector decodes alone or both share one decode per frame."""
+    message = _jpeg_message(_camera_frame() // 3 + np.arange(640, dtype=np.uint8)[None, :, None])
+    buffer = np.frombuffer(message.data, np.uint8)
+    colour = cv2.imdecode(buffer, cv2.IMREAD_REDUCED_COLOR_4 & ~cv2.IMREAD_COLOR | _RGB_FLAG)
+    alone = {
+        "bvae": FrameDecoder("shared", (64, 64)),
+        "flow": FrameDecoder("shared", (88, 66), grey=True),
+    }
+    together = [FrameDecoder("shared", (64, 64)), FrameDecoder("shared", (88, 66), grey=True)]
+    decodes = []
+    real_imdecode = cv2.imdecode
+    monkeypatch.setattr(cv2, "imdecode", lambda *a: decodes.append(a[1]) or real_imdecode(*a))
+    for _ in range(2):  # the first frame decodes in full, the next at 1/4
+        decodes.clear()
+        bvae, flow = decode_once(together, message)
+        assert len(decodes) == 1, "one decode for both"
+        assert np.array_equal(bvae, alone["bvae"](message))
+        assert np.array_equal(flow, alone["flow"](message))
+    assert np.array_equal(bvae, colour)
+    assert np.array_equal(flow, cv2.cvtColor(colour, cv2.COLOR_RGB2GRAY))
+    reduced, luma = FrameDecoder("reduced", (64, 64)), FrameDecoder("reduced", (88, 66), grey=True)
+    reduced(message), luma(message)
+    assert np.array_equal(bvae, reduced(message)), "the β-VAE's pixels are unchanged"
+    assert np.abs(flow.astype(int) - luma(message).astype(int)).max() <= 6, "about the luma"
+
+
+def test_decoders_that_cannot_share_decode_each_for_itself():
+    """ "reduced" colour and luma are two decodes; decode_once gives each what it gives alone."""
+    message = _jpeg_message(_camera_frame())
+    together = [FrameDecoder("reduced", (64, 64)), FrameDecoder("reduced", (88, 66), grey=True)]
+    alone = [FrameDecoder("reduced", (64, 64)), FrameDecoder("reduced", (88, 66), grey=True)]
+    for _ in range(2):
+        shared = decode_once(together, message)
+        for image, decoder in zip(shared, alone):
+            assert np.array_equal(image, decoder(message))
+    assert shared[0].ndim == 3 and shared[1].ndim == 2
