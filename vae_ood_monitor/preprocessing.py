@@ -239,8 +239,9 @@ def _whole_factor_area(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 class FlowStacker:
     """Turns a frame stream into stacked (horizontal, vertical) flow inputs.
 
-    Keeps the previous grayscale frame and the last `stack` flows; `push` returns the two encoder
-    inputs, each (stack, crop_h, crop_w) float32, once enough frames have arrived, else None.
+    Keeps the previous grayscale frame and the flows of the last `stack` training frame
+    intervals; `push` returns the two encoder inputs, each (stack, crop_h, crop_w) float32, once
+    enough frames have arrived, else None.
     With header stamps each flow is scaled to the training frame interval (motion per second).
     """
 
@@ -249,8 +250,8 @@ class FlowStacker:
         self._previous: np.ndarray | None = None
         self._previous_ns: int | None = None
         self._per_interval: np.ndarray | None = None  # the last flow, per training frame interval
-        # The last `stack` flows, oldest first, as (component, flow, y, x): the encoders' inputs
-        # are this buffer's two components, with no stacking per frame.
+        # The last `stack` intervals' flows, oldest first, as (component, flow, y, x): the
+        # encoders' inputs are this buffer's two components, with no stacking per frame.
         _, _, width, height = params.crop
         self._stack = np.zeros((2, params.stack, height, width), np.float32)
         self._filled = 0
@@ -333,14 +334,20 @@ class FlowStacker:
             return None
         flow = self._flow(previous, grey, 1.0 / scale)
         self._per_interval = flow * np.float32(scale)
+        # Intervals without a frame of their own (a slower camera, lost frames) each get the flow
+        # measured over the gap, per interval: the stack spans the last `stack` training intervals
+        # as in training, not the last `stack` frames (0.6 s at 10 Hz, whose turns the encoders
+        # never saw so fast: 5 % of ID frames flagged before, docs/performance.md).
+        slots = min(self.params.stack, max(1, int(1.0 / scale + 0.5)))
         x, y, w, h = self.params.crop
         limit = np.float32(self.params.max_flow / scale)
-        self._stack[:, :-1] = self._stack[:, 1:]
+        self._stack[:, :-slots] = self._stack[:, slots:]
         for component in (0, 1):
             newest = self._stack[component, -1]
             np.divide(flow[y : y + h, x : x + w, component], limit, out=newest)
             np.clip(newest, -1.0, 1.0, out=newest)
-        self._filled = min(self._filled + 1, self.params.stack)
+            self._stack[component, -slots:-1] = newest
+        self._filled = min(self._filled + slots, self.params.stack)
         if self._filled < self.params.stack:
             return None
         return self._stack[0].copy(), self._stack[1].copy()
