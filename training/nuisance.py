@@ -761,7 +761,7 @@ def main(argv: list[str] | None = None) -> int:
         nargs="+",
         choices=list(ROWS_BY_NAME),
         metavar="ROW",
-        help=f"rows to run (default: all): {'; '.join(ROWS_BY_NAME)}",
+        help="rows to run (default: all): " + "; ".join(ROWS_BY_NAME).replace("%", "%%"),
     )
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--workers", type=int, default=2)
