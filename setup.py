@@ -40,6 +40,7 @@ setup(
             "vae-ood-monitor = vae_ood_monitor.cli:main",
             "bvae_detector = vae_ood_monitor.nodes.detector:main_bvae",
             "flow_detector = vae_ood_monitor.nodes.detector:main_flow",
+            "ood_detectors = vae_ood_monitor.nodes.detector:main_detectors",
             "safety_stop = vae_ood_monitor.nodes.safety_stop:main",
             "bag_player = vae_ood_monitor.nodes.bag_player:main",
             "live_view = vae_ood_monitor.nodes.live_view:main",

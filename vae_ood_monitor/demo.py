@@ -42,6 +42,7 @@ ESTOP_TOPIC = "/duckiebot/wheels_driver_node/emergency_stop"
 NODES = {
     "bvae_detector": "vae_ood_monitor.nodes.detector:main_bvae",
     "flow_detector": "vae_ood_monitor.nodes.detector:main_flow",
+    "ood_detectors": "vae_ood_monitor.nodes.detector:main_detectors",
     "safety_stop": "vae_ood_monitor.nodes.safety_stop:main",
     "bag_player": "vae_ood_monitor.nodes.bag_player:main",
     "live_view": "vae_ood_monitor.nodes.live_view:main",

@@ -10,15 +10,23 @@ zero-size, wrong encoding, NaN model output) are logged, counted and skipped; af
 `max_bad_frames` in a row the detector reports ERROR on /diagnostics, which stops the robot.
 The detector runs a few blank frames through its models before it subscribes (warm-up), so the
 slow first inferences of a fresh session do not stall its first real frames.
+
+`ood_detectors` runs both detector nodes in one process, with their names, parameters, topics and
+/diagnostics statuses, and one camera subscription (the β-VAE node's): its worker decodes each
+frame once for both (`images.decode_once`: one decode where both `decode` parameters are "shared",
+or both "full") and scores it with each detector in turn. A frame that cannot be decoded is bad
+for both; the frame it displaced is scored instead when the newest was bad for both.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import cv2
+import numpy as np
 from diagnostic_msgs.msg import DiagnosticStatus
 from rclpy.node import Node
 from std_msgs.msg import Bool, Float32
@@ -26,7 +34,7 @@ from std_msgs.msg import Bool, Float32
 from vae_ood_monitor.backends import BACKENDS, BackendError
 from vae_ood_monitor.bundle import BundleError, default_bundle
 from vae_ood_monitor.detector import DEFAULT_DECODE, ModelOutputError, OODDetector
-from vae_ood_monitor.images import DECODES, FrameError, parse_serialized_image
+from vae_ood_monitor.images import DECODES, FrameError, decode_once, parse_serialized_image
 from vae_ood_monitor.nodes.common import (
     RELIABLE_QOS,
     Diagnostics,
@@ -37,6 +45,7 @@ from vae_ood_monitor.nodes.common import (
     declare_veh,
     robot_topic,
     run_node,
+    run_nodes,
     subscribe_camera,
 )
 
@@ -46,8 +55,82 @@ def diagnostic_name(kind: str) -> str:
     return f"ood_monitor/{kind}_detector"
 
 
+class FrameIntake:
+    """The newest-frame hand-over (module docstring) from a camera callback to one worker thread,
+    which calls `process(serialized, received)`: False for a bad frame."""
+
+    def __init__(
+        self, name: str, process: Callable[[bytes, float], bool], alive: Callable[[], bool]
+    ) -> None:
+        self._process = process
+        self._alive = alive  # False once Ctrl-C has shut the context down
+        self._lock = threading.Lock()
+        self._newest: tuple[bytes, float] | None = None
+        self._displaced: tuple[bytes, float] | None = None  # scored if _newest is bad
+        self._wake = threading.Event()
+        self._running = True
+        self.counts = {"received": 0, "dropped_stale": 0}
+        self.rate = RateMeter()
+        self._worker = threading.Thread(target=self._work, name=f"{name}-worker", daemon=True)
+
+    def start(self) -> None:
+        self._worker.start()
+
+    def on_frame(self, serialized: bytes) -> None:
+        with self._lock:
+            if self._newest is not None:
+                self.counts["dropped_stale"] += 1
+                self._displaced = self._newest
+            self._newest = (serialized, time.monotonic())
+            self.counts["received"] += 1
+        self.rate.tick()
+        self._wake.set()
+
+    def _work(self) -> None:
+        while self._running:
+            if not self._wake.wait(timeout=0.2):
+                continue
+            with self._lock:
+                item, displaced, self._newest, self._displaced = (
+                    self._newest,
+                    self._displaced,
+                    None,
+                    None,
+                )
+                self._wake.clear()
+            if item is not None:
+                try:
+                    if not self._process(*item) and displaced is not None:
+                        with self._lock:
+                            self.counts["dropped_stale"] -= 1  # scored after all
+                        self._process(*displaced)
+                except Exception:
+                    # Ctrl-C shuts the context down before destroy_node stops this thread; a
+                    # publish in between fails, and that is the end of the stream, not an error.
+                    if self._alive():
+                        raise
+                    return
+
+    def close(self) -> None:
+        self._running = False
+        self._wake.set()
+        if self._worker.is_alive():
+            self._worker.join(timeout=2.0)
+
+
 class DetectorNode(Node):
-    def __init__(self, kind: str, **node_options: Any) -> None:
+    """One detector: its model, score and decision topics, /diagnostics status. It subscribes to
+    the camera and scores each frame, for itself and for the detector nodes of `partners` (kinds)
+    it builds in this process, from one decode (`ood_detectors`)."""
+
+    def __init__(
+        self,
+        kind: str,
+        partners: Sequence[str] = (),
+        intake: FrameIntake | None = None,
+        **node_options: Any,
+    ) -> None:
+        """`intake`: a partner's — frames handed over by the node that subscribes."""
         super().__init__(f"{kind}_detector", **node_options)
         self.kind = kind
         veh = declare_veh(self)
@@ -62,9 +145,10 @@ class DetectorNode(Node):
             self,
             "decode",
             DEFAULT_DECODE,
-            f"JPEG decoding: {' or '.join(DECODES)} (the smallest scale covering the model input)",
+            f"JPEG decoding: {' or '.join(DECODES)} (the smallest scale covering the model "
+            "input; shared: grey from the colour decode, one decode for detectors in one process)",
         )
-        transport = declare(
+        self.transport = declare(
             self, "image_transport", "compressed", "camera message type: compressed or raw"
         )
         self._max_bad = declare(
@@ -93,90 +177,79 @@ class DetectorNode(Node):
         self._warm_up_ms = (time.monotonic() - warm_up_started) * 1000.0
         self._score_pub = self.create_publisher(Float32, f"{kind}/score", RELIABLE_QOS)
         self._ood_pub = self.create_publisher(Bool, f"{kind}/ood", RELIABLE_QOS)
-        camera = subscribe_camera(
-            self,
-            transport,
-            robot_topic(self, camera_topic(transport), veh),
-            self._on_frame,
-            raw=True,  # serialized bytes, parsed in the worker: no rclpy message per frame
-        )
-        self._topic = camera.topic_name
-        self._raw_image = transport == "raw"
         # One message of each, refilled per frame: building an rclpy message costs more than
         # setting its field.
         self._score_msg, self._ood_msg = Float32(), Bool()
-
-        self._lock = threading.Lock()
-        self._newest: tuple[bytes, float] | None = None
-        self._displaced: tuple[bytes, float] | None = (
-            None  # the frame _newest replaced, scored if _newest is bad
-        )
-        self._wake = threading.Event()
-        self._running = True
-        self.counts = {
-            "received": 0,
-            "processed": 0,
-            "dropped_stale": 0,
-            "bad_frames": 0,
-            "model_errors": 0,
-        }
+        self.counts = {"processed": 0, "bad_frames": 0, "model_errors": 0}
         self._bad_in_a_row = 0
         self._last_problem = ""
-        self._input_rate = RateMeter()
         self._latency = RateMeter()  # frame received → decision published
         self._processing = RateMeter()  # decode + preprocess + inference + score
-        self._worker = threading.Thread(target=self._work, name=f"{kind}-worker", daemon=True)
-        self._worker.start()
-        Diagnostics(self, diagnostic_name(kind), self.get_namespace(), self._report)
-        self.get_logger().info(
-            f"{kind} detector on {self._topic} with {self.detector.bundle.path.name} "
-            f"({self.detector.backend_name}, sha256 {self.detector.bundle.sha256[:12]}, "
-            f"warm-up {self._warm_up_ms:.0f} ms)"
-        )
+        self._topic = ""  # the camera topic, once subscribed (a partner's: its owner's)
+        self._owns_intake = intake is None
+        self.intake = intake or FrameIntake(kind, self._process, self.context.ok)
+        self._nodes: list[DetectorNode] = [self]
+        if self._owns_intake:
+            self._nodes += [DetectorNode(k, intake=self.intake, **node_options) for k in partners]
+            self._subscribe(veh)
 
-    def _on_frame(self, serialized: bytes) -> None:
-        with self._lock:
-            if self._newest is not None:
-                self.counts["dropped_stale"] += 1
-                self._displaced = self._newest
-            self._newest = (serialized, time.monotonic())
-            self.counts["received"] += 1
-        self._input_rate.tick()
-        self._wake.set()
-
-    def _work(self) -> None:
-        while self._running:
-            if not self._wake.wait(timeout=0.2):
-                continue
-            with self._lock:
-                item, displaced, self._newest, self._displaced = (
-                    self._newest,
-                    self._displaced,
-                    None,
-                    None,
+    def _subscribe(self, veh: str) -> None:
+        """The camera subscription for this node and its partners; their diagnostics."""
+        for node in self._nodes[1:]:
+            if node.transport != self.transport:
+                raise StartupError(
+                    f"{node.get_name()}.image_transport '{node.transport}' differs from "
+                    f"{self.get_name()}'s '{self.transport}': one subscription serves both"
                 )
-                self._wake.clear()
-            if item is not None:
-                try:
-                    if not self._process(*item) and displaced is not None:
-                        with self._lock:
-                            self.counts["dropped_stale"] -= 1  # scored after all
-                        self._process(*displaced)
-                except Exception:
-                    # Ctrl-C shuts the context down before destroy_node stops this thread; a
-                    # publish in between fails, and that is the end of the stream, not an error.
-                    if self.context.ok():
-                        raise
-                    return
+        camera = subscribe_camera(
+            self,
+            self.transport,
+            robot_topic(self, camera_topic(self.transport), veh),
+            self.intake.on_frame,
+            raw=True,  # serialized bytes, parsed in the worker: no rclpy message per frame
+        )
+        self._raw_image = self.transport == "raw"
+        for node in self._nodes:
+            node._topic = camera.topic_name
+            Diagnostics(node, diagnostic_name(node.kind), node.get_namespace(), node._report)
+            node.get_logger().info(
+                f"{node.kind} detector on {node._topic} with {node.detector.bundle.path.name} "
+                f"({node.detector.backend_name}, sha256 {node.detector.bundle.sha256[:12]}, "
+                f"warm-up {node._warm_up_ms:.0f} ms)"
+            )
+        self.intake.start()
+
+    @property
+    def nodes(self) -> list[DetectorNode]:
+        """This node and the partners it scores frames for."""
+        return self._nodes
 
     def _process(self, serialized: bytes, received: float) -> bool:
-        """Score one frame (its serialized message) and publish; False for a bad frame (skipped)."""
+        """Decode one frame (its serialized message) once, score and publish it for every node;
+        False when it was bad for all of them (skipped)."""
         started = time.monotonic()
         try:
             msg = parse_serialized_image(serialized, self._raw_image)
-            # Motion is measured per second by the frames' header stamps; a camera that leaves
-            # them zero is timed by arrival instead.
-            score = self.detector.score_message(msg, msg.stamp_ns or int(received * 1e9))
+            images = decode_once([node.detector.decode for node in self._nodes], msg)
+        except FrameError as err:
+            for node in self._nodes:
+                node._bad_frame("bad_frames", f"bad frame skipped: {err}")
+            return False
+        decoding_ms = (time.monotonic() - started) * 1000.0
+        # Motion is measured per second by the frames' header stamps; a camera that leaves them
+        # zero is timed by arrival instead.
+        stamp_ns = msg.stamp_ns or int(received * 1e9)
+        scored = [
+            node._score(image, stamp_ns, received, decoding_ms)
+            for node, image in zip(self._nodes, images)
+        ]
+        return any(scored)
+
+    def _score(self, image: np.ndarray, stamp_ns: int, received: float, decoding_ms: float) -> bool:
+        """Score this detector's image of a frame and publish; False for a bad frame."""
+        started = time.monotonic()
+        try:
+            score = self.detector.score_frame(image, stamp_ns)
         except FrameError as err:
             self._bad_frame("bad_frames", f"bad frame skipped: {err}")
             return False
@@ -185,7 +258,7 @@ class DetectorNode(Node):
             return False
         self._bad_in_a_row = 0
         self.counts["processed"] += 1
-        self._processing.tick((time.monotonic() - started) * 1000.0)
+        self._processing.tick(decoding_ms + (time.monotonic() - started) * 1000.0)
         if score is None:  # the flow detector is still filling its stack
             return True
         decision = self.detector.decide(score)
@@ -210,13 +283,14 @@ class DetectorNode(Node):
                 DiagnosticStatus.ERROR,
                 f"{self._bad_in_a_row} bad frames in a row: {self._last_problem}",
             )
-        elif self._input_rate.rate() == 0.0:
+        elif self.intake.rate.rate() == 0.0:
             level, message = DiagnosticStatus.WARN, f"no frames on {self._topic}"
         else:
             level, message = DiagnosticStatus.OK, "scoring"
         values = {
+            **self.intake.counts,
             **self.counts,
-            "input_rate_hz": f"{self._input_rate.rate():.1f}",
+            "input_rate_hz": f"{self.intake.rate.rate():.1f}",
             "latency_ms_p50": f"{self._latency.median():.1f}",
             "processing_ms_p50": f"{self._processing.median():.1f}",
             "warm_up_ms": f"{self._warm_up_ms:.0f}",
@@ -228,9 +302,8 @@ class DetectorNode(Node):
         return level, message, values
 
     def destroy_node(self) -> None:
-        self._running = False
-        self._wake.set()
-        self._worker.join(timeout=2.0)
+        if self._owns_intake:
+            self.intake.close()
         super().destroy_node()
 
 
@@ -240,3 +313,8 @@ def main_bvae(args: list[str] | None = None) -> int:
 
 def main_flow(args: list[str] | None = None) -> int:
     return run_node(lambda: DetectorNode("flow"), args)
+
+
+def main_detectors(args: list[str] | None = None) -> int:
+    """`ood_detectors`: both detector nodes in one process, one subscription, one decode."""
+    return run_nodes(lambda: DetectorNode("bvae", partners=("flow",)).nodes, args)
