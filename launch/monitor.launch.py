@@ -1,20 +1,23 @@
 """The monitor graph on a robot with full ROS 2: both detectors and the safety stop.
 
 ros2 launch vae_ood_monitor monitor.launch.py [namespace:=ood_monitor] [params_file:=...]
-    [veh:=duckiebot] [live_view:=false]
+    [veh:=duckiebot] [live_view:=false] [separate_detectors:=false]
 
 The nodes use relative names. `namespace` holds the monitor's own topics and services
 (/ood_monitor/bvae/score, /ood_monitor/safety_stop/reset, ...); the robot's topics are remapped to
 the Duckietown names of vehicle `veh` (/<veh>/camera_node/image/compressed,
 /<veh>/wheels_driver_node/emergency_stop) and cmd_vel_in/out to /cmd_vel_in, /cmd_vel_out.
 `live_view:=true` adds the annotated picture on <namespace>/live_view/image/compressed.
+Both detector nodes run in one process (`ood_detectors`: one camera subscription, one JPEG decode
+per frame); `separate_detectors:=true` starts each in its own process. Names, parameters and
+topics are the same either way.
 """
 
 import os
 
 from ament_index_python.packages import get_package_share_directory
 from launch.actions import DeclareLaunchArgument
-from launch.conditions import IfCondition
+from launch.conditions import IfCondition, UnlessCondition
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
@@ -40,20 +43,27 @@ def generate_launch_description() -> LaunchDescription:
     default_params = os.path.join(
         get_package_share_directory("vae_ood_monitor"), "config", "monitor.yaml"
     )
+    separate = LaunchConfiguration("separate_detectors")
+    conditions = {
+        # both detector nodes in one process; no `name`: it would rename both
+        "ood_detectors": UnlessCondition(separate),
+        "bvae_detector": IfCondition(separate),
+        "flow_detector": IfCondition(separate),
+        "safety_stop": None,
+        "live_view": IfCondition(LaunchConfiguration("live_view")),
+    }
     nodes = [
         Node(
             package="vae_ood_monitor",
             executable=name,
-            name=name,
+            name=None if name == "ood_detectors" else name,
             namespace=LaunchConfiguration("namespace"),
             parameters=[LaunchConfiguration("params_file")],
             remappings=remappings(),
             output="screen",
-            condition=IfCondition(LaunchConfiguration("live_view"))
-            if name == "live_view"
-            else None,
+            condition=condition,
         )
-        for name in ("bvae_detector", "flow_detector", "safety_stop", "live_view")
+        for name, condition in conditions.items()
     ]
     return LaunchDescription(
         [
@@ -76,6 +86,12 @@ def generate_launch_description() -> LaunchDescription:
                 "live_view",
                 default_value="false",
                 description="also run the annotated picture for rqt_image_view / Foxglove",
+            ),
+            DeclareLaunchArgument(
+                "separate_detectors",
+                default_value="false",
+                description="each detector node in its own process instead of both in one "
+                "(ood_detectors: one camera subscription, one JPEG decode per frame)",
             ),
             *nodes,
         ]

@@ -28,6 +28,7 @@ import numpy as np
 
 from vae_ood_monitor.bundle import default_bundle
 from vae_ood_monitor.demo import (
+    NODES,
     GraphRun,
     Recording,
     onset_stamp,
@@ -146,7 +147,8 @@ CAMERAS = {  # name → (every n-th frame, share of frames lost at random, speed
 VARIANTS = {  # name → (decode, header stamps used)
     "per frame, full decode (before)": ("full", False),
     "per second, full decode": ("full", True),
-    "per second, reduced decode (now)": ("reduced", True),
+    "per second, reduced decode": ("reduced", True),
+    "per second, shared decode (now)": ("shared", True),
 }
 
 
@@ -218,8 +220,8 @@ def replay_offline(
 def run_offline_table(
     bag: Path, bundles: dict[str, Path | None], seeds: int = 5, settle_s: float = 1.0
 ) -> int:
-    """Print, per camera (rate, lost frames) and variant (per frame or per second, full or
-    reduced decode): median scores of the ID frames after the first second, the share flagged
+    """Print, per camera (rate, lost frames) and variant (per frame or per second, full, reduced
+    or shared decode): median scores of the ID frames after the first second, the share flagged
     (flow detector, fused decision) and the onset delay. Lost frames: medians over `seeds`
     draws."""
     print(
@@ -253,7 +255,12 @@ def run_offline_table(
 
 NODE_NAMES = ("bvae_detector", "flow_detector", "safety_stop")
 READY = {"ood_monitor/bvae_detector", "ood_monitor/flow_detector", "ood_monitor/safety_stop"}
-GRAPHS = ("nodes", "monitor")
+# nodes: a process per node, as launch/monitor.launch.py starts them with `detectors:=separate`;
+# detectors: `ood_detectors` (both detectors, one decode, decode "shared") and the safety stop;
+# monitor: `vae-ood-monitor monitor`, whichever processes it starts.
+GRAPHS = ("nodes", "detectors", "monitor")
+LAYOUTS = {"nodes": NODE_NAMES, "detectors": ("ood_detectors", "safety_stop")}
+PROCESSES = (*NODE_NAMES, "ood_detectors", "monitor")
 
 
 def cpu_seconds(pid: int) -> float:
@@ -316,34 +323,34 @@ def checkout(ref: str, out_dir: Path) -> Side:
 
 
 class LiveGraph:
-    """The monitor's three nodes as processes: each started alone ("nodes", as the launch file
-    does) or by one `vae-ood-monitor monitor` command ("monitor"), from `side`'s code."""
+    """The monitor's nodes as processes, from `side`'s code: a process per node ("nodes"), both
+    detectors in one ("detectors"), or as one `vae-ood-monitor monitor` command starts them."""
 
     def __init__(
         self, side: Side, graph: str, log_dir: Path, rules: list[str] | None = None
     ) -> None:
         log_dir.mkdir(parents=True, exist_ok=True)
         self.log_dir = log_dir
-        bundles = side.bundles()
-        if graph == "nodes":
+        params = (log_dir / "monitor.yaml").resolve()  # the nodes run in side.root
+        decode = "    decode: shared\n" if graph == "detectors" else ""
+        params.write_text(
+            "".join(
+                f"/**/{kind}_detector:\n  ros__parameters:\n    bundle: {path}\n{decode}"
+                for kind, path in side.bundles().items()
+            )
+        )
+        if graph in LAYOUTS:
             self.processes = {
                 name: start_node(
                     name,
-                    {"bundle": bundles[name.split("_")[0]]} if name != "safety_stop" else {},
+                    {},
                     log_dir / f"{name}.log",
                     cwd=side.root,
-                    rules=rules,
+                    rules=[*(rules or []), "--params-file", str(params)],
                 )
-                for name in NODE_NAMES
+                for name in LAYOUTS[graph]
             }
         else:
-            params = (log_dir / "monitor.yaml").resolve()  # the node runs in side.root
-            params.write_text(
-                "".join(
-                    f"/**/{kind}_detector:\n  ros__parameters:\n    bundle: {path}\n"
-                    for kind, path in bundles.items()
-                )
-            )
             command = [sys.executable, "-m", "vae_ood_monitor.cli", "monitor"]
             with (log_dir / "monitor.log").open("w") as log:
                 self.processes = {
@@ -354,14 +361,21 @@ class LiveGraph:
                         stderr=subprocess.STDOUT,
                     )
                 }
+        # Processes on the camera: at least the safety stop's and the detectors' one
+        self.camera_subscribers = len(LAYOUTS.get(graph, LAYOUTS["detectors"]))
 
     def pids(self) -> dict[str, int]:
         """Node → process id; a one-process monitor is one entry, a supervising one its children."""
         pids = {name: p.pid for name, p in self.processes.items()}
         if "monitor" in pids:
+            # `vae-ood-monitor monitor` starts each with `from <module> import <function>; ...`
+            starts = {
+                name: "from {} import {};".format(*NODES[name].split(":"))
+                for name in PROCESSES[:-1]
+            }
             for child in _children(pids["monitor"]):
                 line = _cmdline(child)
-                name = next((n for n in NODE_NAMES if n in line or n.split("_")[0] in line), None)
+                name = next((n for n, start in starts.items() if start in line), None)
                 if name is not None:
                     pids[name] = child
         return pids
@@ -428,7 +442,10 @@ def live_run(
     run = LiveGraph(side, graph, log_dir)
     try:
         deadline = time.monotonic() + 90.0
-        while not READY <= set(client.log.diagnostics) or client.subscribers() < 3:
+        while (
+            not READY <= set(client.log.diagnostics)
+            or client.subscribers() < run.camera_subscribers
+        ):
             if run.dead() or time.monotonic() > deadline:
                 result.notes.append(f"graph did not come up; see {log_dir}")
                 return result
@@ -502,10 +519,11 @@ def run_live_bench(
     for rate in rates:
         for side in sides:
             label = f"{side.name} @ {rate:g} Hz"
-            print(f"running {graph} graph of {label} ...", flush=True)
+            layout = baseline_graph(graph) if side is not sides[-1] else graph
+            print(f"running {layout} graph of {label} ...", flush=True)
             results[label] = live_run(
                 side,
-                graph,
+                layout,
                 drive,
                 rate,
                 id_s,
@@ -514,9 +532,7 @@ def run_live_bench(
     width = max(len(k) for k in results) + 2
     print(f"\nlive bench ({graph} graph): {bag.name}, ID driving {id_s:g} s, independent client")
     print(f"{'':34s}" + "".join(f"{k:>{width}s}" for k in results))
-    processes = [
-        n for n in (*NODE_NAMES, "monitor") if any(n in r.rss_mb for r in results.values())
-    ]
+    processes = [n for n in PROCESSES if any(n in r.rss_mb for r in results.values())]
     rows: list[tuple[str, Callable[[LiveResult], str]]] = [
         ("frames published", lambda r: str(r.published)),
         *(
@@ -570,6 +586,11 @@ def paired_rules(index: int) -> list[str]:
     return [arg for name, target in names.items() for arg in ("-r", f"{name}:={target}")]
 
 
+def baseline_graph(graph: str) -> str:
+    """The earlier version's graph for `graph`: it has no `ood_detectors`."""
+    return "nodes" if graph == "detectors" else graph
+
+
 def run_paired_bench(
     bag: Path,
     out_dir: Path,
@@ -578,27 +599,35 @@ def run_paired_bench(
     windows: int = 6,
     window_s: float = 15.0,
     id_bag: Path | None = None,
+    graphs: tuple[str, ...] = ("nodes",),
 ) -> int:
-    """CPU per frame per node of `baseline_ref`'s graph and this checkout's, running at the same
-    time (one process per node, each graph under its own names and fed the same ID drive by its
-    own client): both see the same load from everything else on the machine, which on a shared
-    machine changes CPU time per frame by ±20 % from one minute to the next. Reports each
-    window, the medians, and the median of the per-window ratios of the whole graphs."""
+    """CPU per frame per process of `baseline_ref`'s graph (a process per node) and this
+    checkout's in each of `graphs` ("nodes", "detectors"), all running at the same time (each
+    graph under its own names and fed the same ID drive by its own client): all see the same load
+    from everything else on the machine, which on a shared machine changes CPU time per frame by
+    ±20 % from one minute to the next. Reports each window, the medians, and the median of the
+    per-window ratios of the whole graphs: each of this checkout's to the baseline's, and to each
+    other's."""
     ids = load_drive(id_bag or bag).in_distribution
-    sides = [
-        checkout(baseline_ref, out_dir),
-        Side("this checkout", Path(__file__).resolve().parents[1]),
+    this = Side("this checkout", Path(__file__).resolve().parents[1])
+    runs = [(checkout(baseline_ref, out_dir), "nodes"), *((this, graph) for graph in graphs)]
+    labels = [baseline_ref] + [
+        this.name if graphs == ("nodes",) else f"this, {graph}" for graph in graphs
     ]
-    graphs: list[tuple[Side, LiveGraph, CameraClient]] = []
-    rows: dict[str, list[dict[str, float]]] = {side.name: [] for side in sides}
+    started: list[tuple[LiveGraph, CameraClient]] = []
+    rows: dict[str, list[dict[str, float]]] = {label: [] for label in labels}
     try:
-        for index, side in enumerate(sides):
-            log_dir = out_dir / f"paired_{index}_{side.name}".replace(" ", "_")
-            graph = LiveGraph(side, "nodes", log_dir, paired_rules(index))
-            graphs.append((side, graph, CameraClient(paired_camera(index))))
+        for index, ((side, graph), label) in enumerate(zip(runs, labels)):
+            log_dir = out_dir / f"paired_{index}_{label}".replace(" ", "_").replace(",", "")
+            started.append(
+                (
+                    LiveGraph(side, graph, log_dir, paired_rules(index)),
+                    CameraClient(paired_camera(index)),
+                )
+            )
         deadline = time.monotonic() + 120.0
-        while any(client.subscribers() < 3 for _, _, client in graphs):
-            if any(graph.dead() for _, graph, _ in graphs) or time.monotonic() > deadline:
+        while any(client.subscribers() < run.camera_subscribers for run, client in started):
+            if any(run.dead() for run, _ in started) or time.monotonic() > deadline:
                 print(f"bench: a graph did not come up; see {out_dir}/paired_*", file=sys.stderr)
                 return 1
             time.sleep(0.2)
@@ -606,7 +635,7 @@ def run_paired_bench(
         def stream(seconds: float) -> None:
             players = [
                 threading.Thread(target=client.play, args=(ids, rate_hz, seconds))
-                for _, _, client in graphs
+                for _, client in started
             ]
             for player in players:
                 player.start()
@@ -616,43 +645,49 @@ def run_paired_bench(
         stream(4.0)  # warm: the detectors' first frames, the safety stops' release
         print(f"paired bench: {bag.name} ID drive at {rate_hz:g} Hz, {windows} × {window_s:g} s")
         for window in range(windows):
-            published = [client.log.published for _, _, client in graphs]
+            published = [client.log.published for _, client in started]
             before = [
-                {name: cpu_seconds(pid) for name, pid in graph.pids().items()}
-                for _, graph, _ in graphs
+                {name: cpu_seconds(pid) for name, pid in run.pids().items()} for run, _ in started
             ]
             load = os.getloadavg()[0]
             stream(window_s)
-            for (side, graph, client), count, cpu in zip(graphs, published, before):
+            for label, (run, client), count, cpu in zip(labels, started, published, before):
                 frames = client.log.published - count
                 row = {
                     name: (cpu_seconds(pid) - cpu[name]) / frames * 1000.0
-                    for name, pid in graph.pids().items()
+                    for name, pid in run.pids().items()
                 }
                 row["whole graph"] = sum(row.values())
-                rows[side.name].append(row)
+                rows[label].append(row)
                 print(
-                    f"window {window + 1} (load {load:.1f}) {side.name:>14s}: "
+                    f"window {window + 1} (load {load:.1f}) {label:>20s}: "
                     + ", ".join(f"{name} {value:.2f}" for name, value in row.items())
                 )
     finally:
-        for _, graph, client in graphs:
-            graph.close()
+        for run, client in started:
+            run.close()
             client.close()
-    print(f"\nCPU ms/frame, medians over {windows} windows (both graphs running at once)")
-    names = list(rows[sides[0].name][0])
-    print(f"{'':16s}" + "".join(f"{n:>15s}" for n in names))
-    for side in sides:
-        medians = [float(np.median([r[n] for r in rows[side.name]])) for n in names]
-        print(f"{side.name:>16s}" + "".join(f"{m:15.2f}" for m in medians))
-    ratios = [
-        new["whole graph"] / old["whole graph"]
-        for old, new in zip(rows[sides[0].name], rows[sides[1].name])
-    ]
-    print(
-        f"whole graph, this checkout / {baseline_ref}: median {np.median(ratios):.3f} "
-        f"(windows {min(ratios):.3f}-{max(ratios):.3f})"
-    )
+    print(f"\nCPU ms/frame, medians over {windows} windows (all graphs running at once)")
+    names = [n for n in (*PROCESSES, "whole graph") if any(n in rows[label][0] for label in labels)]
+    print(f"{'':22s}" + "".join(f"{n:>15s}" for n in names))
+    for label in labels:
+        medians = [
+            f"{np.median([r[n] for r in rows[label]]):15.2f}"
+            if n in rows[label][0]
+            else f"{'—':>15s}"
+            for n in names
+        ]
+        print(f"{label:>22s}" + "".join(medians))
+    for later in range(1, len(labels)):
+        for earlier in range(later):
+            ratios = [
+                new["whole graph"] / old["whole graph"]
+                for old, new in zip(rows[labels[earlier]], rows[labels[later]])
+            ]
+            print(
+                f"whole graph, {labels[later]} / {labels[earlier]}: median "
+                f"{np.median(ratios):.3f} (windows {min(ratios):.3f}-{max(ratios):.3f})"
+            )
     return 0
 
 
@@ -706,7 +741,10 @@ def run_soak(
     rows: list[dict[str, float | str]] = []
     try:
         deadline = time.monotonic() + 90.0
-        while not READY <= set(client.log.diagnostics) or client.subscribers() < 3:
+        while (
+            not READY <= set(client.log.diagnostics)
+            or client.subscribers() < run.camera_subscribers
+        ):
             if run.dead() or time.monotonic() > deadline:
                 print(f"bench: graph did not come up; see {out_dir}/soak_logs", file=sys.stderr)
                 return 1

@@ -4,7 +4,7 @@ vae-ood-monitor demo                                   # shipped demo bag throug
 vae-ood-monitor bench [--baseline-ref REF]             # CPU per frame per node, keep-up, stops
 vae-ood-monitor bench --soak MINUTES                   # long ID drive: RSS over time, stops
 vae-ood-monitor bench --offline                        # camera rates / lost frames, before/after
-vae-ood-monitor monitor [--params-file F] [--bag B]    # the whole graph, a process per node
+vae-ood-monitor monitor [--params-file F] [--bag B]    # the whole graph, supervised processes
 vae-ood-monitor score --bag PATH [--topic T] [--every N] [--drop P] --out scores.csv
 vae-ood-monitor eval --bag PATH [--bag PATH ...]
 """
@@ -166,7 +166,12 @@ def cmd_monitor(args: argparse.Namespace) -> int:
 
     params_file = args.params_file or default_params_file()
     return run_monitor(
-        params_file, args.bag, args.rate, ros_args=ros_arguments(), live_view=args.live_view
+        params_file,
+        args.bag,
+        args.rate,
+        ros_args=ros_arguments(),
+        live_view=args.live_view,
+        separate=args.separate_detectors,
     )
 
 
@@ -200,14 +205,34 @@ def cmd_bench(args: argparse.Namespace) -> int:
             print("vae-ood-monitor bench: --paired needs --baseline-ref", file=sys.stderr)
             return 2
         return run_paired_bench(
-            bag, args.out, args.baseline_ref, args.camera_hz[0], id_bag=args.id_bag
+            bag,
+            args.out,
+            args.baseline_ref,
+            args.camera_hz[0],
+            id_bag=args.id_bag,
+            graphs=tuple(args.graph),
         )
+    if len(args.graph) > 1:
+        print("vae-ood-monitor bench: several --graph only with --paired", file=sys.stderr)
+        return 2
     if args.soak is not None:
         return run_soak(
-            bag, args.out, args.soak, args.graph, args.camera_hz[0], args.id_bag, args.baseline_ref
+            bag,
+            args.out,
+            args.soak,
+            args.graph[0],
+            args.camera_hz[0],
+            args.id_bag,
+            args.baseline_ref,
         )
     return run_live_bench(
-        bag, args.out, args.baseline_ref, args.graph, tuple(args.camera_hz), args.id_s, args.id_bag
+        bag,
+        args.out,
+        args.baseline_ref,
+        args.graph[0],
+        tuple(args.camera_hz),
+        args.id_s,
+        args.id_bag,
     )
 
 
@@ -342,9 +367,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument(
         "--graph",
-        choices=("nodes", "monitor"),
-        default="nodes",
-        help="nodes: one process per node, as launch does; monitor: `vae-ood-monitor monitor`",
+        choices=("nodes", "detectors", "monitor"),
+        nargs="+",
+        default=["nodes"],
+        help="nodes: one process per node; detectors: ood_detectors (both detectors, one shared "
+        "decode) and the safety stop; monitor: `vae-ood-monitor monitor`; several with --paired",
     )
     bench.add_argument(
         "--camera-hz",
@@ -404,6 +431,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also the annotated picture on /ood_monitor/live_view/image/compressed (launch's "
         "live_view:=true)",
+    )
+    monitor.add_argument(
+        "--separate-detectors",
+        action="store_true",
+        help="each detector in its own process (launch's separate_detectors:=true) instead of "
+        "both in one (ood_detectors: one camera subscription, one decode)",
     )
     monitor.set_defaults(run=cmd_monitor)
     return parser

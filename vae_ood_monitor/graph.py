@@ -1,11 +1,14 @@
 """The whole monitor graph from one command (`vae-ood-monitor monitor`), for robots without launch.
 
-Same nodes, same parameter file as launch/monitor.launch.py. Each node runs in its own process, as
-launch starts them: one Python process cannot run the three nodes on 2 cores at 30 Hz (the
-detectors fell silent for up to 0.94 s and stopped the robot in ID driving; docs/performance.md),
-separate processes can. This process supervises them: a node that dies is restarted (the safety
-stop halts the robot meanwhile: its inputs fall silent), a node that refuses to start (exit code 2)
-ends the monitor with that code, and Ctrl-C or SIGTERM stops every node cleanly before it exits.
+Same nodes, same parameter file as launch/monitor.launch.py. Both detectors run in one process
+(`ood_detectors`: one camera subscription, one JPEG decode per frame for both) and the safety stop
+in another, as launch starts them; `separate=True` (`--separate-detectors`, launch's
+`separate_detectors:=true`) gives each detector its own process. The safety stop stays apart: one
+Python process could not run all three nodes on 2 cores at 30 Hz (the detectors fell silent for
+up to 0.94 s and stopped the robot in ID driving; docs/performance.md). This process supervises
+them: a node that dies is restarted (the safety stop halts the robot meanwhile: its inputs fall
+silent), a node that refuses to start (exit code 2) ends the monitor with that code, and Ctrl-C
+or SIGTERM stops every node cleanly before it exits.
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ from pathlib import Path
 from vae_ood_monitor.bundle import share_dir
 from vae_ood_monitor.demo import NODES
 
-GRAPH = ("bvae_detector", "flow_detector", "safety_stop")
+GRAPH = ("ood_detectors", "safety_stop")
+SEPARATE_GRAPH = ("bvae_detector", "flow_detector", "safety_stop")
 MAX_RESTARTS = 5  # per node, then the monitor gives up and exits 1
 STARTUP_REFUSED = 2  # run_nodes' exit code for a StartupError: restarting would not help
 
@@ -69,12 +73,14 @@ def run_monitor(
     rate: float = 1.0,
     ros_args: list[str] | None = None,
     live_view: bool = False,
+    separate: bool = False,
 ) -> int:
-    """Run detectors and safety stop (the live view with `live_view`, a bag player with `bag`) as
-    supervised processes until Ctrl-C, SIGTERM or the bag's end. Returns 0, or the exit code that
-    ended the monitor."""
+    """Run detectors and safety stop (each detector in its own process with `separate`, the live
+    view with `live_view`, a bag player with `bag`) as supervised processes until Ctrl-C, SIGTERM
+    or the bag's end. Returns 0, or the exit code that ended the monitor."""
     common = ["--params-file", str(params_file), *(ros_args or [])]
-    args = {name: common for name in (*GRAPH, *(("live_view",) if live_view else ()))}
+    graph = SEPARATE_GRAPH if separate else GRAPH
+    args = {name: common for name in (*graph, *(("live_view",) if live_view else ()))}
     if bag is not None:
         # Play only once the detectors and the safety stop listen to the camera.
         args["bag_player"] = [

@@ -1,5 +1,6 @@
-"""`vae-ood-monitor monitor`: each node in its own supervised process. An independent camera client
-(vae_ood_monitor.stream, the bench's) streams JPEG frames over DDS; the committed tiny bundles."""
+"""`vae-ood-monitor monitor`: the detectors (one process, or one each with --separate-detectors) and
+the safety stop as supervised processes. An independent camera client (vae_ood_monitor.stream, the
+bench's) streams JPEG frames over DDS; the committed tiny bundles."""
 
 import os
 import signal
@@ -44,6 +45,7 @@ def node_children(monitor: subprocess.Popen) -> dict[str, int]:
         for name, marker in (
             ("bvae", "main_bvae"),
             ("flow", "main_flow"),
+            ("detectors", "main_detectors"),
             ("safety", "safety_stop"),
         ):
             if marker in line:
@@ -75,8 +77,8 @@ def start_monitor(tmp_path: Path, *options: str) -> tuple[subprocess.Popen, Path
 
 
 @pytest.fixture
-def monitor(tmp_path) -> Iterator[tuple[subprocess.Popen, CameraClient, Path]]:
-    process, log = start_monitor(tmp_path)
+def monitor(request, tmp_path) -> Iterator[tuple[subprocess.Popen, CameraClient, Path]]:
+    process, log = start_monitor(tmp_path, *getattr(request, "param", ()))
     client = CameraClient()
     try:
         yield process, client, log
@@ -87,11 +89,16 @@ def monitor(tmp_path) -> Iterator[tuple[subprocess.Popen, CameraClient, Path]]:
             process.wait()
 
 
-def test_monitor_runs_each_node_in_its_own_process_and_stops_them_on_ctrl_c(monitor):
+@pytest.mark.parametrize(
+    ("monitor", "processes"),
+    [((), {"detectors", "safety"}), (("--separate-detectors",), {"bvae", "flow", "safety"})],
+    indirect=["monitor"],
+)
+def test_monitor_runs_its_processes_and_stops_them_on_ctrl_c(monitor, processes):
     process, client, log = monitor
     assert wait_for(lambda: READY <= set(client.log.diagnostics), 90.0, client), log.read_text()
     children = node_children(process)
-    assert set(children) == {"bvae", "flow", "safety"}, log.read_text()
+    assert set(children) == processes, log.read_text()
     assert wait_for(lambda: client.log.estop and not client.stopped(), 30.0, client), (
         "the safety stop releases the robot once every node is live and in distribution"
     )
@@ -109,13 +116,13 @@ def test_a_crashed_node_is_restarted_and_the_stop_can_be_reset(monitor):
     process, client, log = monitor
     assert wait_for(lambda: READY <= set(client.log.diagnostics), 90.0, client), log.read_text()
     assert wait_for(lambda: client.log.estop and not client.stopped(), 30.0, client)
-    flow = node_children(process)["flow"]
-    os.kill(flow, signal.SIGKILL)
+    detectors = node_children(process)["detectors"]
+    os.kill(detectors, signal.SIGKILL)
     assert wait_for(client.stopped, 10.0, client), "a dead detector stops the robot"
-    assert wait_for(lambda: node_children(process).get("flow", flow) != flow, 30.0, client), (
-        log.read_text()
-    )
-    assert "flow_detector exited with code -9; restart 1" in log.read_text()
+    assert wait_for(
+        lambda: node_children(process).get("detectors", detectors) != detectors, 30.0, client
+    ), log.read_text()
+    assert "ood_detectors exited with code -9; restart 1" in log.read_text()
     assert wait_for(lambda: client.reset(timeout=2.0)[0] and not client.stopped(), 60.0, client), (
         "once the restarted detector reports again, a reset is accepted"
     )

@@ -8,7 +8,6 @@ the camera and compares what both graphs publish with the detectors scored here,
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import threading
 import time
@@ -26,10 +25,12 @@ from rclpy.node import Node
 from sensor_msgs.msg import CompressedImage
 from std_msgs.msg import Bool, Float32
 from support import synthetic_frames, tiny_bundle
+from test_ros_graph import wait_for
 
 from vae_ood_monitor import demo
 from vae_ood_monitor.decision import DecisionParams
 from vae_ood_monitor.detector import OODDetector
+from vae_ood_monitor.graph import stop_processes
 from vae_ood_monitor.nodes.common import RELIABLE_QOS
 
 REPO = Path(__file__).resolve().parents[2]
@@ -106,29 +107,8 @@ def start(name: str, params_file: Path, namespace: str, log: Path) -> subprocess
     )
 
 
-def stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def wait_for(
-    condition: Callable[[], bool],
-    timeout: float,
-    what: str,
-    logs: list[Path],
-    context: Callable[[], str] = str,
-) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            tails = "\n".join(f"{log.name}: {log.read_text()[-2000:]}" for log in logs)
-            pytest.fail(f"timed out after {timeout} s waiting for {what}\n{context()}\n{tails}")
-        time.sleep(0.05)
+def log_tails(logs: list[Path]) -> Callable[[], str]:
+    return lambda: "\n".join(f"{log.name}: {log.read_text()[-2000:]}" for log in logs)
 
 
 def test_one_process_publishes_what_the_two_detector_nodes_publish(camera, tmp_path):
@@ -153,10 +133,18 @@ def test_one_process_publishes_what_the_two_detector_nodes_publish(camera, tmp_p
         # One subscription for the combined process, one per separate node (after warm-up), and
         # every output matched before the first frame.
         wait_for(
-            lambda: camera.publisher.get_subscription_count() == 3, 25, "3 subscriptions", logs
+            lambda: camera.publisher.get_subscription_count() == 3,
+            25,
+            "3 subscriptions",
+            log_tails(logs),
         )
         topics = [f"{graph}/{kind}/{t}" for graph, kind in camera.scores for t in ("score", "ood")]
-        wait_for(lambda: all(camera.count_publishers(t) == 1 for t in topics), 10, "outputs", logs)
+        wait_for(
+            lambda: all(camera.count_publishers(t) == 1 for t in topics),
+            10,
+            "outputs",
+            log_tails(logs),
+        )
         time.sleep(0.5)
         frames = [
             cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))[1].tobytes()
@@ -189,10 +177,9 @@ def test_one_process_publishes_what_the_two_detector_nodes_publish(camera, tmp_p
                     ),
                     10,
                     f"{graph} {kind}: {len(scores)} scores, the frames counted",
-                    logs,
                     lambda: (
                         f"scores {[(k, len(v)) for k, v in camera.scores.items()]}, "
-                        f"status {camera.status}"
+                        f"status {camera.status}\n{log_tails(logs)()}"
                     ),
                 )
         for kind, scores in expected.items():
@@ -208,8 +195,7 @@ def test_one_process_publishes_what_the_two_detector_nodes_publish(camera, tmp_p
         assert all(p.poll() is None for p in processes), "every node survived the bad frame"
         assert "bad frame skipped" in logs[0].read_text()
     finally:
-        for process in processes:
-            stop(process)
+        stop_processes(dict(enumerate(processes)))
 
 
 def test_one_subscription_needs_one_transport(tmp_path):
@@ -220,7 +206,7 @@ def test_one_subscription_needs_one_transport(tmp_path):
     try:
         assert process.wait(timeout=30) == 2
     finally:
-        stop(process)
+        stop_processes({"ood_detectors": process})
     assert "flow_detector.image_transport 'raw' differs from bvae_detector's 'compressed'" in (
         log.read_text()
     )

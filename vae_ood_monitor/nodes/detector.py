@@ -14,8 +14,9 @@ slow first inferences of a fresh session do not stall its first real frames.
 `ood_detectors` runs both detector nodes in one process, with their names, parameters, topics and
 /diagnostics statuses, and one camera subscription (the β-VAE node's): its worker decodes each
 frame once for both (`images.decode_once`: one decode where both `decode` parameters are "shared",
-or both "full") and scores it with each detector in turn. A frame that cannot be decoded is bad
-for both; the frame it displaced is scored instead when the newest was bad for both.
+their default there, or both "full") and scores it with each detector in turn. A frame that
+cannot be decoded is bad for both; the frame it displaced is scored instead when the newest was
+bad for both.
 """
 
 from __future__ import annotations
@@ -141,10 +142,11 @@ class DetectorNode(Node):
             self, "backend", "onnxruntime", f"inference backend: {', '.join(BACKENDS)}"
         )
         threads = declare(self, "threads", 1, "inference threads")
+        # In one process with another detector "shared": one decode for both.
         decode = declare(
             self,
             "decode",
-            DEFAULT_DECODE,
+            "shared" if partners or intake else DEFAULT_DECODE,
             f"JPEG decoding: {' or '.join(DECODES)} (the smallest scale covering the model "
             "input; shared: grey from the colour decode, one decode for detectors in one process)",
         )
