@@ -538,7 +538,9 @@ def run_live_bench(
         *(
             (
                 f"CPU ms/frame {name}",
-                lambda r, n=name: f"{r.cpu_ms_per_frame.get(n, float('nan')):.2f}",
+                lambda r, n=name: (
+                    f"{r.cpu_ms_per_frame[n]:.2f}" if n in r.cpu_ms_per_frame else "—"
+                ),
             )
             for name in processes
         ),
@@ -556,7 +558,7 @@ def run_live_bench(
         ("onset → stop", lambda r: _seconds(r.onset_stop_s)),
         ("reset accepted after OOD → ID", lambda r: _seconds(r.recovery_s)),
         *(
-            (f"RSS MB {name}", lambda r, n=name: f"{r.rss_mb.get(n, float('nan')):.0f}")
+            (f"RSS MB {name}", lambda r, n=name: f"{r.rss_mb[n]:.0f}" if n in r.rss_mb else "—")
             for name in processes
         ),
     ]
