@@ -289,3 +289,23 @@ def test_decoders_that_cannot_share_decode_each_for_itself():
         for image, decoder in zip(shared, alone):
             assert np.array_equal(image, decoder(message))
     assert shared[0].ndim == 3 and shared[1].ndim == 2
+
+
+@pytest.mark.parametrize("decode", ["shared", "reduced", "full"])
+def test_a_raw_image_is_converted_once_for_every_decoder(frames, decode):
+    """A raw sensor_msgs/Image has no scale to reduce: one conversion serves both detectors, and
+    each gets what it gets alone."""
+    rgb = frames[2]
+    height, width = rgb.shape[:2]
+    raw = SimpleNamespace(
+        encoding="bgr8",
+        height=height,
+        width=width,
+        step=width * 3,
+        data=cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR).tobytes(),
+    )
+    together = [FrameDecoder(decode, (32, 32)), FrameDecoder(decode, (80, 60), grey=True)]
+    alone = [FrameDecoder(decode, (32, 32)), FrameDecoder(decode, (80, 60), grey=True)]
+    assert len({decoder.key(raw) for decoder in together}) == 1
+    for image, decoder in zip(decode_once(together, raw), alone):
+        assert np.array_equal(image, decoder(raw))
