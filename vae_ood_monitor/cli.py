@@ -334,7 +334,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser(
         "eval", help="metrics of labelled bags (AUROC, FPR@95, delays, false alarms)"
     )
-    evaluate.add_argument("--bag", type=Path, required=True, action="append")
+    evaluate.add_argument(
+        "--bag", type=Path, required=True, nargs="+", action="extend", help="bag(s), each labelled"
+    )
     _add_detector_options(evaluate)
     evaluate.set_defaults(run=cmd_eval)
     demo = commands.add_parser(
