@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import shutil
 import subprocess
 import warnings
@@ -51,37 +52,67 @@ class BandMax:
     """Extra pooled features: the per-channel max of conv block `block`'s output over each of the
     `top` highest of `count` equal horizontal bands. A forward camera with a fixed pitch first sees
     an obstacle on the road ahead as a small blob near the horizon, which the spatial means dilute
-    into the whole frame; the maxima of the top bands keep it. Written `BLOCK/TOP/COUNT`."""
+    into the whole frame; the maxima of the top bands keep it. `skip`: the `top` bands start below
+    the first `skip` (the sky); `columns`: the width split into that many near-equal windows, each
+    with its own maxima (window-major), so a house at the side raises only its window's features.
+    Written `BLOCK/TOP/COUNT[/COLUMNS[/SKIP]]` (docs/normal.md, Band maxima per window)."""
 
     block: int
     top: int
     count: int
+    columns: int = 1
+    skip: int = 0
 
     def __post_init__(self) -> None:
-        if self.block < 0 or not 1 <= self.top <= self.count:
-            raise ValueError(f"band max {self}: needs block >= 0 and 1 <= top <= count")
+        if (
+            self.block < 0
+            or self.top < 1
+            or self.columns < 1
+            or self.skip < 0
+            or self.skip + self.top > self.count
+        ):
+            raise ValueError(
+                f"band max {self}: needs block >= 0, top >= 1, columns >= 1, skip >= 0 "
+                "and skip + top <= count"
+            )
 
     @classmethod
     def parse(cls, text: str) -> BandMax:
         try:
-            block, top, count = (int(part) for part in text.split("/"))
+            numbers = [int(part) for part in text.split("/")]
+            if not 3 <= len(numbers) <= 5:
+                raise ValueError
         except ValueError:
             raise ValueError(
-                f"band max is BLOCK/TOP/COUNT, three whole numbers (e.g. 1/3/8), got '{text}'"
+                "band max is BLOCK/TOP/COUNT[/COLUMNS[/SKIP]], whole numbers "
+                f"(e.g. 1/3/8 or 1/3/8/3/3), got '{text}'"
             ) from None
-        return cls(block, top, count)
+        return cls(*numbers)
 
     def __str__(self) -> str:
-        return f"{self.block}/{self.top}/{self.count}"
+        extra = (self.columns, self.skip) if self.skip else (self.columns,) * (self.columns > 1)
+        return "/".join(str(n) for n in (self.block, self.top, self.count, *extra))
+
+    def rows(self, height: int) -> tuple[int, int]:
+        """The first and past-the-last row of the bands, of a block output `height` rows high."""
+        per_band = height // self.count
+        return self.skip * per_band, (self.skip + self.top) * per_band
+
+    def column_edges(self, width: int) -> list[int]:
+        """The windows' edges across a block output `width` columns wide (columns + 1 values)."""
+        return [int(e) for e in np.linspace(0, width, self.columns + 1).round()]
 
 
 def band_count(path: Path) -> int:
-    """How many band maxima end an encoder's `pooled` output (channels × top bands; 0: none), read
-    from the shape its band nodes reshape to (_band_max_nodes)."""
-    for initializer in onnx.load(str(path)).graph.initializer:
+    """How many band maxima end an encoder's `pooled` output (channels × bands × column windows;
+    0: none), read from the shape its band nodes reshape to and how many reshape to it
+    (_band_max_nodes)."""
+    graph = onnx.load(str(path)).graph
+    windows = sum(node.op_type == "Reshape" and node.input[1] == BAND_SHAPE for node in graph.node)
+    for initializer in graph.initializer:
         if initializer.name == BAND_SHAPE:
             _, channels, top, _ = numpy_helper.to_array(initializer)
-            return int(channels * top)
+            return int(channels * top * windows)
     return 0
 
 
@@ -117,37 +148,84 @@ def _band_max_nodes(
         v.name: v.type.tensor_type.shape
         for v in onnx.shape_inference.infer_shapes(model).graph.value_info
     }
-    channels, height = (shapes[tensor].dim[axis].dim_value for axis in (1, 2))
+    channels, height, width = (shapes[tensor].dim[axis].dim_value for axis in (1, 2, 3))
     if not channels or not height or height % bands.count:
         raise ValueError(
             f"{path}: conv block {bands.block} has {height} rows, "
             f"which {bands.count} equal bands do not divide"
         )
-    rows = bands.top * height // bands.count
+    if not width or bands.columns > width:
+        raise ValueError(
+            f"{path}: conv block {bands.block} has {width} columns, "
+            f"too few for {bands.columns} column windows"
+        )
+    first, last = bands.rows(height)
     graph = model.graph
     graph.initializer.extend(
         [
-            helper.make_tensor("/pooled/band_starts", TensorProto.INT64, [1], [0]),
-            helper.make_tensor("/pooled/band_ends", TensorProto.INT64, [1], [rows]),
+            helper.make_tensor("/pooled/band_starts", TensorProto.INT64, [1], [first]),
+            helper.make_tensor("/pooled/band_ends", TensorProto.INT64, [1], [last]),
             helper.make_tensor("/pooled/band_axes", TensorProto.INT64, [1], [2]),
             helper.make_tensor(BAND_SHAPE, TensorProto.INT64, [4], [0, channels, bands.top, -1]),
         ]
     )
-    graph.node.extend(
-        [
+    graph.node.append(
+        helper.make_node(
+            "Slice",
+            [tensor, "/pooled/band_starts", "/pooled/band_ends", "/pooled/band_axes"],
+            ["/pooled/band_rows"],
+        )
+    )
+    if bands.columns == 1:
+        return _window_max_nodes(graph, "/pooled/band_rows", "")
+    edges = bands.column_edges(width)
+    graph.initializer.append(helper.make_tensor("/pooled/column_axes", TensorProto.INT64, [1], [3]))
+    flats = []
+    for index, (start, end) in enumerate(itertools.pairwise(edges)):
+        graph.initializer.extend(
+            [
+                helper.make_tensor(
+                    f"/pooled/column_starts_{index}", TensorProto.INT64, [1], [start]
+                ),
+                helper.make_tensor(f"/pooled/column_ends_{index}", TensorProto.INT64, [1], [end]),
+            ]
+        )
+        graph.node.append(
             helper.make_node(
                 "Slice",
-                [tensor, "/pooled/band_starts", "/pooled/band_ends", "/pooled/band_axes"],
-                ["/pooled/band_rows"],
-            ),
-            helper.make_node("Reshape", ["/pooled/band_rows", BAND_SHAPE], ["/pooled/band_split"]),
+                [
+                    "/pooled/band_rows",
+                    f"/pooled/column_starts_{index}",
+                    f"/pooled/column_ends_{index}",
+                    "/pooled/column_axes",
+                ],
+                [f"/pooled/band_window_{index}"],
+            )
+        )
+        flats.append(_window_max_nodes(graph, f"/pooled/band_window_{index}", f"_{index}"))
+    graph.node.append(helper.make_node("Concat", flats, ["/pooled/band_flat"], axis=1))
+    return "/pooled/band_flat"
+
+
+def _window_max_nodes(graph: onnx.GraphProto, window: str, suffix: str) -> str:
+    """Nodes that take the per-channel max of each band of `window` (batch, C, band rows, W);
+    returns the name of their (batch, C·top) result."""
+    graph.node.extend(
+        [
+            helper.make_node("Reshape", [window, BAND_SHAPE], [f"/pooled/band_split{suffix}"]),
             helper.make_node(
-                "ReduceMax", ["/pooled/band_split"], ["/pooled/band_max"], axes=[3], keepdims=0
+                "ReduceMax",
+                [f"/pooled/band_split{suffix}"],
+                [f"/pooled/band_max{suffix}"],
+                axes=[3],
+                keepdims=0,
             ),
-            helper.make_node("Flatten", ["/pooled/band_max"], ["/pooled/band_flat"], axis=1),
+            helper.make_node(
+                "Flatten", [f"/pooled/band_max{suffix}"], [f"/pooled/band_flat{suffix}"], axis=1
+            ),
         ]
     )
-    return "/pooled/band_flat"
+    return f"/pooled/band_flat{suffix}"
 
 
 def add_pooled_output(path: Path, bands: BandMax | None = None) -> Path:

@@ -17,6 +17,7 @@ folded statistics are the shipped ones.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,9 +114,10 @@ def torch_features(
     pooled = [end.mean(dim=(2, 3)) for end in ends]
     if band_max is not None:
         end = ends[band_max.block]
-        rows = band_max.top * end.shape[2] // band_max.count
-        bands = end[:, :, :rows].reshape(end.shape[0], end.shape[1], band_max.top, -1)
-        pooled.append(bands.amax(dim=3).flatten(1))
+        first, last = band_max.rows(end.shape[2])
+        for start, stop in itertools.pairwise(band_max.column_edges(end.shape[3])):
+            bands = end[:, :, first:last, start:stop].reshape(*end.shape[:2], band_max.top, -1)
+            pooled.append(bands.amax(dim=3).flatten(1))
     return mu, logvar, torch.cat(pooled, dim=1)
 
 
