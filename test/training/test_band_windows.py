@@ -11,6 +11,7 @@ from training_support import build_image_bundle
 
 from training.adapt.encoders import torch_features
 from training.export import BandMax, add_pooled_output, band_count
+from training.lane_bands import Variant, kept_windows
 from vae_ood_monitor.backends import make_encoder
 
 WINDOWED = BandMax(0, 2, 4, columns=3, skip=1)  # block 0 is (C, 16, 16): rows 4..12, 3 windows
@@ -87,3 +88,21 @@ def test_band_max_spec_round_trips(text, bands):
 def test_a_bad_window_spec_says_what_it_should_be(text):
     with pytest.raises(ValueError, match="band max"):
         BandMax.parse(text)
+
+
+def test_the_experiment_keeps_the_asked_windows_band_maxima(tmp_path):
+    """training.lane_bands --variant 0/2/4/3/1:1 scores the block means and the centre window's
+    maxima only: the experiment's central third is the export's window 1."""
+    model, _, banded = _banded(tmp_path, WINDOWED)
+    batch = np.random.default_rng(4).random((2, 3, 32, 32), dtype=np.float32)
+    pooled = make_encoder("onnxruntime", banded)(batch)["pooled"]
+    variant = Variant.parse("0/2/4/3/1:1")
+    assert variant.bands == WINDOWED and str(variant) == "0/2/4/3/1:1"
+    kept = kept_windows(pooled, band_count(banded), variant)
+    with torch.no_grad():
+        block = model.encoder.features[0](torch.from_numpy(batch)).numpy()
+    centre = block[:, :, 4:12, 5:11].reshape(2, block.shape[1], 2, -1).max(axis=3).reshape(2, -1)
+    np.testing.assert_allclose(kept[:, -centre.shape[1] :], centre, atol=1e-5)
+    np.testing.assert_array_equal(kept[:, : -centre.shape[1]], pooled[:, : -3 * centre.shape[1]])
+    with pytest.raises(ValueError, match="windows to keep are 0..2"):
+        Variant.parse("0/2/4/3/1:3")
