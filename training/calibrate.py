@@ -106,7 +106,8 @@ class FittedScore:
     calibration_scores: np.ndarray  # held-out score of every calibration frame
 
 
-def _concat(latents: list[Latents]) -> Latents:
+def concatenate_latents(latents: list[Latents]) -> Latents:
+    """The frames of several streams as one (the same encoders' outputs, rows stacked)."""
     return {name: concatenate_outputs([l[name] for l in latents]) for name in latents[0]}
 
 
@@ -267,11 +268,14 @@ def fit_scores(
         folds = [_rows(whole, slice(None, half)), _rows(whole, slice(half, None))]
         rest = folds[::-1]
     elif cross_fit == "halves":
-        folds = [_concat(calibration[0::2]), _concat(calibration[1::2])]
+        folds = [concatenate_latents(calibration[0::2]), concatenate_latents(calibration[1::2])]
         rest = folds[::-1]
     else:
         folds = calibration
-        rest = [_concat(calibration[:i] + calibration[i + 1 :]) for i in range(len(calibration))]
+        rest = [
+            concatenate_latents(calibration[:i] + calibration[i + 1 :])
+            for i in range(len(calibration))
+        ]
     has_pooled = all(out.pooled is not None for latents in calibration for out in latents.values())
     mixture_fits = min(_frames(others) for others in rest) >= MIXTURE_COMPONENTS * _feature_count(
         calibration[0]
@@ -299,7 +303,7 @@ def fit_scores(
         fitted.append(
             FittedScore(
                 name,
-                _fit(name, _concat(calibration), min_mean_kl, bands, mixture_seed),
+                _fit(name, concatenate_latents(calibration), min_mean_kl, bands, mixture_seed),
                 np.concatenate(held_out),
             )
         )

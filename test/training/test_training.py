@@ -152,6 +152,8 @@ def test_cli_eval_prints_metrics(tiny_run, capsys):
     assert cli_main(args) == 0
     out = capsys.readouterr().out
     assert "2 bag(s), 80 frames, 40 OOD" in out
+    assert cli_main([*args[:5], "--bag", *bags]) == 0, "--bag takes several bags too"
+    assert out == capsys.readouterr().out
     table = {
         line.split()[0]: float(line.split()[1])
         for line in out.splitlines()
@@ -358,6 +360,23 @@ def test_recalibration_refits_a_bundle_on_other_data(tiny_run, tmp_path):
     )
     assert not OODDetector.from_path(again).bundle.decision.extrapolate
     assert pipeline_main(["--data", str(root), "--recalibrate", str(tmp_path / "missing")]) == 1
+
+
+@pytest.mark.timeout(900)  # builds the tiny run when it runs alone
+def test_recalibration_with_normal_variation_calibrates_on_the_replays_too(tiny_run, tmp_path):
+    """`--normal-variation` replays every calibration drive as another normal camera gives it; the
+    drive and its replay are one episode of the cross-fit (so its scores are held out as one)."""
+    from training.pipeline import main as pipeline_main
+
+    root, bundles, _, _ = tiny_run
+    scores = {}
+    for variation in ([], ["--normal-variation"]):
+        out = tmp_path / ("varied" if variation else "recorded")
+        argv = ["--data", str(root), "--recalibrate", str(bundles["bvae"]), "--out", str(out)]
+        assert pipeline_main([*argv, "--cross-fit", "episodes", *variation]) == 0
+        scores[bool(variation)] = OODDetector.from_path(out).bundle.calibration_scores
+    assert len(scores[True]) == 2 * len(scores[False])
+    assert not np.allclose(np.sort(scores[True])[::2], np.sort(scores[False]))
 
 
 def test_evaluate_names_a_missing_split_or_bundle_instead_of_a_traceback(
