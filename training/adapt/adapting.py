@@ -28,7 +28,7 @@ from training.adapt.encoders import (
 from training.adapt.faults import OnsetEpisode
 from training.adapt.recordings import Recording, read_messages
 from training.adapt.report import Stream
-from training.adapt.scores import DEFAULT_WORLD_SHARE, adapt_score, tune
+from training.adapt.scores import ADAPT_ID_BUDGET, DEFAULT_WORLD_SHARE, adapt_score, tune
 from training.calibrate import ScoredEpisode
 from training.dataset import episodes
 from training.export import write_bundle
@@ -262,7 +262,7 @@ def adapt_detector(
             "new_world_calibration_scores": adapted.new_world_calibration,
         },
         "decision_tuning": {
-            "id_budget": shipped.provenance.get("decision_tuning", {}).get("id_budget", 0.0),
+            "id_budget": ADAPT_ID_BUDGET,
             "faults": list(faults),
             "mean_delay_frames": tuning.mean_delay,
             "missed_onsets": tuning.missed,
