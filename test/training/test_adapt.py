@@ -9,6 +9,7 @@ make held-back frames of the new world pass while black frames, haze and a spin 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -20,12 +21,12 @@ from support import synthetic_frames, tiny_bundle, write_ros1_bag, write_ros2_ba
 from training.adapt import cli
 from training.adapt.faults import FAULTS, onset_episode
 from training.adapt.recordings import recording_sha256, split_parts
-from training.adapt.scores import merge_band_peak, merge_mixtures
-from training.calibrate import fit_scores
+from training.adapt.scores import merge_band_peak, merge_mixtures, tune
+from training.calibrate import ScoredEpisode, fit_scores
 from training.export import write_bundle
 from vae_ood_monitor import cli as runtime_cli
 from vae_ood_monitor.bundle import load_bundle
-from vae_ood_monitor.decision import DecisionParams
+from vae_ood_monitor.decision import DecisionParams, cusum_trace
 from vae_ood_monitor.detector import OODDetector
 from vae_ood_monitor.scoring import BandPeak, EncoderOutputs, LatentScore, Mixture
 
@@ -252,3 +253,22 @@ def test_faults_change_only_what_follows_the_onset():
         slice(55, 75),
         slice(75, 100),
     )
+
+
+def test_the_adapted_decision_clears_every_id_validation_frame(tmp_path):
+    """The shipped bundle's ID budget is not taken over: a few seconds of the user's driving
+    cannot vouch for a share of their frames, so one burst of high ID scores sets the level."""
+    shipped = load_bundle(tiny_bundle("bvae_tiny", tmp_path))
+    shipped = replace(shipped, provenance={"decision_tuning": {"id_budget": 0.01}})
+    rng = np.random.default_rng(0)
+    calibration = rng.normal(10.0, 1.0, 2000)
+    drive = rng.normal(10.0, 1.0, 600)
+    drive[300:305] = 14.0  # 5 unusual frames of 600: within a 1 % budget
+    onset = np.concatenate([rng.normal(10.0, 1.0, 100), rng.normal(30.0, 1.0, 100)])
+    validation = [
+        ScoredEpisode("id", drive, None),
+        ScoredEpisode("onset", onset, 100, "appearance"),
+    ]
+    params = tune("bvae", shipped, calibration, validation).params
+    traces = cusum_trace(drive, calibration, params)
+    assert traces.max() < params.threshold
