@@ -48,9 +48,18 @@ def test_window_maxima_are_each_windows_band_maxima_below_the_skipped_bands(tmp_
     )
     np.testing.assert_allclose(after["pooled"][:, means:], expected, atol=1e-5)
     assert band_count(banded) == channels * 2 * 3 == after["pooled"].shape[1] - means
-    with torch.no_grad():  # adapt fine-tunes on the torch twin of the same features
-        _, _, pooled = torch_features(model.encoder, torch.from_numpy(batch), WINDOWED)
-    np.testing.assert_allclose(pooled.numpy(), after["pooled"], atol=1e-5)
+
+
+@pytest.mark.parametrize("bands", [WINDOWED, BandMax(0, 2, 4)])
+def test_adapts_torch_twin_computes_the_exported_features(tmp_path, bands):
+    """training.adapt fine-tunes on torch_features: they must be the ONNX's, windowed or not."""
+    model, _, banded = _banded(tmp_path, bands)
+    batch = np.random.default_rng(5).random((3, 3, 32, 32), dtype=np.float32)
+    with torch.no_grad():
+        _, _, pooled = torch_features(model.encoder, torch.from_numpy(batch), bands)
+    np.testing.assert_allclose(
+        pooled.numpy(), make_encoder("onnxruntime", banded)(batch)["pooled"], atol=1e-5
+    )
 
 
 def test_a_blob_in_one_side_window_moves_only_that_windows_maxima(tmp_path):
