@@ -4,9 +4,9 @@ mixture_bands score with the band maxima of each `--variant` (training.export.Ba
 Every variant re-exports the bundle's encoder with its band maxima (same weights, no retraining),
 fits mixture_bands on the calibration drives of `--data` (as recorded, no replays) and scores
 held-out frames: obstacle frames (ground-truth OOD) against decorated-town and plain ID frames,
-and every other appearance onset against all ID frames. `--keep` scores only some column windows
-of a variant (e.g. `1/3/8/3` with `--keep 1`: the central third) — windows the export cannot
-leave out, so the experiment drops their features after it.
+and every other appearance onset against all ID frames. A variant ending in `:W,W…` scores only
+those column windows (e.g. `1/3/8/3:1`: the central third) — windows the export cannot leave out,
+so the experiment drops their features after it. Results: docs/experiments.md.
 
     python -m training.lane_bands --bundle models/bvae_student \\
         --variant 1/3/8 --variant 1/3/8/3/3 --variant 1/3/8/3:1
