@@ -27,12 +27,11 @@ import math
 import shutil
 import sys
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import cv2
 import numpy as np
 from tqdm import tqdm
 
@@ -54,6 +53,15 @@ from vae_ood_monitor.metrics import auroc, detection_delay
 from vae_ood_monitor.offline import score_frames
 from vae_ood_monitor.preprocessing import ImagePreprocessing, PhotometricRanges
 from vae_ood_monitor.safety import FrozenCameraWatch, SafetyConfig
+from vae_ood_monitor.variations import (
+    FrameTransform,
+    contrast,
+    exposure,
+    jpeg,
+    noise,
+    resolution,
+    white_balance,
+)
 
 NOMINAL_HZ = 30.0
 ID_BAR = 0.01  # share of ID frames the fused decision may flag on any row
@@ -65,68 +73,12 @@ CHUNK = 64  # frames scored per call: bounded memory for 60 Hz drives and 1280x9
 LEARNED = ("bvae", "flow", "fused", "bvae_raw", "flow_raw")
 BASELINE_QUANTILE = 0.999  # baseline threshold: 0.1 % of the as-recorded ID frames above it
 
-FrameTransform = Callable[[np.ndarray, np.random.Generator], np.ndarray]
 # The table's photometric ranges (docs/normal.md), which training draws normal cameras from:
 # exposure gain (drawn log-uniformly), contrast factor, white-balance shift, noise σ (grey levels).
 EXPOSURE_GAINS = (0.7, 1.4)
 CONTRAST_FACTORS = (0.8, 1.2)
 WHITE_BALANCE_SHIFT = 0.1
 NOISE_SIGMA = 4.0
-
-
-def exposure(gain: float) -> FrameTransform:
-    """Every pixel times `gain` (auto-exposure, a cloud), saturating at 255."""
-    return lambda rgb, _: np.clip(rgb * np.float32(gain), 0, 255).round().astype(np.uint8)
-
-
-def contrast(factor: float) -> FrameTransform:
-    """Distances from the frame's mean grey level times `factor` (1.2: +20 %)."""
-
-    def apply(rgb: np.ndarray, _: np.random.Generator) -> np.ndarray:
-        mean = np.float32(rgb.mean())
-        return np.clip((rgb - mean) * np.float32(factor) + mean, 0, 255).round().astype(np.uint8)
-
-    return apply
-
-
-def white_balance(shift: float) -> FrameTransform:
-    """Red times 1 + shift, blue times 1 − shift (0.1: 10 % warmer, −0.1: cooler)."""
-    gains = np.array([1.0 + shift, 1.0, 1.0 - shift], np.float32)
-    return lambda rgb, _: np.clip(rgb * gains, 0, 255).round().astype(np.uint8)
-
-
-def jpeg(quality: int) -> FrameTransform:
-    """Encoded and decoded again at JPEG `quality` (a camera or link compressing harder)."""
-
-    def apply(rgb: np.ndarray, _: np.random.Generator) -> np.ndarray:
-        ok, data = cv2.imencode(".jpg", rgb[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, quality])
-        if not ok:
-            raise ValueError(f"JPEG encoding at quality {quality} failed")
-        return np.ascontiguousarray(cv2.imdecode(data, cv2.IMREAD_COLOR)[..., ::-1])
-
-    return apply
-
-
-def resolution(width: int, height: int) -> FrameTransform:
-    """The frame at width×height: area-averaged down (a smaller sensor), bilinear up (an
-    approximation of a larger one: it adds pixels, not detail)."""
-
-    def apply(rgb: np.ndarray, _: np.random.Generator) -> np.ndarray:
-        smaller = width * height < rgb.shape[0] * rgb.shape[1]
-        interpolation = cv2.INTER_AREA if smaller else cv2.INTER_LINEAR
-        return cv2.resize(rgb, (width, height), interpolation=interpolation)
-
-    return apply
-
-
-def noise(sigma: float) -> FrameTransform:
-    """Gaussian sensor noise of `sigma` grey levels, new in every frame."""
-
-    def apply(rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        noisy = rgb + rng.normal(0.0, sigma, rgb.shape).astype(np.float32)
-        return np.clip(noisy, 0, 255).round().astype(np.uint8)
-
-    return apply
 
 
 @dataclass(frozen=True)

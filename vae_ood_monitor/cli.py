@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vae_ood_monitor import variations
 from vae_ood_monitor.backends import BACKENDS, BackendError
 from vae_ood_monitor.bags import BagError
 from vae_ood_monitor.bundle import BundleError, default_bundle
@@ -29,6 +30,7 @@ from vae_ood_monitor.images import DECODES
 from vae_ood_monitor.metrics import auroc, detection_delay, fpr_at_tpr, rising_edges
 from vae_ood_monitor.offline import DETECTORS, score_bag, thinned
 from vae_ood_monitor.safety import SafetyConfig
+from vae_ood_monitor.variations import FrameTransform
 
 SCORE_COLUMNS = ("stamp_ns", "bvae_score", "flow_score", "ood")
 
@@ -65,6 +67,8 @@ def _rows(
         frozen_s=args.frozen_s,
         select=lambda messages: thinned(messages, args.every, args.drop, args.seed, args.speed),
         stamps=not args.per_frame,
+        transform=_frame_variation(args),
+        seed=args.seed,
     ):
         fused = results.fused_flags
         for i, stamp in enumerate(stamps):
@@ -79,6 +83,19 @@ def _rows(
                 )
             )
     return rows
+
+
+def _frame_variation(args: argparse.Namespace) -> FrameTransform | None:
+    """The frame changes asked for, in the order a camera makes them (None: frames as recorded)."""
+    steps = [
+        *([variations.white_balance(args.white_balance)] if args.white_balance else []),
+        *([variations.exposure(args.exposure)] if args.exposure != 1.0 else []),
+        *([variations.contrast(args.contrast)] if args.contrast != 1.0 else []),
+        *([variations.resolution(*args.resize)] if args.resize else []),
+        *([variations.noise(args.noise)] if args.noise else []),
+        *([variations.jpeg(args.jpeg_quality)] if args.jpeg_quality else []),
+    ]
+    return variations.chain(steps) if steps else None
 
 
 def _cell(value: float) -> str:
@@ -123,10 +140,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         for name in DETECTORS:
             surprise_all[name].append(np.array([row[4][name] for row, _ in kept]))
         surprise_all["fused"].append(np.fmax(surprise_all["bvae"][-1], surprise_all["flow"][-1]))
-        # In-distribution driving: a whole ID bag, or the frames before an onset.
-        onset = next(
-            (label.onset_frame for _, label in kept if label.onset_frame is not None), None
-        )
+        # In-distribution driving: a whole ID bag, or the frames before an onset, counted in the
+        # frames kept (a thinned or lossy camera keeps fewer than were recorded).
+        onset = next((i for i, (_, label) in enumerate(kept) if label.ood), None)
         end = len(flags) if onset is None else onset
         fps = (
             (len(kept) - 1) / max((kept[-1][0][0] - kept[0][0][0]) / 1e9, 1e-9)
@@ -276,12 +292,41 @@ def _add_detector_options(parser: argparse.ArgumentParser) -> None:
     camera.add_argument(
         "--drop", type=_ranged(float, 0.0, 1.0), default=0.0, help="share of frames lost at random"
     )
-    camera.add_argument("--seed", type=int, default=0, help="seed of the lost frames")
+    camera.add_argument("--seed", type=int, default=0, help="seed of lost frames and noise")
     camera.add_argument(
         "--speed",
         type=_ranged(float, 0.0, None, low_open=True),
         default=1.0,
         help="stamps run this much faster (a real speed-up; eval: stamps no longer match labels)",
+    )
+    frames = parser.add_argument_group(
+        "frame variations (the normal table's rows, docs/normal.md; each frame is then decoded "
+        "in full)"
+    )
+    frames.add_argument(
+        "--exposure",
+        type=_ranged(float, 0.0, None, low_open=True),
+        default=1.0,
+        help="exposure gain (0.7: 30 %% darker)",
+    )
+    frames.add_argument(
+        "--contrast",
+        type=_ranged(float, 0.0, None, low_open=True),
+        default=1.0,
+        help="contrast factor (1.2: +20 %%)",
+    )
+    frames.add_argument(
+        "--white-balance",
+        type=_ranged(float, -1.0, 1.0, low_open=True),
+        default=0.0,
+        help="red ×(1+S), blue ×(1−S) (0.1: 10 %% warmer)",
+    )
+    frames.add_argument(
+        "--jpeg-quality", type=_ranged(int, 1, 101), help="re-encode every frame at this quality"
+    )
+    frames.add_argument("--resize", type=_size, metavar="WxH", help="a camera of this size")
+    frames.add_argument(
+        "--noise", type=_ranged(float, 0.0), default=0.0, help="Gaussian noise σ in grey levels"
     )
     camera.add_argument(
         "--per-frame",
@@ -306,6 +351,19 @@ def _ranged(
         return value
 
     return parse
+
+
+def _size(text: str) -> tuple[int, int]:
+    """argparse type of WIDTHxHEIGHT, both positive."""
+    try:
+        width, height = (int(part) for part in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected WIDTHxHEIGHT, e.g. 320x240, got '{text}'"
+        ) from None
+    if width < 1 or height < 1:
+        raise argparse.ArgumentTypeError(f"width and height must be positive, got '{text}'")
+    return width, height
 
 
 def non_negative_seconds(text: str) -> float:

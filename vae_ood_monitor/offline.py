@@ -11,8 +11,9 @@ import numpy as np
 
 from vae_ood_monitor.bags import BagMessage, read_camera_messages
 from vae_ood_monitor.detector import OODDetector
-from vae_ood_monitor.images import FrameError
+from vae_ood_monitor.images import FrameError, decode_message
 from vae_ood_monitor.safety import FrozenCameraWatch, frame_fingerprint
+from vae_ood_monitor.variations import FrameTransform
 
 DETECTORS = ("bvae", "flow")
 
@@ -107,13 +108,18 @@ def score_bag(
     frozen_s: float = 0.0,
     select: Callable[[Iterable[BagMessage]], Iterable[BagMessage]] | None = None,
     stamps: bool = True,
+    transform: FrameTransform | None = None,
+    seed: int = 0,
 ) -> Iterator[tuple[list[int], StreamScores]]:
     """Replay a bag through the detectors in chunks of frames: (header stamps, results) per chunk.
 
     Each detector decodes the messages itself and gets their header stamps, as the onboard node
     does (`stamps=False`: frames taken as at the training rate, the behaviour before 2026-12-06).
-    `select` picks the messages replayed (e.g. `thinned`). Undecodable frames are reported through
-    `on_bad_frame` and skipped, as the onboard node does; they do not appear in the results.
+    `select` picks the messages replayed (e.g. `thinned`); `transform` changes every frame
+    (vae_ood_monitor.variations, random draws seeded by `seed`): each is then decoded in full and
+    both detectors get the changed RGB frame, as the nuisance evaluation replays. Undecodable
+    frames are reported through `on_bad_frame` and skipped, as the onboard node does; they do not
+    appear in the results.
     `frozen_s` > 0: frames repeated for longer (by the bag's log time: when they arrived, as the
     safety stop sees them) count as a stop.
     """
@@ -122,6 +128,7 @@ def score_bag(
     arrivals: list[float] = []
     first = True
     watch = FrozenCameraWatch(frozen_s) if frozen_s > 0 else None
+    rng = np.random.default_rng(seed)
 
     def results() -> StreamScores:
         return score_frames(
@@ -136,7 +143,13 @@ def score_bag(
     messages = read_camera_messages(bag, topic)
     for message in select(messages) if select is not None else messages:
         try:
-            decoded = {name: detector.decode(message.msg) for name, detector in detectors.items()}
+            if transform is None:
+                decoded = {
+                    name: detector.decode(message.msg) for name, detector in detectors.items()
+                }
+            else:
+                changed = transform(decode_message(message.msg), rng)
+                decoded = dict.fromkeys(detectors, changed)
         except FrameError as err:
             if on_bad_frame is not None:
                 on_bad_frame(

@@ -19,19 +19,14 @@ from training.nuisance import (
     ROWS_BY_NAME,
     SENSITIVITY,
     Row,
-    contrast,
-    exposure,
-    jpeg,
     main,
-    noise,
     replay,
-    resolution,
     sensitivity,
-    white_balance,
 )
 from vae_ood_monitor.bundle import load_bundle
 from vae_ood_monitor.decision import DecisionParams
 from vae_ood_monitor.preprocessing import ImagePreprocessing, PhotometricRanges
+from vae_ood_monitor.variations import contrast, exposure, jpeg, noise, resolution, white_balance
 
 RNG = np.random.default_rng(0)
 FRAME = RNG.integers(40, 200, (48, 64, 3), dtype=np.uint8)

@@ -1,0 +1,80 @@
+"""Frames changed the way a real camera, link or light changes them: the normal table's
+photometric, JPEG, resolution and noise rows (docs/normal.md), as functions of an RGB frame and a
+random generator. `vae-ood-monitor eval/score` replay a bag through them (`--exposure`, …); the
+offline nuisance evaluation (training.nuisance) builds its rows from them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import cv2
+import numpy as np
+
+FrameTransform = Callable[[np.ndarray, np.random.Generator], np.ndarray]
+
+
+def exposure(gain: float) -> FrameTransform:
+    """Every pixel times `gain` (auto-exposure, a cloud), saturating at 255."""
+    return lambda rgb, _: np.clip(rgb * np.float32(gain), 0, 255).round().astype(np.uint8)
+
+
+def contrast(factor: float) -> FrameTransform:
+    """Distances from the frame's mean grey level times `factor` (1.2: +20 %)."""
+
+    def apply(rgb: np.ndarray, _: np.random.Generator) -> np.ndarray:
+        mean = np.float32(rgb.mean())
+        return np.clip((rgb - mean) * np.float32(factor) + mean, 0, 255).round().astype(np.uint8)
+
+    return apply
+
+
+def white_balance(shift: float) -> FrameTransform:
+    """Red times 1 + shift, blue times 1 − shift (0.1: 10 % warmer, −0.1: cooler)."""
+    gains = np.array([1.0 + shift, 1.0, 1.0 - shift], np.float32)
+    return lambda rgb, _: np.clip(rgb * gains, 0, 255).round().astype(np.uint8)
+
+
+def jpeg(quality: int) -> FrameTransform:
+    """Encoded and decoded again at JPEG `quality` (a camera or link compressing harder)."""
+
+    def apply(rgb: np.ndarray, _: np.random.Generator) -> np.ndarray:
+        ok, data = cv2.imencode(".jpg", rgb[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, quality])
+        if not ok:
+            raise ValueError(f"JPEG encoding at quality {quality} failed")
+        return np.ascontiguousarray(cv2.imdecode(data, cv2.IMREAD_COLOR)[..., ::-1])
+
+    return apply
+
+
+def resolution(width: int, height: int) -> FrameTransform:
+    """The frame at width×height: area-averaged down (a smaller sensor), bilinear up (an
+    approximation of a larger one: it adds pixels, not detail)."""
+
+    def apply(rgb: np.ndarray, _: np.random.Generator) -> np.ndarray:
+        smaller = width * height < rgb.shape[0] * rgb.shape[1]
+        interpolation = cv2.INTER_AREA if smaller else cv2.INTER_LINEAR
+        return cv2.resize(rgb, (width, height), interpolation=interpolation)
+
+    return apply
+
+
+def noise(sigma: float) -> FrameTransform:
+    """Gaussian sensor noise of `sigma` grey levels, new in every frame."""
+
+    def apply(rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        noisy = rgb + rng.normal(0.0, sigma, rgb.shape).astype(np.float32)
+        return np.clip(noisy, 0, 255).round().astype(np.uint8)
+
+    return apply
+
+
+def chain(transforms: Sequence[FrameTransform]) -> FrameTransform:
+    """The transforms applied one after the other, in the order given."""
+
+    def apply(rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        for transform in transforms:
+            rgb = transform(rgb, rng)
+        return rgb
+
+    return apply
