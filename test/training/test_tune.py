@@ -37,8 +37,9 @@ def test_every_rate_rows_stack_is_paired_with_the_30_hz_stack_of_its_own_frame(t
     unchanged, changed, targets = tune_flow.episode_pairs((episode, prep))
     assert len(unchanged) == 45 - prep.stack  # a stack from the (stack + 1)-th frame on
     assert len(changed) == len(targets) > 0
-    # The 15 Hz camera's first stack ends at frame 2 * stack: the 30 Hz stack there is row `stack`.
-    assert targets[0] == prep.stack
+    # Each 15 Hz frame fills two slots (its flow per 30 Hz interval), so the 15 Hz camera's first
+    # stack is full at frame 2 * ceil(stack / 2); the 30 Hz stack ending there is that minus stack.
+    assert targets[0] == 2 * -(-prep.stack // 2) - prep.stack
     assert targets.max() < len(unchanged)
     # A 30 Hz replay through a fresh stacker gives the same unchanged stacks.
     stacker = FlowStacker(prep)
