@@ -4,7 +4,11 @@ camera frames and the small committed bundles under test/runtime/data."""
 from __future__ import annotations
 
 import shutil
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -124,3 +128,16 @@ def tiny_bundle(name: str, dest: Path, decision: DecisionParams | None = None) -
     if decision is not None:
         edit_meta(target, lambda meta: meta.update(decision=decision.to_dict()))
     return target
+
+
+@contextmanager
+def spinning(node: Any, executor: Any) -> Iterator[Any]:
+    """`node` spun by `executor` (an rclpy executor) in a background thread for the block; then
+    the executor is shut down and the node destroyed. The tests' own DDS participants."""
+    executor.add_node(node)
+    threading.Thread(target=executor.spin, daemon=True).start()
+    try:
+        yield node
+    finally:
+        executor.shutdown()
+        node.destroy_node()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,7 +23,7 @@ from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from sensor_msgs.msg import CompressedImage
 from std_msgs.msg import Bool, Float32
-from support import synthetic_frames, tiny_bundle
+from support import spinning, synthetic_frames, tiny_bundle
 from test_ros_graph import wait_for
 
 from vae_ood_monitor import demo
@@ -90,14 +89,8 @@ class Camera(Node):
 
 @pytest.fixture
 def camera() -> Iterator[Camera]:
-    node = Camera()
-    executor = SingleThreadedExecutor()
-    executor.add_node(node)
-    thread = threading.Thread(target=executor.spin, daemon=True)
-    thread.start()
-    yield node
-    executor.shutdown()
-    node.destroy_node()
+    with spinning(Camera(), SingleThreadedExecutor()) as node:
+        yield node
 
 
 def start(name: str, params_file: Path, namespace: str, log: Path) -> subprocess.Popen:

@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -27,7 +26,7 @@ from rclpy.node import Node
 from sensor_msgs.msg import CompressedImage
 from std_msgs.msg import Bool, Float32, String
 from std_srvs.srv import Trigger
-from support import synthetic_frames, tiny_bundle, write_ros2_bag
+from support import spinning, synthetic_frames, tiny_bundle, write_ros2_bag
 
 from vae_ood_monitor import demo
 from vae_ood_monitor.bags import read_camera_messages
@@ -175,13 +174,8 @@ class Robot(Node):
 @pytest.fixture
 def robot(request) -> Iterator[Robot]:
     node = Robot(**getattr(request, "param", {}))
-    executor = MultiThreadedExecutor(num_threads=2)
-    executor.add_node(node)
-    thread = threading.Thread(target=executor.spin, daemon=True)
-    thread.start()
-    yield node
-    executor.shutdown()
-    node.destroy_node()
+    with spinning(node, MultiThreadedExecutor(num_threads=2)):
+        yield node
 
 
 def wait_for(
