@@ -1,43 +1,23 @@
 """Band maxima per column window below the sky (training.export.BandMax COLUMNS/SKIP): the ONNX
 graph addition, its feature count, the torch twin adapt trains with, and the spec text."""
 
-import shutil
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
-from training_support import build_image_bundle
+from training_support import band_features, banded_encoder
 
 from training.adapt.encoders import torch_features
-from training.export import BandMax, add_pooled_output, band_count
+from training.export import BandMax, band_count
 from training.lane_bands import Variant, kept_windows
 from vae_ood_monitor.backends import make_encoder
 
 WINDOWED = BandMax(0, 2, 4, columns=3, skip=1)  # block 0 is (C, 16, 16): rows 4..12, 3 windows
 
 
-def _banded(tmp_path: Path, bands: BandMax) -> tuple[torch.nn.Module, Path, Path]:
-    model, bundle_dir = build_image_bundle(tmp_path)
-    plain = bundle_dir / "image.onnx"
-    return model, plain, add_pooled_output(Path(shutil.copy(plain, tmp_path / "b.onnx")), bands)
-
-
 def test_window_maxima_are_each_windows_band_maxima_below_the_skipped_bands(tmp_path):
     """Re-exported without retraining: μ, logσ² and the block means unchanged, then per column
     window (0:5, 5:11, 11:16) per channel the max over each of bands 1 and 2 of 4."""
-    model, plain, banded = _banded(tmp_path, WINDOWED)
-    batch = np.random.default_rng(3).random((4, 3, 32, 32), dtype=np.float32)
-    before, after = (
-        make_encoder("onnxruntime", plain)(batch),
-        make_encoder("onnxruntime", banded)(batch),
-    )
-    for name in ("mu", "logvar"):
-        np.testing.assert_array_equal(after[name], before[name])
-    means = before["pooled"].shape[1]
-    np.testing.assert_array_equal(after["pooled"][:, :means], before["pooled"])
-    with torch.no_grad():
-        block = model.encoder.features[0](torch.from_numpy(batch)).numpy()
+    maxima, block, _, banded = band_features(tmp_path, WINDOWED, count=4, seed=3)
     count, channels = block.shape[:2]
     expected = np.concatenate(
         [
@@ -46,14 +26,14 @@ def test_window_maxima_are_each_windows_band_maxima_below_the_skipped_bands(tmp_
         ],
         axis=1,
     )
-    np.testing.assert_allclose(after["pooled"][:, means:], expected, atol=1e-5)
-    assert band_count(banded) == channels * 2 * 3 == after["pooled"].shape[1] - means
+    np.testing.assert_allclose(maxima, expected, atol=1e-5)
+    assert band_count(banded) == channels * 2 * 3 == maxima.shape[1]
 
 
 @pytest.mark.parametrize("bands", [WINDOWED, BandMax(0, 2, 4)])
 def test_adapts_torch_twin_computes_the_exported_features(tmp_path, bands):
     """training.adapt fine-tunes on torch_features: they must be the ONNX's, windowed or not."""
-    model, _, banded = _banded(tmp_path, bands)
+    model, _, banded = banded_encoder(tmp_path, bands)
     batch = np.random.default_rng(5).random((3, 3, 32, 32), dtype=np.float32)
     with torch.no_grad():
         _, _, pooled = torch_features(model.encoder, torch.from_numpy(batch), bands)
@@ -65,7 +45,7 @@ def test_adapts_torch_twin_computes_the_exported_features(tmp_path, bands):
 def test_a_blob_in_one_side_window_moves_only_that_windows_maxima(tmp_path):
     """Why the windows: a bright patch at the left edge (a house beside the road) raises the left
     window's maxima and leaves the centre and right windows' exactly as they were."""
-    _, _, banded = _banded(tmp_path, WINDOWED)
+    _, _, banded = banded_encoder(tmp_path, WINDOWED)
     encoder = make_encoder("onnxruntime", banded)
     frame = np.full((1, 3, 32, 32), 0.3, dtype=np.float32)
     house = frame.copy()
@@ -77,7 +57,7 @@ def test_a_blob_in_one_side_window_moves_only_that_windows_maxima(tmp_path):
 
 def test_too_many_windows_for_the_block_are_refused_with_the_reason(tmp_path):
     with pytest.raises(ValueError, match="16 columns, too few for 17 column windows"):
-        _banded(tmp_path, BandMax(0, 1, 4, columns=17))
+        banded_encoder(tmp_path, BandMax(0, 1, 4, columns=17))
 
 
 @pytest.mark.parametrize(
@@ -102,7 +82,7 @@ def test_a_bad_window_spec_says_what_it_should_be(text):
 def test_the_experiment_keeps_the_asked_windows_band_maxima(tmp_path):
     """training.lane_bands --variant 0/2/4/3/1:1 scores the block means and the centre window's
     maxima only: the experiment's central third is the export's window 1."""
-    model, _, banded = _banded(tmp_path, WINDOWED)
+    model, _, banded = banded_encoder(tmp_path, WINDOWED)
     batch = np.random.default_rng(4).random((2, 3, 32, 32), dtype=np.float32)
     pooled = make_encoder("onnxruntime", banded)(batch)["pooled"]
     variant = Variant.parse("0/2/4/3/1:1")

@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from training_support import FLOW_PREP, build_flow_bundle, build_image_bundle
+from training_support import FLOW_PREP, band_features, build_flow_bundle, build_image_bundle
 
 from training.export import (
     BandMax,
@@ -77,34 +77,19 @@ def test_band_maxima_join_the_pooled_features_and_agree_with_torch(tmp_path):
     """`pooled` rebuilt with BandMax(0, 2, 4): the block means as before, then per channel the max
     of block 0's output over each of its top two of four horizontal bands; μ and logσ² do not
     move."""
-    model, bundle_dir = build_image_bundle(tmp_path)
-    banded = add_pooled_output(
-        Path(shutil.copy(bundle_dir / "image.onnx", tmp_path / "banded.onnx")), BandMax(0, 2, 4)
-    )
-    batch = np.random.default_rng(2).random((3, 3, 32, 32), dtype=np.float32)
-    plain, outputs = (
-        make_encoder("onnxruntime", bundle_dir / "image.onnx")(batch),
-        make_encoder("onnxruntime", banded)(batch),
-    )
-    for name in ("mu", "logvar"):
-        np.testing.assert_array_equal(outputs[name], plain[name])
-    means = plain["pooled"].shape[1]
-    np.testing.assert_array_equal(outputs["pooled"][:, :means], plain["pooled"])
-    with torch.no_grad():
-        block = model.encoder.features[0](
-            torch.from_numpy(batch)
-        ).numpy()  # (3, C, 16, 16): bands of 4 rows
+    maxima, block, plain, banded = band_features(tmp_path, BandMax(0, 2, 4), count=3, seed=2)
+    # block: (3, C, 16, 16), bands of 4 rows
     count, channels, height, width = block.shape
     expected = (
         block.reshape(count, channels, 4, height // 4, width)[:, :, :2]
         .max(axis=(3, 4))
         .reshape(count, -1)
     )
-    np.testing.assert_allclose(outputs["pooled"][:, means:], expected, atol=1e-5)
-    assert band_count(banded) == channels * 2 == outputs["pooled"].shape[1] - means, (
+    np.testing.assert_allclose(maxima, expected, atol=1e-5)
+    assert band_count(banded) == channels * 2 == maxima.shape[1], (
         "the score's band mixture reads this many"
     )
-    assert band_count(bundle_dir / "image.onnx") == 0
+    assert band_count(plain) == 0
 
 
 @pytest.mark.parametrize(

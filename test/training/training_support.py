@@ -8,6 +8,7 @@ test_committed_tiny_bundles_are_what_the_builders_make checks they still match.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -22,8 +23,9 @@ from training.data.generate import (
     dataset_sha256,
     manifest_entry,
 )
-from training.export import export_encoder, write_bundle
+from training.export import BandMax, add_pooled_output, export_encoder, write_bundle
 from training.models import VAE, VAEConfig
+from vae_ood_monitor.backends import make_encoder
 from vae_ood_monitor.decision import DecisionParams
 from vae_ood_monitor.preprocessing import FlowPreprocessing, ImagePreprocessing
 from vae_ood_monitor.scoring import LatentScore
@@ -53,6 +55,35 @@ def build_image_bundle(
         {"note": "test"},
     )
     return model, path / "bundle"
+
+
+def banded_encoder(path: Path, bands: BandMax) -> tuple[torch.nn.Module, Path, Path]:
+    """An untrained tiny β-VAE (build_image_bundle), its exported encoder and a copy of that with
+    `bands` added to the `pooled` output."""
+    model, bundle_dir = build_image_bundle(path)
+    plain = bundle_dir / "image.onnx"
+    return model, plain, add_pooled_output(Path(shutil.copy(plain, path / "b.onnx")), bands)
+
+
+def band_features(
+    path: Path, bands: BandMax, count: int, seed: int
+) -> tuple[np.ndarray, np.ndarray, Path, Path]:
+    """(the band maxima `bands` add to the encoder's `pooled` output for a random batch of
+    `count` frames, the torch output of their conv block for that batch, the plain and the banded
+    ONNX). Asserts that μ, logσ² and the pooled block means do not move."""
+    model, plain, banded = banded_encoder(path, bands)
+    batch = np.random.default_rng(seed).random((count, 3, 32, 32), dtype=np.float32)
+    before, after = (
+        make_encoder("onnxruntime", plain)(batch),
+        make_encoder("onnxruntime", banded)(batch),
+    )
+    for name in ("mu", "logvar"):
+        np.testing.assert_array_equal(after[name], before[name])
+    means = before["pooled"].shape[1]
+    np.testing.assert_array_equal(after["pooled"][:, :means], before["pooled"])
+    with torch.no_grad():
+        block = model.encoder.features[: bands.block + 1](torch.from_numpy(batch)).numpy()
+    return after["pooled"][:, means:], block, plain, banded
 
 
 def build_flow_bundle(path: Path, decision: DecisionParams = DecisionParams()):
