@@ -55,6 +55,7 @@ from vae_ood_monitor.preprocessing import ImagePreprocessing, PhotometricRanges
 from vae_ood_monitor.safety import FrozenCameraWatch, SafetyConfig
 from vae_ood_monitor.variations import (
     FrameTransform,
+    chain,
     contrast,
     exposure,
     jpeg,
@@ -150,9 +151,7 @@ RATE_ROWS: tuple[Row, ...] = tuple(
 
 def photometric(gain: float, contrast_factor: float, shift: float) -> FrameTransform:
     """White balance and exposure gain, then contrast: one camera's setting within the table."""
-    balance, stretch = white_balance(shift), contrast(contrast_factor)
-    scaled = exposure(gain)
-    return lambda rgb, rng: stretch(scaled(balance(rgb, rng), rng), rng)
+    return chain([white_balance(shift), exposure(gain), contrast(contrast_factor)])
 
 
 def normal_variant(detector: str, episode: Episode) -> Row:
