@@ -519,7 +519,7 @@ def run_live_bench(
     for rate in rates:
         for side in sides:
             label = f"{side.name} @ {rate:g} Hz"
-            layout = baseline_graph(graph) if side is not sides[-1] else graph
+            layout = baseline_graph(graph, side) if side is not sides[-1] else graph
             print(f"running {layout} graph of {label} ...", flush=True)
             results[label] = live_run(
                 side,
@@ -588,9 +588,13 @@ def paired_rules(index: int) -> list[str]:
     return [arg for name, target in names.items() for arg in ("-r", f"{name}:={target}")]
 
 
-def baseline_graph(graph: str) -> str:
-    """The earlier version's graph for `graph`: it has no `ood_detectors`."""
-    return "nodes" if graph == "detectors" else graph
+def baseline_graph(graph: str, side: Side) -> str:
+    """The earlier version's graph for `graph`: "nodes" where `side` has no `ood_detectors` (before
+    2026-12-07), so like is compared with like where it can be."""
+    if graph != "detectors":
+        return graph
+    nodes = (side.root / "vae_ood_monitor" / "nodes" / "detector.py").read_text()
+    return graph if "def main_detectors(" in nodes else "nodes"
 
 
 def run_paired_bench(
@@ -603,7 +607,8 @@ def run_paired_bench(
     id_bag: Path | None = None,
     graphs: tuple[str, ...] = ("nodes",),
 ) -> int:
-    """CPU per frame per process of `baseline_ref`'s graph (a process per node) and this
+    """CPU per frame per process of `baseline_ref`'s graph (the first of `graphs` where it has
+    it, else a process per node: baseline_graph) and this
     checkout's in each of `graphs` ("nodes", "detectors"), all running at the same time (each
     graph under its own names and fed the same ID drive by its own client): all see the same load
     from everything else on the machine, which on a shared machine changes CPU time per frame by
@@ -612,7 +617,8 @@ def run_paired_bench(
     other's."""
     ids = load_drive(id_bag or bag).in_distribution
     this = Side("this checkout", Path(__file__).resolve().parents[1])
-    runs = [(checkout(baseline_ref, out_dir), "nodes"), *((this, graph) for graph in graphs)]
+    baseline = checkout(baseline_ref, out_dir)
+    runs = [(baseline, baseline_graph(graphs[0], baseline)), *((this, graph) for graph in graphs)]
     labels = [baseline_ref] + [
         this.name if graphs == ("nodes",) else f"this, {graph}" for graph in graphs
     ]

@@ -128,6 +128,31 @@ def declare_veh(node: Node) -> str:
     )
 
 
+class ListenedPublisher:
+    """A publisher that builds and sends nothing while no subscription is matched: the scores and
+    the fused decision are published for whoever listens, and an rclpy publish costs 50-180 µs of
+    CPU at a camera's pace even with no one listening (docs/performance.md). The topics are
+    volatile: a message published before a subscriber matched would not reach it anyway; one that
+    joins gets every message from the next count on, at most `RECOUNT_S` later. (rclpy's matched
+    events would need no polling, but with the events executor a subscription created in the
+    same process then deadlocks.)"""
+
+    RECOUNT_S = 0.25
+
+    def __init__(self, node: Node, message_type: Any, topic: str, qos: QoSProfile) -> None:
+        self._publisher = node.create_publisher(message_type, topic, qos)
+        self._listeners = 0
+        self._recount_at = 0.0
+
+    def publish(self, msg: Any) -> None:
+        now = time.monotonic()
+        if now >= self._recount_at:
+            self._listeners = self._publisher.get_subscription_count()
+            self._recount_at = now + self.RECOUNT_S
+        if self._listeners:
+            self._publisher.publish(msg)
+
+
 def subscribe_camera(
     node: Node, transport: str, topic: str, callback: Callable[[Any], None], **kwargs: Any
 ) -> Any:

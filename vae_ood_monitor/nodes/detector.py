@@ -39,6 +39,7 @@ from vae_ood_monitor.images import DECODES, FrameError, decode_once, parse_seria
 from vae_ood_monitor.nodes.common import (
     RELIABLE_QOS,
     Diagnostics,
+    ListenedPublisher,
     RateMeter,
     StartupError,
     camera_topic,
@@ -177,7 +178,7 @@ class DetectorNode(Node):
         except ModelOutputError as err:
             raise StartupError(f"warm-up failed: {err}") from None
         self._warm_up_ms = (time.monotonic() - warm_up_started) * 1000.0
-        self._score_pub = self.create_publisher(Float32, f"{kind}/score", RELIABLE_QOS)
+        self._score_pub = ListenedPublisher(self, Float32, f"{kind}/score", RELIABLE_QOS)
         self._ood_pub = self.create_publisher(Bool, f"{kind}/ood", RELIABLE_QOS)
         # One message of each, refilled per frame: building an rclpy message costs more than
         # setting its field.
