@@ -85,7 +85,7 @@ class OODDetector:
         latents = {}
         for name, batch in inputs.items():
             outputs = self._encoders[name](batch)
-            if not all(np.all(np.isfinite(values)) for values in outputs.values()):
+            if not all(np.isfinite(values).all() for values in outputs.values()):
                 raise ModelOutputError(
                     f"encoder '{name}' of {self.bundle.path.name} produced non-finite output"
                 )
