@@ -13,7 +13,10 @@ candidate fitted on all the others). Fitted on half the driving, a rare manoeuvr
 sharp recovery turn) scores far beyond most OOD frames at test time, which then look as ordinary as
 the top few per cent of the calibration frames: p-values stay coarse and decisions slow. Leaving
 one episode out keeps the tail near the deployed fit's: sharper p-values, faster stops, and on the
-shipped detectors more false ones on the test maps (measured in docs/experiments.md). The candidate
+shipped detectors more false ones on the test maps (measured in docs/experiments.md). Or fitted on
+other drives (`cross_fit="train"`, split conformal: the train split's frames): the calibration
+frames are then scored by the very fit the robot runs, as new drives will be, and the fit sees more
+driving than either half. The candidate
 whose conformal surprise has the highest frame-level AUROC on the validation split wins, with the
 p-value tail (one- or two-sided) that achieved it.
 
@@ -225,7 +228,7 @@ SCORE_CANDIDATES = (
     "mixture_band_peak",
 )
 DEFAULT_SCORE_CANDIDATES = SCORE_CANDIDATES[:4]
-CROSS_FITS = ("halves", "episodes")
+CROSS_FITS = ("halves", "episodes", "train")
 
 
 def _frames(latents: Latents) -> int:
@@ -246,10 +249,13 @@ def fit_scores(
     candidates: tuple[str, ...] = DEFAULT_SCORE_CANDIDATES,
     bands: dict[str, int] | None = None,
     mixture_seed: int = 0,
+    fit_on: list[Latents] | None = None,
 ) -> list[FittedScore]:
     """The score `candidates` (those the encoders and frames allow) fitted on all calibration
     episodes, with calibration scores cross-fitted on halves of the episodes or leaving one
     episode out (module docstring); a single episode is cross-fitted on its two halves either way.
+    `cross_fit="train"` fits on the streams `fit_on` instead and scores every calibration frame
+    with that fit.
     `bands`: how many band maxima end each encoder's pooled features (training.export.band_count),
     where they do; `mixture_seed` seeds the mixtures' EM starts (with the band mixture it decided
     whether the test's crowd of duckies was stopped within the bar, with the band peak it does
@@ -262,7 +268,11 @@ def fit_scores(
             f"score candidates must be among {', '.join(SCORE_CANDIDATES)}, "
             f"got {', '.join(candidates) or 'none'}"
         )
-    if len(calibration) == 1:
+    if cross_fit == "train":
+        if not fit_on:
+            raise ValueError("cross_fit 'train' needs frames to fit on (the train split's)")
+        folds, rest = [concatenate_latents(calibration)], [concatenate_latents(fit_on)]
+    elif len(calibration) == 1:
         whole = calibration[0]
         half = _frames(whole) // 2
         folds = [_rows(whole, slice(None, half)), _rows(whole, slice(half, None))]
@@ -296,17 +306,14 @@ def fit_scores(
         )
     fitted = []
     for name in names:
-        held_out = [
-            _fit(name, others, min_mean_kl, bands, mixture_seed)(fold)
-            for fold, others in zip(folds, rest)
-        ]
-        fitted.append(
-            FittedScore(
-                name,
-                _fit(name, concatenate_latents(calibration), min_mean_kl, bands, mixture_seed),
-                np.concatenate(held_out),
-            )
+        fits = [_fit(name, others, min_mean_kl, bands, mixture_seed) for others in rest]
+        deployed = (
+            fits[0]
+            if cross_fit == "train"
+            else _fit(name, concatenate_latents(calibration), min_mean_kl, bands, mixture_seed)
         )
+        held_out = np.concatenate([fit(fold) for fit, fold in zip(fits, folds)])
+        fitted.append(FittedScore(name, deployed, held_out))
     return fitted
 
 

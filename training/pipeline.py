@@ -61,7 +61,7 @@ from vae_ood_monitor.bundle import DETECTOR_ENCODERS, BundleError, load_bundle
 from vae_ood_monitor.decision import DecisionParams
 from vae_ood_monitor.detector import OODDetector
 from vae_ood_monitor.preprocessing import FlowPreprocessing, ImagePreprocessing
-from vae_ood_monitor.scoring import LatentScore
+from vae_ood_monitor.scoring import Latents, LatentScore
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -290,15 +290,19 @@ def calibrate_and_bundle(
     # every recorded drive in one fold and every replay in the other, so each version was scored
     # by a fit that had never seen its kind of frame (calibration scores 2-3x the deployed fit's
     # on held-out drives: p-values coarse, objects in the lane never stopped).
-    calibration = [
-        concatenate_latents(
-            [
-                detector.encode_stream(frames, stamps_ns=stamps)[2]
-                for frames, _, stamps in streams(e)
-            ]
-        )
-        for e in _progress(episodes(data, "calibration"), f"{kind}: calibration")
-    ]
+    def encoded(split: str) -> list[Latents]:
+        return [
+            concatenate_latents(
+                [
+                    detector.encode_stream(frames, stamps_ns=stamps)[2]
+                    for frames, _, stamps in streams(e)
+                ]
+            )
+            for e in _progress(episodes(data, split), f"{kind}: {split}")
+        ]
+
+    calibration = encoded("calibration")
+    fit_on = encoded("train") if cross_fit == "train" else None
     validation_latents = []
     for episode in _progress(episodes(data, "validation"), f"{kind}: validation"):
         for frames, labels, stamps in streams(episode):
@@ -310,7 +314,9 @@ def calibrate_and_bundle(
         name: width for name, path in onnx_files.items() if (width := band_count(path))
     }  # the band scores'
     try:
-        fitted = fit_scores(calibration, min_mean_kl, cross_fit, score_kinds, bands, mixture_seed)
+        fitted = fit_scores(
+            calibration, min_mean_kl, cross_fit, score_kinds, bands, mixture_seed, fit_on
+        )
     except ValueError as err:  # e.g. only the mixture asked for, on too few calibration frames
         raise DatasetError(f"{data}: {err}") from None
     chosen, _, score_table = select_score(
@@ -524,8 +530,10 @@ def main(argv: list[str] | None = None) -> int:
         choices=CROSS_FITS,
         help="with --recalibrate: hold calibration scores out on halves of the calibration "
         "episodes or one episode at a time — "
-        "'episodes' gives sharper p-values: faster stops, more false ones (default: as the "
-        "bundle was, else halves)",
+        "'episodes' gives sharper p-values: faster stops, more false ones — or fit the score on "
+        "the train split and score the calibration split with that fit ('train': split "
+        "conformal, the p-values of the fit the robot runs; needs a train split) (default: as "
+        "the bundle was, else halves)",
     )
     parser.add_argument(
         "--id-budget",
