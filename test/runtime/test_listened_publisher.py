@@ -1,32 +1,22 @@
 """`ListenedPublisher`: sends nothing while no one listens, and a subscriber that joins gets every
-message from its first on (real DDS participants; the nodes' own executor)."""
+message from its first on (two real DDS participants)."""
 
 from __future__ import annotations
 
 import os
 import time
 
-import pytest
 import rclpy
 from rclpy.context import Context
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from std_msgs.msg import Float32
 from support import spinning
-from test_ros_graph import wait_for
+from test_ros_graph import ros_domain, wait_for  # noqa: F401 (ros_domain: a fixture)
 
 from vae_ood_monitor.nodes.common import RELIABLE_QOS, ListenedPublisher
 
 TOPIC = "/listened_publisher_test/score"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def ros_domain():
-    os.environ.setdefault("ROS_DOMAIN_ID", str(os.getpid() % 90 + 10))
-    os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
-    rclpy.init()
-    yield
-    rclpy.shutdown()
 
 
 def test_publishes_once_a_subscriber_listens_and_stops_when_it_leaves():
