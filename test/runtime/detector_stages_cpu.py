@@ -49,11 +49,10 @@ def main() -> None:
 
     def flow_inputs(grey: Any, stamp_ns: int) -> Any:
         """FlowStacker.push, its OpenCV steps timed apart (the flow stack: the rest)."""
-        size = (prep.width, prep.height)
-        timed("flow resize", cv2.resize, grey, size, None, 0, 0, cv2.INTER_AREA)
-        timed(
-            "flow CLAHE", stacker._clahe.apply, cv2.resize(grey, size, interpolation=cv2.INTER_AREA)
+        small = timed(
+            "flow resize", cv2.resize, grey, (prep.width, prep.height), None, 0, 0, cv2.INTER_AREA
         )
+        timed("flow CLAHE", stacker._clahe.apply, small)
         return timed("flow: grey, CLAHE, Farneback, stack", flow._inputs, grey, stamp_ns)
 
     started, due = time.thread_time(), time.monotonic()
