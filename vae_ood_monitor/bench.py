@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vae_ood_monitor.bundle import default_bundle
+from vae_ood_monitor.bundle import default_bundle, models_dir
 from vae_ood_monitor.demo import (
     NODES,
     GraphRun,
@@ -288,16 +288,23 @@ def _cmdline(pid: int) -> str:
 
 @dataclass
 class Side:
-    """A version of the monitor under test: its code checkout and the bundles it ships."""
+    """A version of the monitor under test: where its code is (its nodes start there, so
+    `-m vae_ood_monitor…` imports that copy) and the models folder it ships."""
 
     name: str
     root: Path
+    models: Path
 
     def bundles(self) -> dict[str, Path]:
         """The version's default bundles, from its own models/defaults.json."""
-        models = self.root / "models"
-        defaults = json.loads((models / "defaults.json").read_text())
-        return {name: models / defaults[name] for name in DETECTORS}
+        defaults = json.loads((self.models / "defaults.json").read_text())
+        return {name: self.models / defaults[name] for name in DETECTORS}
+
+
+def this_version() -> Side:
+    """The code running this bench with the models it was installed with (share/, as ament finds
+    them; an installed package has no models/ beside its code)."""
+    return Side("this checkout", Path(__file__).resolve().parents[1], models_dir())
 
 
 def checkout(ref: str, out_dir: Path) -> Side:
@@ -319,7 +326,7 @@ def checkout(ref: str, out_dir: Path) -> Side:
             check=True,
             capture_output=True,
         )
-    return Side(ref, path)
+    return Side(ref, path, path / "models")
 
 
 class LiveGraph:
@@ -512,7 +519,7 @@ def run_live_bench(
     if id_bag is not None:
         drive = Drive(load_drive(id_bag).in_distribution + drive.out_of_distribution, None)
         drive.onset = len(drive.jpeg) - len(load_drive(bag).out_of_distribution)
-    sides = [Side("this checkout", Path(__file__).resolve().parents[1])]
+    sides = [this_version()]
     if baseline_ref is not None:
         sides.insert(0, checkout(baseline_ref, out_dir))
     results: dict[str, LiveResult] = {}
@@ -616,7 +623,7 @@ def run_paired_bench(
     per-window ratios of the whole graphs: each of this checkout's to the baseline's, and to each
     other's."""
     ids = load_drive(id_bag or bag).in_distribution
-    this = Side("this checkout", Path(__file__).resolve().parents[1])
+    this = this_version()
     baseline = checkout(baseline_ref, out_dir)
     runs = [(baseline, baseline_graph(graphs[0], baseline)), *((this, graph) for graph in graphs)]
     labels = [baseline_ref] + [
@@ -737,11 +744,7 @@ def run_soak(
     `sample_s` record each node's resident memory and CPU time; report RSS growth, frames
     processed against frames the client published, CPU per frame and every stop (each followed
     by a reset so the soak goes on)."""
-    side = (
-        checkout(baseline_ref, out_dir)
-        if baseline_ref
-        else Side("this checkout", Path(__file__).resolve().parents[1])
-    )
+    side = checkout(baseline_ref, out_dir) if baseline_ref else this_version()
     ids = load_drive(id_bag or bag).in_distribution
     out_dir.mkdir(parents=True, exist_ok=True)
     client = CameraClient()

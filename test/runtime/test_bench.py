@@ -3,12 +3,14 @@ versions it compares."""
 
 import math
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from vae_ood_monitor.bench import Side, checkout, cpu_seconds
+from vae_ood_monitor.bench import checkout, cpu_seconds, this_version
 from vae_ood_monitor.bundle import share_dir
 from vae_ood_monitor.stream import load_drive
 
@@ -32,8 +34,25 @@ def test_the_demo_drive_splits_at_its_onset():
 
 
 def test_a_side_runs_its_own_default_bundles(tmp_path):
-    bundles = Side("this checkout", REPO).bundles()
+    bundles = this_version().bundles()
     assert set(bundles) == {"bvae", "flow"}
     assert all((path / "bundle.json").exists() for path in bundles.values())
     with pytest.raises(ValueError, match="not a commit"):
         checkout("no-such-ref-anywhere", tmp_path)
+
+
+def test_the_installed_bench_finds_the_models_it_was_installed_with(tmp_path):
+    """`vae-ood-monitor bench` as a user runs it: the installed package (imported from outside the
+    source tree), whose code has no models/ beside it."""
+    probe = (
+        "import vae_ood_monitor.bench as b; "
+        "print(b.__file__); print(*b.this_version().bundles().values(), sep='\\n')"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, check=False
+    )
+    assert run.returncode == 0, run.stderr
+    module, *bundles = run.stdout.split()
+    if Path(module).resolve().is_relative_to(REPO / "vae_ood_monitor"):
+        pytest.skip(f"vae_ood_monitor is imported from the source tree ({module}), not installed")
+    assert all((Path(b) / "bundle.json").exists() for b in bundles), bundles
