@@ -303,6 +303,18 @@ PRESETS: dict[str, Preset] = {
         seed_offset=30_000,
         fps=60.0,
     ),
+    # The same on the test maps with a traffic light at every intersection, as Duckietown towns
+    # have them: the normal table's traffic-light row on maps no bundle was fitted on.
+    "heldout_lights": Preset(
+        name="heldout_lights",
+        frames=1200,
+        onset_range=(0, 0),
+        splits={"test": SplitPlan(TEST_MAPS, id_episodes=2)},
+        scenarios=(),
+        seed_offset=32_000,
+        traffic_lights=True,
+        fps=60.0,
+    ),
     # One short onset of every OOD scenario on the test maps (8 s at 30 Hz, onset after 3-4 s):
     # the nuisance evaluation's AUROC and onset delays, also under a 15 or 10 Hz camera.
     "heldout_onsets": Preset(
