@@ -74,7 +74,11 @@ def load_worker_detectors(bundles: dict[str, str], frozen_s: float) -> None:
     (here and in training.nuisance)."""
     global _frozen_s
     _DETECTORS.clear()
-    _DETECTORS.update({name: OODDetector.from_path(path) for name, path in bundles.items()})
+    # Camera messages (training.nuisance) decoded as `vae-ood-monitor monitor` runs the detectors:
+    # both in `ood_detectors`, one reduced-scale colour decode shared (images.FrameDecoder).
+    _DETECTORS.update(
+        {name: OODDetector.from_path(path, decode="shared") for name, path in bundles.items()}
+    )
     _frozen_s = frozen_s
 
 

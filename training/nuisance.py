@@ -31,6 +31,7 @@ from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -48,13 +49,14 @@ from vae_ood_monitor.bundle import (
 from vae_ood_monitor.cli import non_negative_seconds
 from vae_ood_monitor.detector import OODDetector
 from vae_ood_monitor.ground_truth import read_ground_truth
-from vae_ood_monitor.images import decode_message
+from vae_ood_monitor.images import decode_message, decode_once
 from vae_ood_monitor.metrics import auroc, detection_delay
 from vae_ood_monitor.offline import score_frames
 from vae_ood_monitor.preprocessing import ImagePreprocessing, PhotometricRanges
 from vae_ood_monitor.safety import FrozenCameraWatch, SafetyConfig
 from vae_ood_monitor.variations import (
     FrameTransform,
+    as_sent,
     chain,
     contrast,
     exposure,
@@ -173,8 +175,10 @@ def _seed(*parts: str) -> int:
     return zlib.crc32(":".join(parts).encode())
 
 
-def replay(episode: Episode, row: Row) -> Iterator[tuple[np.ndarray, float, bool]]:
-    """(rgb, stamp in seconds, OOD label) of the episode as the row's camera delivers it."""
+def replay(episode: Episode, row: Row) -> Iterator[tuple[Any, np.ndarray, float, bool]]:
+    """(message, rgb, stamp in seconds, OOD label) of the episode as the row's camera delivers it:
+    the message as the detectors receive it (the recorded JPEG, or the changed frame as the camera
+    sends it: variations.as_sent) and its pixels, for the non-learned baseline."""
     labels = read_ground_truth(episode.path)
     count = len(labels) if labels else sum(1 for _ in read_camera_messages(episode.path))
     indices, stamps = row.selection(episode.fps, count, _seed(episode.name, row.name, "lost"))
@@ -182,11 +186,12 @@ def replay(episode: Episode, row: Row) -> Iterator[tuple[np.ndarray, float, bool
     rng = np.random.default_rng(_seed(episode.name, row.name, "pixels"))
     for message in read_camera_messages(episode.path):
         if message.index in wanted:
-            rgb = decode_message(message.msg)
+            sent, rgb = message.msg, decode_message(message.msg)
             if row.transform is not None:
                 rgb = row.transform(rgb, rng)
+                sent = as_sent(rgb)
             label = bool(labels[message.index].ood) if labels else False
-            yield rgb, wanted[message.index], label
+            yield sent, rgb, wanted[message.index], label
 
 
 @dataclass
@@ -203,12 +208,14 @@ class Replay:
 
 def score_replay(job: tuple[Episode, str]) -> Replay:
     """One episode under one row, scored in chunks by the worker's detectors (training.evaluate's)
-    as the robot scores a stream: one decision state, the frames' stamps as their header stamps
-    (the flow detector's motion per second) and arrival times (the frozen-camera check)."""
+    as the robot scores a stream: each detector decodes the messages as onboard (its `decode`),
+    one decision state, the frames' stamps as their header stamps (the flow detector's motion per
+    second) and arrival times (the frozen-camera check)."""
     episode, row_name = job
     detectors, frozen_s = evaluate.worker_detectors()
     watch = FrozenCameraWatch(frozen_s)
     chunks, features = [], []
+    decoded: dict[str, list[np.ndarray]] = {name: [] for name in detectors}
     frames: list[np.ndarray] = []
     stamps: list[float] = []
     labels: list[bool] = []
@@ -218,7 +225,7 @@ def score_replay(job: tuple[Episode, str]) -> Replay:
         times = stamps[len(stamps) - len(frames) :]
         chunks.append(
             score_frames(
-                frames,
+                decoded,
                 detectors,
                 reset=not chunks,
                 times_s=times,
@@ -230,8 +237,13 @@ def score_replay(job: tuple[Episode, str]) -> Replay:
         features.append({k: v[len(previous) :] for k, v in both.items()})
         previous[:] = frames[-1:]
         frames.clear()
+        for images in decoded.values():
+            images.clear()
 
-    for rgb, stamp, label in replay(episode, ROWS_BY_NAME[row_name]):
+    decoders = [detector.decode for detector in detectors.values()]
+    for sent, rgb, stamp, label in replay(episode, ROWS_BY_NAME[row_name]):
+        for images, image in zip(decoded.values(), decode_once(decoders, sent)):
+            images.append(image)
         frames.append(rgb)
         stamps.append(stamp)
         labels.append(label)

@@ -283,7 +283,7 @@ def calibrate_and_bundle(
         yield list(frames), list(labels), None
         if normal_variation:
             replayed = list(nuisance.replay(episode, nuisance.normal_variant(kind, episode)))
-            frames, stamps, labels = zip(*replayed)
+            _, frames, stamps, labels = zip(*replayed)
             yield list(frames), list(labels), [round(t * 1e9) for t in stamps]
 
     # A drive and its replay are one calibration episode: in separate ones, the cross-fit put

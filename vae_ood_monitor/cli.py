@@ -300,8 +300,8 @@ def _add_detector_options(parser: argparse.ArgumentParser) -> None:
         help="stamps run this much faster (a real speed-up; eval: stamps no longer match labels)",
     )
     frames = parser.add_argument_group(
-        "frame variations (the normal table's rows, docs/normal.md; each frame is then decoded "
-        "in full)"
+        "frame variations (the normal table's rows, docs/normal.md; each changed frame is sent on "
+        "as the camera sends it, JPEG quality 90, and decoded as onboard)"
     )
     frames.add_argument(
         "--exposure",

@@ -13,7 +13,7 @@ from vae_ood_monitor.bags import BagMessage, read_camera_messages
 from vae_ood_monitor.detector import OODDetector
 from vae_ood_monitor.images import FrameError, decode_message
 from vae_ood_monitor.safety import FrozenCameraWatch, frame_fingerprint
-from vae_ood_monitor.variations import FrameTransform
+from vae_ood_monitor.variations import FrameTransform, as_sent
 
 DETECTORS = ("bvae", "flow")
 
@@ -116,8 +116,9 @@ def score_bag(
     Each detector decodes the messages itself and gets their header stamps, as the onboard node
     does (`stamps=False`: frames taken as at the training rate, the behaviour before 2026-12-06).
     `select` picks the messages replayed (e.g. `thinned`); `transform` changes every frame
-    (vae_ood_monitor.variations, random draws seeded by `seed`): each is then decoded in full and
-    both detectors get the changed RGB frame, as the nuisance evaluation replays. Undecodable
+    (vae_ood_monitor.variations, random draws seeded by `seed`): the frame is decoded in full,
+    changed, and sent on as the camera would send it (JPEG), which each detector decodes as
+    onboard — as the nuisance evaluation replays. Undecodable
     frames are reported through `on_bad_frame` and skipped, as the onboard node does; they do not
     appear in the results.
     `frozen_s` > 0: frames repeated for longer (by the bag's log time: when they arrived, as the
@@ -143,13 +144,12 @@ def score_bag(
     messages = read_camera_messages(bag, topic)
     for message in select(messages) if select is not None else messages:
         try:
-            if transform is None:
-                decoded = {
-                    name: detector.decode(message.msg) for name, detector in detectors.items()
-                }
-            else:
-                changed = transform(decode_message(message.msg), rng)
-                decoded = dict.fromkeys(detectors, changed)
+            sent = (
+                message.msg
+                if transform is None
+                else as_sent(transform(decode_message(message.msg), rng))
+            )
+            decoded = {name: detector.decode(sent) for name, detector in detectors.items()}
         except FrameError as err:
             if on_bad_frame is not None:
                 on_bad_frame(

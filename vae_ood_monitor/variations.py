@@ -1,17 +1,43 @@
 """Frames changed the way a real camera, link or light changes them: the normal table's
 photometric, JPEG, resolution and noise rows (docs/normal.md), as functions of an RGB frame and a
 random generator. `vae-ood-monitor eval/score` replay a bag through them (`--exposure`, …); the
-offline nuisance evaluation (training.nuisance) builds its rows from them.
+offline nuisance evaluation (training.nuisance) builds its rows from them. A changed frame reaches
+the detectors as a camera sends it (`as_sent`: JPEG), so they decode it as onboard.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
 FrameTransform = Callable[[np.ndarray, np.random.Generator], np.ndarray]
+
+# The JPEG quality the datasets are recorded at (training.data.episodes)
+CAMERA_JPEG_QUALITY = 90
+
+
+@dataclass(frozen=True)
+class CompressedFrame:
+    """The two fields of a sensor_msgs/CompressedImage the detectors' decoders read."""
+
+    format: str
+    data: bytes
+
+
+def as_sent(rgb: np.ndarray, quality: int = CAMERA_JPEG_QUALITY) -> CompressedFrame:
+    """`rgb` as a camera sends it, JPEG-compressed: the detectors then decode it as onboard
+    (reduced-scale decoding, images.FrameDecoder) instead of getting the decoded pixels."""
+    return CompressedFrame("jpeg", _encoded(rgb, quality).tobytes())
+
+
+def _encoded(rgb: np.ndarray, quality: int) -> np.ndarray:
+    ok, data = cv2.imencode(".jpg", rgb[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise ValueError(f"JPEG encoding at quality {quality} failed")
+    return data
 
 
 def exposure(gain: float) -> FrameTransform:
@@ -39,10 +65,8 @@ def jpeg(quality: int) -> FrameTransform:
     """Encoded and decoded again at JPEG `quality` (a camera or link compressing harder)."""
 
     def apply(rgb: np.ndarray, _: np.random.Generator) -> np.ndarray:
-        ok, data = cv2.imencode(".jpg", rgb[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, quality])
-        if not ok:
-            raise ValueError(f"JPEG encoding at quality {quality} failed")
-        return np.ascontiguousarray(cv2.imdecode(data, cv2.IMREAD_COLOR)[..., ::-1])
+        decoded = cv2.imdecode(_encoded(rgb, quality), cv2.IMREAD_COLOR)
+        return np.ascontiguousarray(decoded[..., ::-1])
 
     return apply
 

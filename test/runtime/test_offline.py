@@ -123,3 +123,20 @@ def test_score_bag_passes_the_stamps_to_the_flow_detector(tmp_path):
     assert with_stamps.shape == per_frame.shape == (20,)
     assert np.isfinite(with_stamps).sum() > 10
     assert not np.allclose(with_stamps, per_frame, equal_nan=True)
+
+
+def test_a_changed_frame_reaches_the_detectors_as_the_camera_sends_it(tmp_path):
+    """With a frame variation the detectors still decode a JPEG as onboard (reduced scale), not
+    the changed pixels at the camera's size: the replay measures what the robot runs."""
+    from vae_ood_monitor.variations import exposure
+
+    bag = write_ros2_bag(tmp_path / "bag", synthetic_frames(8, width=640, height=480))
+    bvae = {"bvae": OODDetector.from_path(tiny_bundle("bvae_tiny", tmp_path, NEVER))}
+    as_recorded = np.concatenate([r.scores["bvae"] for _, r in score_bag(bag, bvae)])
+    assert bvae["bvae"].decode.scale > 1, "a reduced decode of the recorded JPEG"
+    bvae["bvae"].decode.scale = 1
+    darker = np.concatenate(
+        [r.scores["bvae"] for _, r in score_bag(bag, bvae, transform=exposure(0.5))]
+    )
+    assert bvae["bvae"].decode.scale > 1, "a reduced decode of the changed frame's JPEG"
+    assert darker.shape == as_recorded.shape and not np.allclose(darker, as_recorded)

@@ -23,8 +23,10 @@ from training.nuisance import (
     replay,
     sensitivity,
 )
+from vae_ood_monitor.bags import read_camera_messages
 from vae_ood_monitor.bundle import load_bundle
 from vae_ood_monitor.decision import DecisionParams
+from vae_ood_monitor.images import decode_message
 from vae_ood_monitor.preprocessing import ImagePreprocessing, PhotometricRanges
 from vae_ood_monitor.variations import contrast, exposure, jpeg, noise, resolution, white_balance
 
@@ -112,10 +114,15 @@ def test_replay_delivers_the_rows_frames_stamps_and_labels(tiny_data):
     onset = next(e for e in episodes(tiny_data / "plain", "test") if e.onset_frame)
     delivered = list(replay(onset, ROWS_BY_NAME["camera 15 Hz"]))
     assert len(delivered) == 38  # frames 0, 2, ..., 74
-    assert [s for _, s, _ in delivered][:3] == pytest.approx([0.0, 2 / 30, 4 / 30])
-    assert [label for _, _, label in delivered] == [i >= 45 for i in range(0, 75, 2)]
+    assert [s for _, _, s, _ in delivered][:3] == pytest.approx([0.0, 2 / 30, 4 / 30])
+    assert [label for *_, label in delivered] == [i >= 45 for i in range(0, 75, 2)]
+    recorded = {m.index: m.msg.data for m in read_camera_messages(onset.path)}
+    assert bytes(delivered[1][0].data) == bytes(recorded[2]), "the recorded JPEG, as it is"
     dark = list(replay(onset, Row("dark", transform=exposure(0.5))))
-    assert dark[0][0].mean() == pytest.approx(0.5 * delivered[0][0].mean(), abs=1.0)
+    assert dark[0][1].mean() == pytest.approx(0.5 * delivered[0][1].mean(), abs=1.0)
+    # ... and a changed frame as the camera sends it: JPEG, decoding to the changed pixels
+    sent = decode_message(dark[0][0]).astype(float)
+    assert dark[0][0].format == "jpeg" and np.abs(sent - dark[0][1]).mean() < 2.0
 
 
 @pytest.mark.parametrize(("threshold", "flagged"), [(-1e9, "100.0 %"), (1e12, "0.0 %")])

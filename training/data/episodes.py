@@ -27,6 +27,7 @@ from rosbags.typesys import Stores, get_typestore
 from vae_ood_monitor.bags import DEFAULT_CAMERA_TOPIC
 from vae_ood_monitor.ground_truth import FrameLabel, write_ground_truth
 from vae_ood_monitor.images import COMPRESSED_IMAGE_TYPE
+from vae_ood_monitor.variations import CAMERA_JPEG_QUALITY
 
 EPISODE_FILE = "episode.json"
 STORAGES = {"mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3}
@@ -71,7 +72,7 @@ class EpisodeWriter:
         topic: str = DEFAULT_CAMERA_TOPIC,
         frame_id: str = "camera_optical_frame",
         storage: str = "mcap",
-        jpeg_quality: int = 90,
+        jpeg_quality: int = CAMERA_JPEG_QUALITY,
         start_ns: int = 1_700_000_000_000_000_000,
     ) -> None:
         if storage not in STORAGES:
