@@ -57,11 +57,11 @@ from vae_ood_monitor.safety import FrozenCameraWatch, SafetyConfig
 from vae_ood_monitor.variations import (
     FrameTransform,
     as_sent,
-    chain,
     contrast,
     exposure,
     jpeg,
     noise,
+    photometric,
     resolution,
     white_balance,
 )
@@ -149,11 +149,6 @@ ROWS_BY_NAME = {row.name: row for row in NORMAL_ROWS}
 RATE_ROWS: tuple[Row, ...] = tuple(
     r for r in NORMAL_ROWS if (r.rate_hz != NOMINAL_HZ or r.lost) and r.transform is None
 )
-
-
-def photometric(gain: float, contrast_factor: float, shift: float) -> FrameTransform:
-    """White balance and exposure gain, then contrast: one camera's setting within the table."""
-    return chain([white_balance(shift), exposure(gain), contrast(contrast_factor)])
 
 
 def normal_variant(detector: str, episode: Episode) -> Row:

@@ -87,10 +87,9 @@ def _rows(
 
 def _frame_variation(args: argparse.Namespace) -> FrameTransform | None:
     """The frame changes asked for, in the order a camera makes them (None: frames as recorded)."""
+    camera = (args.exposure, args.contrast, args.white_balance)
     steps = [
-        *([variations.white_balance(args.white_balance)] if args.white_balance else []),
-        *([variations.exposure(args.exposure)] if args.exposure != 1.0 else []),
-        *([variations.contrast(args.contrast)] if args.contrast != 1.0 else []),
+        *([variations.photometric(*camera)] if camera != (1.0, 1.0, 0.0) else []),
         *([variations.resolution(*args.resize)] if args.resize else []),
         *([variations.noise(args.noise)] if args.noise else []),
         *([variations.jpeg(args.jpeg_quality)] if args.jpeg_quality else []),

@@ -61,6 +61,18 @@ def white_balance(shift: float) -> FrameTransform:
     return lambda rgb, _: np.clip(rgb * gains, 0, 255).round().astype(np.uint8)
 
 
+def photometric(gain: float = 1.0, factor: float = 1.0, shift: float = 0.0) -> FrameTransform:
+    """One camera setting, in the order a camera applies it: white balance `shift`, exposure
+    `gain`, then contrast `factor` (settings at their neutral value are skipped)."""
+    return chain(
+        [
+            *([white_balance(shift)] if shift else []),
+            *([exposure(gain)] if gain != 1.0 else []),
+            *([contrast(factor)] if factor != 1.0 else []),
+        ]
+    )
+
+
 def jpeg(quality: int) -> FrameTransform:
     """Encoded and decoded again at JPEG `quality` (a camera or link compressing harder)."""
 

@@ -28,7 +28,15 @@ from vae_ood_monitor.bundle import load_bundle
 from vae_ood_monitor.decision import DecisionParams
 from vae_ood_monitor.images import decode_message
 from vae_ood_monitor.preprocessing import ImagePreprocessing, PhotometricRanges
-from vae_ood_monitor.variations import contrast, exposure, jpeg, noise, resolution, white_balance
+from vae_ood_monitor.variations import (
+    contrast,
+    exposure,
+    jpeg,
+    noise,
+    photometric,
+    resolution,
+    white_balance,
+)
 
 RNG = np.random.default_rng(0)
 FRAME = RNG.integers(40, 200, (48, 64, 3), dtype=np.uint8)
@@ -84,6 +92,13 @@ def test_white_balance_shifts_red_and_blue_the_opposite_ways():
     frame = np.full((2, 2, 3), 100, np.uint8)
     assert white_balance(0.1)(frame, RNG)[0, 0].tolist() == [110, 100, 90]
     assert white_balance(-0.1)(frame, RNG)[0, 0].tolist() == [90, 100, 110]
+
+
+def test_a_camera_setting_applies_white_balance_exposure_then_contrast():
+    setting = photometric(1.3, 0.8, 0.1)(FRAME, RNG)
+    by_hand = contrast(0.8)(exposure(1.3)(white_balance(0.1)(FRAME, RNG), RNG), RNG)
+    assert np.array_equal(setting, by_hand)
+    assert np.array_equal(photometric()(FRAME, RNG), FRAME), "neutral: the frame as it was"
 
 
 def test_jpeg_resolution_and_noise():
