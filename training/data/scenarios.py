@@ -304,7 +304,7 @@ PRESETS: dict[str, Preset] = {
         fps=60.0,
     ),
     # The same on the test maps with a traffic light at every intersection, as Duckietown towns
-    # have them: the normal table's traffic-light row on maps no bundle was fitted on.
+    # have them (4way keeps the one it has): traffic lights on maps no bundle was fitted on.
     "heldout_lights": Preset(
         name="heldout_lights",
         frames=1200,
