@@ -222,7 +222,7 @@ def validation_report(
     table = []
     for label, bundle in bundles.items():
         drives = [e for d in data for e in episodes(d, "validation")]
-        summaries, _ = nuisance.run_rows(drives, [], {detector: bundle}, rows, workers)
+        summaries, *_ = nuisance.run_rows(drives, [], {detector: bundle}, rows, workers)
         table += [{"bundle": label, **s} for s in summaries]
     keys = ["bundle", "row", "id_frames", f"{detector}_flagged", "worst_auroc", "worst_scenario"]
     keys += ["scenarios_auroc_095", "onsets_within_bar", "median_delay_s"]

@@ -373,6 +373,25 @@ def row_metrics(
     return summary, lines
 
 
+def drive_lines(row: Row, ids: list[Replay]) -> list[dict[str, object]]:
+    """One line per ID drive of the row: where the flags of the row's share come from."""
+    lines = []
+    for r in ids:
+        settled = r.stamps >= SETTLE_S
+        line: dict[str, object] = {
+            "row": row.name,
+            "drive": f"{r.episode.path.parent.parent.name}/{r.episode.name}",
+            "map": r.episode.map,
+            "frames": int(settled.sum()),
+        }
+        for name in (n for n in ("fused", "bvae", "flow", "frozen") if n in r.flags):
+            line[f"{name}_flagged"] = float(r.flags[name][settled].mean()) if settled.any() else 0.0
+        first = np.flatnonzero(r.flags["fused"] & settled)
+        line["first_flag_s"] = float(r.stamps[first[0]]) if first.size else None
+        lines.append(line)
+    return lines
+
+
 def _load(roots: list[Path], split: str) -> list[Episode]:
     return [e for root in roots for e in episodes(root, split)]
 
@@ -384,8 +403,9 @@ def run_rows(
     rows: tuple[Row, ...] = NORMAL_ROWS,
     workers: int = 2,
     frozen_s: float = SafetyConfig.frozen_s,
-) -> tuple[list[dict[str, object]], list[dict[str, object]]]:
-    """Every row over its drives: (one summary per row, one line per row and OOD scenario).
+) -> tuple[list[dict[str, object]], list[dict[str, object]], list[dict[str, object]]]:
+    """Every row over its drives: (one summary per row, one line per row and OOD scenario, one
+    line per row and ID drive).
 
     ID drives are the plain maps' ID episodes (the decorated maps' for the decorated row); onset
     drives are the plain maps' OOD episodes under the same row, or as recorded where the row cannot
@@ -421,19 +441,21 @@ def run_rows(
         )
     replays = list(done.values())
     threshold = _add_baseline(replays, [done[(e.path, AS_RECORDED.name)] for e in plain_ids])
-    summaries, lines = [], []
+    summaries, lines, drives = [], [], []
     for row in rows:
         ids, ood_row = plan[row.name]
+        id_replays = [done[(e.path, row.name)] for e in ids]
         summary, scenario_lines = row_metrics(
             row,
-            [done[(e.path, row.name)] for e in ids],
+            id_replays,
             [done[(e.path, ood_row)] for e in oods],
             threshold,
             ood_as_recorded=ood_row != row.name,
         )
         summaries.append(summary)
         lines += scenario_lines
-    return summaries, lines
+        drives += drive_lines(row, id_replays)
+    return summaries, lines, drives
 
 
 ROW_COLUMNS = (
@@ -491,11 +513,17 @@ _EXPLAINED = (
 
 
 def write_report(
-    summaries: list[dict[str, object]], lines: list[dict[str, object]], out: Path, title: str
+    summaries: list[dict[str, object]],
+    lines: list[dict[str, object]],
+    drives: list[dict[str, object]],
+    out: Path,
+    title: str,
 ) -> Path:
-    """rows.csv, scenarios.csv, nuisance.png and report.md (the table) under `out`."""
+    """rows.csv, scenarios.csv, drives.csv, nuisance.png and report.md (the table, and the ID
+    drives over the bar) under `out`."""
     out.mkdir(parents=True, exist_ok=True)
-    for name, records in (("rows.csv", summaries), ("scenarios.csv", lines)):
+    tables = (("rows.csv", summaries), ("scenarios.csv", lines), ("drives.csv", drives))
+    for name, records in tables:
         columns = list(dict.fromkeys(k for record in records for k in record))
         with (out / name).open("w", newline="") as handle:
             writer = csv.DictWriter(handle, columns)
@@ -511,10 +539,34 @@ def write_report(
         "",
         "![ID frames flagged per row](nuisance.png)",
         "",
+        *_drives_over_bar(drives),
     ]
     report = out / "report.md"
     report.write_text("\n".join(text))
     return report
+
+
+def _drives_over_bar(drives: list[dict[str, object]]) -> list[str]:
+    """The ID drives whose own fused share is over the bar, per row (all of drives.csv: every
+    drive)."""
+    over = [d for d in drives if float(d["fused_flagged"]) > ID_BAR]  # type: ignore[arg-type]
+    if not over:
+        return [f"No ID drive has more than {100 * ID_BAR:g} % of its frames flagged.", ""]
+    heading = f"ID drives with more than {100 * ID_BAR:g} % of their frames flagged"
+    lines = [
+        f"{heading} (drives.csv: every drive):",
+        "",
+        "| row | drive | map | fused | β-VAE | flow | first flag s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for d in over:
+        cells = [_cell(k, d.get(k)) for k in ("fused_flagged", "bvae_flagged", "flow_flagged")]
+        first = d["first_flag_s"]
+        lines.append(
+            f"| {d['row']} | {d['drive']} | {d['map']} | {' | '.join(cells)} | "
+            f"{'–' if first is None else f'{first:.2f}'} |"
+        )
+    return [*lines, ""]
 
 
 def _plot(summaries: list[dict[str, object]], path: Path) -> None:
@@ -740,7 +792,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for bundle in bundles.values():
             load_bundle(bundle)
-        summaries, lines = run_rows(
+        summaries, lines, drives = run_rows(
             _load(args.data, args.split),
             _load(args.decorated, args.split),
             bundles,
@@ -752,7 +804,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"nuisance: {err}", file=sys.stderr)
         return 1
     title = f"Nuisance evaluation: {bundles['bvae'].name} + {bundles['flow'].name}"
-    report = write_report(summaries, lines, args.out, title)
+    report = write_report(summaries, lines, drives, args.out, title)
     print(report.read_text())
     return 0
 

@@ -154,7 +154,7 @@ def test_evaluation_runs_end_to_end_and_writes_table_and_plot(
     argv += ["--rows", *rows, "--workers", "1", "--frozen-s", "0"]
     # training.evaluate's `nuisance` runs the same evaluation
     assert (main(argv) if threshold < 0 else evaluate_main(["nuisance", *argv])) == 0
-    for name in ("report.md", "rows.csv", "scenarios.csv", "nuisance.png"):
+    for name in ("report.md", "rows.csv", "scenarios.csv", "drives.csv", "nuisance.png"):
         assert (out / name).stat().st_size > 0
     with (out / "rows.csv").open() as handle:
         table = {r["row"]: r for r in csv.DictReader(handle)}
@@ -171,6 +171,14 @@ def test_evaluation_runs_end_to_end_and_writes_table_and_plot(
     if threshold < 0:
         assert table["camera 10 Hz"]["onsets_within_bar"] == "1/1"
         assert table["camera 10 Hz"]["stopped_before_onset"] == "1/1"
+    # One line per row and ID drive, naming where a row's flags come from
+    with (out / "drives.csv").open() as handle:
+        drives = list(csv.DictReader(handle))
+    assert [(d["row"], d["drive"]) for d in drives] == [
+        (row, f"{'decorated' if row == 'decorated town' else 'plain'}/test_id_001") for row in table
+    ]
+    assert {d["fused_flagged"] for d in drives} == {"1.0" if threshold < 0 else "0.0"}
+    assert ("drives.csv: every drive" in report) == (threshold < 0)
 
 
 def test_every_row_of_the_normal_table_has_a_unique_name():
