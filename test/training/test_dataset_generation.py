@@ -229,12 +229,8 @@ def test_traffic_light_drives_are_new_drives_off_the_held_out_maps():
     assert all(p.traffic_lights and p.scenario == "id" for p in lights)
     assert not {p.map for p in lights} & {p.map for p in plan_episodes(PRESETS["default"])}
     assert not {(p.map, p.seed) for p in lights} & _drives_of_other_presets("traffic_lights")
-    assert not any(
-        p.traffic_lights
-        for preset in PRESETS
-        if preset != "traffic_lights"
-        for p in plan_episodes(PRESETS[preset])
-    )
+    lit = {name for name, preset in PRESETS.items() if preset.traffic_lights}
+    assert lit == {"traffic_lights", "heldout_lights"}  # the other: held-out test drives
 
 
 @pytest.mark.parametrize(
@@ -593,6 +589,7 @@ def test_nuisance_presets_are_new_drives_on_held_out_maps():
 
     expected = {
         "heldout_id": (set(TEST_MAPS), 60.0),
+        "heldout_lights": (set(TEST_MAPS), 60.0),
         "decorated_test": (set(DECORATED_TEST_MAPS), 60.0),
         "heldout_onsets": (set(TEST_MAPS), 30.0),
         "photometric_reference": (set(TRAIN_MAPS), 30.0),
