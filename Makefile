@@ -53,7 +53,7 @@ $(VENV)/.deps-installed: $(MAIN_REQS) $(REQ)/lock.txt
 # where ament_index finds launch/, config/ and models/. Reinstalled whenever a file changes.
 $(VENV)/.package-installed: $(VENV)/.deps-installed setup.py setup.cfg package.xml $(PACKAGE_FILES)
 	$(VENV)/bin/pip install $(PIP_QUIET) --no-deps --no-build-isolation .
-	@rm -rf build *.egg-info
+	@rm -rf build/lib build/bdist.* build/scripts-* *.egg-info  # setuptools' own; build/bench stays
 	@touch $@
 
 $(SIM_VENV)/.installed: $(REQ)/sim.txt $(REQ)/sim-lock.txt | system-deps
