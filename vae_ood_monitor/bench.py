@@ -321,6 +321,8 @@ def checkout(ref: str, out_dir: Path) -> Side:
     path = (out_dir / f"baseline-{sha.stdout.strip()[:10]}").resolve()
     if not (path / "vae_ood_monitor").exists():
         out_dir.mkdir(parents=True, exist_ok=True)
+        # A worktree whose folder was deleted stays registered and blocks `add` at its path
+        subprocess.run(["git", "-C", str(repo), "worktree", "prune"], check=True)
         subprocess.run(
             ["git", "-C", str(repo), "worktree", "add", "--detach", str(path), sha.stdout.strip()],
             check=True,

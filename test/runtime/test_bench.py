@@ -3,6 +3,7 @@ versions it compares."""
 
 import math
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -39,6 +40,22 @@ def test_a_side_runs_its_own_default_bundles(tmp_path):
     assert all((path / "bundle.json").exists() for path in bundles.values())
     with pytest.raises(ValueError, match="not a commit"):
         checkout("no-such-ref-anywhere", tmp_path)
+
+
+def test_a_baseline_worktree_deleted_by_hand_is_checked_out_again(tmp_path):
+    """`bench --baseline-ref` keeps its git worktree under --out; deleting that folder (a `make
+    clean`, by hand) must not block the next run at the same place."""
+    if not (REPO / ".git").exists():
+        pytest.skip(f"{REPO} is not a git checkout: no worktree to make")
+    side = checkout("HEAD", tmp_path)
+    try:
+        shutil.rmtree(side.root)
+        again = checkout("HEAD", tmp_path)
+        assert again.root == side.root and (again.root / "vae_ood_monitor").is_dir()
+        assert set(again.bundles()) == {"bvae", "flow"}
+    finally:
+        remove = ["git", "-C", str(REPO), "worktree", "remove", "--force", str(side.root)]
+        subprocess.run(remove, check=False, capture_output=True)
 
 
 def test_the_installed_bench_finds_the_models_it_was_installed_with(tmp_path):
