@@ -547,8 +547,8 @@ def write_report(
 
 
 def _drives_over_bar(drives: list[dict[str, object]]) -> list[str]:
-    """The ID drives whose own fused share is over the bar, per row (all of drives.csv: every
-    drive)."""
+    """The report's lines on the ID drives whose own fused share is over the bar (drives.csv
+    holds every drive)."""
     over = [d for d in drives if float(d["fused_flagged"]) > ID_BAR]  # type: ignore[arg-type]
     if not over:
         return [f"No ID drive has more than {100 * ID_BAR:g} % of its frames flagged.", ""]
