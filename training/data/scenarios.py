@@ -202,6 +202,19 @@ _NORMAL_CALIBRATION = Preset(
     fps=30.0,
 )
 
+# Held-out ID drives for the nuisance evaluation (training.nuisance, docs/normal.md): 20 s on each
+# test map, rendered at 60 Hz so that 30, 15 and 10 Hz cameras are every 2nd, 4th and 6th frame
+# with honest stamps, and every frame stamped at 30 Hz is a robot at half speed.
+_HELDOUT_ID = Preset(
+    name="heldout_id",
+    frames=1200,
+    onset_range=(0, 0),
+    splits={"test": SplitPlan(TEST_MAPS, id_episodes=4)},
+    scenarios=(),
+    seed_offset=20_000,
+    fps=60.0,
+)
+
 PRESETS: dict[str, Preset] = {
     "default": Preset(
         name="default",
@@ -281,39 +294,22 @@ PRESETS: dict[str, Preset] = {
         scenarios=("obstacles",),
         seed_offset=90_000,
     ),
-    # Held-out ID drives for the nuisance evaluation (training.nuisance, docs/normal.md): 20 s on
-    # each test map, rendered at 60 Hz so that 30, 15 and 10 Hz cameras are every 2nd, 4th and 6th
-    # frame with honest stamps, and every frame stamped at 30 Hz is a robot at half speed.
-    "heldout_id": Preset(
-        name="heldout_id",
-        frames=1200,
-        onset_range=(0, 0),
-        splits={"test": SplitPlan(TEST_MAPS, id_episodes=4)},
-        scenarios=(),
-        seed_offset=20_000,
-        fps=60.0,
-    ),
+    "heldout_id": _HELDOUT_ID,
     # The same on the decorated test maps: a town with objects beside the road, in distribution.
-    "decorated_test": Preset(
+    "decorated_test": replace(
+        _HELDOUT_ID,
         name="decorated_test",
-        frames=1200,
-        onset_range=(0, 0),
         splits={"test": SplitPlan(DECORATED_TEST_MAPS, id_episodes=2)},
-        scenarios=(),
         seed_offset=30_000,
-        fps=60.0,
     ),
     # The same on the test maps with a traffic light at every intersection, as Duckietown towns
     # have them (4way keeps the one it has): traffic lights on maps no bundle was fitted on.
-    "heldout_lights": Preset(
+    "heldout_lights": replace(
+        _HELDOUT_ID,
         name="heldout_lights",
-        frames=1200,
-        onset_range=(0, 0),
         splits={"test": SplitPlan(TEST_MAPS, id_episodes=2)},
-        scenarios=(),
         seed_offset=32_000,
         traffic_lights=True,
-        fps=60.0,
     ),
     # One short onset of every OOD scenario on the test maps (8 s at 30 Hz, onset after 3-4 s):
     # the nuisance evaluation's AUROC and onset delays, also under a 15 or 10 Hz camera.
