@@ -11,7 +11,7 @@ import numpy as np
 
 from vae_ood_monitor.bags import BagMessage, read_camera_messages
 from vae_ood_monitor.detector import OODDetector
-from vae_ood_monitor.images import FrameError, decode_message
+from vae_ood_monitor.images import FrameError, decode_message, decode_once
 from vae_ood_monitor.safety import FrozenCameraWatch, frame_fingerprint
 from vae_ood_monitor.variations import FrameTransform, as_sent
 
@@ -113,8 +113,9 @@ def score_bag(
 ) -> Iterator[tuple[list[int], StreamScores]]:
     """Replay a bag through the detectors in chunks of frames: (header stamps, results) per chunk.
 
-    Each detector decodes the messages itself and gets their header stamps, as the onboard node
-    does (`stamps=False`: frames taken as at the training rate, the behaviour before 2026-12-06).
+    Each detector decodes the messages as its node does (one decode for detectors that share
+    one, as in `ood_detectors`: images.decode_once) and gets their header stamps, as onboard
+    (`stamps=False`: frames taken as at the training rate, the behaviour before 2026-12-06).
     `select` picks the messages replayed (e.g. `thinned`); `transform` changes every frame
     (vae_ood_monitor.variations, random draws seeded by `seed`): the frame is decoded in full,
     changed, and sent on as the camera would send it (JPEG), which each detector decodes as
@@ -141,6 +142,7 @@ def score_bag(
             stamps_ns=stamps_ns if stamps else None,
         )
 
+    decoders = [detector.decode for detector in detectors.values()]
     messages = read_camera_messages(bag, topic)
     for message in select(messages) if select is not None else messages:
         try:
@@ -149,7 +151,7 @@ def score_bag(
                 if transform is None
                 else as_sent(transform(decode_message(message.msg), rng))
             )
-            decoded = {name: detector.decode(sent) for name, detector in detectors.items()}
+            decoded = dict(zip(detectors, decode_once(decoders, sent)))
         except FrameError as err:
             if on_bad_frame is not None:
                 on_bad_frame(
