@@ -2,6 +2,7 @@
 without ROS, on the demo drive looped at 30 Hz stamps.
 
     PYTHONPATH=. python test/runtime/detector_stages_cpu.py [--frames N] [--back-to-back]
+        [--bvae BUNDLE] [--flow BUNDLE]
 
 Each stage is timed with time.thread_time around the same calls the node makes; paced (default)
 sleeps to the next 1/30 s between frames as a camera paces the node, `--back-to-back` does not.
@@ -28,13 +29,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=600)
     parser.add_argument("--back-to-back", action="store_true", help="no sleep between frames")
+    parser.add_argument("--bvae", help="β-VAE bundle folder (default: the runtime's)")
+    parser.add_argument("--flow", help="flow bundle folder (default: the runtime's)")
     args = parser.parse_args()
     cv2.setNumThreads(1)  # as the detector nodes run OpenCV
     drive = load_drive(share_dir() / "demo" / "demo_fog_onset").in_distribution
     frames = [SimpleNamespace(format="jpeg", data=jpeg) for jpeg in drive]
     bvae, flow = (
-        OODDetector.from_path(str(default_bundle(kind)), decode="shared")
-        for kind in ("bvae", "flow")
+        OODDetector.from_path(path or str(default_bundle(kind)), decode="shared")
+        for kind, path in (("bvae", args.bvae), ("flow", args.flow))
     )
     for detector in (bvae, flow):
         detector.warm_up()

@@ -135,6 +135,15 @@ _FLOW_055_STEPPED = FlowPreprocessing(
     width=88, height=66, crop=(4, 1, 80, 64), max_flow=4.4, resize="grey_stepped"
 )
 _FLOW_055_STUDENT = StudentSpec("student_055_res_stepped", _FLOW_055_STEPPED, (16, 16, 8, 8), (64,))
+# 0.45 resolution, the 15-pixel window of 160x120 scaled as the shipped 11 at 88x66 is.
+_FLOW_045_STUDENT = StudentSpec(
+    "student_045_res_stepped_win9",
+    FlowPreprocessing(
+        width=72, height=54, crop=(4, 3, 64, 48), max_flow=3.6, resize="grey_stepped", winsize=9
+    ),
+    (16, 16, 8, 8),
+    (64,),
+)
 _FLOW_STUDENTS_STEPPED = (
     StudentSpec("student_06_res_stepped", _FLOW_06_STEPPED, (16, 16, 8, 8), (64,)),
     StudentSpec("student_06_res_stepped_narrow", _FLOW_06_STEPPED, (8, 8, 8, 8), (64,)),
@@ -153,6 +162,17 @@ _FLOW_STUDENTS = SearchSpace(
 # less of the zero flow of a frozen or black camera (docs/experiments.md, Compression: 11
 # is flow_student's).
 FLOW_STUDENT_WINDOWS = (13, 11, 9, 7, 5)
+
+
+def _flow_055_window(window: int) -> StudentSpec:
+    """The 0.55-resolution flow student with a Farneback window of `window` pixels."""
+    return replace(
+        _FLOW_055_STUDENT,
+        name=f"{_FLOW_055_STUDENT.name}_win{window}",
+        preprocessing=replace(_FLOW_055_STEPPED, winsize=window),
+    )
+
+
 _BVAE_NARROW = StudentSpec("student64_narrow", ImagePreprocessing(64, 64), (16, 16, 8, 8), (128,))
 _BVAE_NARROW_NEAREST = StudentSpec(
     "student64_narrow_nearest",
@@ -214,16 +234,24 @@ SPACES: dict[str, dict[str, SearchSpace]] = {
         f"students_window{w}": {
             "flow": replace(
                 _FLOW_STUDENTS,
-                students=(
-                    replace(
-                        _FLOW_055_STUDENT,
-                        name=f"{_FLOW_055_STUDENT.name}_win{w}",
-                        preprocessing=replace(_FLOW_055_STEPPED, winsize=w),
-                    ),
-                ),
+                students=(_flow_055_window(w),),
             )
         }
         for w in FLOW_STUDENT_WINDOWS
+    },
+    # The flow detector's whole-graph CPU bar (docs/performance.md): the shipped student's
+    # structure at 0.45 resolution (72x54; Farneback then runs a single pyramid level, 0.35 vs
+    # 0.85 ms a pair) beside the shipped 0.55 one, distilled on the same frames, every train frame
+    # (a merged dataset has fewer than default_plus). No QAT: INT8 does not pay on the CPU
+    # (docs/compression.md).
+    "students_small": {
+        "flow": replace(
+            _FLOW_STUDENTS,
+            students=(_flow_055_window(11), _FLOW_045_STUDENT),
+            distill=replace(_FLOW_STUDENTS.distill, epochs=12),
+            train_stride=1,
+            qat_epochs=0,
+        )
     },
     # The β-VAE student beside the same student on nearest-sampled input
     # (preprocessing.IMAGE_INTERPOLATIONS): the nearest one sees sensor noise and is bvae_student's
