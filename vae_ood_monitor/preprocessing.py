@@ -293,21 +293,18 @@ class FlowStacker:
         """Flow between frames `intervals` training frame intervals apart, in pixels."""
         if self._dis is not None:
             return self._dis.calc(previous, current, None)
-        if intervals >= WARM_START_INTERVALS and self._per_interval is not None:
-            return cv2.calcOpticalFlowFarneback(
-                previous,
-                current,
-                self._per_interval * np.float32(intervals),
-                0.5,
-                1,
-                self.params.winsize,
-                1,
-                5,
-                1.1,
-                cv2.OPTFLOW_USE_INITIAL_FLOW,
-            )
+        warm = intervals >= WARM_START_INTERVALS and self._per_interval is not None
         return cv2.calcOpticalFlowFarneback(
-            previous, current, None, 0.5, 1, self.params.winsize, 1, 5, 1.1, 0
+            previous,
+            current,
+            self._per_interval * np.float32(intervals) if warm else None,  # type: ignore[operator]
+            0.5,  # pyramid scale
+            1,  # levels: a second one wherever half the frame is still 32 pixels high
+            self.params.winsize,
+            1,  # iterations
+            5,  # poly_n
+            1.1,  # poly_sigma
+            cv2.OPTFLOW_USE_INITIAL_FLOW if warm else 0,
         )
 
     def push(
