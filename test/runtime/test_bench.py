@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from vae_ood_monitor.bench import checkout, cpu_seconds, this_version
+from vae_ood_monitor.bench import Side, baseline_graph, checkout, cpu_seconds, this_version
 from vae_ood_monitor.bundle import share_dir
 from vae_ood_monitor.stream import load_drive
 
@@ -40,6 +40,27 @@ def test_a_side_runs_its_own_default_bundles(tmp_path):
     assert all((path / "bundle.json").exists() for path in bundles.values())
     with pytest.raises(ValueError, match="not a commit"):
         checkout("no-such-ref-anywhere", tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("console_scripts", "graph"),
+    [
+        (
+            '"bvae_detector = a:b",\n "ood_detectors = vae_ood_monitor.nodes.detector:main_x",',
+            "detectors",
+        ),
+        ('"bvae_detector = a:b",\n "flow_detector = a:c",', "nodes"),
+    ],
+)
+def test_the_baseline_runs_ood_detectors_only_where_it_installs_them(
+    tmp_path, console_scripts, graph
+):
+    """A version before `ood_detectors` (no such executable in its setup.py) runs a process per
+    node; the check reads the executables it installs, not how its code is written."""
+    (tmp_path / "setup.py").write_text(f"entry_points={{'console_scripts': [{console_scripts}]}}")
+    side = Side("baseline", tmp_path, tmp_path / "models")
+    assert baseline_graph("detectors", side) == graph
+    assert baseline_graph("monitor", side) == "monitor"
 
 
 def test_a_baseline_worktree_deleted_by_hand_is_checked_out_again(tmp_path):
