@@ -293,18 +293,22 @@ class FlowStacker:
         """Flow between frames `intervals` training frame intervals apart, in pixels."""
         if self._dis is not None:
             return self._dis.calc(previous, current, None)
-        warm = intervals >= WARM_START_INTERVALS and self._per_interval is not None
+        initial = (
+            self._per_interval * np.float32(intervals)
+            if intervals >= WARM_START_INTERVALS and self._per_interval is not None
+            else None
+        )
         return cv2.calcOpticalFlowFarneback(
             previous,
             current,
-            self._per_interval * np.float32(intervals) if warm else None,  # type: ignore[operator]
+            initial,
             0.5,  # pyramid scale
             1,  # levels: a second one wherever half the frame is still 32 pixels high
             self.params.winsize,
             1,  # iterations
             5,  # poly_n
             1.1,  # poly_sigma
-            cv2.OPTFLOW_USE_INITIAL_FLOW if warm else 0,
+            0 if initial is None else cv2.OPTFLOW_USE_INITIAL_FLOW,
         )
 
     def push(
