@@ -307,8 +307,8 @@ def onset_result(r: Replay) -> OnsetResult | None:
 
 def row_metrics(
     row: Row, ids: list[Replay], onsets: list[Replay], threshold: float, ood_as_recorded: bool
-) -> tuple[dict[str, object], list[dict[str, object]]]:
-    """The row's summary and one line per OOD scenario."""
+) -> tuple[dict[str, object], list[dict[str, object]], list[dict[str, object]]]:
+    """The row's summary, one line per OOD scenario and one line per ID drive."""
     settled = [r.stamps >= SETTLE_S for r in ids]
     summary: dict[str, object] = {
         "row": row.name,
@@ -317,7 +317,8 @@ def row_metrics(
     }
     # A run with one detector (training.photometric) has no flags or scores of the other.
     present = ids[0].flags.keys() | ids[0].scores.keys()
-    for name in (n for n in ("fused", "bvae", "flow", "frozen") if n in present):
+    flag_names = [n for n in ("fused", "bvae", "flow", "frozen") if n in present]
+    for name in flag_names:
         flagged = sum(int(r.flags[name][s].sum()) for r, s in zip(ids, settled))
         summary[f"{name}_flagged"] = flagged / max(int(summary["id_frames"]), 1)
     baseline_flags = sum(
@@ -370,23 +371,26 @@ def row_metrics(
             summary["median_delay_frames"] = float(np.median([x["delay_frames"] for x in timed]))
             summary["stopped_before_onset"] = f"{before}/{onsets}"
     summary["ood_set"] = "as recorded" if ood_as_recorded else "this row"
-    return summary, lines
+    return summary, lines, drive_lines(row, ids, settled, flag_names)
 
 
-def drive_lines(row: Row, ids: list[Replay]) -> list[dict[str, object]]:
-    """One line per ID drive of the row: where the flags of the row's share come from."""
+def drive_lines(
+    row: Row, ids: list[Replay], settled: list[np.ndarray], flag_names: list[str]
+) -> list[dict[str, object]]:
+    """One line per ID drive of the row (`settled`: its frames after the first second): where the
+    flags of the row's share come from."""
     lines = []
-    for r in ids:
-        settled = r.stamps >= SETTLE_S
+    for r, settled_frames in zip(ids, settled):
         line: dict[str, object] = {
             "row": row.name,
             "drive": f"{r.episode.path.parent.parent.name}/{r.episode.name}",
             "map": r.episode.map,
-            "frames": int(settled.sum()),
+            "frames": int(settled_frames.sum()),
         }
-        for name in (n for n in ("fused", "bvae", "flow", "frozen") if n in r.flags):
-            line[f"{name}_flagged"] = float(r.flags[name][settled].mean()) if settled.any() else 0.0
-        first = np.flatnonzero(r.flags["fused"] & settled)
+        for name in flag_names:
+            flags = r.flags[name][settled_frames]
+            line[f"{name}_flagged"] = float(flags.mean()) if flags.size else 0.0
+        first = np.flatnonzero(r.flags["fused"] & settled_frames)
         line["first_flag_s"] = float(r.stamps[first[0]]) if first.size else None
         lines.append(line)
     return lines
@@ -444,17 +448,16 @@ def run_rows(
     summaries, lines, drives = [], [], []
     for row in rows:
         ids, ood_row = plan[row.name]
-        id_replays = [done[(e.path, row.name)] for e in ids]
-        summary, scenario_lines = row_metrics(
+        summary, scenario_lines, drive_lines_of_row = row_metrics(
             row,
-            id_replays,
+            [done[(e.path, row.name)] for e in ids],
             [done[(e.path, ood_row)] for e in oods],
             threshold,
             ood_as_recorded=ood_row != row.name,
         )
         summaries.append(summary)
         lines += scenario_lines
-        drives += drive_lines(row, id_replays)
+        drives += drive_lines_of_row
     return summaries, lines, drives
 
 
